@@ -1,0 +1,250 @@
+"""The `bitinglip` command: serve, settings, models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bitinglip.core import BitingLipError, LoadedSettings, SettingsError, configure_logging, describe, get_logger, load_settings
+
+log = get_logger("bitinglip.cli")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    server = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v is not None}
+    out: dict[str, Any] = {"server": server} if server else {}
+    if getattr(args, "model", None):
+        out["cluster"] = {"model": args.model}
+    return out
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    loaded = load_settings(_overrides(args))
+    configure_logging(loaded.settings.server, loaded.settings.env)
+    return loaded
+
+
+# -- serve
+
+
+def _kill_children(grace_s: float = 10.0) -> list[int]:
+    """Last line of defence: no engine process may outlive the server."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return [c.pid for c in children]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bitinglip.app import create_app
+
+    loaded = _load(args)
+    settings = loaded.settings
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(loaded, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    log.info(
+        "server.starting",
+        url=f"http://{settings.server.host}:{settings.server.port}",
+        model=settings.cluster.model,
+        env=settings.env,
+        openai_base_url=f"http://{settings.server.host}:{settings.server.port}/v1",
+    )
+    server.run()
+    leftovers = _kill_children()
+    if leftovers:
+        log.warning("server.killed_leftover_processes", pids=leftovers)
+    if fatal:
+        log.error("server.exit", reason=fatal[0], code=1)
+        return 1
+    if not server.started:
+        log.error("server.exit", reason="the server did not start", code=1)
+        return 1
+    log.info("server.exit", code=0)
+    return 0
+
+
+# -- settings
+
+
+def cmd_settings_show(args: argparse.Namespace) -> int:
+    loaded = load_settings()
+    rows = describe(loaded)
+    if args.json:
+        print(msgspec.json.encode([{"key": k, "value": msgspec.json.decode(v) if not v.startswith("*") and "(masked)" not in v and v != "(unset)" else v, "layer": layer} for k, v, layer in rows]).decode())
+        return 0
+    width = max(len(k) for k, _, _ in rows)
+    vwidth = min(max(len(v) for _, v, _ in rows), 60)
+    for key, value, layer in rows:
+        print(f"{key:<{width}}  {value:<{vwidth}}  {layer}")
+    return 0
+
+
+# -- models
+
+
+def _with_models(work: Callable[[Any], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    """Run `work(components)` with the database open, for CLI commands that use the registry directly."""
+
+    def run(args: argparse.Namespace) -> int:
+        from bitinglip.app import Components
+
+        loaded = _load(args)
+        parts = Components(loaded)
+
+        async def main() -> int:
+            await parts.db.start()
+            try:
+                return await work(parts, args)  # type: ignore[call-arg]
+            finally:
+                await parts.db.stop()
+
+        return asyncio.run(main())
+
+    return run
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+async def _create_tiny(parts: Any, args: argparse.Namespace) -> int:
+    record = await parts.models.create_tiny(args.name, if_missing=args.if_missing)
+    print(f"{record.name}: {record.path} ({_size(record.size_bytes)}, {record.parameters:,} parameters, random weights)")
+    return 0
+
+
+async def _list(parts: Any, args: argparse.Namespace) -> int:
+    records = await parts.registry.list_models()
+    if args.json:
+        print(msgspec.json.encode(records).decode())
+        return 0
+    if not records:
+        print("no models yet: `bitinglip models create-tiny` or `bitinglip models pull ORG/NAME`")
+        return 0
+    print(f"{'NAME':<32} {'STATE':<8} {'SIZE':>9} {'ARCH':<24} {'CONTEXT':>7} {'SOURCE':<6} LAST USED")
+    for r in records:
+        print(f"{r.name:<32} {r.state:<8} {_size(r.size_bytes):>9} {(r.architecture or '-'):<24} {r.context_length or '-':>7} {r.source:<6} {_when(r.last_used_at)}")
+    return 0
+
+
+async def _show(parts: Any, args: argparse.Namespace) -> int:
+    record = await parts.registry.require(args.name)
+    for key, value in msgspec.structs.asdict(record).items():
+        print(f"{key:<15} {value if value is not None else '-'}")
+    return 0
+
+
+async def _rm(parts: Any, args: argparse.Namespace) -> int:
+    record = await parts.models.remove(args.name, force=args.force)
+    print(f"removed {record.name} ({record.path})")
+    return 0
+
+
+async def _import(parts: Any, args: argparse.Namespace) -> int:
+    record = await parts.models.import_dir(Path(args.path), args.name)
+    print(f"imported {record.name} from {record.path} ({record.architecture}, {_size(record.size_bytes)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitinglip", description="Run open LLMs on your own machines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the server (OpenAI API on /v1)")
+    serve.add_argument("--host", help="address to listen on (server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (server.port)")
+    serve.add_argument("--model", help="registry name, local model directory or hub id (cluster.model)")
+    serve.set_defaults(func=cmd_serve)
+
+    settings = sub.add_parser("settings", help="inspect settings").add_subparsers(dest="action", required=True)
+    show = settings.add_parser("show", help="every effective value and the layer it came from (secrets masked)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_settings_show)
+
+    models = sub.add_parser("models", help="the local model registry").add_subparsers(dest="action", required=True)
+    tiny = models.add_parser("create-tiny", help="build the tiny random-weight model used offline and in tests")
+    tiny.add_argument("--name", default="tiny")
+    tiny.add_argument("--if-missing", action="store_true", help="do nothing if it exists and is ready")
+    tiny.set_defaults(func=_with_models(_create_tiny))
+    lst = models.add_parser("list", help="list local models")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_with_models(_list))
+    shw = models.add_parser("show", help="show one model")
+    shw.add_argument("name")
+    shw.set_defaults(func=_with_models(_show))
+    rm = models.add_parser("rm", help="remove a model and its files")
+    rm.add_argument("name")
+    rm.add_argument("--force", action="store_true")
+    rm.set_defaults(func=_with_models(_rm))
+    imp = models.add_parser("import", help="register a local model directory")
+    imp.add_argument("path")
+    imp.add_argument("--name")
+    imp.set_defaults(func=_with_models(_import))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"bitinglip: bad settings: {exc.message}", file=sys.stderr)
+        return 2
+    except BitingLipError as exc:
+        print(f"bitinglip: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

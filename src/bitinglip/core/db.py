@@ -1,0 +1,82 @@
+"""The SQLite database: one async engine, the pragmas we rely on, tables and a schema version.
+
+Every module declares its tables on ``metadata`` (in its own ``tables.py``); ``Database.start`` creates
+what is missing and records the schema version, so a later release can migrate from a known point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bitinglip.core.settings import DbSettings
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+
+def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the one writer; busy_timeout makes a writer wait instead of failing.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+class Database:
+    def __init__(self, settings: DbSettings) -> None:
+        self.url = settings.url
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("database not started")
+        return self._engine
+
+    async def start(self) -> None:
+        path = sqlite_path(self.url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_async_engine(self.url)
+        event.listen(self._engine.sync_engine, "connect", _set_pragmas)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
+            if current is None:
+                await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif current > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"database {self.url} has schema version {current}, newer than this release's {SCHEMA_VERSION}"
+                )
+
+    async def version(self) -> int | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
+
+    async def stop(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None

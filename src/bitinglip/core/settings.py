@@ -1,0 +1,224 @@
+"""Layered settings: struct defaults, then TOML files, then ``BITINGLIP_*`` environment variables.
+
+Dynaconf reads each layer (TOML files, and environment variables parsed TOML-style, with ``__`` for
+nesting). We merge the layers ourselves rather than through one Dynaconf object because we want to know,
+for every value, which layer it came from: ``bitinglip settings show`` prints it, and a bad value stops
+start-up with the key and its layer named. The merged tree is converted once into frozen msgspec structs
+that refuse unknown keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from dynaconf import Dynaconf
+
+from bitinglip.core.errors import SettingsError
+
+ENV_PREFIX = "BITINGLIP"
+DEFAULTS_LAYER = "defaults"
+SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey")
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # "auto": readable lines in development, one JSON object per line elsewhere.
+    log_format: Literal["auto", "console", "json"] = "auto"
+    access_log: bool = True
+
+
+class DbSettings(_Section):
+    url: str = "sqlite+aiosqlite:///data/bitinglip.db"
+
+
+class ModelsSettings(_Section):
+    dir: str = "data/models"
+    hub_endpoint: str | None = None
+    hub_token: str | None = None
+    offline: bool = False
+
+
+class ClusterSettings(_Section):
+    # A registry name, a local model directory, or a hub id.
+    model: str = "tiny"
+    # vLLM engine arguments, passed through as they are and checked against AsyncEngineArgs at start-up.
+    engine: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Used on the CPU when `engine` sets no KV cache size: vLLM would otherwise take ~92% of RAM.
+    cpu_kv_cache_gib: float = 2.0
+    startup_timeout_s: float = 900.0
+
+
+class GatewaySettings(_Section):
+    # Requests admitted at once (running + waiting in the engine); past it, a fast 503 with Retry-After.
+    max_pending_requests: int = 1024
+
+
+class Settings(_Section):
+    env: str = "development"
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    db: DbSettings = msgspec.field(default_factory=DbSettings)
+    models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+
+
+class LoadedSettings(msgspec.Struct, frozen=True):
+    settings: Settings
+    # dotted key -> the layer its effective value came from ("defaults", a file path, "env BITINGLIP_...", "cli")
+    sources: dict[str, str]
+
+
+def settings_dir() -> Path:
+    return Path(os.environ.get(f"{ENV_PREFIX}_SETTINGS_DIR", "settings"))
+
+
+def _lower_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    return value
+
+
+def _read_file_layer(path: Path) -> dict[str, Any]:
+    # loaders=[] keeps environment variables out of a file's layer.
+    layer = Dynaconf(
+        settings_files=[str(path)], environments=False, load_dotenv=False, loaders=[], core_loaders=["TOML"]
+    )
+    data = _lower_keys(layer.as_dict(internal=False))
+    data.pop("load_dotenv", None)
+    return data
+
+
+def _read_env_layer() -> dict[str, Any]:
+    layer = Dynaconf(envvar_prefix=ENV_PREFIX, environments=False, load_dotenv=False, settings_files=[])
+    data = _lower_keys(layer.as_dict(internal=False))
+    data.pop("load_dotenv", None)
+    data.pop("env", None)  # BITINGLIP_ENV picks the file layer; it is not a setting key
+    data.pop("settings_dir", None)
+    return data
+
+
+def _merge(into: dict[str, Any], layer: dict[str, Any], name: str, sources: dict[str, str], prefix: str = "") -> None:
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, name, sources, f"{path}.")
+        else:
+            into[key] = value
+            _mark(value, path, name, sources)
+
+
+def _mark(value: Any, path: str, name: str, sources: dict[str, str]) -> None:
+    for stale in [k for k in sources if k == path or k.startswith(f"{path}.")]:
+        del sources[stale]
+    if isinstance(value, dict) and value:
+        for key, sub in value.items():
+            _mark(sub, f"{path}.{key}", name, sources)
+    else:
+        sources[path] = name
+
+
+def _env_layer_names(layer: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    names: dict[str, str] = {}
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            names.update(_env_layer_names(value, f"{path}."))
+        else:
+            names[path] = f"env {ENV_PREFIX}_{path.replace('.', '__').upper()}"
+    return names
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)
+    if isinstance(value, dict) and value:
+        flat: dict[str, Any] = {}
+        for key, sub in value.items():
+            flat.update(_flatten(sub, f"{prefix}.{key}" if prefix else key))
+        return flat
+    return {prefix: value}
+
+
+def _key_from_error(message: str) -> tuple[str, str]:
+    """Turn msgspec's "... - at `$.server.port`" into ("server.port", "...")."""
+    match = re.match(r"(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", message)
+    assert match is not None
+    text, path = match["msg"], (match["path"] or "").lstrip(".")
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", text)
+    if unknown:
+        path = f"{path}.{unknown[1]}" if path else unknown[1]
+        text = "unknown key"
+    return path, text
+
+
+def _source_of(path: str, sources: dict[str, str]) -> str:
+    if path in sources:
+        return sources[path]
+    for key, name in sources.items():  # a table whose leaves came from one layer
+        if key.startswith(f"{path}."):
+            return name
+    return DEFAULTS_LAYER
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None, *, env: str | None = None, directory: Path | None = None
+) -> LoadedSettings:
+    """Read every layer and return typed settings plus where each value came from.
+
+    ``overrides`` is the last layer ("cli"), a nested dict like ``{"server": {"port": 9000}}``.
+    Raises SettingsError naming the key and its layer for a wrong type or an unknown key.
+    """
+    env = env or os.environ.get(f"{ENV_PREFIX}_ENV", "development")
+    directory = directory or settings_dir()
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in ("default.toml", f"{env}.toml", "local.toml"):
+        path = directory / name
+        if path.is_file():
+            _merge(merged, _read_file_layer(path), str(path), sources)
+    env_layer = _read_env_layer()
+    env_names = _env_layer_names(env_layer)
+    _merge(merged, env_layer, "env", sources)
+    sources.update({k: env_names.get(k, v) for k, v in sources.items() if v == "env"})
+    if overrides:
+        _merge(merged, overrides, "cli", sources)
+    merged["env"] = env
+    try:
+        settings = msgspec.convert(merged, Settings)
+    except msgspec.ValidationError as exc:
+        path, text = _key_from_error(str(exc))
+        raise SettingsError(f"setting `{path}` (from {_source_of(path, sources)}): {text}", param=path) from exc
+    return LoadedSettings(settings=settings, sources=sources)
+
+
+def is_secret(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1].lower()
+    return any(word in last for word in SECRET_WORDS)
+
+
+def mask(value: Any) -> str:
+    if value in (None, ""):
+        return "(unset)"
+    text = str(value)
+    return "****" if len(text) <= 8 else f"{text[:3]}…{text[-2:]} (masked)"
+
+
+def describe(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
+    """Rows of (key, effective value, layer) for every leaf setting, secrets masked."""
+    rows = []
+    for key, value in sorted(_flatten(loaded.settings).items()):
+        shown = mask(value) if is_secret(key) else msgspec.json.encode(value).decode()
+        layer = "BITINGLIP_ENV" if key == "env" and f"{ENV_PREFIX}_ENV" in os.environ else _source_of(key, loaded.sources)
+        rows.append((key, shown, layer))
+    return rows

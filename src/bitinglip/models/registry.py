@@ -1,0 +1,176 @@
+"""The model registry: what models exist locally, where, and whether they can be served."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import sqlalchemy as sa
+
+from bitinglip.core.db import Database
+from bitinglip.core.errors import InvalidInput, NotFound
+from bitinglip.models import tables
+
+State = Literal["pulling", "ready", "failed"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?(@[A-Za-z0-9._/-]{1,100})?$")
+CONTEXT_KEYS = ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length", "max_sequence_length")
+
+
+class ModelRecord(msgspec.Struct, kw_only=True):
+    name: str
+    source: str
+    path: str
+    state: State
+    repo_id: str | None = None
+    revision: str | None = None
+    commit_sha: str | None = None
+    size_bytes: int = 0
+    architecture: str | None = None
+    context_length: int | None = None
+    dtype: str | None = None
+    parameters: int | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+class ModelFacts(msgspec.Struct, kw_only=True):
+    """What a model directory says about itself."""
+
+    size_bytes: int
+    architecture: str | None
+    context_length: int | None
+    dtype: str | None
+    parameters: int | None
+
+
+def validate_name(name: str) -> str:
+    if not name or not NAME_RE.match(name) or ".." in name:
+        raise InvalidInput(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (optionally org/name)", param="name"
+        )
+    return name
+
+
+def _safetensors_parameters(path: Path) -> int:
+    # The header is an 8-byte little-endian length followed by JSON that lists every tensor's shape.
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+
+
+def inspect_dir(path: Path) -> ModelFacts:
+    """Read config.json and the safetensors headers; blocking, so callers use a worker thread."""
+    config: dict[str, Any] = {}
+    config_path = path / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+    text_config = config.get("text_config") or {}
+    architectures = config.get("architectures") or []
+    context = next((config.get(k) or text_config.get(k) for k in CONTEXT_KEYS if config.get(k) or text_config.get(k)), None)
+    files = [p for p in path.rglob("*") if p.is_file() and ".partial" not in p.relative_to(path).parts]
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    return ModelFacts(
+        size_bytes=sum(p.stat().st_size for p in files),
+        architecture=architectures[0] if architectures else None,
+        context_length=int(context) if context else None,
+        dtype=str(config.get("torch_dtype") or config.get("dtype") or text_config.get("torch_dtype") or "") or None,
+        parameters=sum(_safetensors_parameters(p) for p in weights) if weights else None,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ModelRegistry:
+    """Rows of the `models` table; services call it directly, the API and the CLI alike."""
+
+    def __init__(self, db: Database, models_dir: Path) -> None:
+        self.db = db
+        self.models_dir = models_dir
+
+    def path_for(self, name: str) -> Path:
+        """Where a model named `name` lives under models.dir; never outside it."""
+        validate_name(name)
+        path = (self.models_dir / name.replace("@", "--")).resolve()
+        if not path.is_relative_to(self.models_dir.resolve()):
+            raise InvalidInput(f"model name {name!r} escapes the models directory", param="name")
+        return path
+
+    async def save(self, record: ModelRecord) -> ModelRecord:
+        now = _now()
+        record.updated_at = now
+        record.created_at = record.created_at or now
+        values = msgspec.structs.asdict(record)
+        async with self.db.engine.begin() as conn:
+            exists = (
+                await conn.execute(sa.select(tables.models.c.name).where(tables.models.c.name == record.name))
+            ).first()
+            if exists:
+                values.pop("created_at")
+                await conn.execute(tables.models.update().where(tables.models.c.name == record.name).values(**values))
+            else:
+                await conn.execute(tables.models.insert().values(**values))
+        return record
+
+    async def get(self, name: str) -> ModelRecord | None:
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(sa.select(tables.models).where(tables.models.c.name == name))).mappings().first()
+        return _record(row) if row else None
+
+    async def require(self, name: str) -> ModelRecord:
+        record = await self.get(name)
+        if record is None:
+            raise NotFound(f"model {name!r} is not in the registry", param="name", code="model_not_found")
+        return record
+
+    async def list_models(self) -> list[ModelRecord]:
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(tables.models).order_by(tables.models.c.name))).mappings().all()
+        return [_record(r) for r in rows]
+
+    async def find_by_path(self, path: Path) -> ModelRecord | None:
+        async with self.db.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(tables.models).where(tables.models.c.path == str(path.resolve()))))
+                .mappings()
+                .first()
+            )
+        return _record(row) if row else None
+
+    async def set_state(self, name: str, state: State, error: str | None = None) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                tables.models.update()
+                .where(tables.models.c.name == name)
+                .values(state=state, error=error, updated_at=_now())
+            )
+
+    async def touch(self, name: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                tables.models.update().where(tables.models.c.name == name).values(last_used_at=_now())
+            )
+
+    async def delete(self, name: str) -> bool:
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(tables.models.delete().where(tables.models.c.name == name))
+        return bool(result.rowcount)
+
+
+def _record(row: Any) -> ModelRecord:
+    values = dict(row)
+    for key in ("created_at", "updated_at", "last_used_at"):
+        # SQLite hands datetimes back without their zone; they were written in UTC.
+        if values.get(key) is not None and values[key].tzinfo is None:
+            values[key] = values[key].replace(tzinfo=UTC)
+    return ModelRecord(**values)

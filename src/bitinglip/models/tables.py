@@ -1,0 +1,28 @@
+"""The `models` table: one row per model the registry knows, whatever its state."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from bitinglip.core.db import metadata
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("source", sa.String(20), nullable=False),  # hub, local, tiny
+    sa.Column("repo_id", sa.String(200)),
+    sa.Column("revision", sa.String(200)),
+    sa.Column("commit_sha", sa.String(64)),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("architecture", sa.String(200)),
+    sa.Column("context_length", sa.Integer),
+    sa.Column("dtype", sa.String(40)),
+    sa.Column("parameters", sa.BigInteger),
+    sa.Column("state", sa.String(20), nullable=False),  # pulling, ready, failed
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+)

@@ -1,0 +1,1 @@
+"""The durable job queue for inference work (table `tasks`)."""
