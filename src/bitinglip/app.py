@@ -45,6 +45,7 @@ def create_app(loaded: LoadedSettings | None = None, on_fatal: Callable[[str], N
             ClusterPlugin(parts.cluster),
             GatewayPlugin(parts.serving, access_log=loaded.settings.server.access_log),
         ],
+        logging_config=None,  # ours (structlog) is set up by the CLI; Litestar's would replace it
     )
     app.state.components = parts
     return app

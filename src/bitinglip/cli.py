@@ -55,6 +55,8 @@ def _kill_children(grace_s: float = 10.0) -> list[int]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     import uvicorn
 
     from bitinglip.app import create_app

@@ -127,6 +127,15 @@ class Engine:
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self.max_model_len = llm.model_config.max_model_len
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Generate one token before calling the engine ready: the first forward pass is slow (kernel set-up),
+        and "ready" should mean the engine answers, not only that its process is up."""
+        params = self.sampling_params(max_tokens=1, ignore_eos=True)
+        ids = self.encode("warm up") or [0]
+        async for _ in self.generate(ids, None, params, "bitinglip-warmup"):
+            pass
 
     async def stop(self) -> None:
         if self._llm is not None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from bitinglip.core.errors import NotFound
@@ -74,7 +75,7 @@ def openai_routes(serving: OpenAIServing) -> list[Any]:
         return _json(serving.list_models())
 
     @get("/v1/models/{model:path}", operation_id="retrieveModel")
-    async def retrieve_model(model: str) -> Response[bytes]:
+    async def retrieve_model(model: FromPath[str]) -> Response[bytes]:
         name = model.lstrip("/")
         for card in serving.list_models().data:
             if card.id == name:

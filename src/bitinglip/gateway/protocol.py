@@ -60,7 +60,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | None = None
+    # str, list of str, or list of token ids: msgspec cannot type a union of two list types; serving checks it.
+    prompt: Any = None
     logprobs: int | None = None
     echo: bool = False
 

@@ -229,13 +229,15 @@ class OpenAIServing:
         prompts: list[tuple[list[int], str | None]] = []
         if isinstance(prompt, str):
             prompts.append((await self._encode(engine, prompt), prompt))
+        elif not isinstance(prompt, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in prompt):
+            raise InvalidInput("`prompt` must be a string, a list of strings or a list of token ids", param="prompt")
         elif all(isinstance(x, int) for x in prompt):
             if any(not (0 <= x < 2**31) for x in prompt):  # type: ignore[operator]
                 raise InvalidInput("token ids in `prompt` must be non-negative", param="prompt")
             prompts.append((list(prompt), None))  # type: ignore[arg-type]
         else:
             for text in prompt:
-                if not text:
+                if not isinstance(text, str) or not text:
                     raise InvalidInput("prompts must not be empty strings", param="prompt")
                 prompts.append((await self._encode(engine, str(text)), str(text)))
         _check_range("logprobs", req.logprobs, 0, MAX_LOGPROBS)
@@ -349,7 +351,8 @@ class OpenAIServing:
                 for out in output.outputs:
                     index = prompt_index * prep.n + out.index
                     completion_tokens += len(out.token_ids)
-                    if not out.text and out.finish_reason is None and not out.token_ids:
+                    # A token that ends mid-character decodes to nothing yet: no empty event for it.
+                    if not out.text and out.finish_reason is None and prep.logprobs is None:
                         continue
                     lp = None
                     if prep.logprobs is not None and out.logprobs:

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 from litestar import Response, delete, get
+from litestar.params import FromPath, FromQuery
 
 from bitinglip.models.service import ModelService
 
@@ -20,11 +21,11 @@ def model_routes(service: ModelService) -> list[Any]:
         return _json({"data": await service.registry.list_models()})
 
     @get("/api/models/{name:path}", operation_id="showLocalModel")
-    async def show_model(name: str) -> Response[bytes]:
+    async def show_model(name: FromPath[str]) -> Response[bytes]:
         return _json(await service.registry.require(name.lstrip("/")))
 
     @delete("/api/models/{name:path}", operation_id="removeLocalModel", status_code=200)
-    async def remove_model(name: str, force: bool = False) -> Response[bytes]:
+    async def remove_model(name: FromPath[str], force: FromQuery[bool] = False) -> Response[bytes]:
         return _json(await service.remove(name.lstrip("/"), force=force))
 
     return [list_models, show_model, remove_model]

@@ -1,0 +1,101 @@
+"""The real server (`bitinglip serve` in a subprocess, real vLLM engine on the CPU, tiny model), once per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+BIN = Path(sys.executable).parent / "bitinglip"
+READY_TIMEOUT_S = 420
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str]
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+def server_env(data: Path, model: Path | str, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")}
+    env.update(
+        BITINGLIP_ENV="test",
+        BITINGLIP_DB__URL=f"sqlite+aiosqlite:///{data}/bitinglip.db",
+        BITINGLIP_MODELS__DIR=str(data / "models"),
+        BITINGLIP_SERVER__PORT=str(port),
+        BITINGLIP_CLUSTER__MODEL=str(model),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
+    port = free_port()
+    env = server_env(data, model, port) | extra_env
+    log_path = data / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data)
+    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, env=env)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode} before it was ready:\n{server.log()[-4000:]}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop_server(server)
+    pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{server.log()[-4000:]}")
+
+
+def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(sig)
+        try:
+            server.proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("server")
+    srv = start_server(data, tiny_model_dir)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture
+def client(server: Server) -> openai.OpenAI:
+    return server.openai()

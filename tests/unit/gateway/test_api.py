@@ -1,0 +1,164 @@
+"""The OpenAI edge against a scripted engine: wire format, validation, errors, admission."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from doubles import FakeCluster, ScriptedEngine
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from bitinglip.core.settings import GatewaySettings
+from bitinglip.gateway import GatewayPlugin, OpenAIServing
+
+
+@pytest.fixture
+def engine() -> ScriptedEngine:
+    return ScriptedEngine()
+
+
+@pytest.fixture
+def serving(engine: ScriptedEngine) -> OpenAIServing:
+    return OpenAIServing(FakeCluster(engine), GatewaySettings())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(serving: OpenAIServing) -> Iterator[TestClient]:
+    app = Litestar(plugins=[GatewayPlugin(serving)], logging_config=None)
+    with TestClient(app) as c:
+        yield c
+
+
+def chat(**extra: object) -> dict[str, object]:
+    return {"model": "fake", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def events(text: str) -> list[str]:
+    return [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+
+
+def test_chat_completion_shape_and_usage(client: TestClient, engine: ScriptedEngine) -> None:
+    r = client.post("/v1/chat/completions", json=chat(max_tokens=3))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello there friend"}
+    assert body["choices"][0]["finish_reason"] == "length"
+    prompt_tokens = len(engine.render_chat([{"role": "user", "content": "hi"}]))
+    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 3, "total_tokens": prompt_tokens + 3}
+
+
+def test_max_completion_tokens_wins_and_default_fills_context(client: TestClient, engine: ScriptedEngine) -> None:
+    client.post("/v1/chat/completions", json=chat(max_completion_tokens=2, max_tokens=9))
+    assert engine.seen[-1]["params"]["max_tokens"] == 2
+    client.post("/v1/chat/completions", json=chat())
+    prompt_len = len(engine.seen[-1]["prompt_ids"])
+    assert engine.seen[-1]["params"]["max_tokens"] == engine.max_model_len - prompt_len
+
+
+def test_chat_stream_events_role_first_usage_last(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    data = events(r.text)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[1:-1]) == "Hello there friend"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_completion_n_and_several_prompts(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={"model": "fake", "prompt": ["a", "b"], "n": 2, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert all(c["text"] == "Hello there" for c in choices)
+    assert r.json()["usage"]["completion_tokens"] == 8
+
+
+def test_completion_logprobs_shape(client: TestClient) -> None:
+    r = client.post("/v1/completions", json={"model": "fake", "prompt": "a", "max_tokens": 2, "logprobs": 2})
+    lp = r.json()["choices"][0]["logprobs"]
+    assert lp["tokens"] == ["Hello", " there"]
+    assert lp["token_logprobs"] == [-0.5, -0.5]
+    assert lp["text_offset"] == [0, 5]
+    assert lp["top_logprobs"][0] == {"Hello": -0.5, "x": -1.5}
+
+
+def test_chat_logprobs_shape(client: TestClient) -> None:
+    r = client.post("/v1/chat/completions", json=chat(max_tokens=1, logprobs=True, top_logprobs=1))
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert content == [{"token": "Hello", "logprob": -0.5, "bytes": list(b"Hello"),
+                        "top_logprobs": [{"token": "Hello", "logprob": -0.5, "bytes": list(b"Hello")}]}]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "fragment"),
+    [
+        (b"{not json", 400, None, "not valid JSON"),
+        (b"", 400, None, "empty"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model", "model"),
+        (json.dumps(chat(model="nope")).encode(), 404, "model", "nope"),
+        (json.dumps({"model": "fake", "messages": []}).encode(), 400, "messages", "non-empty"),
+        (json.dumps(chat(temperature=3)).encode(), 400, "temperature", "between"),
+        (json.dumps(chat(top_p=0)).encode(), 400, "top_p", "between"),
+        (json.dumps(chat(n=0)).encode(), 400, "n", "between"),
+        (json.dumps(chat(max_tokens=0)).encode(), 400, "max_tokens", "at least 1"),
+        (json.dumps(chat(max_tokens=1000)).encode(), 400, "max_tokens", "maximum context length is 64"),
+        (json.dumps(chat(max_tokens="ten")).encode(), 400, "max_tokens", "Expected `int | null`"),
+        (json.dumps(chat(top_logprobs=3)).encode(), 400, "top_logprobs", "logprobs"),
+        (json.dumps(chat(messages=[{"role": "wizard", "content": "x"}])).encode(), 400, "messages.0.role", "role"),
+        (json.dumps(chat(messages=[{"role": "user", "content": "y" * 100}])).encode(), 400, "messages", "context length"),
+    ],
+)
+def test_bad_chat_requests_get_the_openai_envelope(
+    client: TestClient, body: bytes, status: int, param: str | None, fragment: str
+) -> None:
+    r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize("prompt", [None, "", [], [1.5], [True], {"a": 1}, [-1]])
+def test_bad_prompts(client: TestClient, prompt: object) -> None:
+    r = client.post("/v1/completions", json={"model": "fake", "prompt": prompt})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "prompt"
+
+
+def test_unknown_route_and_method_use_the_envelope(client: TestClient) -> None:
+    r = client.get("/v1/nothing-here")
+    assert r.status_code == 404 and "no route" in r.json()["error"]["message"]
+    r = client.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_request_id_is_echoed_or_made(client: TestClient, engine: ScriptedEngine) -> None:
+    r = client.post("/v1/chat/completions", json=chat(max_tokens=1), headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert engine.seen[-1]["request_id"].startswith("abc-123-")  # unique in the engine even if reused
+    r = client.post("/v1/chat/completions", json=chat(max_tokens=1))
+    assert len(r.headers["x-request-id"]) == 32
+    assert r.json()["id"] == f"chatcmpl-{r.headers['x-request-id']}"
+
+
+def test_overload_is_a_fast_503_with_retry_after(client: TestClient, serving: OpenAIServing) -> None:
+    serving.pending = serving.settings.max_pending_requests
+    for body in (chat(), chat(stream=True)):
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "overloaded"
+
+
+def test_models_list_and_retrieve(client: TestClient) -> None:
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["fake"]
+    assert client.get("/v1/models/fake").json()["max_model_len"] == 64
+    assert client.get("/v1/models/other").status_code == 404
