@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,24 @@ def _kill_children(grace_s: float = 10.0) -> list[int]:
     return [c.pid for c in children]
 
 
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the process
+            # before we reap leftover engine processes and make a clean stop look like a crash (-15).
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -81,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     log.info(
         "server.starting",
         url=f"http://{settings.server.host}:{settings.server.port}",

@@ -545,7 +545,10 @@ class HubClient:
                 _check_cancel(cancel)
                 if plan.done:
                     continue
-                self._fetch(http, headers, snapshot, plan, report, cancel)
+                try:
+                    self._fetch(http, headers, snapshot, plan, report, cancel)
+                except httpx.HTTPError as e:  # transport errors were retried inside; this is the rest
+                    raise HubError(f"downloading {plan.file.path} from {snapshot.repo_id} failed: {e!r}") from None
         _remove_empty_dirs(root / PARTIAL_DIR)
 
     # ------------------------------------------------------------------------------------- internals
@@ -685,7 +688,7 @@ class HubClient:
                         failures += 1
                         self._backoff(failures, cancel, f.path, "range not satisfiable")
                         continue
-                    if status in (429,) or status >= 500:
+                    if status == 429 or status >= 500:
                         raise _RetryableStatus(status, response.headers.get("retry-after"))
                     if status >= 400:
                         _raise_for_file_status(response, snapshot, f)

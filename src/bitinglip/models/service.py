@@ -61,12 +61,16 @@ class ModelService:
         return saved
 
     async def resolve_for_serving(self, spec: str) -> tuple[Path, str]:
-        """A registry name, a local model directory or a hub id -> (path, served name)."""
+        """A registry name, a local model directory or a hub id -> (path, served name); marks it used."""
+        path, name = await self._resolve(spec)
+        await self.registry.touch(name)
+        return path, name
+
+    async def _resolve(self, spec: str) -> tuple[Path, str]:
         record = await self.registry.get(spec)
         if record is not None:
             if record.state != "ready":
                 raise Conflict(f"model {spec!r} is {record.state}, not ready" + (f": {record.error}" if record.error else ""))
-            await self.registry.touch(record.name)
             return Path(record.path), record.name
         path = Path(spec).expanduser()
         if path.is_dir():
@@ -74,8 +78,7 @@ class ModelService:
             if known is not None:
                 return path.resolve(), known.name
             name = path.name
-            taken = await self.registry.get(name)
-            if taken is not None:  # same folder name elsewhere: keep both, tell them apart by a short hash
+            if await self.registry.get(name) is not None:  # same folder name elsewhere: tell them apart
                 name = f"{name}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:6]}"
             record = await self.import_dir(path, name)
             return Path(record.path), record.name

@@ -1,0 +1,50 @@
+"""Runs last (file order): stops the shared server and checks no engine process outlives it.
+
+Then a second server whose engine core is killed must exit non-zero instead of looking healthy.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+
+from e2e.conftest import Server, start_server, stop_server
+
+
+def _gone(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def test_sigterm_stops_the_server_and_its_engine(server: Server) -> None:
+    children = [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)]
+    assert children, "the engine core should run in a child process"
+    began = time.monotonic()
+    assert stop_server(server, signal.SIGTERM) == 0
+    assert time.monotonic() - began < 60
+    deadline = time.monotonic() + 10
+    while not _gone(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _gone(children), f"left running: {[p for p in children if psutil.pid_exists(p)]}"
+    assert '"event": "server.exit"' in server.log()
+
+
+def test_engine_death_exits_non_zero(tmp_path, tiny_model_dir) -> None:
+    srv = start_server(tmp_path, tiny_model_dir)
+    try:
+        engine_core = [p for p in psutil.Process(srv.proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM")]
+        victims = engine_core or psutil.Process(srv.proc.pid).children(recursive=True)
+        for proc in victims:
+            proc.kill()
+        srv.proc.wait(timeout=60)
+        assert srv.proc.returncode == 1
+        assert "engine.failed" in srv.log()
+    finally:
+        stop_server(srv)
