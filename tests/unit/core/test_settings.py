@@ -1,0 +1,79 @@
+"""Settings layers, their order, and the errors that stop start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bitinglip.core.errors import SettingsError
+from bitinglip.core.settings import describe, load_settings
+
+
+@pytest.fixture
+def layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for key in [k for k in __import__("os").environ if k.startswith("BITINGLIP_")]:
+        monkeypatch.delenv(key)
+    (tmp_path / "default.toml").write_text('[server]\nport = 8000\nhost = "0.0.0.0"\n[cluster.engine]\nmax_model_len = 512\n')
+    (tmp_path / "staging.toml").write_text("[server]\nport = 8100\n")
+    (tmp_path / "local.toml").write_text('[cluster.engine]\ndtype = "float32"\n')
+    return tmp_path
+
+
+def test_layers_apply_lowest_first_and_remember_their_source(layers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITINGLIP_CLUSTER__ENGINE__ENFORCE_EAGER", "true")
+    loaded = load_settings(env="staging", directory=layers)
+    s = loaded.settings
+    assert s.env == "staging"
+    assert s.server.port == 8100 and s.server.host == "0.0.0.0"
+    assert s.cluster.engine == {"max_model_len": 512, "dtype": "float32", "enforce_eager": True}
+    assert loaded.sources["server.port"] == str(layers / "staging.toml")
+    assert loaded.sources["server.host"] == str(layers / "default.toml")
+    assert loaded.sources["cluster.engine.dtype"] == str(layers / "local.toml")
+    assert loaded.sources["cluster.engine.enforce_eager"] == "env BITINGLIP_CLUSTER__ENGINE__ENFORCE_EAGER"
+
+
+def test_environment_beats_files_and_cli_beats_environment(layers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITINGLIP_SERVER__PORT", "9000")
+    assert load_settings(env="staging", directory=layers).settings.server.port == 9000
+    loaded = load_settings({"server": {"port": 9100}}, env="staging", directory=layers)
+    assert loaded.settings.server.port == 9100 and loaded.sources["server.port"] == "cli"
+
+
+def test_defaults_fill_what_no_layer_sets(tmp_path: Path) -> None:
+    loaded = load_settings(env="none", directory=tmp_path)
+    assert loaded.settings.models.dir == "data/models"
+    rows = {key: layer for key, _, layer in describe(loaded)}
+    assert rows["models.dir"] == "defaults"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "fragment"),
+    [
+        ("BITINGLIP_SERVER__PORT", "abc", "setting `server.port` (from env BITINGLIP_SERVER__PORT): Expected `int`"),
+        ("BITINGLIP_SERVER__PROT", "1", "setting `server.prot` (from env BITINGLIP_SERVER__PROT): unknown key"),
+        ("BITINGLIP_SERVER__LOG_LEVEL", "loud", "setting `server.log_level`"),
+        ("BITINGLIP_NOPE__X", "1", "setting `nope` (from env BITINGLIP_NOPE__X): unknown key"),
+    ],
+)
+def test_bad_values_name_key_and_layer(layers: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str,
+                                       fragment: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings(env="staging", directory=layers)
+    assert fragment in err.value.message
+
+
+def test_a_bad_file_value_names_the_file(layers: Path) -> None:
+    (layers / "local.toml").write_text("[models]\noffline = \"sometimes\"\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(env="staging", directory=layers)
+    assert "models.offline" in err.value.message and "local.toml" in err.value.message
+
+
+def test_secrets_are_masked(layers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITINGLIP_MODELS__HUB_TOKEN", "hf_abcdefghijklmnop")
+    rows = {key: value for key, value, _ in describe(load_settings(env="staging", directory=layers))}
+    assert "abcdefghijklmnop" not in rows["models.hub_token"]
+    assert "masked" in rows["models.hub_token"]
+    assert rows["server.port"] == "8100"
