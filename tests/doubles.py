@@ -58,8 +58,9 @@ class ScriptedEngine:
     def sampling_params(self, **kwargs: Any) -> dict[str, Any]:
         return kwargs
 
-    async def generate(self, prompt_ids: list[int], prompt_text: str | None, params: dict[str, Any], request_id: str,
-                       priority: int = 0) -> Any:
+    async def generate(
+        self, prompt_ids: list[int], prompt_text: str | None, params: dict[str, Any], request_id: str, priority: int = 0
+    ) -> Any:
         self.seen.append({"prompt_ids": prompt_ids, "params": params, "request_id": request_id})
         self.running.add(request_id)
         try:

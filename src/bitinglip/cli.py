@@ -15,13 +15,23 @@ from typing import Any
 
 import msgspec
 
-from bitinglip.core import BitingLipError, LoadedSettings, SettingsError, configure_logging, describe, get_logger, load_settings
+from bitinglip.core import (
+    BitingLipError,
+    LoadedSettings,
+    SettingsError,
+    configure_logging,
+    describe,
+    get_logger,
+    load_settings,
+)
 
 log = get_logger("bitinglip.cli")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    server = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v is not None}
+    server = {
+        k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v is not None
+    }
     out: dict[str, Any] = {"server": server} if server else {}
     if getattr(args, "model", None):
         out["cluster"] = {"model": args.model}
@@ -130,7 +140,20 @@ def cmd_settings_show(args: argparse.Namespace) -> int:
     loaded = load_settings()
     rows = describe(loaded)
     if args.json:
-        print(msgspec.json.encode([{"key": k, "value": msgspec.json.decode(v) if not v.startswith("*") and "(masked)" not in v and v != "(unset)" else v, "layer": layer} for k, v, layer in rows]).decode())
+        print(
+            msgspec.json.encode(
+                [
+                    {
+                        "key": k,
+                        "value": msgspec.json.decode(v)
+                        if not v.startswith("*") and "(masked)" not in v and v != "(unset)"
+                        else v,
+                        "layer": layer,
+                    }
+                    for k, v, layer in rows
+                ]
+            ).decode()
+        )
         return 0
     width = max(len(k) for k, _, _ in rows)
     vwidth = min(max(len(v) for _, v, _ in rows), 60)
@@ -156,6 +179,7 @@ def _with_models(work: Callable[[Any], Awaitable[int]]) -> Callable[[argparse.Na
             try:
                 return await work(parts, args)  # type: ignore[call-arg]
             finally:
+                await parts.models.pulls.stop()  # Ctrl-C: the partial files stay, the next pull resumes them
                 await parts.db.stop()
 
         return asyncio.run(main())
@@ -177,9 +201,29 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _progress_line(status: Any, width: int = 24) -> str:
+    total, done = status.bytes_total, status.bytes_done
+    if not total or status.state == "resolving":
+        return f"{status.ref}: {status.state}"
+    filled = min(width, done * width // total)
+    bar = "#" * filled + "." * (width - filled)
+    return (
+        f"{status.ref} [{bar}] {100 * done / total:5.1f}%  {_size(done)}/{_size(total)}  "
+        f"{_size(int(status.rate)) if status.rate else '-'}/s  left {_duration(status.eta_s)}  {status.state}"
+    )
+
+
 async def _create_tiny(parts: Any, args: argparse.Namespace) -> int:
     record = await parts.models.create_tiny(args.name, if_missing=args.if_missing)
-    print(f"{record.name}: {record.path} ({_size(record.size_bytes)}, {record.parameters:,} parameters, random weights)")
+    size, params = _size(record.size_bytes), record.parameters
+    print(f"{record.name}: {record.path} ({size}, {params:,} parameters, random weights)")
     return 0
 
 
@@ -193,7 +237,10 @@ async def _list(parts: Any, args: argparse.Namespace) -> int:
         return 0
     print(f"{'NAME':<32} {'STATE':<8} {'SIZE':>9} {'ARCH':<24} {'CONTEXT':>7} {'SOURCE':<6} LAST USED")
     for r in records:
-        print(f"{r.name:<32} {r.state:<8} {_size(r.size_bytes):>9} {(r.architecture or '-'):<24} {r.context_length or '-':>7} {r.source:<6} {_when(r.last_used_at)}")
+        print(
+            f"{r.name:<32} {r.state:<8} {_size(r.size_bytes):>9} {(r.architecture or '-'):<24} "
+            f"{r.context_length or '-':>7} {r.source:<6} {_when(r.last_used_at)}"
+        )
     return 0
 
 
@@ -207,6 +254,50 @@ async def _show(parts: Any, args: argparse.Namespace) -> int:
 async def _rm(parts: Any, args: argparse.Namespace) -> int:
     record = await parts.models.remove(args.name, force=args.force)
     print(f"removed {record.name} ({record.path})")
+    return 0
+
+
+async def _search(parts: Any, args: argparse.Namespace) -> int:
+    results = await parts.models.search(args.query, limit=args.limit, sort=args.sort)
+    if args.json:
+        print(msgspec.json.encode(results).decode())
+        return 0
+    if not results:
+        print(f"nothing on the hub matches {args.query!r}")
+        return 0
+    width = max(32, *(len(r.id) for r in results))
+    print(f"{'ID':<{width}} {'DOWNLOADS':>10} {'LIKES':>6} {'TASK':<20} {'LAST MODIFIED':<16} SERVABLE")
+    for r in results:
+        servable = "?" if r.servable is None else ("yes" if r.servable else "no")
+        modified = (r.last_modified or "-")[:16].replace("T", " ")
+        counts = f"{r.downloads or 0:>10,} {r.likes or 0:>6,}"
+        print(f"{r.id:<{width}} {counts} {(r.task or '-'):<20} {modified:<16} {servable}")
+    return 0
+
+
+async def _pull(parts: Any, args: argparse.Namespace) -> int:
+    pull = parts.models.pull(args.ref, args.allow or None, args.ignore or None)
+    tty = sys.stderr.isatty()
+    # On a terminal one line redrawn in place; in a log, one line every few seconds.
+    every, last = (0.2, 0.0) if tty else (5.0, 0.0)
+    loop = asyncio.get_running_loop()
+    while not await pull.wait(every if tty else 0.5):
+        if loop.time() - last >= every:
+            last = loop.time()
+            line = _progress_line(pull.status())
+            print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    status = pull.status()
+    if tty:
+        print(f"\r{_progress_line(status)}\x1b[K", file=sys.stderr)
+    if status.state != "ready":
+        raise pull.exception
+    if status.up_to_date:
+        print(f"{status.model} is already up to date ({status.revision or 'main'} = {status.commit_sha})")
+    else:
+        print(
+            f"pulled {status.model} {status.revision or 'main'} = {status.commit_sha} into {status.path}"
+            f" ({_size(status.bytes_total)}, {_size(status.resumed_bytes)} resumed)"
+        )
     return 0
 
 
@@ -236,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--name", default="tiny")
     tiny.add_argument("--if-missing", action="store_true", help="do nothing if it exists and is ready")
     tiny.set_defaults(func=_with_models(_create_tiny))
+    search = models.add_parser("search", help="find models on the hub")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=20)
+    search.add_argument("--sort", choices=["downloads", "likes", "last_modified", "trending"], default="downloads")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=_with_models(_search))
+    pull = models.add_parser("pull", help="download ORG/NAME[@REVISION] from the hub (resumes an interrupted pull)")
+    pull.add_argument("ref", metavar="ORG/NAME[@REVISION]")
+    pull.add_argument("--allow", action="append", metavar="PATTERN", help="only files matching (repeatable)")
+    pull.add_argument("--ignore", action="append", metavar="PATTERN", help="skip files matching (repeatable)")
+    pull.set_defaults(func=_with_models(_pull))
     lst = models.add_parser("list", help="list local models")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_with_models(_list))

@@ -15,7 +15,9 @@ CHAT = "/v1/chat/completions"
 
 def post(server: Server, path: str, body: bytes | dict, **kw: object) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{server.url}{path}", content=content, headers={"content-type": "application/json"}, timeout=60, **kw)
+    return httpx.post(
+        f"{server.url}{path}", content=content, headers={"content-type": "application/json"}, timeout=60, **kw
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,15 +28,26 @@ def post(server: Server, path: str, body: bytes | dict, **kw: object) -> httpx.R
         (CHAT, {"model": "ghost", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
         (CHAT, {"model": "tiny", "messages": []}, 400, "messages"),
         (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "word " * 2100}]}, 400, "messages"),
-        (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, 400, "max_tokens"),
-        (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+        (
+            CHAT,
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
+            400,
+            "max_tokens",
+        ),
+        (
+            CHAT,
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+            400,
+            "temperature",
+        ),
         (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 1000}, 400, "n"),
         ("/v1/completions", {"model": "tiny", "prompt": "word " * 2100}, 400, "prompt"),
         ("/v1/completions", {"model": "tiny", "prompt": "hi", "logprobs": 50}, 400, "logprobs"),
     ],
 )
-def test_bad_input_is_a_4xx_in_the_openai_envelope(server: Server, path: str, body: bytes | dict, status: int,
-                                                   param: str | None) -> None:
+def test_bad_input_is_a_4xx_in_the_openai_envelope(
+    server: Server, path: str, body: bytes | dict, status: int, param: str | None
+) -> None:
     r = post(server, path, body)
     assert r.status_code == status, r.text
     error = r.json()["error"]

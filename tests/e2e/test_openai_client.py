@@ -33,7 +33,11 @@ def test_text_completion(client: openai.OpenAI) -> None:
 
 def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_tokens=12, stream=True, stream_options={"include_usage": True},
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
         extra_body={"ignore_eos": True},
     )
     chunks = list(stream)
@@ -47,8 +51,13 @@ def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_completion_streaming_matches_non_streaming(client: openai.OpenAI) -> None:
-    kwargs = {"model": MODEL, "prompt": "import os\n", "max_tokens": 10, "temperature": 0.0,
-              "extra_body": {"ignore_eos": True}}
+    kwargs = {
+        "model": MODEL,
+        "prompt": "import os\n",
+        "max_tokens": 10,
+        "temperature": 0.0,
+        "extra_body": {"ignore_eos": True},
+    }
     whole = client.completions.create(**kwargs).choices[0].text  # type: ignore[call-overload]
     streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kwargs) if c.choices)  # type: ignore[call-overload]
     assert streamed == whole
@@ -62,8 +71,9 @@ def test_n_choices(client: openai.OpenAI) -> None:
 
 def test_same_seed_same_output_other_seed_differs(client: openai.OpenAI) -> None:
     def run(seed: int) -> str:
-        r = client.completions.create(model=MODEL, prompt="class A:", max_tokens=24, temperature=1.0, seed=seed,
-                                      extra_body={"ignore_eos": True})
+        r = client.completions.create(
+            model=MODEL, prompt="class A:", max_tokens=24, temperature=1.0, seed=seed, extra_body={"ignore_eos": True}
+        )
         return r.choices[0].text
 
     first = run(1234)
@@ -72,10 +82,16 @@ def test_same_seed_same_output_other_seed_differs(client: openai.OpenAI) -> None
 
 
 def test_stop_sequence_cuts_the_output(client: openai.OpenAI) -> None:
-    kwargs = {"model": MODEL, "prompt": "for i in range(3):", "max_tokens": 30, "temperature": 1.0, "seed": 99,
-              "extra_body": {"ignore_eos": True}}
+    kwargs = {
+        "model": MODEL,
+        "prompt": "for i in range(3):",
+        "max_tokens": 30,
+        "temperature": 1.0,
+        "seed": 99,
+        "extra_body": {"ignore_eos": True},
+    }
     full = client.completions.create(**kwargs).choices[0].text  # type: ignore[call-overload]
-    stop = next((full[i:i + 2] for i in range(4, len(full) - 2) if full[i:i + 2].strip() == full[i:i + 2]), None)
+    stop = next((full[i : i + 2] for i in range(4, len(full) - 2) if full[i : i + 2].strip() == full[i : i + 2]), None)
     assert stop, f"no usable stop string in {full!r}"
     cut = client.completions.create(stop=[stop], **kwargs).choices[0]  # type: ignore[call-overload]
     assert cut.text == full[: full.index(stop)]
@@ -83,8 +99,9 @@ def test_stop_sequence_cuts_the_output(client: openai.OpenAI) -> None:
 
 
 def test_logprobs_chat_and_completion(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=3,
-                                       extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True}
+    )
     content = r.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == 4
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
@@ -97,8 +114,14 @@ def test_logprobs_chat_and_completion(client: openai.OpenAI) -> None:
 
 def test_sampling_parameters_are_accepted(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_completion_tokens=3, temperature=0.7, top_p=0.9, presence_penalty=0.5,
-        frequency_penalty=0.5, extra_body={"top_k": 20, "ignore_eos": True},
+        model=MODEL,
+        messages=HELLO,
+        max_completion_tokens=3,
+        temperature=0.7,
+        top_p=0.9,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        extra_body={"top_k": 20, "ignore_eos": True},
     )
     assert r.usage is not None and r.usage.completion_tokens == 3
 

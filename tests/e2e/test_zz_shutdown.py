@@ -39,7 +39,11 @@ def test_sigterm_stops_the_server_and_its_engine(server: Server) -> None:
 def test_engine_death_exits_non_zero(tmp_path, tiny_model_dir) -> None:
     srv = start_server(tmp_path, tiny_model_dir)
     try:
-        engine_core = [p for p in psutil.Process(srv.proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM")]
+        engine_core = [
+            p
+            for p in psutil.Process(srv.proc.pid).children(recursive=True)
+            if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM")
+        ]
         victims = engine_core or psutil.Process(srv.proc.pid).children(recursive=True)
         for proc in victims:
             proc.kill()

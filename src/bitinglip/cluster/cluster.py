@@ -97,7 +97,9 @@ class Cluster:
             return
         self.started_in_s = round(time.monotonic() - began, 1)
         self.state = "ready"
-        log.info("engine.ready", model=self.served_name, seconds=self.started_in_s, max_model_len=self.engine.max_model_len)
+        log.info(
+            "engine.ready", model=self.served_name, seconds=self.started_in_s, max_model_len=self.engine.max_model_len
+        )
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
             if self.engine.dead:

@@ -219,6 +219,8 @@ def describe(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
     rows = []
     for key, value in sorted(_flatten(loaded.settings).items()):
         shown = mask(value) if is_secret(key) else msgspec.json.encode(value).decode()
-        layer = "BITINGLIP_ENV" if key == "env" and f"{ENV_PREFIX}_ENV" in os.environ else _source_of(key, loaded.sources)
+        layer = (
+            "BITINGLIP_ENV" if key == "env" and f"{ENV_PREFIX}_ENV" in os.environ else _source_of(key, loaded.sources)
+        )
         rows.append((key, shown, layer))
     return rows

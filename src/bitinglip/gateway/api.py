@@ -80,7 +80,9 @@ def openai_routes(serving: OpenAIServing) -> list[Any]:
         for card in serving.list_models().data:
             if card.id == name:
                 return _json(card)
-        raise NotFound(f"the model `{name}` does not exist or is not served here", param="model", code="model_not_found")
+        raise NotFound(
+            f"the model `{name}` does not exist or is not served here", param="model", code="model_not_found"
+        )
 
     @get("/health", operation_id="health")
     async def health() -> Response[bytes]:
@@ -89,7 +91,10 @@ def openai_routes(serving: OpenAIServing) -> list[Any]:
     @get("/ready", operation_id="ready")
     async def ready() -> Response[bytes]:
         status = [s for s in serving.cluster.status()]
-        body = {"ready": serving.cluster.ready, "engines": [{"model": s.model, "state": s.state, "error": s.error} for s in status]}
+        body = {
+            "ready": serving.cluster.ready,
+            "engines": [{"model": s.model, "state": s.state, "error": s.error} for s in status],
+        }
         if serving.cluster.ready:
             return _json(body)
         response = _json(body, status=503)

@@ -95,7 +95,9 @@ class OpenAIServing:
         for name in self.cluster.served_models():
             engine = self.cluster.engine_for(name)
             cards.append(
-                p.ModelCard(id=name, created=int(time.time()), max_model_len=engine.max_model_len, root=str(engine.model_path))
+                p.ModelCard(
+                    id=name, created=int(time.time()), max_model_len=engine.max_model_len, root=str(engine.model_path)
+                )
             )
         return p.ModelList(data=cards)
 
@@ -127,7 +129,9 @@ class OpenAIServing:
             raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
         return self.cluster.engine_for(model)
 
-    def _common_params(self, req: p._Sampling, max_tokens: int | None, prompt_len: int, engine: Engine) -> dict[str, Any]:
+    def _common_params(
+        self, req: p._Sampling, max_tokens: int | None, prompt_len: int, engine: Engine
+    ) -> dict[str, Any]:
         _check_range("temperature", req.temperature, 0.0, 2.0)
         _check_range("top_p", req.top_p, 1e-9, 1.0)
         _check_range("presence_penalty", req.presence_penalty, -2.0, 2.0)
@@ -225,11 +229,15 @@ class OpenAIServing:
         engine = self._engine(req.model)
         prompt = req.prompt
         if prompt is None or prompt == "" or prompt == []:
-            raise InvalidInput("`prompt` must be a non-empty string, list of strings or list of token ids", param="prompt")
+            raise InvalidInput(
+                "`prompt` must be a non-empty string, list of strings or list of token ids", param="prompt"
+            )
         prompts: list[tuple[list[int], str | None]] = []
         if isinstance(prompt, str):
             prompts.append((await self._encode(engine, prompt), prompt))
-        elif not isinstance(prompt, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in prompt):
+        elif not isinstance(prompt, list) or not all(
+            isinstance(x, (str, int)) and not isinstance(x, bool) for x in prompt
+        ):
             raise InvalidInput("`prompt` must be a string, a list of strings or a list of token ids", param="prompt")
         elif all(isinstance(x, int) for x in prompt):
             if any(not (0 <= x < 2**31) for x in prompt):  # type: ignore[operator]
@@ -345,7 +353,9 @@ class OpenAIServing:
                 for i, (_, text) in enumerate(prep.prompts):
                     for j in range(prep.n):
                         echo = p.CompletionChoice(index=i * prep.n + j, text=text or "")
-                        chunk = p.CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[echo], usage=None)
+                        chunk = p.CompletionResponse(
+                            id=chunk_id, created=created, model=prep.model, choices=[echo], usage=None
+                        )
                         yield b"data: " + encode(chunk) + b"\n\n"
             async for prompt_index, output in self._outputs(prep, request_id):
                 for out in output.outputs:
@@ -367,15 +377,23 @@ class OpenAIServing:
                             logprobs=lp,
                             finish_reason=out.finish_reason,
                         )
-                        chunk: Any = p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[choice])
+                        chunk: Any = p.ChatCompletionChunk(
+                            id=chunk_id, created=created, model=prep.model, choices=[choice]
+                        )
                     else:
-                        choice = p.CompletionChoice(index=index, text=out.text, logprobs=lp, finish_reason=out.finish_reason)
-                        chunk = p.CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[choice], usage=None)
+                        choice = p.CompletionChoice(
+                            index=index, text=out.text, logprobs=lp, finish_reason=out.finish_reason
+                        )
+                        chunk = p.CompletionResponse(
+                            id=chunk_id, created=created, model=prep.model, choices=[choice], usage=None
+                        )
                     yield b"data: " + encode(chunk) + b"\n\n"
             if prep.include_usage:
                 usage = _usage(prep, completion_tokens)
                 if chat:
-                    last: Any = p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[], usage=usage)
+                    last: Any = p.ChatCompletionChunk(
+                        id=chunk_id, created=created, model=prep.model, choices=[], usage=usage
+                    )
                 else:
                     last = p.CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[], usage=usage)
                 yield b"data: " + encode(last) + b"\n\n"
@@ -388,7 +406,9 @@ class OpenAIServing:
 
 def _usage(prep: Prepared, completion_tokens: int) -> p.Usage:
     prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
-    return p.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+    return p.Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
 
 
 def _token_text(logprob: Any, token_id: int, engine: Engine) -> str:
@@ -405,7 +425,9 @@ def _extend_logprobs(prep: Prepared, into: dict[int, Any], index: int, out: Any,
         if position is None:
             continue
         sampled = position.get(token_id)
-        token = _token_text(sampled, token_id, prep.engine) if sampled is not None else prep.engine.decode_token(token_id)
+        token = (
+            _token_text(sampled, token_id, prep.engine) if sampled is not None else prep.engine.decode_token(token_id)
+        )
         value = max(sampled.logprob, -9999.0) if sampled is not None else -9999.0
         ranked = sorted(position.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)[:top_k]
         if chat:
@@ -415,7 +437,11 @@ def _extend_logprobs(prep: Prepared, into: dict[int, Any], index: int, out: Any,
                     logprob=value,
                     bytes=list(token.encode()),
                     top_logprobs=[
-                        p.TopLogprob(token=(t := _token_text(lp, tid, prep.engine)), logprob=max(lp.logprob, -9999.0), bytes=list(t.encode()))
+                        p.TopLogprob(
+                            token=(t := _token_text(lp, tid, prep.engine)),
+                            logprob=max(lp.logprob, -9999.0),
+                            bytes=list(t.encode()),
+                        )
                         for tid, lp in ranked
                     ],
                 )
@@ -423,7 +449,9 @@ def _extend_logprobs(prep: Prepared, into: dict[int, Any], index: int, out: Any,
         else:
             target.tokens.append(token)
             target.token_logprobs.append(value)
-            target.top_logprobs.append({_token_text(lp, tid, prep.engine): max(lp.logprob, -9999.0) for tid, lp in ranked})
+            target.top_logprobs.append(
+                {_token_text(lp, tid, prep.engine): max(lp.logprob, -9999.0) for tid, lp in ranked}
+            )
             target.text_offset.append(text_offset)
             text_offset += len(token)
 
@@ -443,7 +471,7 @@ async def _merge(streams: list[AsyncIterator[tuple[int, Any]]]) -> AsyncIterator
         try:
             async for item in stream:
                 await queue.put(item)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:
             await queue.put(exc)
         finally:
             await queue.put(end)

@@ -9,8 +9,16 @@ from bitinglip.core.errors import SettingsError
 
 
 def test_known_arguments_pass() -> None:
-    check_engine_args({"max_model_len": 512, "dtype": "bfloat16", "enforce_eager": True, "max_num_seqs": 8,
-                       "gpu_memory_utilization": 0.8, "tensor_parallel_size": 1})
+    check_engine_args(
+        {
+            "max_model_len": 512,
+            "dtype": "bfloat16",
+            "enforce_eager": True,
+            "max_num_seqs": 8,
+            "gpu_memory_utilization": 0.8,
+            "tensor_parallel_size": 1,
+        }
+    )
 
 
 def test_unknown_argument_is_named_with_a_hint() -> None:
@@ -21,7 +29,7 @@ def test_unknown_argument_is_named_with_a_hint() -> None:
 
 
 def test_model_is_reserved_for_cluster_model() -> None:
-    with pytest.raises(SettingsError, match="cluster.model"):
+    with pytest.raises(SettingsError, match=r"cluster\.model"):
         check_engine_args({"model": "/x"})
 
 

@@ -14,7 +14,9 @@ from bitinglip.core.settings import describe, load_settings
 def layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key in [k for k in __import__("os").environ if k.startswith("BITINGLIP_")]:
         monkeypatch.delenv(key)
-    (tmp_path / "default.toml").write_text('[server]\nport = 8000\nhost = "0.0.0.0"\n[cluster.engine]\nmax_model_len = 512\n')
+    (tmp_path / "default.toml").write_text(
+        '[server]\nport = 8000\nhost = "0.0.0.0"\n[cluster.engine]\nmax_model_len = 512\n'
+    )
     (tmp_path / "staging.toml").write_text("[server]\nport = 8100\n")
     (tmp_path / "local.toml").write_text('[cluster.engine]\ndtype = "float32"\n')
     return tmp_path
@@ -56,8 +58,9 @@ def test_defaults_fill_what_no_layer_sets(tmp_path: Path) -> None:
         ("BITINGLIP_NOPE__X", "1", "setting `nope` (from env BITINGLIP_NOPE__X): unknown key"),
     ],
 )
-def test_bad_values_name_key_and_layer(layers: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str,
-                                       fragment: str) -> None:
+def test_bad_values_name_key_and_layer(
+    layers: Path, monkeypatch: pytest.MonkeyPatch, env: str, value: str, fragment: str
+) -> None:
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingsError) as err:
         load_settings(env="staging", directory=layers)
@@ -65,7 +68,7 @@ def test_bad_values_name_key_and_layer(layers: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_a_bad_file_value_names_the_file(layers: Path) -> None:
-    (layers / "local.toml").write_text("[models]\noffline = \"sometimes\"\n")
+    (layers / "local.toml").write_text('[models]\noffline = "sometimes"\n')
     with pytest.raises(SettingsError) as err:
         load_settings(env="staging", directory=layers)
     assert "models.offline" in err.value.message and "local.toml" in err.value.message

@@ -6,12 +6,12 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from doubles import FakeCluster, ScriptedEngine
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from bitinglip.core.settings import GatewaySettings
 from bitinglip.gateway import GatewayPlugin, OpenAIServing
+from doubles import FakeCluster, ScriptedEngine
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def chat(**extra: object) -> dict[str, object]:
 
 
 def events(text: str) -> list[str]:
-    return [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
 def test_chat_completion_shape_and_usage(client: TestClient, engine: ScriptedEngine) -> None:
@@ -92,8 +92,14 @@ def test_completion_logprobs_shape(client: TestClient) -> None:
 def test_chat_logprobs_shape(client: TestClient) -> None:
     r = client.post("/v1/chat/completions", json=chat(max_tokens=1, logprobs=True, top_logprobs=1))
     content = r.json()["choices"][0]["logprobs"]["content"]
-    assert content == [{"token": "Hello", "logprob": -0.5, "bytes": list(b"Hello"),
-                        "top_logprobs": [{"token": "Hello", "logprob": -0.5, "bytes": list(b"Hello")}]}]
+    assert content == [
+        {
+            "token": "Hello",
+            "logprob": -0.5,
+            "bytes": list(b"Hello"),
+            "top_logprobs": [{"token": "Hello", "logprob": -0.5, "bytes": list(b"Hello")}],
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +118,12 @@ def test_chat_logprobs_shape(client: TestClient) -> None:
         (json.dumps(chat(max_tokens="ten")).encode(), 400, "max_tokens", "Expected `int | null`"),
         (json.dumps(chat(top_logprobs=3)).encode(), 400, "top_logprobs", "logprobs"),
         (json.dumps(chat(messages=[{"role": "wizard", "content": "x"}])).encode(), 400, "messages.0.role", "role"),
-        (json.dumps(chat(messages=[{"role": "user", "content": "y" * 100}])).encode(), 400, "messages", "context length"),
+        (
+            json.dumps(chat(messages=[{"role": "user", "content": "y" * 100}])).encode(),
+            400,
+            "messages",
+            "context length",
+        ),
     ],
 )
 def test_bad_chat_requests_get_the_openai_envelope(
