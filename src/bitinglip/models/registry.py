@@ -19,6 +19,9 @@ from bitinglip.models import tables
 
 State = Literal["pulling", "ready", "failed"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?(@[A-Za-z0-9._/-]{1,100})?$")
+# First path segments that are not model names: API routes under /api/models, and the folder of hub pulls.
+RESERVED_NAMES = frozenset({"pulls", "search", "import", "hub"})
+HUB_DIR = "hub"
 CONTEXT_KEYS = ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length", "max_sequence_length")
 
 
@@ -39,6 +42,10 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_used_at: datetime | None = None
+    pull_ref: str | None = None
+    pull_patterns: str | None = None
+    pull_pid: int | None = None
+    serving_pid: int | None = None
 
 
 class ModelFacts(msgspec.Struct, kw_only=True):
@@ -56,6 +63,9 @@ def validate_name(name: str) -> str:
         raise InvalidInput(
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (optionally org/name)", param="name"
         )
+    if name.split("/", 1)[0].split("@", 1)[0] in RESERVED_NAMES:
+        raise InvalidInput(f"model name {name!r} is reserved: no name may start with {sorted(RESERVED_NAMES)}",
+                           param="name")
     return name
 
 
@@ -75,7 +85,9 @@ def inspect_dir(path: Path) -> ModelFacts:
         config = json.loads(config_path.read_text())
     text_config = config.get("text_config") or {}
     architectures = config.get("architectures") or []
-    context = next((config.get(k) or text_config.get(k) for k in CONTEXT_KEYS if config.get(k) or text_config.get(k)), None)
+    context = next(
+        (config.get(k) or text_config.get(k) for k in CONTEXT_KEYS if config.get(k) or text_config.get(k)), None
+    )
     files = [p for p in path.rglob("*") if p.is_file() and ".partial" not in p.relative_to(path).parts]
     weights = [p for p in files if p.suffix == ".safetensors"]
     return ModelFacts(
@@ -105,6 +117,16 @@ class ModelRegistry:
         if not path.is_relative_to(self.models_dir.resolve()):
             raise InvalidInput(f"model name {name!r} escapes the models directory", param="name")
         return path
+
+    def hub_path(self, repo_id: str, commit_sha: str) -> Path:
+        """Where one commit of a hub repo lives: its own folder, so a new revision never overwrites the served one."""
+        path = (self.models_dir / HUB_DIR / repo_id / commit_sha).resolve()
+        if not path.is_relative_to((self.models_dir / HUB_DIR).resolve()):
+            raise InvalidInput(f"repo id {repo_id!r} escapes the models directory", param="repo_id")
+        return path
+
+    def hub_repo_dir(self, repo_id: str) -> Path:
+        return self.hub_path(repo_id, "x").parent
 
     async def save(self, record: ModelRecord) -> ModelRecord:
         now = _now()
@@ -147,18 +169,27 @@ class ModelRegistry:
             )
         return _record(row) if row else None
 
-    async def set_state(self, name: str, state: State, error: str | None = None) -> None:
+    async def update(self, name: str, **values: Any) -> None:
         async with self.db.engine.begin() as conn:
             await conn.execute(
-                tables.models.update()
-                .where(tables.models.c.name == name)
-                .values(state=state, error=error, updated_at=_now())
+                tables.models.update().where(tables.models.c.name == name).values(**values, updated_at=_now())
             )
 
+    async def set_state(self, name: str, state: State, error: str | None = None) -> None:
+        await self.update(name, state=state, error=error)
+
     async def touch(self, name: str) -> None:
+        await self.update(name, last_used_at=_now())
+
+    async def unfinished_pulls(self) -> list[ModelRecord]:
+        async with self.db.engine.connect() as conn:
+            query = sa.select(tables.models).where(tables.models.c.pull_ref.is_not(None))
+            return [_record(r) for r in (await conn.execute(query)).mappings().all()]
+
+    async def clear_serving(self, pid: int) -> None:
         async with self.db.engine.begin() as conn:
             await conn.execute(
-                tables.models.update().where(tables.models.c.name == name).values(last_used_at=_now())
+                tables.models.update().where(tables.models.c.serving_pid == pid).values(serving_pid=None)
             )
 
     async def delete(self, name: str) -> bool:

@@ -1,25 +1,84 @@
-"""Model operations shared by the CLI, the HTTP API and the cluster: create, import, resolve, remove."""
+"""Model operations shared by the CLI, the HTTP API and the cluster: search, pull, create, import, resolve, remove."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
+from collections.abc import Callable, Set
 from pathlib import Path
+
+import msgspec
 
 from bitinglip.core.errors import Conflict, InvalidInput, NotFound
 from bitinglip.core.logging import get_logger
+from bitinglip.models.hub import HubClient, OfflineError, parse_ref
+from bitinglip.models.pulls import Pull, PullManager, pid_alive
 from bitinglip.models.registry import ModelRecord, ModelRegistry, inspect_dir, validate_name
 
 log = get_logger(__name__)
 TINY_NAME = "tiny"
+SERVE_PROGRESS_EVERY_S = 5.0
+
+
+class SearchResult(msgspec.Struct, kw_only=True):
+    id: str
+    downloads: int | None
+    likes: int | None
+    task: str | None
+    last_modified: str | None
+    architectures: list[str] | None
+    servable: bool | None  # None: the hub did not say which architecture it is
 
 
 class ModelService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        hub: HubClient,
+        supported_architectures: Callable[[], Set[str]],
+    ) -> None:
         self.registry = registry
-        # Names currently served, so `rm` can refuse them; set by the app, which knows the cluster.
+        self.hub = hub
+        self.supported_architectures = supported_architectures
+        # Names this process serves; other processes see them through the rows' serving_pid.
         self.in_use: set[str] = set()
+        self.pulls = PullManager(registry, hub, supported_architectures, self.is_served)
+
+    async def start(self) -> None:
+        """Server start-up: forget serving marks of dead processes, resume pulls a dead process left behind."""
+        for record in await self.registry.list_models():
+            if record.serving_pid is not None and not pid_alive(record.serving_pid):
+                await self.registry.update(record.name, serving_pid=None)
+        await self.pulls.resume_unfinished()
+
+    async def stop(self) -> None:
+        await self.pulls.stop()
+        await self.registry.clear_serving(os.getpid())
+
+    def is_served(self, record: ModelRecord) -> bool:
+        return record.name in self.in_use or pid_alive(record.serving_pid)
+
+    async def mark_serving(self, name: str) -> None:
+        self.in_use.add(name)
+        await self.registry.update(name, serving_pid=os.getpid())
+
+    async def search(self, query: str, *, limit: int = 20, sort: str = "downloads") -> list[SearchResult]:
+        hits = await asyncio.to_thread(self.hub.search, query, limit=limit, sort=sort)
+        supported = await asyncio.to_thread(self.supported_architectures)
+        return [
+            SearchResult(
+                id=h.repo_id,
+                downloads=h.downloads,
+                likes=h.likes,
+                task=h.task,
+                last_modified=h.last_modified,
+                architectures=list(h.architectures) if h.architectures else None,
+                servable=any(a in supported for a in h.architectures) if h.architectures else None,
+            )
+            for h in hits
+        ]
 
     async def create_tiny(self, name: str = TINY_NAME, *, if_missing: bool = False) -> ModelRecord:
         from bitinglip.models.tiny import create_tiny_model  # torch and transformers: only when asked
@@ -39,7 +98,9 @@ class ModelService:
         name = validate_name(name or path.name)
         existing = await self.registry.get(name)
         if existing and Path(existing.path).resolve() != path:
-            raise Conflict(f"a model named {name!r} already exists at {existing.path}; pick another --name", param="name")
+            raise Conflict(
+                f"a model named {name!r} already exists at {existing.path}; pick another --name", param="name"
+            )
         return await self._register(name, path, source="local")
 
     async def _register(self, name: str, path: Path, *, source: str, **fields: object) -> ModelRecord:
@@ -60,6 +121,10 @@ class ModelService:
         log.info("model.registered", name=name, path=str(path), source=source)
         return saved
 
+    def pull(self, ref: str, allow: list[str] | None = None, ignore: list[str] | None = None) -> Pull:
+        """Start (or join) a background pull of ``org/name[@revision]``; see PullManager."""
+        return self.pulls.start(ref, allow, ignore)
+
     async def resolve_for_serving(self, spec: str) -> tuple[Path, str]:
         """A registry name, a local model directory or a hub id -> (path, served name); marks it used."""
         path, name = await self._resolve(spec)
@@ -69,9 +134,12 @@ class ModelService:
     async def _resolve(self, spec: str) -> tuple[Path, str]:
         record = await self.registry.get(spec)
         if record is not None:
-            if record.state != "ready":
-                raise Conflict(f"model {spec!r} is {record.state}, not ready" + (f": {record.error}" if record.error else ""))
-            return Path(record.path), record.name
+            if record.state == "ready":
+                return Path(record.path), record.name
+            if record.source == "hub":  # a pull that failed or was cut short: try again (it resumes)
+                return await self._pull_for_serving(record.pull_ref or spec)
+            why = f": {record.error}" if record.error else ""
+            raise Conflict(f"model {spec!r} is {record.state}, not ready{why}")
         path = Path(spec).expanduser()
         if path.is_dir():
             known = await self.registry.find_by_path(path)
@@ -82,17 +150,65 @@ class ModelService:
                 name = f"{name}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:6]}"
             record = await self.import_dir(path, name)
             return Path(record.path), record.name
-        hint = " Run `bitinglip models create-tiny` to make the offline default." if spec == TINY_NAME else ""
-        raise NotFound(f"model {spec!r} is neither a registered model nor a model directory.{hint}", param="model",
-                       code="model_not_found")
+        try:
+            repo_id, revision = parse_ref(spec)
+        except InvalidInput:
+            hint = " Run `bitinglip models create-tiny` to make the offline default." if spec == TINY_NAME else ""
+            raise NotFound(
+                f"model {spec!r} is neither a registered model, a model directory nor a hub id (org/name).{hint}",
+                param="model",
+                code="model_not_found",
+            ) from None
+        pinned = await self.registry.get(repo_id)
+        if (
+            pinned is not None
+            and pinned.state == "ready"
+            and revision is not None
+            and (pinned.revision == revision or (len(revision) >= 7 and (pinned.commit_sha or "").startswith(revision)))
+        ):
+            return Path(pinned.path), pinned.name  # that revision is here already: no network
+        return await self._pull_for_serving(spec)
+
+    async def _pull_for_serving(self, ref: str) -> tuple[Path, str]:
+        """Pull a hub model before serving it, logging its progress every few seconds."""
+        try:
+            pull = self.pulls.start(ref)
+        except Conflict:  # another revision of it is being pulled: wait for that one, then take what is there
+            pull = self.pulls.active(parse_ref(ref)[0])  # type: ignore[assignment]
+            if pull is None:
+                raise
+        log.info("model.pulling_before_serving", ref=ref, pull=pull.id)
+        while not await pull.wait(SERVE_PROGRESS_EVERY_S):
+            s = pull.status()
+            log.info("model.pull_progress", ref=ref, state=s.state, bytes_done=s.bytes_done,
+                     bytes_total=s.bytes_total, rate_mb_s=round(s.rate / 1e6, 2), eta_s=s.eta_s)
+        if pull.exception is not None:
+            error = pull.exception
+            if isinstance(error, OfflineError):
+                error = OfflineError(f"model {ref!r} is not in the registry nor a local directory, and {error.message}")
+            raise error
+        record = await self.registry.require(pull.repo_id)
+        if record.state != "ready":
+            raise Conflict(f"model {record.name!r} is {record.state} after its pull: {record.error}")
+        return Path(record.path), record.name
 
     async def remove(self, name: str, *, force: bool = False) -> ModelRecord:
         record = await self.registry.require(name)
-        if name in self.in_use and not force:
-            raise Conflict(f"model {name!r} is being served; stop it first or force the removal", param="name")
+        if self.is_served(record) and not force:
+            where = "here" if name in self.in_use else f"by the server with pid {record.serving_pid}"
+            raise Conflict(f"model {name!r} is being served {where}; stop it first or force the removal", param="name")
+        pull = self.pulls.active(name)
+        if pull is not None:
+            if not force:
+                raise Conflict(
+                    f"model {name!r} is being pulled ({pull.id}); force the removal to cancel it", param="name"
+                )
+            await self.pulls.cancel(pull)
         path = Path(record.path)
+        if record.source == "hub":  # every commit of it, and any partial downloads
+            await asyncio.to_thread(shutil.rmtree, self.registry.hub_repo_dir(record.repo_id or name), True)
         # Only files we own (pulled or created under models.dir) are deleted; an imported folder stays.
-        if path.resolve().is_relative_to(self.registry.models_dir.resolve()) and record.source != "local":
+        elif path.resolve().is_relative_to(self.registry.models_dir.resolve()) and record.source != "local":
             await asyncio.to_thread(shutil.rmtree, path, True)
         await self.registry.delete(name)
         log.info("model.removed", name=name, path=str(path))

@@ -25,4 +25,11 @@ models = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    # A hub pull not finished yet: "org/name[@rev]" and its file patterns (JSON), so a restart resumes it. On a
+    # ready model this is an update downloading beside the served copy; the row switches once it is verified.
+    sa.Column("pull_ref", sa.String(300)),
+    sa.Column("pull_patterns", sa.Text),
+    sa.Column("pull_pid", sa.Integer),  # the process running that pull; a dead pid means it was interrupted
+    # The server process serving this model, so `rm` in another process can refuse it; a dead pid is ignored.
+    sa.Column("serving_pid", sa.Integer),
 )

@@ -1,0 +1,427 @@
+"""Hub pulls in the background: one asyncio task per pull, the blocking hub work in worker threads.
+
+A pull goes resolving -> downloading -> verifying -> ready, or ends failed or cancelled. Its files go to
+``models.dir/hub/<org>/<name>/<commit_sha>/``, so an update downloads beside the copy being served, and the
+registry row switches to the new folder only once the new commit is verified. The row carries the pull's
+ref while it runs (``pull_ref``), so a pull cut short by a dead process is resumed at the next start-up;
+the hub client continues partial files where they stopped.
+
+There is at most one pull per repository at a time: a second start of the same ref joins the first (same
+id), a start of another ref of a repository being pulled is refused. Different repositories run in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Set
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import psutil
+
+from bitinglip.core.errors import BitingLipError, Conflict, InvalidInput, NotFound, Unavailable
+from bitinglip.core.logging import get_logger
+from bitinglip.models.checks import bytes_on_disk, check_model_dir, files_present
+from bitinglip.models.hub import (
+    PARTIAL_DIR,
+    DownloadCancelled,
+    DownloadInProgress,
+    HubClient,
+    HubFile,
+    _content_ok,  # the hash check the downloader itself uses
+    parse_ref,
+    select_files,
+)
+from bitinglip.models.registry import ModelRecord, ModelRegistry
+
+log = get_logger(__name__)
+
+PullState = Literal["resolving", "downloading", "verifying", "ready", "failed", "cancelled"]
+FINISHED: frozenset[str] = frozenset({"ready", "failed", "cancelled"})
+KEEP_FINISHED_S = 3600.0  # finished pulls stay pollable this long; the registry row is the durable record
+RATE_WINDOW_S = 5.0
+STOP_GRACE_S = 15.0
+_SHA_LEN = 40
+
+
+class PullStatus(msgspec.Struct, kw_only=True):
+    id: str
+    model: str  # the registry name, which is the repo id
+    ref: str
+    revision: str | None
+    commit_sha: str | None
+    state: PullState
+    bytes_done: int
+    bytes_total: int | None
+    resumed_bytes: int  # already on disk when the download began, not fetched again
+    rate: float  # bytes per second over the last few seconds
+    eta_s: float | None
+    up_to_date: bool  # the recorded commit was already complete: nothing was downloaded
+    path: str | None
+    error: str | None
+    error_code: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class Pull:
+    """One pull's live state. Counters are written by the download thread and read by pollers, under a lock."""
+
+    def __init__(self, repo_id: str, revision: str | None, allow: list[str] | None, ignore: list[str] | None) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.repo_id = repo_id
+        self.revision = revision
+        self.allow = allow
+        self.ignore = ignore
+        self.state: PullState = "resolving"
+        self.commit_sha: str | None = None
+        self.path: str | None = None
+        self.bytes_total: int | None = None
+        self.resumed_bytes = 0
+        self.up_to_date = False
+        self.exception: BitingLipError | None = None
+        self.started_at = datetime.now(UTC)
+        self.finished_at: datetime | None = None
+        self.cancel = threading.Event()  # seen by the download thread between chunks
+        self.done = asyncio.Event()
+        self.resolved = asyncio.Event()  # the ref is pinned to a commit (or the pull is over)
+        self._lock = threading.Lock()
+        self._bytes_done = 0
+        self._samples: deque[tuple[float, int]] = deque()
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
+
+    def same_request(self, revision: str | None, allow: list[str] | None, ignore: list[str] | None) -> bool:
+        return (self.revision, self.allow or None, self.ignore or None) == (revision, allow or None, ignore or None)
+
+    def add(self, n: int) -> None:
+        """Progress callback from the download thread: a byte delta (negative when a partial is thrown away)."""
+        now = time.monotonic()
+        with self._lock:
+            self._bytes_done += n
+            if not self._samples or now - self._samples[-1][0] >= 0.2:
+                self._samples.append((now, self._bytes_done))
+            while self._samples and now - self._samples[0][0] > RATE_WINDOW_S:
+                self._samples.popleft()
+
+    def finish(self, state: PullState, exception: BitingLipError | None = None) -> None:
+        self.state = state
+        self.exception = exception
+        self.finished_at = datetime.now(UTC)
+        self.resolved.set()
+        self.done.set()
+
+    def status(self) -> PullStatus:
+        now = time.monotonic()
+        with self._lock:
+            done = self._bytes_done
+            window = [s for s in self._samples if now - s[0] <= RATE_WINDOW_S]
+        rate = 0.0
+        if self.state == "downloading" and window and now - window[0][0] > 0.1:
+            rate = max(done - window[0][1], 0) / (now - window[0][0])
+        left = (self.bytes_total or 0) - done
+        error = self.exception
+        return PullStatus(
+            id=self.id,
+            model=self.repo_id,
+            ref=self.ref,
+            revision=self.revision,
+            commit_sha=self.commit_sha,
+            state=self.state,
+            bytes_done=done,
+            bytes_total=self.bytes_total,
+            resumed_bytes=self.resumed_bytes,
+            rate=round(rate, 1),
+            eta_s=round(left / rate, 1) if rate > 0 and self.bytes_total is not None else None,
+            up_to_date=self.up_to_date,
+            path=self.path,
+            error=error.message if error else None,
+            error_code=error.code if error else None,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the pull has finished, at most ``timeout`` seconds; True if it has."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.done.wait(), timeout)
+        return self.done.is_set()
+
+    async def wait_resolved(self, timeout: float) -> None:
+        """Wait until the hub has answered for the ref: an unknown repo or a missing token is known by then."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.resolved.wait(), timeout)
+
+
+def link_unchanged(old: Path, dest: Path, files: list[HubFile]) -> None:
+    """Hard-link the previous commit's files that the new commit did not change into the new commit's folder.
+
+    A file counts as unchanged when its size and hash match what the hub lists for the new commit. Linking
+    is safe because downloads swap files in with a rename and never write through an existing one.
+    """
+    for f in files:
+        source, target = old / f.path, dest / f.path
+        if target.exists() or not source.is_file() or source.stat().st_size != f.size or not _content_ok(source, f):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # another filesystem, or no hard links there: download it instead
+            os.link(source, target)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether another live process has this pid (our own pid is left over from an earlier life of ours)."""
+    return pid is not None and pid != os.getpid() and psutil.pid_exists(pid)
+
+
+class PullManager:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        hub: HubClient,
+        supported_architectures: Callable[[], Set[str]],
+        is_served: Callable[[ModelRecord], bool],
+    ) -> None:
+        self.registry = registry
+        self.hub = hub
+        self.supported_architectures = supported_architectures
+        self.is_served = is_served
+        self._pulls: dict[str, Pull] = {}  # id -> pull, finished ones for a while
+        self._active: dict[str, Pull] = {}  # repo id -> the pull running for it
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def start(self, ref: str, allow: list[str] | None = None, ignore: list[str] | None = None) -> Pull:
+        """Start pulling ``org/name[@revision]`` in the background and return at once (needs a running loop).
+
+        The ref is checked before anything touches the network or the disk.
+        """
+        repo_id, revision = parse_ref(ref)
+        for pattern in [*(allow or []), *(ignore or [])]:
+            if not isinstance(pattern, str) or not pattern or len(pattern) > 200:
+                raise InvalidInput(f"bad file pattern {str(pattern)[:200]!r}", param="allow_patterns")
+        running = self._active.get(repo_id)
+        if running is not None:
+            if running.same_request(revision, allow, ignore):
+                return running
+            raise Conflict(f"{running.ref} is being pulled; wait for it to finish first", param="model")
+        self._forget_old()
+        pull = Pull(repo_id, revision, allow, ignore)
+        self._pulls[pull.id] = pull
+        self._active[repo_id] = pull
+        task = asyncio.create_task(self._run(pull), name=f"pull-{repo_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        log.info("pull.started", id=pull.id, ref=pull.ref)
+        return pull
+
+    def get(self, pull_id: str) -> Pull:
+        pull = self._pulls.get(pull_id)
+        if pull is None:
+            raise NotFound(f"no pull with id {pull_id!r} (finished pulls are kept for an hour)", param="id")
+        return pull
+
+    def list(self) -> list[Pull]:
+        return sorted(self._pulls.values(), key=lambda p: p.started_at, reverse=True)
+
+    def active(self, repo_id: str) -> Pull | None:
+        return self._active.get(repo_id)
+
+    async def cancel(self, pull: Pull) -> None:
+        """Stop a pull and wait for it; its partial files stay, so pulling again resumes them."""
+        pull.cancel.set()
+        await pull.wait()
+
+    async def resume_unfinished(self) -> list[Pull]:
+        """At start-up: restart the pulls a dead process left behind (rows with a pull_ref)."""
+        resumed = []
+        for row in await self.registry.unfinished_pulls():
+            if pid_alive(row.pull_pid):
+                log.info("pull.left_to_its_process", model=row.name, pid=row.pull_pid)
+                continue
+            patterns = json.loads(row.pull_patterns) if row.pull_patterns else {}
+            try:
+                pull = self.start(row.pull_ref or row.name, patterns.get("allow"), patterns.get("ignore"))
+            except BitingLipError as e:
+                log.warning("pull.not_resumed", model=row.name, error=e.message)
+                continue
+            log.info("pull.resuming", id=pull.id, ref=pull.ref, was=row.state)
+            resumed.append(pull)
+        return resumed
+
+    async def stop(self) -> None:
+        """Cancel every running pull and wait for the threads to notice; the rows keep their pull_ref."""
+        for pull in self._active.values():
+            pull.cancel.set()
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        for task in pending:  # stuck in a network call: stop waiting for it
+            task.cancel()
+
+    # -------------------------------------------------------------------------------------------- work
+
+    async def _run(self, pull: Pull) -> None:
+        state: PullState = "ready"
+        error: BitingLipError | None = None
+        try:
+            await self._pull(pull)
+        except (DownloadCancelled, asyncio.CancelledError):
+            # The row is left as it was (pulling, with its pull_ref): the next start-up or pull resumes it.
+            state, error = "cancelled", DownloadCancelled(f"pull of {pull.ref} cancelled; pull again to resume")
+            log.info("pull.cancelled", id=pull.id, ref=pull.ref, bytes_done=pull.status().bytes_done)
+        except BitingLipError as e:
+            state, error = "failed", e
+        except Exception as e:  # a bug or an OS error: still never leave the row "pulling" with nobody on it
+            log.exception("pull.crashed", id=pull.id, ref=pull.ref)
+            state, error = "failed", BitingLipError(f"{type(e).__name__}: {e}")
+        try:
+            if state == "failed" and error is not None:
+                await self._record_failure(pull, error)
+        finally:
+            # Only now may another start() of this repo begin a new pull: the row is in its final state.
+            if self._active.get(pull.repo_id) is pull:
+                del self._active[pull.repo_id]
+            pull.finish(state, error)
+
+    async def _pull(self, pull: Pull) -> None:
+        snapshot = await asyncio.to_thread(self.hub.resolve, pull.repo_id, pull.revision)
+        sha = snapshot.commit_sha
+        pull.commit_sha = sha
+        pull.resolved.set()
+        files = select_files(snapshot.files, pull.allow, pull.ignore)
+        if not files:
+            raise InvalidInput(f"{pull.ref} has no files to download (check the allow and ignore patterns)")
+        pull.bytes_total = sum(f.size for f in files)
+        dest = self.registry.hub_path(pull.repo_id, sha)
+        pull.path = str(dest)
+
+        existing = await self.registry.get(pull.repo_id)
+        if existing is not None and existing.source != "hub":
+            raise Conflict(
+                f"a {existing.source} model named {pull.repo_id!r} is already registered; remove it first",
+                param="model",
+            )
+        if (
+            existing is not None
+            and existing.state == "ready"
+            and existing.commit_sha == sha
+            and Path(existing.path) == dest
+            and await asyncio.to_thread(files_present, dest, files)
+        ):
+            # Same commit, complete on disk: record the ref asked for (a tag may name the same commit) and stop.
+            await self.registry.update(pull.repo_id, revision=snapshot.revision, pull_ref=None, pull_patterns=None,
+                                       pull_pid=None, error=None)
+            pull.up_to_date = True
+            pull.add(pull.bytes_total)
+            log.info("pull.up_to_date", id=pull.id, ref=pull.ref, commit=sha)
+            return
+
+        in_progress = {
+            "pull_ref": pull.ref,
+            "pull_patterns": json.dumps({"allow": pull.allow, "ignore": pull.ignore}),
+            "pull_pid": os.getpid(),
+        }
+        if existing is not None and existing.state == "ready":
+            await self.registry.update(pull.repo_id, **in_progress)  # keeps serving the old commit meanwhile
+        else:
+            await self.registry.save(
+                ModelRecord(
+                    name=pull.repo_id,
+                    source="hub",
+                    path=str(dest),
+                    state="pulling",
+                    repo_id=pull.repo_id,
+                    revision=snapshot.revision,
+                    commit_sha=sha,
+                    size_bytes=0,
+                    created_at=existing.created_at if existing else None,
+                    **in_progress,  # type: ignore[arg-type]
+                )
+            )
+
+        if existing is not None and existing.state == "ready" and existing.path != str(dest):
+            await asyncio.to_thread(link_unchanged, Path(existing.path), dest, files)
+        pull.state = "downloading"
+        pull.resumed_bytes = await asyncio.to_thread(bytes_on_disk, dest, files, PARTIAL_DIR)
+        log.info("pull.downloading", id=pull.id, ref=pull.ref, commit=sha, files=len(files),
+                 bytes_total=pull.bytes_total, resumed_bytes=pull.resumed_bytes, dest=str(dest))
+        began = time.monotonic()
+        await asyncio.to_thread(self.hub.download, snapshot, files, dest, progress=pull.add, cancel=pull.cancel)
+        seconds = time.monotonic() - began
+
+        pull.state = "verifying"
+        supported = await asyncio.to_thread(self.supported_architectures)
+        facts = await asyncio.to_thread(check_model_dir, dest, files, supported)
+
+        current = await self.registry.get(pull.repo_id)
+        if current is None:  # removed while we downloaded
+            raise Conflict(f"{pull.repo_id} was removed during its pull")
+        await self.registry.save(
+            ModelRecord(
+                name=pull.repo_id,
+                source="hub",
+                path=str(dest),
+                state="ready",
+                repo_id=pull.repo_id,
+                revision=snapshot.revision,
+                commit_sha=sha,
+                size_bytes=facts.size_bytes,
+                architecture=facts.architecture,
+                context_length=facts.context_length,
+                dtype=facts.dtype,
+                parameters=facts.parameters,
+                created_at=current.created_at,
+                last_used_at=current.last_used_at,
+                serving_pid=current.serving_pid,
+            )
+        )
+        fetched = pull.bytes_total - pull.resumed_bytes
+        log.info("pull.ready", id=pull.id, ref=pull.ref, commit=sha, bytes=pull.bytes_total, fetched=fetched,
+                 seconds=round(seconds, 2), mb_per_s=round(fetched / seconds / 1e6, 1) if seconds > 0 else None)
+        if current.state == "ready" and current.path != str(dest):
+            await self._drop_old_commits(current, keep=dest)
+
+    async def _drop_old_commits(self, old: ModelRecord, keep: Path) -> None:
+        """Remove earlier commits' folders once the new one is in place, unless the old one is still served."""
+        if self.is_served(old):
+            log.info("pull.old_commit_kept", model=old.name, path=old.path, why="being served")
+            return
+        for folder in self.registry.hub_repo_dir(old.name).iterdir():
+            if folder != keep and folder.is_dir() and len(folder.name) == _SHA_LEN:
+                await asyncio.to_thread(shutil.rmtree, folder, True)
+                log.info("pull.old_commit_removed", model=old.name, path=str(folder))
+
+    async def _record_failure(self, pull: Pull, error: BitingLipError) -> None:
+        log.warning("pull.failed", id=pull.id, ref=pull.ref, error=error.message, code=error.code)
+        if isinstance(error, DownloadInProgress):
+            return  # another process is pulling the same files: its row, its outcome
+        row = await self.registry.get(pull.repo_id)
+        if row is None or row.source != "hub":
+            return
+        # A hub that is down is worth another try at the next start-up; anything else needs the user.
+        retry = {} if isinstance(error, Unavailable) else {"pull_ref": None, "pull_patterns": None}
+        if row.state == "ready":  # an update failed: the old commit keeps serving, and says why it was not replaced
+            await self.registry.update(pull.repo_id, error=f"update to {pull.ref} failed: {error.message}",
+                                       pull_pid=None, **retry)
+        else:
+            await self.registry.update(pull.repo_id, state="failed", error=error.message, pull_pid=None, **retry)
+
+    def _forget_old(self) -> None:
+        now = datetime.now(UTC)
+        for pull_id, pull in list(self._pulls.items()):
+            if pull.finished_at is not None and (now - pull.finished_at).total_seconds() > KEEP_FINISHED_S:
+                del self._pulls[pull_id]
