@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Response, delete, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
@@ -50,7 +50,7 @@ def model_routes(service: ModelService) -> list[Any]:
         return _json({"data": await service.search(q, limit=limit, sort=sort)})
 
     @post("/api/models/pulls", operation_id="startPull", status_code=202)
-    async def start_pull(data: PullRequest) -> Response[bytes]:
+    async def start_pull(data: JSONBody[PullRequest]) -> Response[bytes]:
         pull = service.pull(data.model, data.allow_patterns, data.ignore_patterns)
         # One metadata call decides whether the repo, the revision and the token are good: answer those with
         # their own status (404, 401...) rather than a 202 that fails a moment later.
@@ -64,17 +64,17 @@ def model_routes(service: ModelService) -> list[Any]:
         return _json({"data": [p.status() for p in service.pulls.list()]})
 
     @get("/api/models/pulls/{pull_id:str}", operation_id="showPull")
-    async def show_pull(pull_id: str) -> Response[bytes]:
+    async def show_pull(pull_id: FromPath[str]) -> Response[bytes]:
         return _json(service.pulls.get(pull_id).status())
 
     @delete("/api/models/pulls/{pull_id:str}", operation_id="cancelPull", status_code=200)
-    async def cancel_pull(pull_id: str) -> Response[bytes]:
+    async def cancel_pull(pull_id: FromPath[str]) -> Response[bytes]:
         pull = service.pulls.get(pull_id)
         await service.pulls.cancel(pull)
         return _json(pull.status())
 
     @get("/api/models/pulls/{pull_id:str}/events", operation_id="followPull")
-    async def follow_pull(pull_id: str) -> ServerSentEvent:
+    async def follow_pull(pull_id: FromPath[str]) -> ServerSentEvent:
         pull = service.pulls.get(pull_id)
 
         async def events() -> AsyncIterator[ServerSentEventMessage]:
@@ -91,7 +91,7 @@ def model_routes(service: ModelService) -> list[Any]:
         return ServerSentEvent(events())
 
     @post("/api/models/import", operation_id="importModel", status_code=201)
-    async def import_model(data: ImportRequest) -> Response[bytes]:
+    async def import_model(data: JSONBody[ImportRequest]) -> Response[bytes]:
         return _json(await service.import_dir(Path(data.path), data.name), status=201)
 
     @get("/api/models/{name:path}", operation_id="showLocalModel")

@@ -7,15 +7,13 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from pull_support import TINY, MakeService, seed_architecture_cache
+from pull_support import TINY, MakeService
 
 import hubstub
 from bitinglip.core.errors import Conflict, InvalidInput, NotFound
@@ -260,58 +258,6 @@ async def test_cancelled_pull_is_resumed_by_the_next_start_up(
     assert (await restarted.registry.require(TINY)).state == "ready"
     ranges = [h.get("range") for _m, _p, h in weight_gets(stub, tiny_files["model.safetensors"])]
     assert ranges[-1] is not None and int(ranges[-1].removeprefix("bytes=").rstrip("-")) >= kept > 0
-
-
-def test_a_killed_cli_pull_resumes_where_it_stopped(
-    stub: hubstub.HubStub, tiny_sha: str, tiny_files: dict[str, bytes], tmp_path: Path, models_dir: Path
-) -> None:
-    seed_architecture_cache(models_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BITINGLIP_", "HF_"))} | {
-        "BITINGLIP_ENV": "test",
-        "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{tmp_path}/bitinglip.db",
-        "BITINGLIP_MODELS__DIR": str(models_dir),
-        "BITINGLIP_MODELS__HUB_ENDPOINT": stub.url,
-    }
-    part = models_dir / "hub" / "org" / "tiny-chat" / tiny_sha / PARTIAL_DIR / "model.safetensors.part"
-    stub.throttle_bytes_per_s = 400_000  # ~7 s for the weights
-    child = subprocess.Popen(
-        [str(BIN), "models", "pull", TINY], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (part.exists() and part.stat().st_size >= 200_000):
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline, "the CLI never started writing the weights"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    kept = part.stat().st_size
-    assert 0 < kept < len(tiny_files["model.safetensors"])
-
-    listed = subprocess.run(
-        [str(BIN), "models", "list", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    row = {r["name"]: r for r in json.loads(listed.stdout)}[TINY]
-    assert row["state"] == "pulling"  # never ready while half there
-
-    stub.throttle_bytes_per_s = None
-    before = len(stub.requests)
-    again = subprocess.run(
-        [str(BIN), "models", "pull", TINY], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert again.returncode == 0, again.stderr
-    assert f"pulled {TINY} main = {tiny_sha}" in again.stdout and "resumed" in again.stdout
-    weights = weight_gets(stub, tiny_files["model.safetensors"])
-    ranges = [h.get("range") for r in weights if r in stub.requests[before:] for h in [r[2]]]
-    assert ranges == [f"bytes={kept}-"]
-    shown = subprocess.run(
-        [str(BIN), "models", "show", TINY], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert "ready" in shown.stdout and tiny_sha in shown.stdout
 
 
 async def test_serving_a_hub_id_pulls_it_first_then_serves_by_name_offline(
