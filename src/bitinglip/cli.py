@@ -235,11 +235,12 @@ async def _list(parts: Any, args: argparse.Namespace) -> int:
     if not records:
         print("no models yet: `bitinglip models create-tiny` or `bitinglip models pull ORG/NAME`")
         return 0
-    print(f"{'NAME':<32} {'STATE':<8} {'SIZE':>9} {'ARCH':<24} {'CONTEXT':>7} {'SOURCE':<6} LAST USED")
+    print(f"{'NAME':<32} {'STATE':<8} {'SIZE':>9} {'ARCH':<24} {'CONTEXT':>7} {'SOURCE':<6} {'REVISION':<20} LAST USED")
     for r in records:
+        revision = f"{r.revision or 'main'}@{r.commit_sha[:7]}" if r.commit_sha else "-"
         print(
             f"{r.name:<32} {r.state:<8} {_size(r.size_bytes):>9} {(r.architecture or '-'):<24} "
-            f"{r.context_length or '-':>7} {r.source:<6} {_when(r.last_used_at)}"
+            f"{r.context_length or '-':>7} {r.source:<6} {revision:<20} {_when(r.last_used_at)}"
         )
     return 0
 

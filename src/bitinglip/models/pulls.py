@@ -392,12 +392,11 @@ class PullManager:
         fetched = pull.bytes_total - pull.resumed_bytes
         log.info("pull.ready", id=pull.id, ref=pull.ref, commit=sha, bytes=pull.bytes_total, fetched=fetched,
                  seconds=round(seconds, 2), mb_per_s=round(fetched / seconds / 1e6, 1) if seconds > 0 else None)
-        if current.state == "ready" and current.path != str(dest):
-            await self._drop_old_commits(current, keep=dest)
+        await self._drop_old_commits(current, keep=dest)
 
     async def _drop_old_commits(self, old: ModelRecord, keep: Path) -> None:
-        """Remove earlier commits' folders once the new one is in place, unless the old one is still served."""
-        if self.is_served(old):
+        """Remove other commits' folders (the replaced one, abandoned partial pulls) unless the old one is served."""
+        if old.state == "ready" and old.path != str(keep) and self.is_served(old):
             log.info("pull.old_commit_kept", model=old.name, path=old.path, why="being served")
             return
         for folder in self.registry.hub_repo_dir(old.name).iterdir():

@@ -302,3 +302,20 @@ async def test_rm_of_a_model_being_pulled_needs_force(
         await service.remove(TINY)
     await service.remove(TINY, force=True)
     assert pull.state == "cancelled" and await service.registry.get(TINY) is None
+
+
+async def test_an_abandoned_pull_of_another_commit_is_cleaned_up(
+    service: ModelService, stub: hubstub.HubStub, tiny_files: dict[str, bytes], models_dir: Path
+) -> None:
+    old = stub.add_repo(TINY, tiny_files)
+    new = stub.add_repo(TINY, tiny_files | {"README.md": b"# new\n"})
+    stub.throttle_bytes_per_s = 500_000
+    pull = service.pull(f"{TINY}@{old}")
+    while pull.status().bytes_done == 0:
+        await asyncio.sleep(0.02)
+    await service.pulls.cancel(pull)
+    repo_dir = models_dir / "hub" / "org" / "tiny-chat"
+    assert (repo_dir / old).is_dir()
+    stub.throttle_bytes_per_s = None
+    assert (await finished(service.pull(TINY))).state == "ready"
+    assert [p.name for p in repo_dir.iterdir()] == [new]
