@@ -23,7 +23,7 @@ from bitinglip.core.settings import ClusterSettings
 
 log = get_logger(__name__)
 
-EngineState = Literal["resolving", "starting", "ready", "failed", "stopped"]
+EngineState = Literal["resolving", "starting", "ready", "stalled", "failed", "stopped"]
 HEALTH_INTERVAL_S = 1.0
 
 # (model spec) -> (local path, served name); given by the app so cluster never learns about hubs or tables.
@@ -105,6 +105,20 @@ class Cluster:
             if self.engine.dead:
                 self._fail("the engine core process died")
                 return
+            self._watch_progress(self.engine)
+
+    def _watch_progress(self, engine: Engine) -> None:
+        """A live process is not a working engine: with requests waiting and no step for a while, say so."""
+        busy = engine.unfinished_requests > 0
+        quiet_s = time.monotonic() - max(engine.stats.updated_at, engine.stats.busy_since)
+        if self.state == "ready" and busy and quiet_s > self.settings.stall_timeout_s:
+            self.state = "stalled"
+            log.error("engine.stalled", model=self.served_name, seconds_without_progress=round(quiet_s))
+        elif self.state == "stalled" and (not busy or quiet_s <= self.settings.stall_timeout_s):
+            self.state = "ready"
+            log.info("engine.recovered", model=self.served_name)
+        if not busy:
+            engine.stats.busy_since = time.monotonic()
 
     def _fail(self, message: str) -> None:
         self.state = "failed"
@@ -116,13 +130,18 @@ class Cluster:
     def ready(self) -> bool:
         return self.state == "ready" and self.engine is not None and self.engine.ready
 
+    @property
+    def serving(self) -> bool:
+        """Able to take requests: ready, or stalled (requests queue and may still finish)."""
+        return self.state in ("ready", "stalled") and self.engine is not None and self.engine.ready
+
     def served_models(self) -> list[str]:
-        return [self.served_name] if self.ready and self.served_name else []
+        return [self.served_name] if self.serving and self.served_name else []
 
     def engine_for(self, model: str) -> Engine:
         """The running engine that serves `model`; NotFound or Unavailable otherwise."""
         if self.served_name is not None and model == self.served_name:
-            if self.ready and self.engine is not None:
+            if self.serving and self.engine is not None:
                 return self.engine
             raise Unavailable(f"model {model} is {self.state}, not ready yet", retry_after=5)
         if self.served_name is None and self.state in ("resolving", "starting"):

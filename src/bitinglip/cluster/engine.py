@@ -69,7 +69,8 @@ class EngineStats:
         self.running = 0
         self.waiting = 0
         self.kv_cache_usage = 0.0
-        self.updated_at = 0.0
+        self.updated_at = 0.0  # monotonic time of the last engine step
+        self.busy_since = time.monotonic()  # last time the engine had nothing to do (stall watch)
 
 
 def _stat_logger_factory(stats: EngineStats) -> Any:

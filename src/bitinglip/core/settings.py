@@ -56,6 +56,8 @@ class ClusterSettings(_Section):
     # Used on the CPU when `engine` sets no KV cache size: vLLM would otherwise take ~92% of RAM.
     cpu_kv_cache_gib: float = 2.0
     startup_timeout_s: float = 900.0
+    # Requests in flight but no engine step for this long: /ready turns 503 ("stalled") until steps resume.
+    stall_timeout_s: float = 120.0
 
 
 class GatewaySettings(_Section):

@@ -40,3 +40,33 @@ def test_cpu_defaults_bound_the_kv_cache_and_keep_user_values(monkeypatch: pytes
     assert args["enforce_eager"] is True
     mine = effective_engine_args({"kv_cache_memory_bytes": 123, "enforce_eager": False}, cpu_kv_cache_gib=1.5)
     assert mine["kv_cache_memory_bytes"] == 123 and mine["enforce_eager"] is False
+
+
+async def test_a_busy_engine_without_steps_is_reported_stalled_then_recovers() -> None:
+    import time
+
+    from bitinglip.cluster.cluster import Cluster
+    from bitinglip.cluster.engine import Engine
+    from bitinglip.core.settings import ClusterSettings
+
+    async def resolve(spec: str) -> tuple:
+        raise AssertionError("not used")
+
+    cluster = Cluster(ClusterSettings(stall_timeout_s=5), resolve)
+    engine = Engine(__import__("pathlib").Path("/m"), "m", {})
+
+    class Busy:
+        errored = False
+
+        def get_num_unfinished_requests(self) -> int:
+            return 1
+
+    engine._llm = Busy()
+    cluster.engine, cluster.state, cluster.served_name = engine, "ready", "m"
+    engine.stats.busy_since = engine.stats.updated_at = time.monotonic() - 10
+    cluster._watch_progress(engine)
+    assert cluster.state == "stalled" and not cluster.ready
+    assert cluster.engine_for("m") is engine  # still takes requests: they queue
+    engine.stats.updated_at = time.monotonic()
+    cluster._watch_progress(engine)
+    assert cluster.state == "ready"
