@@ -171,7 +171,12 @@ def _with_models(work: Callable[[Any], Awaitable[int]]) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         from bitinglip.app import Components
 
-        loaded = _load(args)
+        loaded = load_settings(_overrides(args))
+        server = loaded.settings.server
+        # The command's own output (tables, the progress bar) is what the user reads: info events would
+        # drown it, so only warnings and errors are logged unless debug logging is asked for.
+        quiet = server if server.log_level == "debug" else msgspec.structs.replace(server, log_level="warning")
+        configure_logging(quiet, loaded.settings.env)
         parts = Components(loaded)
 
         async def main() -> int:
@@ -282,11 +287,16 @@ async def _pull(parts: Any, args: argparse.Namespace) -> int:
     # On a terminal one line redrawn in place; in a log, one line every few seconds.
     every, last = (0.2, 0.0) if tty else (5.0, 0.0)
     loop = asyncio.get_running_loop()
-    while not await pull.wait(every if tty else 0.5):
-        if loop.time() - last >= every:
-            last = loop.time()
-            line = _progress_line(pull.status())
-            print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    try:
+        while not await pull.wait(every if tty else 0.5):
+            if loop.time() - last >= every:
+                last = loop.time()
+                line = _progress_line(pull.status())
+                print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    except asyncio.CancelledError:  # Ctrl-C
+        print(f"\ninterrupted: what was downloaded is kept; `bitinglip models pull {args.ref}` resumes it",
+              file=sys.stderr)
+        raise
     status = pull.status()
     if tty:
         print(f"\r{_progress_line(status)}\x1b[K", file=sys.stderr)
