@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,7 @@ class Context:
     engine_args: dict[str, Any]
     spec: LoadSpec
     repeat: int
+    rounds: int
     workdir: Path
     # The name BitingLip serves the model under; vLLM's server is told to use the same one.
     served_name: str
@@ -376,26 +377,26 @@ class Context:
 Runner = Callable[[LoadSpec], Awaitable[tuple[list[Sample], float]]]
 
 
-async def measure_runs(ctx: Context, target: str, run: Runner) -> list[Figures]:
-    """Warm up, then measure ctx.repeat times."""
+async def warm_up(ctx: Context, target: str, run: Runner) -> None:
     progress(f"{target}: warming up with {WARMUP_REQUESTS} requests")
     warmup = LoadSpec(ctx.spec.prompts[:WARMUP_REQUESTS], WARMUP_REQUESTS, ctx.spec.max_tokens)
     samples, _ = await run(warmup)
     failed = [s.error for s in samples if s.error]
     if failed:
         progress(f"{target}: WARNING {len(failed)} warm-up requests failed, e.g. {failed[0]}")
-    runs = []
-    for index in range(1, ctx.repeat + 1):
-        progress(f"{target}: measuring run {index}/{ctx.repeat}: {len(ctx.spec.prompts)} requests")
-        figures = summarize(target, *await run(ctx.spec))
-        errors = f", {figures.errors} ERRORS" if figures.errors else ""
-        rates = f"{figures.tokens_per_s:,.0f} tokens/s, TTFT p50 {figures.ttft_p50_ms:.0f} ms"
-        progress(f"{target}: {figures.wall_s:.2f} s, {rates}{errors}")
-        runs.append(figures)
-    return runs
 
 
-async def bench_bitinglip(ctx: Context) -> list[Figures]:
+async def measure_once(ctx: Context, target: str, run: Runner, index: int) -> Figures:
+    progress(f"{target}: measuring run {index}/{ctx.repeat}: {len(ctx.spec.prompts)} requests")
+    figures = summarize(target, *await run(ctx.spec))
+    errors = f", {figures.errors} ERRORS" if figures.errors else ""
+    rates = f"{figures.tokens_per_s:,.0f} tokens/s, TTFT p50 {figures.ttft_p50_ms:.0f} ms"
+    progress(f"{target}: {figures.wall_s:.2f} s, {rates}{errors}")
+    return figures
+
+
+@contextlib.asynccontextmanager
+async def bench_bitinglip(ctx: Context) -> AsyncIterator[Runner]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = child_env(
@@ -420,7 +421,7 @@ async def bench_bitinglip(ctx: Context) -> list[Figures]:
         if not names:
             raise BenchError("bitinglip is ready but /v1/models lists no model", tail(log_path))
         ctx.served_name = names[0]
-        return await measure_runs(ctx, "bitinglip", lambda spec: measure_http(base_url, ctx.served_name, spec))
+        yield lambda spec: measure_http(base_url, ctx.served_name, spec)
 
 
 def vllm_flags(engine_args: dict[str, Any]) -> list[str]:
@@ -451,7 +452,8 @@ def vllm_flags(engine_args: dict[str, Any]) -> list[str]:
     return flags
 
 
-async def bench_vllm(ctx: Context) -> list[Figures]:
+@contextlib.asynccontextmanager
+async def bench_vllm(ctx: Context) -> AsyncIterator[Runner]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     cmd = [
@@ -466,10 +468,11 @@ async def bench_vllm(ctx: Context) -> list[Figures]:
 
     with server_process(cmd, child_env({}), log_path) as proc:
         progress(f"vllm: ready after {await wait_ready(proc, log_path, ready):.1f} s")
-        return await measure_runs(ctx, "vllm", lambda spec: measure_http(base_url, ctx.served_name, spec))
+        yield lambda spec: measure_http(base_url, ctx.served_name, spec)
 
 
-async def bench_engine(ctx: Context) -> list[Figures]:
+@contextlib.asynccontextmanager
+async def bench_engine(ctx: Context) -> AsyncIterator[Runner]:
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
@@ -500,13 +503,13 @@ async def bench_engine(ctx: Context) -> list[Figures]:
         return checked(sample, ctx.spec.max_tokens)
 
     try:
-        return await measure_runs(ctx, "engine", lambda spec: drive(spec, one))
+        yield lambda spec: drive(spec, one)
     finally:
         llm.shutdown()
         progress("engine: shut down")
 
 
-BENCHES: dict[str, Callable[[Context], Awaitable[list[Figures]]]] = {
+BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Runner]]] = {
     "bitinglip": bench_bitinglip,
     "vllm": bench_vllm,
     "engine": bench_engine,
@@ -620,7 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", type=parse_targets, default=list(TARGETS), help="subset of bitinglip,vllm,engine")
     parser.add_argument("--engine-arg", type=parse_engine_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="override or add a vLLM engine argument for all targets (repeatable)")  # fmt: skip
-    parser.add_argument("--repeat", type=positive_int, default=1, help="measured runs per target after one warm-up")
+    parser.add_argument(
+        "--repeat", type=positive_int, default=3, help="measured runs per target start, after a warm-up"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=1, help="starts of each target, in A B C C B A order")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     return parser
 
@@ -635,13 +641,26 @@ def warn_about_machine() -> None:
         progress(f"WARNING: load average {load:.1f} on {cores} cores before starting; the figures will be noisy")
 
 
+def schedule(targets: list[str], rounds: int) -> list[str]:
+    """Target order over the rounds: forward, then backward (A B C C B A ...), so a slow drift of the machine
+    (heat, other processes) does not always fall on the target that runs last."""
+    return [t for r in range(rounds) for t in (targets if r % 2 == 0 else targets[::-1])]
+
+
 async def run_all(ctx: Context, targets: list[str]) -> tuple[dict[str, list[Figures]], dict[str, str]]:
+    """One target at a time: an engine left running beside the one measured costs CPU on this 2-core machine
+    (seen: load average 13 with three engines up), so each is started, warmed up, measured and stopped."""
     all_runs: dict[str, list[Figures]] = {}
     failures: dict[str, str] = {}
-    for target in targets:
+    for target in schedule(targets, ctx.rounds):
+        if target in failures:
+            continue
         progress(f"=== {target}")
         try:
-            all_runs[target] = await BENCHES[target](ctx)
+            async with BENCHES[target](ctx) as run:
+                await warm_up(ctx, target, run)
+                for index in range(1, ctx.repeat + 1):
+                    all_runs.setdefault(target, []).append(await measure_once(ctx, target, run, index))
         except BenchError as exc:
             progress(f"{target}: FAILED: {exc.message}" + (f"; its output:\n{exc.output}" if exc.output else ""))
             failures[target] = exc.summary()
@@ -674,10 +693,10 @@ def main() -> int:
     progress(f"engine arguments: {engine_args}")
     spec = LoadSpec(make_prompts(model_dir, args.requests, args.prompt_tokens), args.concurrency, args.max_tokens)
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as workdir:
-        ctx = Context(model_dir, engine_args, spec, args.repeat, Path(workdir), served_name=model_dir.name)
+        ctx = Context(model_dir, engine_args, spec, args.repeat, args.rounds, Path(workdir), served_name=model_dir.name)
         all_runs, failures = asyncio.run(run_all(ctx, args.targets))
     results = {name: representative(runs) for name, runs in all_runs.items()}
-    print_report(results, spec, args.repeat)
+    print_report(results, spec, args.repeat * args.rounds)
     print_problems(all_runs, failures)
     if args.json:
         figures = {name: [json_safe(dataclasses.asdict(f)) for f in runs] for name, runs in all_runs.items()}

@@ -294,8 +294,10 @@ async def _pull(parts: Any, args: argparse.Namespace) -> int:
                 line = _progress_line(pull.status())
                 print(f"\r{line}\x1b[K" if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
     except asyncio.CancelledError:  # Ctrl-C
-        print(f"\ninterrupted: what was downloaded is kept; `bitinglip models pull {args.ref}` resumes it",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: what was downloaded is kept; `bitinglip models pull {args.ref}` resumes it",
+            file=sys.stderr,
+        )
         raise
     status = pull.status()
     if tty:

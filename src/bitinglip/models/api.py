@@ -102,5 +102,15 @@ def model_routes(service: ModelService) -> list[Any]:
     async def remove_model(name: FromPath[str], force: FromQuery[bool] = False) -> Response[bytes]:
         return _json(await service.remove(name.lstrip("/"), force=force))
 
-    return [list_models, search, start_pull, list_pulls, show_pull, cancel_pull, follow_pull, import_model,
-            show_model, remove_model]
+    return [
+        list_models,
+        search,
+        start_pull,
+        list_pulls,
+        show_pull,
+        cancel_pull,
+        follow_pull,
+        import_model,
+        show_model,
+        remove_model,
+    ]

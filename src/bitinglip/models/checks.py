@@ -15,7 +15,12 @@ from bitinglip.models.registry import ModelFacts, inspect_dir
 
 # Any one of these is a tokenizer transformers (and so vLLM) can load.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model"
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
 )
 TRAINING_STATE = ("training_args", "optimizer", "scheduler", "rng_state")
 

@@ -323,8 +323,9 @@ class PullManager:
             and await asyncio.to_thread(files_present, dest, files)
         ):
             # Same commit, complete on disk: record the ref asked for (a tag may name the same commit) and stop.
-            await self.registry.update(pull.repo_id, revision=snapshot.revision, pull_ref=None, pull_patterns=None,
-                                       pull_pid=None, error=None)
+            await self.registry.update(
+                pull.repo_id, revision=snapshot.revision, pull_ref=None, pull_patterns=None, pull_pid=None, error=None
+            )
             pull.up_to_date = True
             pull.add(pull.bytes_total)
             log.info("pull.up_to_date", id=pull.id, ref=pull.ref, commit=sha)
@@ -357,8 +358,16 @@ class PullManager:
             await asyncio.to_thread(link_unchanged, Path(existing.path), dest, files)
         pull.state = "downloading"
         pull.resumed_bytes = await asyncio.to_thread(bytes_on_disk, dest, files, PARTIAL_DIR)
-        log.info("pull.downloading", id=pull.id, ref=pull.ref, commit=sha, files=len(files),
-                 bytes_total=pull.bytes_total, resumed_bytes=pull.resumed_bytes, dest=str(dest))
+        log.info(
+            "pull.downloading",
+            id=pull.id,
+            ref=pull.ref,
+            commit=sha,
+            files=len(files),
+            bytes_total=pull.bytes_total,
+            resumed_bytes=pull.resumed_bytes,
+            dest=str(dest),
+        )
         began = time.monotonic()
         await asyncio.to_thread(self.hub.download, snapshot, files, dest, progress=pull.add, cancel=pull.cancel)
         seconds = time.monotonic() - began
@@ -390,8 +399,16 @@ class PullManager:
             )
         )
         fetched = pull.bytes_total - pull.resumed_bytes
-        log.info("pull.ready", id=pull.id, ref=pull.ref, commit=sha, bytes=pull.bytes_total, fetched=fetched,
-                 seconds=round(seconds, 2), mb_per_s=round(fetched / seconds / 1e6, 1) if seconds > 0 else None)
+        log.info(
+            "pull.ready",
+            id=pull.id,
+            ref=pull.ref,
+            commit=sha,
+            bytes=pull.bytes_total,
+            fetched=fetched,
+            seconds=round(seconds, 2),
+            mb_per_s=round(fetched / seconds / 1e6, 1) if seconds > 0 else None,
+        )
         await self._drop_old_commits(current, keep=dest)
 
     async def _drop_old_commits(self, old: ModelRecord, keep: Path) -> None:
@@ -414,8 +431,9 @@ class PullManager:
         # A hub that is down is worth another try at the next start-up; anything else needs the user.
         retry = {} if isinstance(error, Unavailable) else {"pull_ref": None, "pull_patterns": None}
         if row.state == "ready":  # an update failed: the old commit keeps serving, and says why it was not replaced
-            await self.registry.update(pull.repo_id, error=f"update to {pull.ref} failed: {error.message}",
-                                       pull_pid=None, **retry)
+            await self.registry.update(
+                pull.repo_id, error=f"update to {pull.ref} failed: {error.message}", pull_pid=None, **retry
+            )
         else:
             await self.registry.update(pull.repo_id, state="failed", error=error.message, pull_pid=None, **retry)
 

@@ -64,8 +64,9 @@ def validate_name(name: str) -> str:
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (optionally org/name)", param="name"
         )
     if name.split("/", 1)[0].split("@", 1)[0] in RESERVED_NAMES:
-        raise InvalidInput(f"model name {name!r} is reserved: no name may start with {sorted(RESERVED_NAMES)}",
-                           param="name")
+        raise InvalidInput(
+            f"model name {name!r} is reserved: no name may start with {sorted(RESERVED_NAMES)}", param="name"
+        )
     return name
 
 

@@ -180,8 +180,15 @@ class ModelService:
         log.info("model.pulling_before_serving", ref=ref, pull=pull.id)
         while not await pull.wait(SERVE_PROGRESS_EVERY_S):
             s = pull.status()
-            log.info("model.pull_progress", ref=ref, state=s.state, bytes_done=s.bytes_done,
-                     bytes_total=s.bytes_total, rate_mb_s=round(s.rate / 1e6, 2), eta_s=s.eta_s)
+            log.info(
+                "model.pull_progress",
+                ref=ref,
+                state=s.state,
+                bytes_done=s.bytes_done,
+                bytes_total=s.bytes_total,
+                rate_mb_s=round(s.rate / 1e6, 2),
+                eta_s=s.eta_s,
+            )
         if pull.exception is not None:
             error = pull.exception
             if isinstance(error, OfflineError):
