@@ -16,8 +16,12 @@ import httpx
 import openai
 import pytest
 
+import hubstub
+
 BIN = Path(sys.executable).parent / "bitinglip"
 READY_TIMEOUT_S = 420
+# The shared server is given this hub id: it pulls the tiny model from a hub stand-in, then serves it.
+MODEL = "org/tiny-chat"
 
 
 def free_port() -> int:
@@ -88,10 +92,29 @@ def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
     return server.proc.returncode
 
 
+@dataclass
+class Hub:
+    stub: hubstub.HubStub
+    sha: str
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+def hub(tiny_model_dir: Path) -> Iterator[Hub]:
+    with hubstub.HubStub() as stub:
+        sha = stub.add_repo_from_dir(MODEL, tiny_model_dir)
+        yield Hub(stub, sha)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, hub: Hub) -> Iterator[Server]:
+    """One engine start for the session: serving a hub id makes the server pull it first (slowed to ~6 s so
+    the progress shows in the log), then serve it."""
     data = tmp_path_factory.mktemp("server")
-    srv = start_server(data, tiny_model_dir)
+    hub.stub.throttle_bytes_per_s = 500_000
+    try:
+        srv = start_server(data, MODEL, BITINGLIP_MODELS__HUB_ENDPOINT=hub.stub.url)
+    finally:
+        hub.stub.throttle_bytes_per_s = None
     yield srv
     stop_server(srv)
 

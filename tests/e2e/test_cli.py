@@ -6,21 +6,21 @@ import json
 import subprocess
 import time
 
-from e2e.conftest import BIN, Server, free_port, server_env
+from e2e.conftest import BIN, MODEL, Server, free_port, server_env
 
 
 def test_models_list_shows_the_served_model(server: Server) -> None:
     out = server.cli("models", "list", "--json")
     assert out.returncode == 0, out.stderr
     records = {r["name"]: r for r in json.loads(out.stdout)}
-    tiny = records["tiny"]
+    tiny = records[MODEL]
     assert tiny["state"] == "ready" and tiny["architecture"] == "LlamaForCausalLM"
     assert tiny["context_length"] == 2048 and tiny["parameters"] > 1_000_000
     assert tiny["last_used_at"] is not None
 
 
 def test_models_show_and_unknown(server: Server) -> None:
-    shown = server.cli("models", "show", "tiny")
+    shown = server.cli("models", "show", MODEL)
     assert shown.returncode == 0 and "LlamaForCausalLM" in shown.stdout
     missing = server.cli("models", "show", "ghost")
     assert missing.returncode == 1 and "ghost" in missing.stderr

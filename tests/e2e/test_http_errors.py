@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from e2e.conftest import Server
+from e2e.conftest import MODEL, Server
 
 CHAT = "/v1/chat/completions"
 
@@ -23,26 +23,26 @@ def post(server: Server, path: str, body: bytes | dict, **kw: object) -> httpx.R
 @pytest.mark.parametrize(
     ("path", "body", "status", "param"),
     [
-        (CHAT, b'{"model": "tiny", "messages": [', 400, None),
+        (CHAT, b'{"model": MODEL, "messages": [', 400, None),
         (CHAT, {"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
         (CHAT, {"model": "ghost", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
-        (CHAT, {"model": "tiny", "messages": []}, 400, "messages"),
-        (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "word " * 2100}]}, 400, "messages"),
+        (CHAT, {"model": MODEL, "messages": []}, 400, "messages"),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "word " * 2100}]}, 400, "messages"),
         (
             CHAT,
-            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
             400,
             "max_tokens",
         ),
         (
             CHAT,
-            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": -1},
             400,
             "temperature",
         ),
-        (CHAT, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 1000}, 400, "n"),
-        ("/v1/completions", {"model": "tiny", "prompt": "word " * 2100}, 400, "prompt"),
-        ("/v1/completions", {"model": "tiny", "prompt": "hi", "logprobs": 50}, 400, "logprobs"),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 1000}, 400, "n"),
+        ("/v1/completions", {"model": MODEL, "prompt": "word " * 2100}, 400, "prompt"),
+        ("/v1/completions", {"model": MODEL, "prompt": "hi", "logprobs": 50}, 400, "logprobs"),
     ],
 )
 def test_bad_input_is_a_4xx_in_the_openai_envelope(
@@ -84,7 +84,7 @@ def wait_idle(server: Server, timeout_s: float = 15) -> float:
 
 
 def test_disconnect_mid_stream_aborts_the_request(server: Server) -> None:
-    body = {"model": "tiny", "prompt": "a", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 2000, "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=server.url, timeout=60) as http, http.stream("POST", "/v1/completions", json=body) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -96,7 +96,7 @@ def test_disconnect_mid_stream_aborts_the_request(server: Server) -> None:
 
 
 def test_disconnect_while_waiting_for_a_whole_completion_aborts_it(server: Server) -> None:
-    body = {"model": "tiny", "prompt": "b", "max_tokens": 2000, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": "b", "max_tokens": 2000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=1.5))
     assert wait_idle(server) < 10

@@ -5,7 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-MODEL = "tiny"
+from e2e.conftest import MODEL
+
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
