@@ -24,9 +24,12 @@ import contextlib
 import hashlib
 import json
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -571,3 +574,22 @@ def _truthy(value: str | None) -> bool:
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def kill_when(child: subprocess.Popen[bytes], ready: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """SIGKILL `child` as soon as `ready()` holds (say, once it has written part of a file): a crash mid-pull.
+
+    Fails the test if the child exits first or `ready()` never holds; never leaves the child running.
+    """
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert child.poll() is None, f"the child exited ({child.returncode}) before {what}"
+            assert time.monotonic() < deadline, f"the child never got to {what}"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -405,18 +404,7 @@ def test_killed_download_resumes_with_a_range_request(stub: hubstub.HubStub, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline = time.monotonic() + 20
-        while not (part.exists() and part.stat().st_size >= 200_000):
-            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
-            assert time.monotonic() < deadline, "the child never started writing the weights"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    hubstub.kill_when(child, lambda: part.exists() and part.stat().st_size >= 200_000, 20, "writing the weights")
     assert child.returncode == -signal.SIGKILL
     kept = part.stat().st_size
     assert 0 < kept < 2_000_000

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -53,19 +51,10 @@ def test_a_killed_cli_pull_resumes_where_it_stopped(
     stub.throttle_bytes_per_s = 400_000  # ~7 s for the weights
     with err.open("w") as stderr:
         child = subprocess.Popen([str(BIN), "models", "pull", TINY], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        deadline = time.monotonic() + 60
-        # Killed once it has written part of the weights and shown its progress (one line at a time: no TTY).
-        while not (part.exists() and part.stat().st_size >= 200_000 and "%" in err.read_text()):
-            assert child.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the CLI never started writing the weights"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    # Killed once it has written part of the weights and shown its progress (one line at a time: no TTY).
+    hubstub.kill_when(
+        child, lambda: part.exists() and part.stat().st_size >= 200_000 and "%" in err.read_text(), 60, "the weights"
+    )
     progress = err.read_text()
     assert f"{TINY} [" in progress and "MB" in progress and "/s" in progress and "left" in progress
     kept = part.stat().st_size
