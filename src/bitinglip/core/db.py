@@ -6,8 +6,10 @@ what is missing and records the schema version, so a later release can migrate f
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -38,6 +40,12 @@ def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _lock(path: Path) -> IO[bytes]:
+    handle = path.open("ab")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
 def sqlite_path(url: str) -> Path | None:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
@@ -58,11 +66,22 @@ class Database:
 
     async def start(self) -> None:
         path = sqlite_path(self.url)
+        lock = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_async_engine(self.url)
-        event.listen(self._engine.sync_engine, "connect", _set_pragmas)
-        async with self._engine.begin() as conn:
+            # Two processes creating the schema at once (a server and a CLI, or two CLIs) race on CREATE TABLE;
+            # an exclusive lock file serializes that step. The kernel drops it if the process dies.
+            lock = await asyncio.to_thread(_lock, path.with_name(f"{path.name}.init-lock"))
+        try:
+            self._engine = create_async_engine(self.url)
+            event.listen(self._engine.sync_engine, "connect", _set_pragmas)
+            await self._create_schema()
+        finally:
+            if lock is not None:
+                lock.close()
+
+    async def _create_schema(self) -> None:
+        async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
             current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
             if current is None:

@@ -39,3 +39,39 @@ async def test_restart_keeps_one_version_row_and_refuses_a_newer_schema(tmp_path
     await db.stop()
     with pytest.raises(RuntimeError, match="newer than this release"):
         await Database(DbSettings(url=url)).start()
+
+
+def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    go = tmp_path / "go"
+    # Each process imports first, then waits for the same moment to start: the race a CLI and a server can hit.
+    code = (
+        "import asyncio, os, time\n"
+        "from bitinglip.core.db import Database\n"
+        "from bitinglip.core.settings import DbSettings\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
+        "async def main():\n"
+        f"    db = Database(DbSettings(url={url!r})); await db.start(); await db.stop()\n"
+        "asyncio.run(main())\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    time.sleep(4)
+    go.touch()
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(errors)
+
+    async def rows() -> int:
+        db = Database(DbSettings(url=url))
+        await db.start()
+        async with db.engine.connect() as conn:
+            count = len((await conn.execute(sa.select(schema_version))).all())
+        await db.stop()
+        return count
+
+    import asyncio
+
+    assert asyncio.run(rows()) == 1
