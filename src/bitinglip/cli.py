@@ -47,11 +47,25 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
 # -- serve
 
 
+def _cmdline(process: Any) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def _kill_children(grace_s: float = 10.0) -> list[int]:
     """Last line of defence: no engine process may outlive the server."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
+    # multiprocessing's resource tracker ignores SIGTERM and leaves by itself once we exit: not ours to wait for.
+    children = [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "multiprocessing.resource_tracker" not in " ".join(_cmdline(child))
+    ]
     for child in children:
         try:
             child.terminate()
