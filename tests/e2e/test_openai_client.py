@@ -99,6 +99,10 @@ def test_stop_sequence_cuts_the_output(client: openai.OpenAI) -> None:
     assert cut.finish_reason == "stop"
 
 
+def _valid(text: str) -> str:
+    return text.replace("\ufffd", "")
+
+
 def test_logprobs_chat_and_completion(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=4, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True}
@@ -106,11 +110,13 @@ def test_logprobs_chat_and_completion(client: openai.OpenAI) -> None:
     content = r.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == 4
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
-    assert "".join(t.token for t in content) == r.choices[0].message.content
+    # Random weights can emit a lone piece of a UTF-8 character: the text shows U+FFFD where its token string
+    # is empty, so compare what is valid text on both sides.
+    assert _valid("".join(t.token for t in content)) == _valid(r.choices[0].message.content or "")
     c = client.completions.create(model=MODEL, prompt="x = ", max_tokens=3, logprobs=2, extra_body={"ignore_eos": True})
     lp = c.choices[0].logprobs
     assert lp is not None and len(lp.tokens or []) == 3 and len(lp.top_logprobs or []) == 3
-    assert "".join(lp.tokens or []) == c.choices[0].text
+    assert _valid("".join(lp.tokens or [])) == _valid(c.choices[0].text)
 
 
 def test_sampling_parameters_are_accepted(client: openai.OpenAI) -> None:
