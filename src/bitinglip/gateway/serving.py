@@ -411,9 +411,23 @@ def _usage(prep: Prepared, completion_tokens: int) -> p.Usage:
     )
 
 
-def _token_text(logprob: Any, token_id: int, engine: Engine) -> str:
+def _token(logprob: Any, token_id: int, engine: Engine) -> tuple[str, list[int], int]:
+    """A token as logprobs show it: (its text, its bytes, the length it adds to the output text).
+
+    A token that is only part of a UTF-8 character has no text of its own; as OpenAI does, it is named by its
+    bytes ("bytes:\\xe2\\x80") and its `bytes` are the real ones, so a client can join them back together.
+    """
     text = getattr(logprob, "decoded_token", None)
-    return text if text is not None else engine.decode_token(token_id)
+    if text is None:
+        text = engine.decode_token(token_id)
+    if text and "\ufffd" not in text:
+        return text, list(text.encode()), len(text)
+    raw = engine.token_bytes(token_id)
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw), list(raw), len(text)
+    return text, list(text.encode()), len(text)  # a special token the text leaves out, or a real U+FFFD
 
 
 def _extend_logprobs(prep: Prepared, into: dict[int, Any], index: int, out: Any, text_offset: int) -> None:
@@ -425,35 +439,25 @@ def _extend_logprobs(prep: Prepared, into: dict[int, Any], index: int, out: Any,
         if position is None:
             continue
         sampled = position.get(token_id)
-        token = (
-            _token_text(sampled, token_id, prep.engine) if sampled is not None else prep.engine.decode_token(token_id)
-        )
+        token, raw, advance = _token(sampled, token_id, prep.engine)
         value = max(sampled.logprob, -9999.0) if sampled is not None else -9999.0
         ranked = sorted(position.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)[:top_k]
+        tops = [(*_token(lp, tid, prep.engine)[:2], max(lp.logprob, -9999.0)) for tid, lp in ranked]
         if chat:
             target.append(
                 p.ChatTokenLogprob(
                     token=token,
                     logprob=value,
-                    bytes=list(token.encode()),
-                    top_logprobs=[
-                        p.TopLogprob(
-                            token=(t := _token_text(lp, tid, prep.engine)),
-                            logprob=max(lp.logprob, -9999.0),
-                            bytes=list(t.encode()),
-                        )
-                        for tid, lp in ranked
-                    ],
+                    bytes=raw,
+                    top_logprobs=[p.TopLogprob(token=t, logprob=v, bytes=b) for t, b, v in tops],
                 )
             )
         else:
             target.tokens.append(token)
             target.token_logprobs.append(value)
-            target.top_logprobs.append(
-                {_token_text(lp, tid, prep.engine): max(lp.logprob, -9999.0) for tid, lp in ranked}
-            )
+            target.top_logprobs.append({t: v for t, _, v in tops})
             target.text_offset.append(text_offset)
-            text_offset += len(token)
+            text_offset += advance
 
 
 async def _tagged(index: int, stream: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:

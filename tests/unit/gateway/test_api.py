@@ -173,3 +173,13 @@ def test_models_list_and_retrieve(client: TestClient) -> None:
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["fake"]
     assert client.get("/v1/models/fake").json()["max_model_len"] == 64
     assert client.get("/v1/models/other").status_code == 404
+
+
+def test_a_token_that_is_part_of_a_character_is_named_by_its_bytes(engine: ScriptedEngine) -> None:
+    from bitinglip.gateway.serving import _token
+    from doubles import FakeLogprob
+
+    assert _token(FakeLogprob(-1.0, 1, "\ufffd"), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 1)  # type: ignore[arg-type]
+    assert _token(FakeLogprob(-1.0, 1, ""), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 0)  # type: ignore[arg-type]
+    assert _token(FakeLogprob(-1.0, 1, "é"), 0xE9, engine) == ("é", [0xC3, 0xA9], 1)  # type: ignore[arg-type]
+    assert _token(FakeLogprob(-1.0, 1, ""), ord("a"), engine) == ("", [], 0)  # type: ignore[arg-type]
