@@ -24,6 +24,7 @@ from bitinglip.core import (
     get_logger,
     load_settings,
 )
+from bitinglip.core.settings import is_secret
 
 log = get_logger("bitinglip.cli")
 
@@ -154,20 +155,11 @@ def cmd_settings_show(args: argparse.Namespace) -> int:
     loaded = load_settings()
     rows = describe(loaded)
     if args.json:
-        print(
-            msgspec.json.encode(
-                [
-                    {
-                        "key": k,
-                        "value": msgspec.json.decode(v)
-                        if not v.startswith("*") and "(masked)" not in v and v != "(unset)"
-                        else v,
-                        "layer": layer,
-                    }
-                    for k, v, layer in rows
-                ]
-            ).decode()
-        )
+        # describe() gives JSON-encoded values, except secrets, which it has masked into plain text.
+        shown = [
+            {"key": k, "value": v if is_secret(k) else msgspec.json.decode(v), "layer": layer} for k, v, layer in rows
+        ]
+        print(msgspec.json.encode(shown).decode())
         return 0
     width = max(len(k) for k, _, _ in rows)
     vwidth = min(max(len(v) for _, v, _ in rows), 60)

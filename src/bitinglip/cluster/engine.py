@@ -275,7 +275,3 @@ class Engine:
             raise InvalidInput(str(exc), param=exc.parameter) from exc
         except VLLMClientError as exc:
             raise InvalidInput(str(exc)) from exc
-
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)

@@ -90,7 +90,7 @@ def openai_routes(serving: OpenAIServing) -> list[Any]:
 
     @get("/ready", operation_id="ready")
     async def ready() -> Response[bytes]:
-        status = [s for s in serving.cluster.status()]
+        status = serving.cluster.status()
         body = {
             "ready": serving.cluster.ready,
             "engines": [{"model": s.model, "state": s.state, "error": s.error} for s in status],

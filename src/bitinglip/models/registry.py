@@ -119,15 +119,19 @@ class ModelRegistry:
             raise InvalidInput(f"model name {name!r} escapes the models directory", param="name")
         return path
 
-    def hub_path(self, repo_id: str, commit_sha: str) -> Path:
-        """Where one commit of a hub repo lives: its own folder, so a new revision never overwrites the served one."""
-        path = (self.models_dir / HUB_DIR / repo_id / commit_sha).resolve()
+    def hub_repo_dir(self, repo_id: str) -> Path:
+        path = (self.models_dir / HUB_DIR / repo_id).resolve()
         if not path.is_relative_to((self.models_dir / HUB_DIR).resolve()):
             raise InvalidInput(f"repo id {repo_id!r} escapes the models directory", param="repo_id")
         return path
 
-    def hub_repo_dir(self, repo_id: str) -> Path:
-        return self.hub_path(repo_id, "x").parent
+    def hub_path(self, repo_id: str, commit_sha: str) -> Path:
+        """Where one commit of a hub repo lives: its own folder, so a new revision never overwrites the served one."""
+        repo_dir = self.hub_repo_dir(repo_id)
+        path = (repo_dir / commit_sha).resolve()
+        if path.parent != repo_dir:
+            raise InvalidInput(f"commit {commit_sha!r} is not a folder name", param="commit_sha")
+        return path
 
     async def save(self, record: ModelRecord) -> ModelRecord:
         now = _now()
@@ -175,9 +179,6 @@ class ModelRegistry:
             await conn.execute(
                 tables.models.update().where(tables.models.c.name == name).values(**values, updated_at=_now())
             )
-
-    async def set_state(self, name: str, state: State, error: str | None = None) -> None:
-        await self.update(name, state=state, error=error)
 
     async def touch(self, name: str) -> None:
         await self.update(name, last_used_at=_now())
