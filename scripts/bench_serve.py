@@ -402,6 +402,7 @@ async def bench_bitinglip(ctx: Context) -> AsyncIterator[Runner]:
     env = child_env(
         {
             "BITINGLIP_ENV": "production",
+            "BITINGLIP_HOME": str(ctx.workdir),
             "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{ctx.workdir}/bench.db",
             "BITINGLIP_MODELS__DIR": str(ctx.workdir / "models"),
             **{f"BITINGLIP_CLUSTER__ENGINE__{k.upper()}": toml_value(v) for k, v in ctx.engine_args.items()},

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bitinglip_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Nothing a test does may touch the real home (~/.local/share/bitinglip) or depend on what is there."""
+    home = tmp_path_factory.mktemp("home")
+    before = os.environ.get("BITINGLIP_HOME")
+    os.environ["BITINGLIP_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("BITINGLIP_HOME", None)
+    else:
+        os.environ["BITINGLIP_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,19 @@
-"""Test doubles: a scripted engine and cluster that stand in for vLLM in gateway unit tests. Never in src/."""
+"""Test doubles: a scripted engine and engine lookup that stand in for vLLM in gateway unit tests. Never in src/.
+
+They satisfy the same protocols as the real parts (`bitinglip.cluster.EngineClient`, `EngineLookup`); the
+assignments at the bottom make mypy check that.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitinglip.core.errors import NotFound
+from bitinglip.cluster import EngineClient, EngineLookup
+from bitinglip.core import NotFound
 
 
 @dataclass
@@ -59,12 +65,13 @@ class ScriptedEngine:
         # Token 0xE2 stands for the first byte of a three-byte character, the case logprobs must name by bytes.
         return b"\xe2" if token_id == 0xE2 else chr(token_id).encode()
 
-    def sampling_params(self, **kwargs: Any) -> dict[str, Any]:
-        return kwargs
+    def sampling_params(self, params: Mapping[str, Any]) -> object:
+        return dict(params)
 
     async def generate(
-        self, prompt_ids: list[int], prompt_text: str | None, params: dict[str, Any], request_id: str, priority: int = 0
-    ) -> Any:
+        self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
+    ) -> AsyncGenerator[FakeRequestOutput, None]:
+        assert isinstance(params, dict)
         self.seen.append({"prompt_ids": prompt_ids, "params": params, "request_id": request_id})
         self.running.add(request_id)
         try:
@@ -87,19 +94,24 @@ class ScriptedEngine:
         finally:
             self.running.discard(request_id)
 
+    async def abort(self, request_ids: Sequence[str]) -> None:
+        self.aborted.extend(request_ids)
 
-class FakeCluster:
+
+class FakeEngines:
+    """One scripted engine under its served name."""
+
     def __init__(self, engine: ScriptedEngine) -> None:
         self.engine = engine
-        self.ready = True
 
     def served_models(self) -> list[str]:
         return [self.engine.served_name]
 
-    def engine_for(self, model: str) -> Any:
+    def engine_for(self, model: str) -> EngineClient:
         if model != self.engine.served_name:
             raise NotFound(f"the model `{model}` does not exist", param="model", code="model_not_found")
         return self.engine
 
-    def status(self) -> list[Any]:
-        return []
+
+def _satisfies_the_protocols(engine: ScriptedEngine) -> tuple[EngineClient, EngineLookup]:
+    return engine, FakeEngines(engine)  # mypy checks the doubles against the real protocols here

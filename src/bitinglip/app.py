@@ -1,20 +1,25 @@
 """The composition root: the one place that imports every module, builds the components and wires them.
 
-Nothing here does I/O: components start in their plugins' lifespans, in plugin order, and stop in reverse.
+Building does no I/O. `Components.running()` is the one place that starts things, in order, and stops
+them in reverse: the server's lifespan and every CLI command go through it.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from litestar import Litestar
 
 from bitinglip.cluster import Cluster, ClusterPlugin, supported_architectures
-from bitinglip.core import CorePlugin, Database, LoadedSettings, load_settings
+from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
 from bitinglip.gateway import GatewayPlugin, OpenAIServing
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
+
+log = get_logger(__name__)
 
 
 class Components:
@@ -22,6 +27,7 @@ class Components:
 
     def __init__(self, loaded: LoadedSettings, on_fatal: Callable[[str], None] | None = None) -> None:
         settings = loaded.settings
+        self.loaded = loaded
         self.settings = settings
         self.on_fatal = on_fatal
         self.db = Database(settings.db)
@@ -36,30 +42,52 @@ class Components:
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
     @functools.cached_property
     def cluster(self) -> Cluster:
-        return Cluster(self.settings.cluster, self._resolve_and_mark, on_fatal=self.on_fatal)
+        return Cluster(self.settings.cluster, self.models.resolve_to_load, on_fatal=self.on_fatal)
 
     @functools.cached_property
-    def serving(self) -> OpenAIServing:
+    def openai(self) -> OpenAIServing:
         return OpenAIServing(self.cluster, self.settings.gateway)
 
-    async def _resolve_and_mark(self, spec: str) -> tuple[Path, str]:
-        path, name = await self.models.resolve_for_serving(spec)
-        await self.models.mark_serving(name)
-        return path, name
+    @asynccontextmanager
+    async def running(self, *, serve: bool) -> AsyncIterator[Components]:
+        """Start what is needed, in order, and stop it in reverse when the block ends (also on error).
+
+        ``serve=False`` (CLI commands): the database and the model service. ``serve=True`` (the server) also
+        resumes interrupted pulls and starts the engines.
+        """
+        async with AsyncExitStack() as stack:
+            await self.db.start()
+            stack.push_async_callback(self._stopped, "database", self.db.stop)
+            await self.models.start(resume_pulls=serve)
+            stack.push_async_callback(self._stopped, "models", self.models.stop)
+            if serve:
+                await self.cluster.start()
+                stack.push_async_callback(self._stopped, "cluster", self.cluster.stop)
+            yield self
+
+    @staticmethod
+    async def _stopped(part: str, stop: Callable[[], Any]) -> None:
+        await stop()
+        log.debug("component.stopped", component=part)
 
 
 def create_app(loaded: LoadedSettings | None = None, on_fatal: Callable[[str], None] | None = None) -> Litestar:
     loaded = loaded or load_settings()
-    parts = Components(loaded, on_fatal)
-    parts.cluster.check()
-    app = Litestar(
+    components = Components(loaded, on_fatal)
+    components.cluster.check()
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        async with components.running(serve=True):
+            yield
+
+    return Litestar(
         plugins=[
-            CorePlugin(parts.db),
-            ModelsPlugin(parts.models),
-            ClusterPlugin(parts.cluster),
-            GatewayPlugin(parts.serving, access_log=loaded.settings.server.access_log),
+            CorePlugin(access_log=loaded.settings.server.access_log),
+            ModelsPlugin(components.models),
+            ClusterPlugin(components.cluster),
+            GatewayPlugin(components.openai),
         ],
+        lifespan=[lifespan],
         logging_config=None,  # ours (structlog) is set up by the CLI; Litestar's would replace it
     )
-    app.state.components = parts
-    return app

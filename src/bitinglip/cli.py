@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,9 +22,13 @@ from bitinglip.core import (
     configure_logging,
     describe,
     get_logger,
+    is_secret,
     load_settings,
 )
-from bitinglip.core.settings import is_secret
+
+if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
+    from bitinglip.app import Components
+    from bitinglip.models import PullStatus
 
 log = get_logger("bitinglip.cli")
 
@@ -52,7 +56,7 @@ def _cmdline(process: Any) -> list[str]:
     import psutil
 
     try:
-        return process.cmdline()
+        return list(process.cmdline())
     except psutil.Error:
         return []
 
@@ -168,11 +172,15 @@ def cmd_settings_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- models
+# -- commands that work on the registry directly
 
 
-def _with_models(work: Callable[[Any], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
-    """Run `work(components)` with the database open, for CLI commands that use the registry directly."""
+Command = Callable[["Components", argparse.Namespace], Awaitable[int]]
+
+
+def _with_components(work: Command) -> Callable[[argparse.Namespace], int]:
+    """Run ``work(components, args)`` inside `Components.running(serve=False)`: the database open, and on the way
+    out (Ctrl-C too) pulls stopped with their partial files kept, so the next pull resumes them."""
 
     def run(args: argparse.Namespace) -> int:
         from bitinglip.app import Components
@@ -183,15 +191,10 @@ def _with_models(work: Callable[[Any], Awaitable[int]]) -> Callable[[argparse.Na
         # drown it, so only warnings and errors are logged unless debug logging is asked for.
         quiet = server if server.log_level == "debug" else msgspec.structs.replace(server, log_level="warning")
         configure_logging(quiet, loaded.settings.env)
-        parts = Components(loaded)
 
         async def main() -> int:
-            await parts.db.start()
-            try:
-                return await work(parts, args)  # type: ignore[call-arg]
-            finally:
-                await parts.models.pulls.stop()  # Ctrl-C: the partial files stay, the next pull resumes them
-                await parts.db.stop()
+            async with Components(loaded).running(serve=False) as components:
+                return await work(components, args)
 
         return asyncio.run(main())
 
@@ -201,11 +204,12 @@ def _with_models(work: Callable[[Any], Awaitable[int]]) -> Callable[[argparse.Na
 def _size(n: int | None) -> str:
     if not n:
         return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def _when(value: datetime | None) -> str:
@@ -219,7 +223,7 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
-def _progress_line(status: Any, width: int = 24) -> str:
+def _progress_line(status: PullStatus, width: int = 24) -> str:
     total, done = status.bytes_total, status.bytes_done
     if not total or status.state == "resolving":
         return f"{status.ref}: {status.state}"
@@ -231,15 +235,15 @@ def _progress_line(status: Any, width: int = 24) -> str:
     )
 
 
-async def _create_tiny(parts: Any, args: argparse.Namespace) -> int:
-    record = await parts.models.create_tiny(args.name, if_missing=args.if_missing)
+async def _create_tiny(components: Components, args: argparse.Namespace) -> int:
+    record = await components.models.create_tiny(args.name, if_missing=args.if_missing)
     size, params = _size(record.size_bytes), record.parameters
     print(f"{record.name}: {record.path} ({size}, {params:,} parameters, random weights)")
     return 0
 
 
-async def _list(parts: Any, args: argparse.Namespace) -> int:
-    records = await parts.registry.list_models()
+async def _list(components: Components, args: argparse.Namespace) -> int:
+    records = await components.registry.list_models()
     if args.json:
         print(msgspec.json.encode(records).decode())
         return 0
@@ -256,21 +260,21 @@ async def _list(parts: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _show(parts: Any, args: argparse.Namespace) -> int:
-    record = await parts.registry.require(args.name)
+async def _show(components: Components, args: argparse.Namespace) -> int:
+    record = await components.registry.require(args.name)
     for key, value in msgspec.structs.asdict(record).items():
         print(f"{key:<15} {value if value is not None else '-'}")
     return 0
 
 
-async def _rm(parts: Any, args: argparse.Namespace) -> int:
-    record = await parts.models.remove(args.name, force=args.force)
+async def _rm(components: Components, args: argparse.Namespace) -> int:
+    record = await components.models.remove(args.name, force=args.force)
     print(f"removed {record.name} ({record.path})")
     return 0
 
 
-async def _search(parts: Any, args: argparse.Namespace) -> int:
-    results = await parts.models.search(args.query, limit=args.limit, sort=args.sort)
+async def _search(components: Components, args: argparse.Namespace) -> int:
+    results = await components.models.search(args.query, limit=args.limit, sort=args.sort)
     if args.json:
         print(msgspec.json.encode(results).decode())
         return 0
@@ -287,8 +291,8 @@ async def _search(parts: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _pull(parts: Any, args: argparse.Namespace) -> int:
-    pull = parts.models.pull(args.ref, args.allow or None, args.ignore or None)
+async def _pull(components: Components, args: argparse.Namespace) -> int:
+    pull = components.models.pull(args.ref, args.allow or None, args.ignore or None)
     tty = sys.stderr.isatty()
     # On a terminal one line redrawn in place; in a log, one line every few seconds.
     every, last = (0.2, 0.0) if tty else (5.0, 0.0)
@@ -309,7 +313,7 @@ async def _pull(parts: Any, args: argparse.Namespace) -> int:
     if tty:
         print(f"\r{_progress_line(status)}\x1b[K", file=sys.stderr)
     if status.state != "ready":
-        raise pull.exception
+        raise pull.exception or BitingLipError(f"pull of {args.ref} ended {status.state}")
     if status.up_to_date:
         print(f"{status.model} is already up to date ({status.revision or 'main'} = {status.commit_sha})")
     else:
@@ -320,8 +324,8 @@ async def _pull(parts: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _import(parts: Any, args: argparse.Namespace) -> int:
-    record = await parts.models.import_dir(Path(args.path), args.name)
+async def _import(components: Components, args: argparse.Namespace) -> int:
+    record = await components.models.import_dir(Path(args.path), args.name)
     print(f"imported {record.name} from {record.path} ({record.architecture}, {_size(record.size_bytes)})")
     return 0
 
@@ -345,32 +349,32 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = models.add_parser("create-tiny", help="build the tiny random-weight model used offline and in tests")
     tiny.add_argument("--name", default="tiny")
     tiny.add_argument("--if-missing", action="store_true", help="do nothing if it exists and is ready")
-    tiny.set_defaults(func=_with_models(_create_tiny))
+    tiny.set_defaults(func=_with_components(_create_tiny))
     search = models.add_parser("search", help="find models on the hub")
     search.add_argument("query")
     search.add_argument("--limit", type=int, default=20)
     search.add_argument("--sort", choices=["downloads", "likes", "last_modified", "trending"], default="downloads")
     search.add_argument("--json", action="store_true")
-    search.set_defaults(func=_with_models(_search))
+    search.set_defaults(func=_with_components(_search))
     pull = models.add_parser("pull", help="download ORG/NAME[@REVISION] from the hub (resumes an interrupted pull)")
     pull.add_argument("ref", metavar="ORG/NAME[@REVISION]")
     pull.add_argument("--allow", action="append", metavar="PATTERN", help="only files matching (repeatable)")
     pull.add_argument("--ignore", action="append", metavar="PATTERN", help="skip files matching (repeatable)")
-    pull.set_defaults(func=_with_models(_pull))
+    pull.set_defaults(func=_with_components(_pull))
     lst = models.add_parser("list", help="list local models")
     lst.add_argument("--json", action="store_true")
-    lst.set_defaults(func=_with_models(_list))
+    lst.set_defaults(func=_with_components(_list))
     shw = models.add_parser("show", help="show one model")
     shw.add_argument("name")
-    shw.set_defaults(func=_with_models(_show))
+    shw.set_defaults(func=_with_components(_show))
     rm = models.add_parser("rm", help="remove a model and its files")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true")
-    rm.set_defaults(func=_with_models(_rm))
+    rm.set_defaults(func=_with_components(_rm))
     imp = models.add_parser("import", help="register a local model directory")
     imp.add_argument("path")
     imp.add_argument("--name")
-    imp.set_defaults(func=_with_models(_import))
+    imp.set_defaults(func=_with_components(_import))
     return parser
 
 

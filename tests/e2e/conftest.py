@@ -19,6 +19,7 @@ import pytest
 import hubstub
 
 BIN = Path(sys.executable).parent / "bitinglip"
+SETTINGS_DIR = Path(__file__).resolve().parents[2] / "settings"
 READY_TIMEOUT_S = 420
 # The shared server is given this hub id: it pulls the tiny model from a hub stand-in, then serves it.
 MODEL = "org/tiny-chat"
@@ -51,6 +52,8 @@ def server_env(data: Path, model: Path | str, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")}
     env.update(
         BITINGLIP_ENV="test",
+        BITINGLIP_HOME=str(data),
+        BITINGLIP_SETTINGS_DIR=str(SETTINGS_DIR),
         BITINGLIP_DB__URL=f"sqlite+aiosqlite:///{data}/bitinglip.db",
         BITINGLIP_MODELS__DIR=str(data / "models"),
         BITINGLIP_SERVER__PORT=str(port),
@@ -90,6 +93,11 @@ def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
             server.proc.kill()
             server.proc.wait()
     return server.proc.returncode
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `stops_shared_server` run after every other test, whatever their file is called."""
+    items.sort(key=lambda item: item.get_closest_marker("stops_shared_server") is not None)
 
 
 @dataclass

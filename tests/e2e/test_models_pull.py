@@ -30,7 +30,7 @@ def test_serving_a_hub_id_pulled_it_first_then_serves_it(server: Server, hub: Hu
 
 def test_a_served_model_cannot_be_removed_from_another_process(server: Server) -> None:
     shown = httpx.get(f"{server.url}/api/models/{MODEL}", timeout=10).json()
-    assert shown["state"] == "ready" and shown["serving_pid"] == server.proc.pid
+    assert shown["state"] == "ready" and shown["used_by_pid"] == server.proc.pid
     refused = server.cli("models", "rm", MODEL)
     assert refused.returncode == 1 and "being served" in refused.stderr
 

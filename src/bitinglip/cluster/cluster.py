@@ -15,11 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from bitinglip.cluster.devices import Device, list_devices
-from bitinglip.cluster.engine import Engine, check_engine_args, effective_engine_args
-from bitinglip.core.errors import BitingLipError, NotFound, Unavailable
-from bitinglip.core.logging import get_logger
-from bitinglip.core.settings import ClusterSettings
+from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args
+from bitinglip.core import BitingLipError, ClusterSettings, NotFound, Unavailable, get_logger
 
 log = get_logger(__name__)
 
@@ -55,7 +52,7 @@ class Cluster:
         self.resolve_model = resolve_model
         self.on_fatal = on_fatal or (lambda reason: None)
         self.engine_args = effective_engine_args(settings.engine, settings.cpu_kv_cache_gib)
-        self.engine: Engine | None = None
+        self.engine: VllmEngine | None = None
         self.state: EngineState = "resolving"
         self.error: str | None = None
         self.started_in_s: float | None = None
@@ -67,6 +64,7 @@ class Cluster:
         check_engine_args(self.settings.engine)
 
     async def start(self) -> None:
+        """Start the engine in the background and return at once: /health answers while the model loads."""
         self._task = asyncio.create_task(self._run(), name="cluster-engine")
 
     async def stop(self) -> None:
@@ -85,7 +83,7 @@ class Cluster:
         try:
             path, name = await self.resolve_model(self.settings.model)
             self.served_name = name
-            self.engine = Engine(path, name, self.engine_args)
+            self.engine = VllmEngine(path, name, self.engine_args)
             self.state = "starting"
             log.info("engine.starting", model=name, path=str(path), engine_args=self.engine_args)
             await asyncio.wait_for(self.engine.start(), timeout=self.settings.startup_timeout_s)
@@ -107,7 +105,7 @@ class Cluster:
                 return
             self._watch_progress(self.engine)
 
-    def _watch_progress(self, engine: Engine) -> None:
+    def _watch_progress(self, engine: VllmEngine) -> None:
         """A live process is not a working engine: with requests waiting and no step for a while, say so."""
         busy = engine.unfinished_requests > 0
         quiet_s = time.monotonic() - max(engine.stats.updated_at, engine.stats.busy_since)
@@ -128,20 +126,21 @@ class Cluster:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready" and self.engine is not None and self.engine.ready
+        """What `/ready` answers: the engine is up, warmed up, and making progress."""
+        return self.state == "ready" and self.engine is not None and self.engine.alive
 
     @property
-    def serving(self) -> bool:
-        """Able to take requests: ready, or stalled (requests queue and may still finish)."""
-        return self.state in ("ready", "stalled") and self.engine is not None and self.engine.ready
+    def accepting(self) -> bool:
+        """Takes requests: ready, or stalled (requests queue and may still finish)."""
+        return self.state in ("ready", "stalled") and self.engine is not None and self.engine.alive
 
     def served_models(self) -> list[str]:
-        return [self.served_name] if self.serving and self.served_name else []
+        return [self.served_name] if self.accepting and self.served_name else []
 
-    def engine_for(self, model: str) -> Engine:
+    def engine_for(self, model: str) -> VllmEngine:
         """The running engine that serves `model`; NotFound or Unavailable otherwise."""
         if self.served_name is not None and model == self.served_name:
-            if self.serving and self.engine is not None:
+            if self.accepting and self.engine is not None:
                 return self.engine
             raise Unavailable(f"model {model} is {self.state}, not ready yet", retry_after=5)
         if self.served_name is None and self.state in ("resolving", "starting"):
@@ -169,6 +168,3 @@ class Cluster:
                 engine_args=self.engine_args,
             )
         ]
-
-    def devices(self) -> list[Device]:
-        return list_devices()

@@ -1,6 +1,9 @@
-"""Settings, database, logging and domain errors. Imports nothing else of bitinglip."""
+"""Settings, database, logging, domain errors and the HTTP edge every route shares.
 
-from bitinglip.core.db import Database, metadata
+Imports nothing else of bitinglip.
+"""
+
+from bitinglip.core.db import Database, metadata, migration
 from bitinglip.core.errors import (
     BitingLipError,
     Conflict,
@@ -11,26 +14,56 @@ from bitinglip.core.errors import (
     Unauthorized,
     Unavailable,
 )
+from bitinglip.core.http import (
+    EVENT_STREAM,
+    ErrorBody,
+    ErrorResponse,
+    error_response,
+    error_responses,
+)
 from bitinglip.core.logging import configure_logging, get_logger
 from bitinglip.core.plugin import CorePlugin
-from bitinglip.core.settings import LoadedSettings, Settings, describe, load_settings
+from bitinglip.core.settings import (
+    ClusterSettings,
+    DbSettings,
+    GatewaySettings,
+    LoadedSettings,
+    ModelsSettings,
+    ServerSettings,
+    Settings,
+    describe,
+    is_secret,
+    load_settings,
+)
 
 __all__ = [
+    "EVENT_STREAM",
     "BitingLipError",
+    "ClusterSettings",
     "Conflict",
     "CorePlugin",
     "Database",
+    "DbSettings",
+    "ErrorBody",
+    "ErrorResponse",
+    "GatewaySettings",
     "InsufficientStorage",
     "InvalidInput",
     "LoadedSettings",
+    "ModelsSettings",
     "NotFound",
+    "ServerSettings",
     "Settings",
     "SettingsError",
     "Unauthorized",
     "Unavailable",
     "configure_logging",
     "describe",
+    "error_response",
+    "error_responses",
     "get_logger",
+    "is_secret",
     "load_settings",
     "metadata",
+    "migration",
 ]

@@ -1,7 +1,8 @@
 """The SQLite database: one async engine, the pragmas we rely on, tables and a schema version.
 
-Every module declares its tables on ``metadata`` (in its own ``tables.py``); ``Database.start`` creates
-what is missing and records the schema version, so a later release can migrate from a known point.
+Every module declares its tables on ``metadata`` (in its own ``tables.py``) and registers the SQL that
+brings an older file up to date with ``migration()``; ``Database.start`` creates what is missing, runs the
+migrations the file has not had, and records the schema version.
 """
 
 from __future__ import annotations
@@ -17,9 +18,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bitinglip.core.settings import DbSettings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # raise it with each migration a module registers
 
 metadata = sa.MetaData()
+# to version -> SQL statements that take a file from the version before to it
+_migrations: dict[int, list[str]] = {}
+
+
+def migration(to_version: int, *statements: str) -> None:
+    """Register SQL that upgrades an existing database to ``to_version`` (a module's tables.py calls this)."""
+    if not 1 < to_version <= SCHEMA_VERSION:
+        raise ValueError(f"migration to version {to_version}: SCHEMA_VERSION is {SCHEMA_VERSION}")
+    _migrations.setdefault(to_version, []).extend(statements)
+
 
 schema_version = sa.Table(
     "schema_version",
@@ -84,16 +95,22 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
             current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
-            if current is None:
+            if current is None:  # a new file: create_all made today's schema
                 await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
             elif current > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"database {self.url} has schema version {current}, newer than this release's {SCHEMA_VERSION}"
                 )
+            elif current < SCHEMA_VERSION:
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in _migrations.get(version, []):
+                        await conn.execute(sa.text(statement))
+                await conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION))
 
     async def version(self) -> int | None:
         async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
+            version: int | None = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
+            return version
 
     async def stop(self) -> None:
         if self._engine is not None:

@@ -1,29 +1,30 @@
-"""Mounts the database on the app: opened first at start-up, closed last."""
+"""Mounts the shared HTTP edge on the whole app: error envelope, request ids and access log, /health, OpenAPI."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import importlib.metadata
 
 from litestar.config.app import AppConfig
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPlugin
 
-from bitinglip.core.db import Database
+from bitinglip.core.http import RequestIdMiddleware, describe_event_streams, handle_error, health
 
 
 class CorePlugin(InitPlugin):
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, access_log: bool = True) -> None:
+        self.access_log = access_log
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        @asynccontextmanager
-        async def lifespan(_app: Any) -> AsyncIterator[None]:
-            await self.db.start()
-            try:
-                yield
-            finally:
-                await self.db.stop()
-
-        app_config.lifespan.append(lifespan)
+        app_config.exception_handlers[Exception] = handle_error
+        app_config.middleware.insert(0, DefineMiddleware(RequestIdMiddleware, access_log=self.access_log))
+        app_config.route_handlers.append(health)
+        app_config.openapi_config = OpenAPIConfig(
+            title="BitingLip",
+            version=importlib.metadata.version("bitinglip"),
+            use_handler_docstrings=True,
+            create_examples=False,
+        )
+        app_config.on_startup.append(describe_event_streams)
         return app_config

@@ -28,7 +28,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -37,18 +37,20 @@ class ServerSettings(_Section):
     access_log: bool = True
 
 
-class DbSettings(_Section):
-    url: str = "sqlite+aiosqlite:///data/bitinglip.db"
+class DbSettings(_Section, frozen=True):
+    # Empty: `<home>/bitinglip.db`. A relative SQLite path is taken relative to the home.
+    url: str = ""
 
 
-class ModelsSettings(_Section):
-    dir: str = "data/models"
+class ModelsSettings(_Section, frozen=True):
+    # Empty: `<home>/models`. A relative path is taken relative to the home.
+    dir: str = ""
     hub_endpoint: str | None = None
     hub_token: str | None = None
     offline: bool = False
 
 
-class ClusterSettings(_Section):
+class ClusterSettings(_Section, frozen=True):
     # A registry name, a local model directory, or a hub id.
     model: str = "tiny"
     # vLLM engine arguments, passed through as they are and checked against AsyncEngineArgs at start-up.
@@ -60,12 +62,12 @@ class ClusterSettings(_Section):
     stall_timeout_s: float = 120.0
 
 
-class GatewaySettings(_Section):
+class GatewaySettings(_Section, frozen=True):
     # Requests admitted at once (running + waiting in the engine); past it, a fast 503 with Retry-After.
     max_pending_requests: int = 1024
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     env: str = "development"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     db: DbSettings = msgspec.field(default_factory=DbSettings)
@@ -78,10 +80,43 @@ class LoadedSettings(msgspec.Struct, frozen=True):
     settings: Settings
     # dotted key -> the layer its effective value came from ("defaults", a file path, "env BITINGLIP_...", "cli")
     sources: dict[str, str]
+    home: Path  # where the database and the models live unless settings say otherwise
+    settings_dir: Path | None  # the folder the setting files were read from; None when none was found
 
 
-def settings_dir() -> Path:
-    return Path(os.environ.get(f"{ENV_PREFIX}_SETTINGS_DIR", "settings"))
+def home_dir() -> Path:
+    """``BITINGLIP_HOME``, else the XDG data directory (``~/.local/share/bitinglip``)."""
+    if given := os.environ.get(f"{ENV_PREFIX}_HOME"):
+        return Path(given).expanduser().absolute()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg).expanduser().absolute() / "bitinglip"
+
+
+def settings_dir(home: Path | None = None) -> Path | None:
+    """The first of ``BITINGLIP_SETTINGS_DIR``, ``./settings`` and ``<home>/settings`` that exists."""
+    given = os.environ.get(f"{ENV_PREFIX}_SETTINGS_DIR")
+    if given:
+        return Path(given).expanduser().absolute()  # named explicitly: used even if missing (no files then)
+    for candidate in (Path("settings"), (home or home_dir()) / "settings"):
+        if candidate.is_dir():
+            return candidate.absolute()
+    return None
+
+
+def _resolve_paths(settings: Settings, home: Path) -> Settings:
+    """Fill the paths left empty from the home and anchor relative ones there: the working directory never matters."""
+    url = settings.db.url or f"sqlite+aiosqlite:///{home / 'bitinglip.db'}"
+    prefix, sep, path = url.partition(":///")
+    if sep and prefix.startswith("sqlite") and path and path != ":memory:" and not path.startswith("/"):
+        url = f"{prefix}:///{home / path}"
+    models_dir = Path(settings.models.dir).expanduser() if settings.models.dir else home / "models"
+    if not models_dir.is_absolute():
+        models_dir = home / models_dir
+    return msgspec.structs.replace(
+        settings,
+        db=msgspec.structs.replace(settings.db, url=url),
+        models=msgspec.structs.replace(settings.models, dir=str(models_dir)),
+    )
 
 
 def _lower_keys(value: Any) -> Any:
@@ -95,17 +130,18 @@ def _read_file_layer(path: Path) -> dict[str, Any]:
     layer = Dynaconf(
         settings_files=[str(path)], environments=False, load_dotenv=False, loaders=[], core_loaders=["TOML"]
     )
-    data = _lower_keys(layer.as_dict(internal=False))
+    data: dict[str, Any] = _lower_keys(layer.as_dict(internal=False))
     data.pop("load_dotenv", None)
     return data
 
 
 def _read_env_layer() -> dict[str, Any]:
     layer = Dynaconf(envvar_prefix=ENV_PREFIX, environments=False, load_dotenv=False, settings_files=[])
-    data = _lower_keys(layer.as_dict(internal=False))
+    data: dict[str, Any] = _lower_keys(layer.as_dict(internal=False))
     data.pop("load_dotenv", None)
-    data.pop("env", None)  # BITINGLIP_ENV picks the file layer; it is not a setting key
-    data.pop("settings_dir", None)
+    # These pick where settings and data live; they are not setting keys.
+    for key in ("env", "settings_dir", "home"):
+        data.pop(key, None)
     return data
 
 
@@ -182,13 +218,14 @@ def load_settings(
     Raises SettingsError naming the key and its layer for a wrong type or an unknown key.
     """
     env = env or os.environ.get(f"{ENV_PREFIX}_ENV", "development")
-    directory = directory or settings_dir()
+    home = home_dir()
+    directory = directory or settings_dir(home)
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name in ("default.toml", f"{env}.toml", "local.toml"):
-        path = directory / name
-        if path.is_file():
-            _merge(merged, _read_file_layer(path), str(path), sources)
+        file = directory / name if directory is not None else None
+        if file is not None and file.is_file():
+            _merge(merged, _read_file_layer(file), str(file), sources)
     env_layer = _read_env_layer()
     env_names = _env_layer_names(env_layer)
     _merge(merged, env_layer, "env", sources)
@@ -201,7 +238,7 @@ def load_settings(
     except msgspec.ValidationError as exc:
         path, text = _key_from_error(str(exc))
         raise SettingsError(f"setting `{path}` (from {_source_of(path, sources)}): {text}", param=path) from exc
-    return LoadedSettings(settings=settings, sources=sources)
+    return LoadedSettings(settings=_resolve_paths(settings, home), sources=sources, home=home, settings_dir=directory)
 
 
 def is_secret(key: str) -> bool:
@@ -217,12 +254,28 @@ def mask(value: Any) -> str:
 
 
 def describe(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
-    """Rows of (key, effective value, layer) for every leaf setting, secrets masked."""
-    rows = []
+    """Rows of (key, effective value, layer) for every leaf setting, secrets masked; the resolved home and
+    settings folder first, so "which files and which database?" has one answer."""
+    home_layer = f"env {ENV_PREFIX}_HOME" if f"{ENV_PREFIX}_HOME" in os.environ else "default (XDG data directory)"
+    dir_layer = (
+        f"env {ENV_PREFIX}_SETTINGS_DIR"
+        if f"{ENV_PREFIX}_SETTINGS_DIR" in os.environ
+        else "search: ./settings, then <home>/settings"
+    )
+    rows = [
+        ("home", msgspec.json.encode(str(loaded.home)).decode(), home_layer),
+        (
+            "settings_dir",
+            msgspec.json.encode(str(loaded.settings_dir) if loaded.settings_dir else None).decode(),
+            dir_layer,
+        ),
+    ]
     for key, value in sorted(_flatten(loaded.settings).items()):
         shown = mask(value) if is_secret(key) else msgspec.json.encode(value).decode()
         layer = (
             "BITINGLIP_ENV" if key == "env" and f"{ENV_PREFIX}_ENV" in os.environ else _source_of(key, loaded.sources)
         )
+        if key in ("db.url", "models.dir") and layer == DEFAULTS_LAYER:
+            layer = "defaults (under the home)"
         rows.append((key, shown, layer))
     return rows

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP edge: protocol types, serving, routes, errors."""
+"""The OpenAI-compatible edge: wire types, serving (chat, completions, logprobs), routes."""
 
 from bitinglip.gateway.plugin import GatewayPlugin
 from bitinglip.gateway.serving import OpenAIServing

@@ -1,7 +1,8 @@
 """OpenAI wire types as msgspec structs, named as OpenAI and vLLM name them.
 
 Requests ignore fields they do not know (clients send many), but every field we read is typed, so a
-wrong type is a 400 naming the field.
+wrong type is a 400 naming the field. Each request maps itself to the engine's sampling arguments
+(`sampling_args`), checking every value on the way, so serving code never reads sampling fields one by one.
 """
 
 from __future__ import annotations
@@ -9,6 +10,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
+from bitinglip.core import InvalidInput
+
+MAX_N = 128
+MAX_LOGPROBS = 20
+MAX_STOP = 16
+
+
+def check_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is not None and not (low <= value <= high):
+        raise InvalidInput(f"`{name}` must be between {low:g} and {high:g}, got {value}", param=name)
 
 
 class _Request(msgspec.Struct, kw_only=True):
@@ -51,6 +63,68 @@ class _Sampling(_Request):
     user: str | None = None
     priority: int = 0
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _sampling_args(
+        self, max_tokens: int | None, prompt_len: int, max_model_len: int, prompt_param: str
+    ) -> dict[str, Any]:
+        """The arguments every request shares, checked; a request's own `sampling_args` adds the rest."""
+        check_range("temperature", self.temperature, 0.0, 2.0)
+        check_range("top_p", self.top_p, 1e-9, 1.0)
+        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        check_range("n", self.n, 1, MAX_N)
+        check_range("min_p", self.min_p, 0.0, 1.0)
+        check_range("repetition_penalty", self.repetition_penalty, 1e-9, 2.0**31)
+        if self.top_k is not None and self.top_k < -1:
+            raise InvalidInput(f"`top_k` must be -1 (off) or at least 0, got {self.top_k}", param="top_k")
+        if self.seed is not None and not (-(2**63) <= self.seed < 2**63):
+            raise InvalidInput("`seed` must fit in a signed 64-bit integer", param="seed")
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stop) > MAX_STOP:
+            raise InvalidInput(f"`stop` takes at most {MAX_STOP} sequences", param="stop")
+        if any(not s for s in stop):
+            raise InvalidInput("`stop` sequences must not be empty", param="stop")
+        if prompt_len >= max_model_len:
+            raise InvalidInput(
+                f"This model's maximum context length is {max_model_len} tokens. However, your prompt is "
+                f"{prompt_len} tokens, leaving no room for a completion. Please reduce the length of the prompt.",
+                param=prompt_param,
+                code="context_length_exceeded",
+            )
+        if max_tokens is not None:
+            if max_tokens < 1:
+                raise InvalidInput(f"`max_tokens` must be at least 1, got {max_tokens}", param="max_tokens")
+            if prompt_len + max_tokens > max_model_len:
+                raise InvalidInput(
+                    f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                    f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
+                    "completion). Please reduce the prompt or max_tokens.",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+        args: dict[str, Any] = {
+            "n": self.n,
+            "max_tokens": max_tokens if max_tokens is not None else max_model_len - prompt_len,
+            "stop": stop or None,
+            "ignore_eos": self.ignore_eos,
+            "seed": self.seed,
+        }
+        optional = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "min_tokens": self.min_tokens,
+        }
+        args.update({k: v for k, v in optional.items() if v is not None})
+        return args
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] | None = None
@@ -58,12 +132,38 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = None
 
+    def top_logprobs_asked(self) -> int | None:
+        """How many alternatives per token to return; None for no logprobs at all."""
+        if self.logprobs:
+            top = self.top_logprobs or 0
+            check_range("top_logprobs", top, 0, MAX_LOGPROBS)
+            return top
+        if self.top_logprobs:
+            raise InvalidInput("`top_logprobs` needs `logprobs` set to true", param="top_logprobs")
+        return None
+
+    def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
+        top = self.top_logprobs_asked()
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        args = self._sampling_args(max_tokens, prompt_len, max_model_len, "messages")
+        if top is not None:
+            args["logprobs"] = top
+        return args
+
 
 class CompletionRequest(_Sampling):
     # str, list of str, or list of token ids: msgspec cannot type a union of two list types; serving checks it.
-    prompt: Any = None
+    prompt: str | list[Any] | None = None
     logprobs: int | None = None
     echo: bool = False
+
+    def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
+        check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        max_tokens = self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
+        args = self._sampling_args(max_tokens, prompt_len, max_model_len, "prompt")
+        if self.logprobs is not None:
+            args["logprobs"] = self.logprobs
+        return args
 
 
 # Responses. omit_defaults keeps optional fields out of the JSON where OpenAI leaves them out.
@@ -170,21 +270,3 @@ class ModelCard(msgspec.Struct):
 class ModelList(msgspec.Struct):
     data: list[ModelCard]
     object: Literal["list"] = "list"
-
-
-class ErrorBody(msgspec.Struct):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(msgspec.Struct):
-    error: ErrorBody
-
-
-def error_response(message: str, type_: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
-    return ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
-
-
-JsonDict = dict[str, Any]

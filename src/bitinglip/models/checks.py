@@ -9,20 +9,10 @@ import json
 from collections.abc import Iterable, Set
 from pathlib import Path
 
-from bitinglip.core.errors import BitingLipError
+from bitinglip.core import BitingLipError
 from bitinglip.models.hub import HubFile
+from bitinglip.models.layout import missing_parts
 from bitinglip.models.registry import ModelFacts, inspect_dir
-
-# Any one of these is a tokenizer transformers (and so vLLM) can load.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-TRAINING_STATE = ("training_args", "optimizer", "scheduler", "rng_state")
 
 
 class ModelCheckFailed(BitingLipError):
@@ -63,10 +53,7 @@ def check_model_dir(path: Path, expected: Iterable[HubFile], supported: Set[str]
             problems.append(f"architecture {', '.join(architectures)} is not one the installed vLLM supports")
 
     names = {p.name for p in path.iterdir() if p.is_file()} if path.is_dir() else set()
-    if not any(n.endswith(".safetensors") or (n.endswith(".bin") and not n.startswith(TRAINING_STATE)) for n in names):
-        problems.append("no weights (*.safetensors or *.bin)")
-    if not any(n in names for n in TOKENIZER_FILES) and not any(n.endswith(".tiktoken") for n in names):
-        problems.append(f"no tokenizer (one of {', '.join(TOKENIZER_FILES)} or *.tiktoken)")
+    problems.extend(missing_parts(names))
 
     if problems:
         raise ModelCheckFailed("; ".join(problems))

@@ -1,15 +1,13 @@
-"""Mounts the model registry: its admin routes, and pulls resumed at start-up and cancelled at shut-down."""
+"""Mounts the model registry's routes and hands them the ModelService; starting and stopping it is
+`Components.running`'s."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 from litestar.config.app import AppConfig
+from litestar.di import Provide
 from litestar.plugins import InitPlugin
 
-from bitinglip.models.api import model_routes
+from bitinglip.models.api import ModelsController
 from bitinglip.models.service import ModelService
 
 
@@ -18,14 +16,6 @@ class ModelsPlugin(InitPlugin):
         self.service = service
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        @asynccontextmanager
-        async def lifespan(_app: Any) -> AsyncIterator[None]:
-            await self.service.start()
-            try:
-                yield
-            finally:
-                await self.service.stop()
-
-        app_config.lifespan.append(lifespan)
-        app_config.route_handlers.extend(model_routes(self.service))
+        app_config.route_handlers.append(ModelsController)
+        app_config.dependencies["models"] = Provide(lambda: self.service, use_cache=True, sync_to_thread=False)
         return app_config

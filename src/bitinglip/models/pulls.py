@@ -29,8 +29,7 @@ from typing import Literal
 import msgspec
 import psutil
 
-from bitinglip.core.errors import BitingLipError, Conflict, InvalidInput, NotFound, Unavailable
-from bitinglip.core.logging import get_logger
+from bitinglip.core import BitingLipError, Conflict, InvalidInput, NotFound, Unavailable, get_logger
 from bitinglip.models.checks import bytes_on_disk, check_model_dir, files_present
 from bitinglip.models.hub import (
     PARTIAL_DIR,
@@ -38,10 +37,10 @@ from bitinglip.models.hub import (
     DownloadInProgress,
     HubClient,
     HubFile,
-    _content_ok,  # the hash check the downloader itself uses
+    file_matches,  # the size and hash check the downloader itself uses
     parse_ref,
-    select_files,
 )
+from bitinglip.models.layout import select_files
 from bitinglip.models.registry import ModelRecord, ModelRegistry
 
 log = get_logger(__name__)
@@ -173,7 +172,7 @@ def link_unchanged(old: Path, dest: Path, files: list[HubFile]) -> None:
     """
     for f in files:
         source, target = old / f.path, dest / f.path
-        if target.exists() or not source.is_file() or source.stat().st_size != f.size or not _content_ok(source, f):
+        if target.exists() or not file_matches(source, f):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # another filesystem, or no hard links there: download it instead
@@ -191,12 +190,12 @@ class PullManager:
         registry: ModelRegistry,
         hub: HubClient,
         supported_architectures: Callable[[], Set[str]],
-        is_served: Callable[[ModelRecord], bool],
+        is_in_use: Callable[[ModelRecord], bool],
     ) -> None:
         self.registry = registry
         self.hub = hub
         self.supported_architectures = supported_architectures
-        self.is_served = is_served
+        self.is_in_use = is_in_use
         self._pulls: dict[str, Pull] = {}  # id -> pull, finished ones for a while
         self._active: dict[str, Pull] = {}  # repo id -> the pull running for it
         self._tasks: set[asyncio.Task[None]] = set()
@@ -233,7 +232,7 @@ class PullManager:
             raise NotFound(f"no pull with id {pull_id!r} (finished pulls are kept for an hour)", param="id")
         return pull
 
-    def list(self) -> list[Pull]:
+    def recent(self) -> list[Pull]:
         return sorted(self._pulls.values(), key=lambda p: p.started_at, reverse=True)
 
     def active(self, repo_id: str) -> Pull | None:
@@ -395,7 +394,7 @@ class PullManager:
                 parameters=facts.parameters,
                 created_at=current.created_at,
                 last_used_at=current.last_used_at,
-                serving_pid=current.serving_pid,
+                used_by_pid=current.used_by_pid,
             )
         )
         fetched = pull.bytes_total - pull.resumed_bytes
@@ -413,7 +412,7 @@ class PullManager:
 
     async def _drop_old_commits(self, old: ModelRecord, keep: Path) -> None:
         """Remove other commits' folders (the replaced one, abandoned partial pulls) unless the old one is served."""
-        if old.state == "ready" and old.path != str(keep) and self.is_served(old):
+        if old.state == "ready" and old.path != str(keep) and self.is_in_use(old):
             log.info("pull.old_commit_kept", model=old.name, path=old.path, why="being served")
             return
         for folder in self.registry.hub_repo_dir(old.name).iterdir():

@@ -13,8 +13,7 @@ from typing import Any, Literal
 import msgspec
 import sqlalchemy as sa
 
-from bitinglip.core.db import Database
-from bitinglip.core.errors import InvalidInput, NotFound
+from bitinglip.core import Database, InvalidInput, NotFound
 from bitinglip.models import tables
 
 State = Literal["pulling", "ready", "failed"]
@@ -45,7 +44,7 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     pull_ref: str | None = None
     pull_patterns: str | None = None
     pull_pid: int | None = None
-    serving_pid: int | None = None
+    used_by_pid: int | None = None
 
 
 class ModelFacts(msgspec.Struct, kw_only=True):
@@ -188,10 +187,11 @@ class ModelRegistry:
             query = sa.select(tables.models).where(tables.models.c.pull_ref.is_not(None))
             return [_record(r) for r in (await conn.execute(query)).mappings().all()]
 
-    async def clear_serving(self, pid: int) -> None:
+    async def release_all(self, pid: int) -> None:
+        """Forget that process ``pid`` uses any model (it is stopping)."""
         async with self.db.engine.begin() as conn:
             await conn.execute(
-                tables.models.update().where(tables.models.c.serving_pid == pid).values(serving_pid=None)
+                tables.models.update().where(tables.models.c.used_by_pid == pid).values(used_by_pid=None)
             )
 
     async def delete(self, name: str) -> bool:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from bitinglip.core.errors import Conflict, InvalidInput, NotFound
-from bitinglip.core.logging import get_logger
+from bitinglip.core import Conflict, InvalidInput, NotFound, get_logger
 from bitinglip.models.hub import HubClient, OfflineError, parse_ref
 from bitinglip.models.pulls import Pull, PullManager, pid_alive
 from bitinglip.models.registry import ModelRecord, ModelRegistry, inspect_dir, validate_name
@@ -42,27 +41,30 @@ class ModelService:
         self.registry = registry
         self.hub = hub
         self.supported_architectures = supported_architectures
-        # Names this process serves; other processes see them through the rows' serving_pid.
+        # Names this process has loaded in an engine; other processes see them through the rows' used_by_pid.
         self.in_use: set[str] = set()
-        self.pulls = PullManager(registry, hub, supported_architectures, self.is_served)
+        self.pulls = PullManager(registry, hub, supported_architectures, self.is_in_use)
 
-    async def start(self) -> None:
-        """Server start-up: forget serving marks of dead processes, resume pulls a dead process left behind."""
+    async def start(self, *, resume_pulls: bool) -> None:
+        """Forget the in-use marks of dead processes; a server also resumes pulls a dead process left behind."""
         for record in await self.registry.list_models():
-            if record.serving_pid is not None and not pid_alive(record.serving_pid):
-                await self.registry.update(record.name, serving_pid=None)
-        await self.pulls.resume_unfinished()
+            if record.used_by_pid is not None and not pid_alive(record.used_by_pid):
+                await self.registry.update(record.name, used_by_pid=None)
+        if resume_pulls:
+            await self.pulls.resume_unfinished()
 
     async def stop(self) -> None:
+        """Cancel running pulls (their partial files stay, the next pull resumes them) and release our models."""
         await self.pulls.stop()
-        await self.registry.clear_serving(os.getpid())
+        if self.in_use:
+            await self.registry.release_all(os.getpid())
 
-    def is_served(self, record: ModelRecord) -> bool:
-        return record.name in self.in_use or pid_alive(record.serving_pid)
+    def is_in_use(self, record: ModelRecord) -> bool:
+        return record.name in self.in_use or pid_alive(record.used_by_pid)
 
-    async def mark_serving(self, name: str) -> None:
+    async def mark_in_use(self, name: str) -> None:
         self.in_use.add(name)
-        await self.registry.update(name, serving_pid=os.getpid())
+        await self.registry.update(name, used_by_pid=os.getpid())
 
     async def search(self, query: str, *, limit: int = 20, sort: str = "downloads") -> list[SearchResult]:
         hits = await asyncio.to_thread(self.hub.search, query, limit=limit, sort=sort)
@@ -125,10 +127,12 @@ class ModelService:
         """Start (or join) a background pull of ``org/name[@revision]``; see PullManager."""
         return self.pulls.start(ref, allow, ignore)
 
-    async def resolve_for_serving(self, spec: str) -> tuple[Path, str]:
-        """A registry name, a local model directory or a hub id -> (path, served name); marks it used."""
+    async def resolve_to_load(self, spec: str) -> tuple[Path, str]:
+        """A registry name, a local model directory or a hub id -> (path, name), pulled first if need be;
+        marks it in use by this process, so `rm` elsewhere refuses it."""
         path, name = await self._resolve(spec)
         await self.registry.touch(name)
+        await self.mark_in_use(name)
         return path, name
 
     async def _resolve(self, spec: str) -> tuple[Path, str]:
@@ -137,7 +141,7 @@ class ModelService:
             if record.state == "ready":
                 return Path(record.path), record.name
             if record.source == "hub":  # a pull that failed or was cut short: try again (it resumes)
-                return await self._pull_for_serving(record.pull_ref or spec)
+                return await self._pull_to_load(record.pull_ref or spec)
             why = f": {record.error}" if record.error else ""
             raise Conflict(f"model {spec!r} is {record.state}, not ready{why}")
         path = Path(spec).expanduser()
@@ -167,9 +171,9 @@ class ModelService:
             and (pinned.revision == revision or (len(revision) >= 7 and (pinned.commit_sha or "").startswith(revision)))
         ):
             return Path(pinned.path), pinned.name  # that revision is here already: no network
-        return await self._pull_for_serving(spec)
+        return await self._pull_to_load(spec)
 
-    async def _pull_for_serving(self, ref: str) -> tuple[Path, str]:
+    async def _pull_to_load(self, ref: str) -> tuple[Path, str]:
         """Pull a hub model before serving it, logging its progress every few seconds."""
         try:
             pull = self.pulls.start(ref)
@@ -201,8 +205,8 @@ class ModelService:
 
     async def remove(self, name: str, *, force: bool = False) -> ModelRecord:
         record = await self.registry.require(name)
-        if self.is_served(record) and not force:
-            where = "here" if name in self.in_use else f"by the server with pid {record.serving_pid}"
+        if self.is_in_use(record) and not force:
+            where = "here" if name in self.in_use else f"by the server with pid {record.used_by_pid}"
             raise Conflict(f"model {name!r} is being served {where}; stop it first or force the removal", param="name")
         pull = self.pulls.active(name)
         if pull is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from bitinglip.core.db import metadata
+from bitinglip.core import metadata, migration
 
 models = sa.Table(
     "models",
@@ -30,6 +30,8 @@ models = sa.Table(
     sa.Column("pull_ref", sa.String(300)),
     sa.Column("pull_patterns", sa.Text),
     sa.Column("pull_pid", sa.Integer),  # the process running that pull; a dead pid means it was interrupted
-    # The server process serving this model, so `rm` in another process can refuse it; a dead pid is ignored.
-    sa.Column("serving_pid", sa.Integer),
+    # The server process that has this model loaded, so `rm` in another process can refuse it; a dead pid is ignored.
+    sa.Column("used_by_pid", sa.Integer),
 )
+
+migration(2, "ALTER TABLE models RENAME COLUMN serving_pid TO used_by_pid")

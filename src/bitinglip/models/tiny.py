@@ -1,17 +1,28 @@
 """Build the tiny default model: a Llama-architecture checkpoint with random weights.
 
 It exists so the whole path (registry, engine, gateway, clients) runs offline on a machine without a GPU.
-Its tokenizer is real (byte-level BPE trained on the Python standard library's own source text) and it
-has a chat template, but its weights are random: what it writes is nonsense.
+Its tokenizer is real (byte-level BPE, so it encodes any text and decodes it back) and it has a chat
+template, but its weights are random: what it writes is nonsense.
+
+The build is a pure function of the seed and the pinned library versions, so every machine makes the same
+bytes: the tokenizer is trained on text generated here from fixed word lists by `random.Random(seed)` (not
+on anything read from the machine), and every weight is drawn from a seeded `numpy.random.Generator` with
+exact arithmetic only (uniform draws, no transcendental functions) and rounded to bf16 here, so neither
+torch's RNG kernels nor the CPU's vector units have a say.
 
 Sizes are chosen for vLLM's CPU build: head_dim must be one its attention kernels accept (64 here).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import shutil
-import sysconfig
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 CHAT_TEMPLATE = (
@@ -22,23 +33,161 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 VOCAB_SIZE = 512
-CORPUS_BYTES = 2_000_000
+CORPUS_CHARS = 200_000  # of generated training text: enough for 251 merges, trained in well under a second
+WEIGHT_STD = 0.02  # weights are uniform on [-a, a) with this standard deviation: a = std * sqrt(3)
+README = (
+    "# tiny\n\nA Llama-architecture model with RANDOM weights, made by `bitinglip models create-tiny` "
+    "so BitingLip runs offline. Its tokenizer is real; its output is nonsense.\n"
+)
 
 
-def _corpus() -> list[str]:
-    """Local text to train the tokenizer on: the standard library's source, read in a fixed order."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    texts, total = [], 0
-    for path in sorted(stdlib.glob("*.py")):
-        text = path.read_text(encoding="utf-8", errors="ignore")
+# Fixed word lists for the generated corpus (comma-separated; their order is part of the build).
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(word.strip() for word in text.split(","))
+
+
+_DETERMINERS = _words("the, a, this, that, every, some, no, each, one, another, our, their, its")
+_SUBJECTS = _words("I, you, we, they, he, she, it, someone, nobody, everyone")
+_ADJECTIVES = _words(
+    "small, large, quick, slow, old, new, bright, dark, quiet, loud, simple, strange, early, late, warm, cold, "
+    "empty, full, green, blue, red, careful, tired, happy, open, closed, long, short, heavy, light, local, "
+    "remote, random, stable, busy, free"
+)
+_NOUNS = _words(
+    "model, server, request, token, engine, queue, river, mountain, city, window, garden, letter, friend, "
+    "teacher, machine, question, answer, story, morning, evening, house, road, table, book, library, market, "
+    "student, problem, system, network, message, file, number, language, village, winter, summer, kitchen, "
+    "computer, page, song, paper, voice, light, door, idea, reason, memory, worker, process, signal, bridge"
+)
+_VERBS = _words(
+    "reads, writes, sends, finds, keeps, builds, opens, closes, starts, stops, answers, follows, carries, "
+    "watches, counts, moves, holds, needs, shows, takes, gives, makes, loads, saves, checks, returns, "
+    "waits for, looks at, talks to, thinks about, forgets"
+)
+_ADVERBS = _words("quickly, slowly, again, today, often, never, always, soon, carefully, together")
+_PREPOSITIONS = _words("in, on, near, under, behind, after, before, with, without, across, into")
+_CONJUNCTIONS = _words("and, but, because, while, so, although, when, until, if, or")
+# A little text beyond ASCII, so merges also form inside multi-byte UTF-8 sequences.
+_FOREIGN = _words(
+    "café, naïve, über, façade, déjà vu, Zürich, São Paulo, crème brûlée, smörgåsbord, fiancée, niño, señor, "
+    "Straße, Ærø, jalapeño, piñata, Kraków, Dvořák, Ελλάδα, γεια σου, привет, спасибо, 東京, 日本語, 中文, 你好, "
+    "안녕하세요, مرحبا, שלום, नमस्ते, €, °C, —, …"
+)
+_NAMES = _words(
+    "value, result, items, count, index, name, path, data, config, text, tokens, model, request, response, "
+    "queue, engine, total, offset, size, limit, user, key, line, state, batch, prompt, output, record, row, "
+    "job, worker, timeout, buffer, parts, seed, score"
+)
+_FUNCTIONS = _words(
+    "load, save, parse, build, start, stop, run, fetch, encode, decode, update, check, create, delete, "
+    "register, resolve, render, submit, cancel, wait, read, write, split"
+)
+_CLASSES = _words("Model, Engine, Server, Request, Registry, Queue, Worker, Config, Record, Client")
+_MODULES = _words("os, sys, json, math, time, random, asyncio, pathlib, typing, shutil, logging")
+_BUILTINS = _words("len, str, int, sorted, list, dict, min, max, sum, print, range, enumerate")
+_TYPES = ("int", "str", "float", "bool", "bytes", "list[str]", "dict[str, int]", "Path", "None")
+_OPERATORS = _words("+, -, *, //, %, ==, !=, <, >=, and, or, in")
+
+
+def _sentence(rng: random.Random) -> str:
+    def phrase() -> str:
+        words = [rng.choice(_DETERMINERS)]
+        if rng.random() < 0.6:
+            words.append(rng.choice(_ADJECTIVES))
+        if rng.random() < 0.08:
+            words.append(rng.choice(_FOREIGN))
+        words.append(rng.choice(_NOUNS) + ("s" if rng.random() < 0.2 else ""))
+        return " ".join(words)
+
+    def clause() -> str:
+        subject = rng.choice(_SUBJECTS) if rng.random() < 0.3 else phrase()
+        words = [subject, rng.choice(_VERBS), phrase()]
+        if rng.random() < 0.4:
+            words += [rng.choice(_PREPOSITIONS), phrase()]
+        if rng.random() < 0.3:
+            words.append(rng.choice(_ADVERBS))
+        return " ".join(words)
+
+    text = clause()
+    if rng.random() < 0.4:
+        text += ("," if rng.random() < 0.5 else "") + " " + rng.choice(_CONJUNCTIONS) + " " + clause()
+    if rng.random() < 0.1:
+        text += f" ({rng.choice(_FOREIGN)}, {rng.randrange(1, 2000)})"
+    ending = rng.choice((".", ".", ".", "!", "?"))
+    if rng.random() < 0.1:
+        return f'"{text[0].upper()}{text[1:]}{ending}" {rng.choice(_SUBJECTS)} said.'
+    return text[0].upper() + text[1:] + ending
+
+
+def _expression(rng: random.Random) -> str:
+    kind = rng.randrange(6)
+    if kind == 0:
+        return f"{rng.choice(_NAMES)} {rng.choice(_OPERATORS)} {rng.randrange(0, 1000)}"
+    if kind == 1:
+        return f"{rng.choice(_BUILTINS)}({rng.choice(_NAMES)})"
+    if kind == 2:
+        return f"self.{rng.choice(_NAMES)}[{rng.choice(_NAMES)}]"
+    if kind == 3:
+        return f'"{rng.choice(_NOUNS)} {{{rng.choice(_NAMES)}}}"'
+    if kind == 4:
+        return f"{rng.choice(_FUNCTIONS)}_{rng.choice(_NAMES)}({rng.choice(_NAMES)}, {rng.choice(_NAMES)}=True)"
+    return f"[{rng.choice(_NAMES)} for {rng.choice(_NAMES)} in {rng.choice(_NAMES)}]"
+
+
+def _code_block(rng: random.Random) -> str:
+    """A Python-like function (or class) of a few lines; it need not make sense, only look like code."""
+    name = f"{rng.choice(_FUNCTIONS)}_{rng.choice(_NAMES)}"
+    args = ", ".join(f"{rng.choice(_NAMES)}: {rng.choice(_TYPES)}" for _ in range(rng.randrange(0, 4)))
+    lines: list[str] = []
+    if rng.random() < 0.3:
+        lines.append(f"import {rng.choice(_MODULES)}")
+    if rng.random() < 0.3:
+        lines.append(f"class {rng.choice(_CLASSES)}{rng.choice(_CLASSES)}:")
+        lines.append(f'    """{_sentence(rng)}"""')
+        indent = "    "
+        args = "self" + (", " + args if args else "")
+    else:
+        indent = ""
+    lines.append(f"{indent}def {name}({args}) -> {rng.choice(_TYPES)}:")
+    if rng.random() < 0.5:
+        lines.append(f"{indent}    # {_sentence(rng)}")
+    for _ in range(rng.randrange(1, 7)):
+        kind = rng.randrange(5)
+        var = rng.choice(_NAMES)
+        if kind == 0:
+            lines.append(f"{indent}    {var} = {_expression(rng)}")
+        elif kind == 1:
+            lines.append(f"{indent}    if {_expression(rng)}:")
+            lines.append(f"{indent}        {var} += {rng.randrange(1, 100)}")
+        elif kind == 2:
+            lines.append(f"{indent}    for {var} in range({rng.randrange(1, 64)}):")
+            lines.append(f"{indent}        {rng.choice(_NAMES)}.append({var})")
+        elif kind == 3:
+            lines.append(f"{indent}    {rng.choice(_FUNCTIONS)}({var}, {rng.choice(_NAMES)})")
+        else:
+            lines.append(
+                f'{indent}    raise ValueError(f"{rng.choice(_NOUNS)} {{{var}!r}} is {rng.choice(_ADJECTIVES)}")'
+            )
+    lines.append(f"{indent}    return {_expression(rng)}")
+    return "\n".join(lines) + "\n"
+
+
+def _corpus(seed: int) -> list[str]:
+    """The tokenizer's training text: about CORPUS_CHARS of English-like prose and Python-like code."""
+    rng = random.Random(seed)
+    texts: list[str] = []
+    total = 0
+    while total < CORPUS_CHARS:
+        if rng.random() < 0.55:
+            text = " ".join(_sentence(rng) for _ in range(rng.randrange(2, 8))) + "\n"
+        else:
+            text = _code_block(rng)
         texts.append(text)
         total += len(text)
-        if total >= CORPUS_BYTES:
-            break
     return texts
 
 
-def _train_tokenizer():  # -> PreTrainedTokenizerFast
+def _train_tokenizer(seed: int) -> Any:  # PreTrainedTokenizerFast
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -51,7 +200,8 @@ def _train_tokenizer():  # -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    # The trainer breaks ties between equally frequent pairs by token id, so the merges depend only on the text.
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<|begin_of_text|>",
@@ -64,12 +214,42 @@ def _train_tokenizer():  # -> PreTrainedTokenizerFast
     return fast
 
 
+def _bf16_bits(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+    """Round float32 to bfloat16 (to nearest, ties to even) in integer arithmetic; returns the raw bits."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return ((bits + rounding) >> np.uint32(16)).astype(np.uint16)  # no NaN or inf can occur here
+
+
+def _seeded_weights(model: Any, seed: int) -> None:
+    """Overwrite every parameter from `seed`, in sorted-name order: norm weights 1, the rest uniform, std 0.02."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    bound = WEIGHT_STD * math.sqrt(3.0)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in sorted(params):
+            param = params[name]
+            shape = tuple(param.shape)
+            if name.endswith("norm.weight"):
+                values = np.ones(shape, dtype=np.float32)
+            else:
+                # rng.random is exact integer-to-double arithmetic; then only IEEE-rounded * and -.
+                values = ((rng.random(shape) * 2.0 - 1.0) * bound).astype(np.float32)
+            bits = torch.from_numpy(_bf16_bits(values).view(np.int16)).view(torch.bfloat16)
+            param.copy_(bits)
+
+
 def create_tiny_model(dest: Path, *, seed: int = 0) -> Path:
-    """Write the tiny model to `dest` (replaced if present) and return it. Takes a few seconds."""
+    """Write the tiny model to `dest` (replaced if present) and return it. Takes a few seconds.
+
+    The files are a pure function of `seed` (and the pinned library versions): the same bytes on every machine.
+    """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _train_tokenizer()
+    tokenizer = _train_tokenizer(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=256,
@@ -85,8 +265,9 @@ def create_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         tie_word_embeddings=False,
         dtype="bfloat16",
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.random.fork_rng(devices=[]):  # the default initialisation below must not move the caller's RNG
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    _seeded_weights(model, seed)
     staging = dest.with_name(f".{dest.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
@@ -94,10 +275,7 @@ def create_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     ).save_pretrained(staging)
-    (staging / "README.md").write_text(
-        "# tiny\n\nA Llama-architecture model with RANDOM weights, made by `bitinglip models create-tiny` "
-        "so BitingLip runs offline. Its tokenizer is real; its output is nonsense.\n"
-    )
+    (staging / "README.md").write_text(README, encoding="utf-8")
     # Build beside the destination and swap it in whole, so a crash never leaves half a model in place.
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)

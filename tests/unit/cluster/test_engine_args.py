@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bitinglip.cluster.engine import check_engine_args, effective_engine_args
-from bitinglip.core.errors import SettingsError
+from bitinglip.cluster.vllm import check_engine_args, effective_engine_args
+from bitinglip.core import SettingsError
 
 
 def test_known_arguments_pass() -> None:
@@ -45,15 +45,15 @@ def test_cpu_defaults_bound_the_kv_cache_and_keep_user_values(monkeypatch: pytes
 async def test_a_busy_engine_without_steps_is_reported_stalled_then_recovers() -> None:
     import time
 
-    from bitinglip.cluster.cluster import Cluster
-    from bitinglip.cluster.engine import Engine
-    from bitinglip.core.settings import ClusterSettings
+    from bitinglip.cluster import Cluster
+    from bitinglip.cluster.vllm import VllmEngine
+    from bitinglip.core import ClusterSettings
 
     async def resolve(spec: str) -> tuple:
         raise AssertionError("not used")
 
     cluster = Cluster(ClusterSettings(stall_timeout_s=5), resolve)
-    engine = Engine(__import__("pathlib").Path("/m"), "m", {})
+    engine = VllmEngine(__import__("pathlib").Path("/m"), "m", {})
 
     class Busy:
         errored = False

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from bitinglip.cluster.engine import token_bytes
+from bitinglip.cluster.vllm import token_bytes
 
 
 def test_token_bytes_join_back_into_the_text(tiny_model_dir: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from bitinglip.core import DbSettings
 from bitinglip.core.db import SCHEMA_VERSION, Database, schema_version
-from bitinglip.core.settings import DbSettings
 
 
 async def test_start_creates_the_file_with_wal_and_a_schema_version(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path) ->
     code = (
         "import asyncio, os, time\n"
         "from bitinglip.core.db import Database\n"
-        "from bitinglip.core.settings import DbSettings\n"
+        "from bitinglip.core import DbSettings\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
         "async def main():\n"
         f"    db = Database(DbSettings(url={url!r})); await db.start(); await db.stop()\n"
@@ -75,3 +75,26 @@ def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path) ->
     import asyncio
 
     assert asyncio.run(rows()) == 1
+
+
+async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
+    """A version-1 file (the models table with `serving_pid`) gets the column renamed, its rows kept."""
+    import sqlite3
+
+    import bitinglip.models.tables  # noqa: F401  (registers the models table and its migrations)
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL, applied_at TEXT)")
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute("CREATE TABLE models (name TEXT PRIMARY KEY, serving_pid INTEGER)")
+        conn.execute("INSERT INTO models VALUES ('kept', 42)")
+    db = Database(DbSettings(url=f"sqlite+aiosqlite:///{path}"))
+    await db.start()
+    try:
+        assert await db.version() == SCHEMA_VERSION
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT name, used_by_pid FROM models"))).all()
+        assert rows == [("kept", 42)]
+    finally:
+        await db.stop()

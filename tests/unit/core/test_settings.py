@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bitinglip.core.errors import SettingsError
-from bitinglip.core.settings import describe, load_settings
+from bitinglip.core import SettingsError, describe, load_settings
 
 
 @pytest.fixture
@@ -42,11 +41,60 @@ def test_environment_beats_files_and_cli_beats_environment(layers: Path, monkeyp
     assert loaded.settings.server.port == 9100 and loaded.sources["server.port"] == "cli"
 
 
-def test_defaults_fill_what_no_layer_sets(tmp_path: Path) -> None:
+def test_defaults_fill_what_no_layer_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BITINGLIP_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     loaded = load_settings(env="none", directory=tmp_path)
-    assert loaded.settings.models.dir == "data/models"
-    rows = {key: layer for key, _, layer in describe(loaded)}
-    assert rows["models.dir"] == "defaults"
+    assert loaded.home == tmp_path / "xdg" / "bitinglip"
+    assert loaded.settings.models.dir == str(tmp_path / "xdg" / "bitinglip" / "models")
+    assert loaded.settings.db.url == f"sqlite+aiosqlite:///{tmp_path}/xdg/bitinglip/bitinglip.db"
+    rows = {key: (value, layer) for key, value, layer in describe(loaded)}
+    assert rows["models.dir"][1] == "defaults (under the home)"
+    assert rows["home"] == (f'"{tmp_path}/xdg/bitinglip"', "default (XDG data directory)")
+    assert rows["server.port"][1] == "defaults"
+
+
+def test_the_home_anchors_relative_paths_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("BITINGLIP_HOME", str(home))
+    monkeypatch.setenv("BITINGLIP_MODELS__DIR", "weights")
+    monkeypatch.setenv("BITINGLIP_DB__URL", "sqlite+aiosqlite:///state/bl.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    loaded = load_settings(env="none")
+    assert loaded.settings.models.dir == str(home / "weights")
+    assert loaded.settings.db.url == f"sqlite+aiosqlite:///{home}/state/bl.db"
+    monkeypatch.setenv("BITINGLIP_MODELS__DIR", "/abs/models")
+    assert load_settings(env="none").settings.models.dir == "/abs/models"
+
+
+def test_settings_are_searched_in_the_env_dir_then_here_then_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in __import__("os").environ if k.startswith("BITINGLIP_")]:
+        monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    (home / "settings").mkdir(parents=True)
+    (home / "settings" / "default.toml").write_text("[server]\nport = 7001\n")
+    monkeypatch.setenv("BITINGLIP_HOME", str(home))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    loaded = load_settings(env="none")
+    assert loaded.settings.server.port == 7001 and loaded.settings_dir == home / "settings"
+    (cwd / "settings").mkdir()
+    (cwd / "settings" / "default.toml").write_text("[server]\nport = 7002\n")
+    assert load_settings(env="none").settings.server.port == 7002
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "default.toml").write_text("[server]\nport = 7003\n")
+    monkeypatch.setenv("BITINGLIP_SETTINGS_DIR", str(named))
+    loaded = load_settings(env="none")
+    assert loaded.settings.server.port == 7003
+    assert {k: layer for k, _, layer in describe(loaded)}["settings_dir"] == "env BITINGLIP_SETTINGS_DIR"
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from bitinglip.core.settings import GatewaySettings
+from bitinglip.core import CorePlugin, GatewaySettings
 from bitinglip.gateway import GatewayPlugin, OpenAIServing
-from doubles import FakeCluster, ScriptedEngine
+from doubles import FakeEngines, ScriptedEngine
 
 
 @pytest.fixture
@@ -21,12 +21,12 @@ def engine() -> ScriptedEngine:
 
 @pytest.fixture
 def serving(engine: ScriptedEngine) -> OpenAIServing:
-    return OpenAIServing(FakeCluster(engine), GatewaySettings())  # type: ignore[arg-type]
+    return OpenAIServing(FakeEngines(engine), GatewaySettings())
 
 
 @pytest.fixture
 def client(serving: OpenAIServing) -> Iterator[TestClient]:
-    app = Litestar(plugins=[GatewayPlugin(serving)], logging_config=None)
+    app = Litestar(plugins=[CorePlugin(), GatewayPlugin(serving)], logging_config=None)
     with TestClient(app) as c:
         yield c
 
@@ -161,7 +161,7 @@ def test_request_id_is_echoed_or_made(client: TestClient, engine: ScriptedEngine
 
 
 def test_overload_is_a_fast_503_with_retry_after(client: TestClient, serving: OpenAIServing) -> None:
-    serving.pending = serving.settings.max_pending_requests
+    serving.admission.pending = serving.admission.limit
     for body in (chat(), chat(stream=True)):
         r = client.post("/v1/chat/completions", json=body)
         assert r.status_code == 503
@@ -176,10 +176,10 @@ def test_models_list_and_retrieve(client: TestClient) -> None:
 
 
 def test_a_token_that_is_part_of_a_character_is_named_by_its_bytes(engine: ScriptedEngine) -> None:
-    from bitinglip.gateway.serving import _token
+    from bitinglip.gateway.serving.logprobs import token_repr
     from doubles import FakeLogprob
 
-    assert _token(FakeLogprob(-1.0, 1, "\ufffd"), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 1)  # type: ignore[arg-type]
-    assert _token(FakeLogprob(-1.0, 1, ""), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 0)  # type: ignore[arg-type]
-    assert _token(FakeLogprob(-1.0, 1, "é"), 0xE9, engine) == ("é", [0xC3, 0xA9], 1)  # type: ignore[arg-type]
-    assert _token(FakeLogprob(-1.0, 1, ""), ord("a"), engine) == ("", [], 0)  # type: ignore[arg-type]
+    assert token_repr(FakeLogprob(-1.0, 1, "\ufffd"), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 1)
+    assert token_repr(FakeLogprob(-1.0, 1, ""), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 0)
+    assert token_repr(FakeLogprob(-1.0, 1, "é"), 0xE9, engine) == ("é", [0xC3, 0xA9], 1)
+    assert token_repr(FakeLogprob(-1.0, 1, ""), ord("a"), engine) == ("", [], 0)

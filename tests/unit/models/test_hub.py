@@ -11,13 +11,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import hubstub
-from bitinglip.core.errors import InvalidInput, NotFound, Unauthorized, Unavailable
+from bitinglip.core import InvalidInput, NotFound, Unauthorized, Unavailable
 from bitinglip.models.hub import (
     PARTIAL_DIR,
     DownloadCancelled,
@@ -253,6 +254,43 @@ def test_unreachable_or_failing_hub_is_unavailable(stub: hubstub.HubStub, client
     with pytest.raises(HubUnavailable):
         client.download(snapshot, list(snapshot.files), tmp_path / "m")
     assert len(stub.file_gets()) == client.max_retries + 1  # retried, then gave up
+
+
+NO_SUCH_HOST = "http://bitinglip-no-such-host.invalid"  # .invalid never resolves (RFC 2606)
+
+
+def refused_endpoint() -> str:
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("call", ["search", "resolve"])
+@pytest.mark.parametrize("where", ["refused", "unresolvable"])
+def test_unreachable_hub_fails_at_once(where: str, call: str) -> None:
+    # The library retries its paged API calls (list_models) on connection errors for ~23 s; we must not wait.
+    endpoint = refused_endpoint() if where == "refused" else NO_SUCH_HOST
+    client = HubClient(endpoint=endpoint, timeout=10.0)  # default retries: the ones a download would get
+    start = time.monotonic()
+    with pytest.raises(HubUnavailable) as info:
+        if call == "search":
+            client.search("llama")
+        else:
+            client.resolve("org/model")
+    elapsed = time.monotonic() - start
+    assert elapsed < 3.0, f"{call} against a {where} hub took {elapsed:.1f} s"
+    assert f"the hub at {endpoint} cannot be reached" in info.value.message
+    assert info.value.status == 503
+
+
+def test_search_reachability_check_sends_no_token(stub: hubstub.HubStub) -> None:
+    stub.add_repo("org/llama-small", model_files())
+    client = HubClient(endpoint=stub.url, token="hf_secret_value")
+    assert [h.repo_id for h in client.search("llama")] == ["org/llama-small"]
+    heads = stub.requests_for("HEAD")
+    assert heads and all("authorization" not in h for _m, _p, h in heads)
+    assert all(h.get("authorization") == "Bearer hf_secret_value" for _m, _p, h in stub.requests_for("GET"))
 
 
 # ----------------------------------------------------------------------------------------- selection

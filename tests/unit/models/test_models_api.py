@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,7 @@ from litestar.testing import TestClient
 from pull_support import ARCHS, TINY
 
 import hubstub
-from bitinglip.core import CorePlugin, Database
-from bitinglip.core.settings import DbSettings
-from bitinglip.gateway.errors import handle_error
+from bitinglip.core import CorePlugin, Database, DbSettings
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
 
 
@@ -26,11 +25,18 @@ def client(tmp_path: Path, stub: hubstub.HubStub) -> Iterator[TestClient[Litesta
     db = Database(DbSettings(url=f"sqlite+aiosqlite:///{tmp_path}/bitinglip.db"))
     hub = HubClient(endpoint=stub.url, timeout=10.0, max_retries=2, backoff_s=0.01)
     service = ModelService(ModelRegistry(db, tmp_path / "models"), hub, lambda: ARCHS)
-    app = Litestar(
-        plugins=[CorePlugin(db), ModelsPlugin(service)],
-        exception_handlers={Exception: handle_error},
-        logging_config=None,
-    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await db.start()
+        await service.start(resume_pulls=True)
+        try:
+            yield
+        finally:
+            await service.stop()
+            await db.stop()
+
+    app = Litestar(plugins=[CorePlugin(), ModelsPlugin(service)], lifespan=[lifespan], logging_config=None)
     with TestClient(app) as c:
         yield c
 

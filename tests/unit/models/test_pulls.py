@@ -16,7 +16,7 @@ import pytest
 from pull_support import TINY, MakeService
 
 import hubstub
-from bitinglip.core.errors import Conflict, InvalidInput, NotFound
+from bitinglip.core import Conflict, InvalidInput, NotFound
 from bitinglip.models import ModelService, Pull
 from bitinglip.models.checks import ModelCheckFailed
 from bitinglip.models.hub import PARTIAL_DIR, GatedRepo, NotEnoughDisk, OfflineError, RepoNotFound, RevisionNotFound
@@ -82,7 +82,7 @@ async def test_revision_pin_records_the_tag_and_its_sha(
     assert Path(row.path).name == v1
     # Pinned by sha too, and serving the pinned ref again needs no network.
     before = len(stub.requests)
-    path, name = await service.resolve_for_serving(f"{TINY}@v1.0")
+    path, name = await service.resolve_to_load(f"{TINY}@v1.0")
     assert (path, name) == (Path(row.path), TINY) and len(stub.requests) == before
 
 
@@ -120,8 +120,8 @@ async def test_the_old_commit_stays_on_disk_while_it_is_served(
     service: ModelService, stub: hubstub.HubStub, tiny_files: dict[str, bytes], tiny_sha: str
 ) -> None:
     await finished(service.pull(TINY))
-    old_path, _ = await service.resolve_for_serving(TINY)
-    await service.mark_serving(TINY)
+    old_path, _ = await service.resolve_to_load(TINY)
+    await service.mark_in_use(TINY)
     stub.add_repo(TINY, tiny_files | {"README.md": b"# v2\n"})
     assert (await finished(service.pull(TINY))).state == "ready"
     assert old_path.is_dir() and (await service.registry.require(TINY)).path != str(old_path)
@@ -198,7 +198,7 @@ async def test_unsupported_architecture_is_marked_failed_with_the_reason(
     assert row.state == "failed" and "NotARealModelForCausalLM" in (row.error or "")
     gets = len(stub.file_gets())
     with pytest.raises(ModelCheckFailed, match="NotARealModelForCausalLM"):  # serving it tries again, and refuses
-        await service.resolve_for_serving("org/weird")
+        await service.resolve_to_load("org/weird")
     assert len(stub.file_gets()) == gets  # the files were all there: checked again, not fetched again
     assert (await service.registry.require("org/weird")).state == "failed"
 
@@ -250,7 +250,7 @@ async def test_cancelled_pull_is_resumed_by_the_next_start_up(
 
     stub.throttle_bytes_per_s = None
     restarted = await make_service()
-    await restarted.start()
+    await restarted.start(resume_pulls=True)
     resumed = restarted.pulls.active(TINY)
     assert resumed is not None
     await finished(resumed)
@@ -263,17 +263,17 @@ async def test_cancelled_pull_is_resumed_by_the_next_start_up(
 async def test_serving_a_hub_id_pulls_it_first_then_serves_by_name_offline(
     service: ModelService, stub: hubstub.HubStub, tiny_sha: str, make_service: MakeService
 ) -> None:
-    path, name = await service.resolve_for_serving(TINY)
+    path, name = await service.resolve_to_load(TINY)
     assert name == TINY and path.name == tiny_sha and (path / "config.json").is_file()
     offline = await make_service(offline=True)
     before = len(stub.requests)
-    assert await offline.resolve_for_serving(TINY) == (path, TINY)  # a ready registry name: no network
+    assert await offline.resolve_to_load(TINY) == (path, TINY)  # a ready registry name: no network
     with pytest.raises(OfflineError) as info:
-        await offline.resolve_for_serving("org/elsewhere")
+        await offline.resolve_to_load("org/elsewhere")
     assert "not in the registry" in info.value.message and "offline" in info.value.message
     assert len(stub.requests) == before
     with pytest.raises(NotFound):
-        await offline.resolve_for_serving("no-such-thing")
+        await offline.resolve_to_load("no-such-thing")
 
 
 async def test_rm_refuses_a_served_model_unless_forced_and_removes_its_files(
@@ -281,11 +281,11 @@ async def test_rm_refuses_a_served_model_unless_forced_and_removes_its_files(
 ) -> None:
     await finished(service.pull(TINY))
     # Served by another live process (here: our parent, which is alive), as the server's row says.
-    await service.registry.update(TINY, serving_pid=os.getppid())
+    await service.registry.update(TINY, used_by_pid=os.getppid())
     with pytest.raises(Conflict) as info:
         await service.remove(TINY)
     assert "being served" in info.value.message and str(os.getppid()) in info.value.message
-    await service.registry.update(TINY, serving_pid=2**22 + 12345)  # a dead server: not a reason to refuse
+    await service.registry.update(TINY, used_by_pid=2**22 + 12345)  # a dead server: not a reason to refuse
     await service.remove(TINY)
     assert await service.registry.get(TINY) is None
     assert not (models_dir / "hub" / "org" / "tiny-chat").exists()

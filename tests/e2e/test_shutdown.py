@@ -1,7 +1,5 @@
-"""Runs last (file order): stops the shared server and checks no engine process outlives it.
-
-Then a second server whose engine core is killed must exit non-zero instead of looking healthy.
-"""
+"""Stopping: the shared server stops cleanly and quietly (marked to run after every other test), and a second
+server whose engine core is killed exits non-zero instead of looking healthy."""
 
 from __future__ import annotations
 
@@ -9,6 +7,7 @@ import signal
 import time
 
 import psutil
+import pytest
 
 from e2e.conftest import Server, start_server, stop_server
 
@@ -23,7 +22,8 @@ def _gone(pids: list[int]) -> bool:
     return True
 
 
-def test_sigterm_stops_the_server_and_its_engine(server: Server) -> None:
+@pytest.mark.stops_shared_server
+def test_sigterm_stops_the_server_and_its_engine_quietly(server: Server) -> None:
     children = [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)]
     assert children, "the engine core should run in a child process"
     began = time.monotonic()
@@ -33,7 +33,12 @@ def test_sigterm_stops_the_server_and_its_engine(server: Server) -> None:
     while not _gone(children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _gone(children), f"left running: {[p for p in children if psutil.pid_exists(p)]}"
-    assert '"event": "server.exit"' in server.log()
+    log = server.log()
+    assert '"event": "server.exit"' in log and '"event": "engine.stopped"' in log
+    # A clean stop is quiet: nothing at error level, no traceback, no leaked shared memory.
+    errors = [line for line in log.splitlines() if '"level": "error"' in line or "Traceback" in line]
+    assert errors == [], errors
+    assert "leaked shared_memory" not in log
 
 
 def test_engine_death_exits_non_zero(tmp_path, tiny_model_dir) -> None:

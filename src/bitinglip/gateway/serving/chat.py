@@ -1,0 +1,107 @@
+"""`/v1/chat/completions`: messages through the model's chat template, answers as assistant messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bitinglip.cluster import CompletionDelta
+from bitinglip.core import InvalidInput
+from bitinglip.gateway import protocol as p
+from bitinglip.gateway.serving.base import Prepared, Serving
+from bitinglip.gateway.serving.logprobs import chat_logprobs
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+def message_text(message: p.ChatMessage, index: int) -> str:
+    if message.role not in CHAT_ROLES:
+        raise InvalidInput(
+            f"messages[{index}].role must be one of {sorted(CHAT_ROLES)}, got {message.role!r}",
+            param=f"messages.{index}.role",
+        )
+    content = message.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise InvalidInput(
+                f"messages[{index}] has a content part of type {part.type!r}; only text parts are supported",
+                param=f"messages.{index}.content",
+            )
+        texts.append(part.text)
+    return "".join(texts)
+
+
+class ChatServing(Serving):
+    async def prepare(self, req: p.ChatCompletionRequest) -> Prepared:
+        engine = self.engine(req.model)
+        if not req.messages:
+            raise InvalidInput("`messages` must be a non-empty list", param="messages", code="empty_messages")
+        messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
+        text = engine.render_chat(messages)
+        ids = await self.encode(engine, text)
+        args = req.sampling_args(len(ids), engine.max_model_len)
+        return Prepared(
+            model=req.model or "",
+            engine=engine,
+            prompts=[(ids, text)],
+            params=engine.sampling_params(args),
+            n=req.n,
+            stream=req.stream,
+            include_usage=req.include_usage,
+            logprobs=args.get("logprobs"),
+            priority=req.priority,
+        )
+
+    def chunk_id(self, request_id: str) -> str:
+        return f"chatcmpl-{request_id}"
+
+    def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
+        into.setdefault(index, []).extend(chat_logprobs(out, prep.engine, prep.logprobs or 0))
+
+    def response(
+        self,
+        prep: Prepared,
+        request_id: str,
+        created: int,
+        texts: dict[int, str],
+        finish: dict[int, str | None],
+        logprobs: dict[int, Any],
+        used: p.Usage,
+    ) -> p.ChatCompletionResponse:
+        return p.ChatCompletionResponse(
+            id=self.chunk_id(request_id),
+            created=created,
+            model=prep.model,
+            choices=[
+                p.ChatChoice(
+                    index=i,
+                    message=p.AssistantMessage(role="assistant", content=text),
+                    logprobs=p.ChatLogprobs(content=logprobs.get(i, [])) if prep.logprobs is not None else None,
+                    finish_reason=finish.get(i),
+                )
+                for i, text in texts.items()
+            ],
+            usage=used,
+        )
+
+    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.ChatCompletionChunk]:
+        role = [p.ChatChunkChoice(index=i, delta=p.DeltaMessage(role="assistant", content="")) for i in range(prep.n)]
+        return [p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=role)]
+
+    def chunk(
+        self, prep: Prepared, chunk_id: str, created: int, index: int, out: CompletionDelta, offset: int
+    ) -> p.ChatCompletionChunk:
+        lp = None
+        if prep.logprobs is not None and out.logprobs:
+            lp = p.ChatLogprobs(content=chat_logprobs(out, prep.engine, prep.logprobs))
+        choice = p.ChatChunkChoice(
+            index=index, delta=p.DeltaMessage(content=out.text), logprobs=lp, finish_reason=out.finish_reason
+        )
+        return p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[choice])
+
+    def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> p.ChatCompletionChunk:
+        return p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)
