@@ -127,45 +127,50 @@ def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-def describe_event_streams(app: Litestar) -> None:
-    """Add `text/event-stream` to the 200 response of each route whose `opt` names its event type.
+def complete_openapi(app: Litestar) -> None:
+    """Finish the OpenAPI document Litestar built (once, at start-up), where Litestar cannot say it itself.
 
-    Litestar describes one media type per status; a route that answers JSON or, when asked, a stream of
-    events needs both, so they are added to the built schema (once, at start-up) with the event's own schema.
+    - Errors: Litestar documents its own validation 400 in its own shape; every error status of every
+      operation is described as what is really sent, the one envelope (`ErrorResponse`).
+    - Event streams: Litestar describes one media type per status; a route that answers JSON, or events when
+      asked, gets `text/event-stream` beside its JSON, with the event's schema (a route's `opt[EVENT_STREAM]`).
     """
     openapi = app.openapi_schema
-    if openapi.paths is None or openapi.components.schemas is None:
+    if openapi.paths is None:
         return
     streams: dict[tuple[str, str], type[msgspec.Struct]] = {}
     for route in app.routes:
         for handler in getattr(route, "route_handlers", []):
-            event = handler.opt.get(EVENT_STREAM)
-            if event is not None:
+            if (event := handler.opt.get(EVENT_STREAM)) is not None:
                 for method in handler.http_methods:
                     streams[(route.path_format or "/", method.lower())] = event
-    if not streams:
-        return
     _, components = msgspec.json.schema_components(
-        list(set(streams.values())), ref_template="#/components/schemas/{name}"
+        [ErrorResponse, *set(streams.values())], ref_template="#/components/schemas/{name}"
     )
+    if openapi.components.schemas is None:
+        openapi.components.schemas = {}
     schemas = cast(dict[str, Any], openapi.components.schemas)
     for name, schema in components.items():
         schemas.setdefault(name, schema)  # msgspec's JSON schema, kept as a plain dict
-    for (path, method), event in streams.items():
-        operation = getattr(openapi.paths.get(path), method, None) if path in openapi.paths else None
-        if operation is None or not operation.responses or "200" not in operation.responses:
-            continue
-        response = operation.responses["200"]
-        if isinstance(response, Reference):
-            continue
-        response.content = dict(response.content or {})
-        response.content["text/event-stream"] = OpenAPIMediaType(
-            schema=Schema(
-                type=None,
-                description=f"server-sent events; each `data:` line is a {event.__name__} (JSON)",
-                all_of=[Reference(ref=f"#/components/schemas/{event.__name__}")],
-            )
-        )
+    envelope = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ErrorResponse.__name__}"))
+    for path, item in openapi.paths.items():
+        for method in ("get", "put", "post", "delete", "patch"):
+            operation = getattr(item, method, None)
+            if operation is None or not operation.responses:
+                continue
+            for status, response in operation.responses.items():
+                if isinstance(response, Reference):
+                    continue
+                if status.isdigit() and int(status) >= 400:
+                    response.content = {"application/json": envelope}
+                elif status == "200" and (event := streams.get((path, method))) is not None:
+                    response.content = dict(response.content or {})
+                    response.content["text/event-stream"] = OpenAPIMediaType(
+                        schema=Schema(
+                            description=f"server-sent events; each `data:` line is a {event.__name__} (JSON)",
+                            all_of=[Reference(ref=f"#/components/schemas/{event.__name__}")],
+                        )
+                    )
 
 
 class Health(msgspec.Struct):

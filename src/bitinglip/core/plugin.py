@@ -9,7 +9,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPlugin
 
-from bitinglip.core.http import RequestIdMiddleware, describe_event_streams, handle_error, health
+from bitinglip.core.http import RequestIdMiddleware, complete_openapi, handle_error, health
 
 
 class CorePlugin(InitPlugin):
@@ -26,5 +26,5 @@ class CorePlugin(InitPlugin):
             use_handler_docstrings=True,
             create_examples=False,
         )
-        app_config.on_startup.append(describe_event_streams)
+        app_config.on_startup.append(complete_openapi)
         return app_config

@@ -52,8 +52,9 @@ async def _respond(
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
-            if not work.done():
+            if not work.done():  # the client left first (or we are being cancelled): abort the engine request
                 work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
         if work.cancelled():
             return Response(content=b"", status_code=499)
         return Response(work.result())
