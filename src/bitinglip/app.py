@@ -68,7 +68,7 @@ class Components:
     @staticmethod
     async def _stopped(part: str, stop: Callable[[], Any]) -> None:
         await stop()
-        log.debug("component.stopped", component=part)
+        log.info("component.stopped", component=part)
 
 
 def create_app(loaded: LoadedSettings | None = None, on_fatal: Callable[[str], None] | None = None) -> Litestar:

@@ -147,8 +147,6 @@ def complete_openapi(app: Litestar) -> None:
     _, components = msgspec.json.schema_components(
         [ErrorResponse, *set(streams.values())], ref_template="#/components/schemas/{name}"
     )
-    if openapi.components.schemas is None:
-        openapi.components.schemas = {}
     schemas = cast(dict[str, Any], openapi.components.schemas)
     for name, schema in components.items():
         schemas.setdefault(name, schema)  # msgspec's JSON schema, kept as a plain dict
@@ -164,7 +162,12 @@ def complete_openapi(app: Litestar) -> None:
                 if status.isdigit() and int(status) >= 400:
                     response.content = {"application/json": envelope}
                 elif status == "200" and (event := streams.get((path, method))) is not None:
-                    response.content = dict(response.content or {})
+                    # Keep the JSON body of a route that answers JSON too; an events-only route has none.
+                    response.content = {
+                        media: body
+                        for media, body in (response.content or {}).items()
+                        if isinstance(body.schema, Reference) or (body.schema is not None and body.schema.type)
+                    }
                     response.content["text/event-stream"] = OpenAPIMediaType(
                         schema=Schema(
                             description=f"server-sent events; each `data:` line is a {event.__name__} (JSON)",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 
+from litestar import Litestar
 from litestar.config.app import AppConfig
-from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPlugin
 
@@ -18,7 +18,6 @@ class CorePlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.exception_handlers[Exception] = handle_error
-        app_config.middleware.insert(0, DefineMiddleware(RequestIdMiddleware, access_log=self.access_log))
         app_config.route_handlers.append(health)
         app_config.openapi_config = OpenAPIConfig(
             title="BitingLip",
@@ -26,5 +25,12 @@ class CorePlugin(InitPlugin):
             use_handler_docstrings=True,
             create_examples=False,
         )
-        app_config.on_startup.append(complete_openapi)
+        app_config.on_startup.extend([self._wrap_whole_app, complete_openapi])
         return app_config
+
+    def _wrap_whole_app(self, app: Litestar) -> None:
+        # Litestar runs middleware only on matched routes; request ids and the access log are for every
+        # request, a 404 or a 405 too, so they wrap the app's ASGI handler (the way Litestar's own
+        # OpenTelemetry plugin does). The exception handler sits inside: its log lines carry the id.
+        if not isinstance(app.asgi_handler, RequestIdMiddleware):
+            app.asgi_handler = RequestIdMiddleware(app.asgi_handler, access_log=self.access_log)

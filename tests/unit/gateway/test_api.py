@@ -145,8 +145,9 @@ def test_bad_prompts(client: TestClient, prompt: object) -> None:
 
 
 def test_unknown_route_and_method_use_the_envelope(client: TestClient) -> None:
-    r = client.get("/v1/nothing-here")
+    r = client.get("/v1/nothing-here", headers={"X-Request-ID": "lost-1"})
     assert r.status_code == 404 and "no route" in r.json()["error"]["message"]
+    assert r.headers["x-request-id"] == "lost-1"  # the edge wraps the whole app, not only matched routes
     r = client.get("/v1/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
 
