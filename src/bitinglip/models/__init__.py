@@ -2,7 +2,8 @@
 
 from bitinglip.models.hub import HubClient
 from bitinglip.models.plugin import ModelsPlugin
-from bitinglip.models.pulls import Pull, PullManager, PullStatus
+from bitinglip.models.pull_state import Pull, PullStatus
+from bitinglip.models.pulls import PullManager
 from bitinglip.models.registry import ModelRecord, ModelRegistry, inspect_dir
 from bitinglip.models.service import TINY_NAME, ModelService, SearchResult
 

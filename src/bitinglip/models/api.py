@@ -19,7 +19,7 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
 from bitinglip.core import EVENT_STREAM, error_responses
-from bitinglip.models.pulls import FINISHED, PullStatus
+from bitinglip.models.pull_state import FINISHED, PullStatus
 from bitinglip.models.registry import ModelRecord
 from bitinglip.models.service import ModelService, SearchResult
 

@@ -13,7 +13,8 @@ import msgspec
 
 from bitinglip.core import Conflict, InvalidInput, NotFound, get_logger
 from bitinglip.models.hub import HubClient, OfflineError, parse_ref
-from bitinglip.models.pulls import Pull, PullManager, pid_alive
+from bitinglip.models.pull_state import Pull
+from bitinglip.models.pulls import PullManager, pid_alive
 from bitinglip.models.registry import ModelRecord, ModelRegistry, inspect_dir, validate_name
 
 log = get_logger(__name__)
