@@ -93,7 +93,9 @@ def _server_class() -> Any:
         def capture_signals(self) -> Iterator[None]:
             # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the process
             # before we reap leftover engine processes and make a clean stop look like a crash (-15).
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            # SIGHUP (the terminal went away) stops the server the same graceful way.
+            stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
             try:
                 yield
             finally:

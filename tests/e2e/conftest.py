@@ -68,7 +68,10 @@ def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
     env = server_env(data, model, port) | extra_env
     log_path = data / "server.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data)
+        # Its own process group, as a shell gives a job: a signal to the group reaches what the server started too.
+        proc = subprocess.Popen(
+            [str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data, start_new_session=True
+        )
     server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, env=env)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -84,9 +87,13 @@ def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
     pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{server.log()[-4000:]}")
 
 
-def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
+def stop_server(server: Server, sig: int = signal.SIGTERM, *, group: bool = False) -> int:
+    """Signal the server (or, like Ctrl-C in a terminal, its whole process group) and wait for it to exit."""
     if server.proc.poll() is None:
-        server.proc.send_signal(sig)
+        if group:
+            os.killpg(server.proc.pid, sig)
+        else:
+            server.proc.send_signal(sig)
         try:
             server.proc.wait(timeout=90)
         except subprocess.TimeoutExpired:

@@ -1,8 +1,10 @@
-"""Stopping: the shared server stops cleanly and quietly (marked to run after every other test), and a second
-server whose engine core is killed exits non-zero instead of looking healthy."""
+"""Stopping: the shared server stops cleanly and quietly on Ctrl-C (marked to run after every other test); a
+server whose engine core is killed exits non-zero instead of looking healthy; a killed server takes its
+engine with it."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -23,11 +25,13 @@ def _gone(pids: list[int]) -> bool:
 
 
 @pytest.mark.stops_shared_server
-def test_sigterm_stops_the_server_and_its_engine_quietly(server: Server) -> None:
+def test_ctrl_c_stops_the_server_and_its_engine_quietly(server: Server) -> None:
+    """SIGINT to the whole process group, as Ctrl-C sends it: the engine processes (in a session of their own)
+    do not hear it; the server stops them in order, and nothing is logged at error level."""
     children = [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)]
     assert children, "the engine core should run in a child process"
     began = time.monotonic()
-    assert stop_server(server, signal.SIGTERM) == 0
+    assert stop_server(server, signal.SIGINT, group=True) == 0
     assert time.monotonic() - began < 60
     deadline = time.monotonic() + 10
     while not _gone(children) and time.monotonic() < deadline:
@@ -57,3 +61,23 @@ def test_engine_death_exits_non_zero(tmp_path, tiny_model_dir) -> None:
         assert "engine.failed" in srv.log()
     finally:
         stop_server(srv)
+
+
+def test_an_engine_never_outlives_a_killed_server(tmp_path, tiny_model_dir) -> None:
+    """SIGKILL leaves the server no chance to stop its engine: the kernel tells the engine (parent-death signal)."""
+    srv = start_server(tmp_path, tiny_model_dir)
+    children: list[int] = []
+    try:
+        children = [p.pid for p in psutil.Process(srv.proc.pid).children(recursive=True)]
+        assert children
+        srv.proc.kill()
+        srv.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while not _gone(children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(children), f"left running: {[p for p in children if psutil.pid_exists(p)]}"
+    finally:
+        stop_server(srv)
+        for pid in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
@@ -11,10 +13,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
-from bitinglip.core import EVENT_STREAM, NotFound, error_responses
+from bitinglip.core import EVENT_STREAM, NotFound, error_responses, get_logger
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving import OpenAIServing, Prepared, Serving
 
+log = get_logger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GENERATION_ERRORS = error_responses(400, 404, 503)
 
@@ -38,10 +41,12 @@ async def _respond(
     if prep.stream:
         admission.check()  # refuse with a 503 before the 200 and the stream's headers go out
 
-        async def events() -> Any:
+        async def events() -> AsyncGenerator[bytes, None]:
+            # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
             with admission.admit():
-                async for chunk in kind.stream(prep, request_id):
-                    yield chunk
+                async with contextlib.aclosing(kind.stream(prep, request_id)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
 
         return Stream(content=events(), media_type="text/event-stream", headers=SSE_HEADERS)
     with admission.admit():
@@ -56,6 +61,7 @@ async def _respond(
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
         if work.cancelled():
+            log.info("request.client_gone", engine_request_id=request_id)
             return Response(content=b"", status_code=499)
         return Response(work.result())
 

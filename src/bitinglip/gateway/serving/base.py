@@ -16,8 +16,10 @@ from typing import Any
 import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineLookup, EngineOutput
-from bitinglip.core import BitingLipError, GatewaySettings, InvalidInput, Unavailable, error_response
+from bitinglip.core import BitingLipError, GatewaySettings, InvalidInput, Unavailable, error_response, get_logger
 from bitinglip.gateway import protocol as p
+
+log = get_logger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 INLINE_TOKENIZE_CHARS = 4096  # shorter prompts are cheaper to tokenize inline than to hand to a thread
@@ -156,13 +158,14 @@ class Serving(ABC):
         whole = {index: "".join(parts) for index, parts in sorted(texts.items())}
         return self.response(prep, request_id, created, whole, finish, logprobs, usage(prep, completion_tokens))
 
-    async def stream(self, prep: Prepared, request_id: str) -> AsyncIterator[bytes]:
+    async def stream(self, prep: Prepared, request_id: str) -> AsyncGenerator[bytes, None]:
         """Server-sent events as OpenAI sends them, `data: [DONE]` last."""
         created = int(time.time())
         encode = msgspec.json.encode
         chunk_id = self.chunk_id(request_id)
         completion_tokens = 0
         offsets: dict[int, int] = {}
+        ended = False
         try:
             for opening in self.opening(prep, chunk_id, created):
                 yield b"data: " + encode(opening) + b"\n\n"
@@ -180,9 +183,14 @@ class Serving(ABC):
                 yield (
                     b"data: " + encode(self.closing(prep, chunk_id, created, usage(prep, completion_tokens))) + b"\n\n"
                 )
+            ended = True
         except BitingLipError as exc:
+            ended = True
             # Headers are gone already: the error travels as one more event, in OpenAI's envelope.
             yield b"data: " + encode(error_response(exc.message, exc.type, exc.param, exc.code)) + b"\n\n"
+        finally:
+            if not ended:  # closed early: the client went away (its engine request is aborted on the way out)
+                log.info("request.client_gone", engine_request_id=request_id, completion_tokens=completion_tokens)
         yield DONE
 
 
