@@ -40,6 +40,16 @@ class Prepared(msgspec.Struct, kw_only=True):
     priority: int = 0
 
 
+class Finished(msgspec.Struct, kw_only=True):
+    """What a whole (non-streaming) generation made, per choice index."""
+
+    created: int
+    texts: dict[int, str]
+    finish: dict[int, str | None]
+    logprobs: dict[int, Any]  # each kind's own logprobs shape
+    usage: p.Usage
+
+
 class Admission:
     """Requests in flight, bounded: past `gateway.max_pending_requests` a fast 503 instead of an unbounded queue."""
 
@@ -93,16 +103,7 @@ class Serving(ABC):
     # -- what each kind says
 
     @abstractmethod
-    def response(
-        self,
-        prep: Prepared,
-        request_id: str,
-        created: int,
-        texts: dict[int, str],
-        finish: dict[int, str | None],
-        logprobs: dict[int, Any],
-        used: p.Usage,
-    ) -> msgspec.Struct:
+    def response(self, prep: Prepared, request_id: str, done: Finished) -> msgspec.Struct:
         """The whole (non-streaming) response."""
 
     @abstractmethod
@@ -155,8 +156,14 @@ class Serving(ABC):
                 completion_tokens += len(out.token_ids)
                 if out.finish_reason is not None:
                     finish[index] = out.finish_reason
-        whole = {index: "".join(parts) for index, parts in sorted(texts.items())}
-        return self.response(prep, request_id, created, whole, finish, logprobs, usage(prep, completion_tokens))
+        done = Finished(
+            created=created,
+            texts={index: "".join(parts) for index, parts in sorted(texts.items())},
+            finish=finish,
+            logprobs=logprobs,
+            usage=usage(prep, completion_tokens),
+        )
+        return self.response(prep, request_id, done)
 
     async def stream(self, prep: Prepared, request_id: str) -> AsyncGenerator[bytes, None]:
         """Server-sent events as OpenAI sends them, `data: [DONE]` last."""

@@ -7,7 +7,7 @@ from typing import Any
 from bitinglip.cluster import CompletionDelta
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Prepared, Serving
+from bitinglip.gateway.serving.base import Finished, Prepared, Serving
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -62,30 +62,21 @@ class ChatServing(Serving):
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
         into.setdefault(index, []).extend(chat_logprobs(out, prep.engine, prep.logprobs or 0))
 
-    def response(
-        self,
-        prep: Prepared,
-        request_id: str,
-        created: int,
-        texts: dict[int, str],
-        finish: dict[int, str | None],
-        logprobs: dict[int, Any],
-        used: p.Usage,
-    ) -> p.ChatCompletionResponse:
+    def response(self, prep: Prepared, request_id: str, done: Finished) -> p.ChatCompletionResponse:
         return p.ChatCompletionResponse(
             id=self.chunk_id(request_id),
-            created=created,
+            created=done.created,
             model=prep.model,
             choices=[
                 p.ChatChoice(
                     index=i,
                     message=p.AssistantMessage(role="assistant", content=text),
-                    logprobs=p.ChatLogprobs(content=logprobs.get(i, [])) if prep.logprobs is not None else None,
-                    finish_reason=finish.get(i),
+                    logprobs=p.ChatLogprobs(content=done.logprobs.get(i, [])) if prep.logprobs is not None else None,
+                    finish_reason=done.finish.get(i),
                 )
-                for i, text in texts.items()
+                for i, text in done.texts.items()
             ],
-            usage=used,
+            usage=done.usage,
         )
 
     def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.ChatCompletionChunk]:

@@ -7,7 +7,7 @@ from typing import Any
 from bitinglip.cluster import CompletionDelta
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Prepared, Serving
+from bitinglip.gateway.serving.base import Finished, Prepared, Serving
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
 
 MAX_TOKEN_ID = 2**31
@@ -57,30 +57,21 @@ class CompletionServing(Serving):
         target = into.setdefault(index, p.CompletionLogprobs())
         extend_completion_logprobs(target, out, prep.engine, prep.logprobs or 0, offset)
 
-    def response(
-        self,
-        prep: Prepared,
-        request_id: str,
-        created: int,
-        texts: dict[int, str],
-        finish: dict[int, str | None],
-        logprobs: dict[int, Any],
-        used: p.Usage,
-    ) -> p.CompletionResponse:
+    def response(self, prep: Prepared, request_id: str, done: Finished) -> p.CompletionResponse:
         return p.CompletionResponse(
             id=self.chunk_id(request_id),
-            created=created,
+            created=done.created,
             model=prep.model,
             choices=[
                 p.CompletionChoice(
                     index=i,
                     text=(prep.prompts[i // prep.n][1] or "" if prep.echo else "") + text,
-                    logprobs=logprobs.get(i, p.CompletionLogprobs()) if prep.logprobs is not None else None,
-                    finish_reason=finish.get(i),
+                    logprobs=done.logprobs.get(i, p.CompletionLogprobs()) if prep.logprobs is not None else None,
+                    finish_reason=done.finish.get(i),
                 )
-                for i, text in texts.items()
+                for i, text in done.texts.items()
             ],
-            usage=used,
+            usage=done.usage,
         )
 
     def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.CompletionResponse]:
