@@ -26,7 +26,7 @@ def _gone(pids: list[int]) -> bool:
 
 @pytest.mark.stops_shared_server
 def test_ctrl_c_stops_the_server_and_its_engine_quietly(server: Server) -> None:
-    """SIGINT to the whole process group, as Ctrl-C sends it: the engine processes (in a session of their own)
+    """SIGINT to the whole process group, as Ctrl-C sends it: the engine processes (in a process group of their own)
     do not hear it; the server stops them in order, and nothing is logged at error level."""
     children = [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)]
     assert children, "the engine core should run in a child process"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.cluster.protocol import EngineOutput
-from bitinglip.cluster.vllm.session import spawn_in_own_session
+from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.stats import EngineStats, stat_logger_factory
 from bitinglip.cluster.vllm.tokens import token_bytes
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
@@ -51,7 +51,7 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **self.engine_args)
-        spawn_in_own_session()
+        spawn_in_own_group()
         # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
         # a worker thread keeps the event loop answering /health meanwhile.
         try:

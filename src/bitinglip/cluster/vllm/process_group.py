@@ -1,18 +1,21 @@
-"""vLLM's engine processes start in a session of their own, so a stop signal reaches them only through us.
+"""vLLM's engine processes start in a process group of their own, so a stop signal reaches them only through us.
 
 A Ctrl-C in a terminal (SIGINT) or `kill -- -PGID` (SIGTERM) goes to every process of the server's process
 group. vLLM's engine core and its workers would then stop by themselves, in no order, while the server
 still uses them: vLLM leaves a shared-memory segment behind (its resource tracker warns at exit) and the
-server sees its engine die mid-stop. In a session of their own they hear only the server, which drains
-requests and then stops them in order, as it does for a SIGTERM sent to its pid alone.
+server sees its engine die mid-stop. In a process group of their own they hear only the server, which drains
+requests and then stops them in order, as it does for a SIGTERM sent to its pid alone. (A group, not a
+session: Linux schedules each session as one "autogroup", so an engine in a session of its own is given
+its own share of the CPU apart from the HTTP server's; on 2 cores that measured 2,068 and 3,265 tokens/s
+against 3,142 and 3,855 for the same server before, runs interleaved.)
 
 vLLM starts its processes with multiprocessing's `spawn`, which runs "the Python executable" on a command
-line; `multiprocessing.set_executable()` (documented) names a small Python script that calls `os.setsid()`
-and then becomes the real interpreter with the same arguments. The engine's processes are still our
-children (the server reaps any that outlive it), only their session differs.
+line; `multiprocessing.set_executable()` (documented) names a small Python script that calls
+`os.setpgid(0, 0)` and then becomes the real interpreter with the same arguments. The engine's processes
+are still our children (the server reaps any that outlive it), only their process group differs.
 
 Out of our process group, they would also miss the signals that used to take them down with a server that
-could not stop them itself (SIGKILL, or a terminal's SIGHUP to the group). So on Linux the script also asks
+could not stop them itself (a SIGKILL to the group, or a terminal's SIGHUP). So on Linux the script also asks
 the kernel for SIGTERM when their parent dies (`PR_SET_PDEATHSIG`, kept across exec): an engine never
 outlives its server, which it could before when only the server's pid was killed. The parent is, strictly,
 the thread that spawned the engine core: the event loop's default executor thread, alive until the loop
@@ -33,14 +36,14 @@ from bitinglip.core import get_logger
 log = get_logger(__name__)
 
 _SCRIPT = """#!{python}
-# Written by BitingLip: start vLLM's engine processes in a session of their own, and have them stopped when
-# the server is gone (see bitinglip/cluster/vllm/session.py).
+# Written by BitingLip: start vLLM's engine processes in a process group of their own, and have them stopped
+# when the server is gone (see bitinglip/cluster/vllm/process_group.py).
 import ctypes
 import os
 import signal
 import sys
 
-os.setsid()
+os.setpgid(0, 0)
 if sys.platform == "linux":
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
@@ -48,14 +51,15 @@ os.execv({python!r}, [{python!r}, *sys.argv[1:]])
 """
 
 
-def spawn_in_own_session() -> None:
-    """Make multiprocessing's spawned processes (vLLM's engine core, and through it its workers) setsid first."""
+def spawn_in_own_group() -> None:
+    """Make multiprocessing's spawned processes (vLLM's engine core, and through it its workers) start a
+    process group of their own first."""
     python = sys.executable
-    if not python or not hasattr(os, "setsid"):
+    if not python or not hasattr(os, "setpgid"):
         return
     text = _SCRIPT.format(python=python)
     folder = Path(tempfile.gettempdir()) / f"bitinglip-{os.getuid()}"
-    script = folder / f"python-own-session-{hashlib.sha1(python.encode()).hexdigest()[:12]}"
+    script = folder / f"python-own-group-{hashlib.sha1(python.encode()).hexdigest()[:12]}"
     try:
         if not script.is_file() or script.read_text() != text:
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -64,6 +68,6 @@ def spawn_in_own_session() -> None:
             partial.chmod(0o755)
             os.replace(partial, script)
     except OSError as exc:  # a read-only /tmp: the engine still works, it only hears group signals too
-        log.warning("engine.own_session_unavailable", error=str(exc))
+        log.warning("engine.own_group_unavailable", error=str(exc))
         return
     multiprocessing.set_executable(str(script))
