@@ -86,6 +86,8 @@ def usage(prep: Prepared, completion_tokens: int) -> p.Usage:
 class Serving(ABC):
     """One kind of generation (chat or text). Subclasses say how to prepare a request and shape its output."""
 
+    id_prefix: str  # of the response id, before the request id: "chatcmpl-" or "cmpl-"
+
     def __init__(self, engines: EngineLookup) -> None:
         self.engines = engines
 
@@ -123,9 +125,6 @@ class Serving(ABC):
     @abstractmethod
     def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> msgspec.Struct:
         """The usage chunk (no choices) sent last when `stream_options.include_usage` is set."""
-
-    @abstractmethod
-    def chunk_id(self, request_id: str) -> str: ...
 
     # -- the loops
 
@@ -169,7 +168,7 @@ class Serving(ABC):
         """Server-sent events as OpenAI sends them, `data: [DONE]` last."""
         created = int(time.time())
         encode = msgspec.json.encode
-        chunk_id = self.chunk_id(request_id)
+        chunk_id = self.id_prefix + request_id
         completion_tokens = 0
         offsets: dict[int, int] = {}
         ended = False

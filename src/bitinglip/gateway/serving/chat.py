@@ -36,6 +36,8 @@ def message_text(message: p.ChatMessage, index: int) -> str:
 
 
 class ChatServing(Serving):
+    id_prefix = "chatcmpl-"
+
     async def prepare(self, req: p.ChatCompletionRequest) -> Prepared:
         engine = self.engine(req.model)
         if not req.messages:
@@ -56,15 +58,12 @@ class ChatServing(Serving):
             priority=req.priority,
         )
 
-    def chunk_id(self, request_id: str) -> str:
-        return f"chatcmpl-{request_id}"
-
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
         into.setdefault(index, []).extend(chat_logprobs(out, prep.engine, prep.logprobs or 0))
 
     def response(self, prep: Prepared, request_id: str, done: Finished) -> p.ChatCompletionResponse:
         return p.ChatCompletionResponse(
-            id=self.chunk_id(request_id),
+            id=self.id_prefix + request_id,
             created=done.created,
             model=prep.model,
             choices=[

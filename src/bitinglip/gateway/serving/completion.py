@@ -14,6 +14,8 @@ MAX_TOKEN_ID = 2**31
 
 
 class CompletionServing(Serving):
+    id_prefix = "cmpl-"
+
     async def prepare(self, req: p.CompletionRequest) -> Prepared:
         engine = self.engine(req.model)
         prompt = req.prompt
@@ -50,16 +52,13 @@ class CompletionServing(Serving):
             priority=req.priority,
         )
 
-    def chunk_id(self, request_id: str) -> str:
-        return f"cmpl-{request_id}"
-
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
         target = into.setdefault(index, p.CompletionLogprobs())
         extend_completion_logprobs(target, out, prep.engine, prep.logprobs or 0, offset)
 
     def response(self, prep: Prepared, request_id: str, done: Finished) -> p.CompletionResponse:
         return p.CompletionResponse(
-            id=self.chunk_id(request_id),
+            id=self.id_prefix + request_id,
             created=done.created,
             model=prep.model,
             choices=[
