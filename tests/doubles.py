@@ -1,7 +1,8 @@
-"""Test doubles: a scripted engine and engine lookup that stand in for vLLM in gateway unit tests. Never in src/.
+"""Test doubles: a scripted engine, an engine lookup and a model catalog that stand in for vLLM and the registry
+in unit tests. Never in src/.
 
-They satisfy the same protocols as the real parts (`bitinglip.cluster.EngineClient`, `EngineLookup`); the
-assignments at the bottom make mypy check that.
+They satisfy the same protocols as the real parts (`bitinglip.cluster.ManagedEngine`, `EngineLookup`,
+`ModelCatalog`); the assignments at the bottom make mypy check that.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitinglip.cluster import EngineClient, EngineLookup
+from bitinglip.cluster import (
+    EngineClient,
+    EngineFactory,
+    EngineLookup,
+    EngineStats,
+    Lease,
+    ManagedEngine,
+    ModelCatalog,
+    ServedModel,
+)
 from bitinglip.core import NotFound
 
 
@@ -51,6 +61,48 @@ class ScriptedEngine:
     seen: list[dict[str, Any]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
+    # What the cluster may do with it: start, sleep, wake, die, stop.
+    stats: EngineStats = field(default_factory=EngineStats)
+    can_sleep: bool = False
+    max_num_seqs: int = 4
+    start_s: float = 0.0
+    fail_start: str | None = None
+    pids: list[int] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    started: bool = False
+    died: bool = False
+    sleeping: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.started and not self.died
+
+    @property
+    def dead(self) -> bool:
+        return self.started and self.died
+
+    @property
+    def unfinished_requests(self) -> int:
+        return len(self.running)
+
+    async def start(self) -> None:
+        self.calls.append("start")
+        await asyncio.sleep(self.start_s)
+        if self.fail_start:
+            raise RuntimeError(self.fail_start)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.calls.append("stop")
+        self.started = False
+
+    async def sleep(self) -> None:
+        self.calls.append("sleep")
+        self.sleeping = True
+
+    async def wake_up(self) -> None:
+        self.calls.append("wake_up")
+        self.sleeping = False
 
     def encode(self, text: str) -> list[int]:
         return [ord(c) % 256 for c in text]
@@ -98,20 +150,67 @@ class ScriptedEngine:
         self.aborted.extend(request_ids)
 
 
+class _Lease:
+    def __init__(self, engine: ScriptedEngine, released: list[str]) -> None:
+        self.engine = engine
+        self._released = released
+
+    def release(self) -> None:
+        self._released.append(self.engine.served_name)
+
+
 class FakeEngines:
-    """One scripted engine under its served name."""
+    """One scripted engine under its served name; counts the leases given and released."""
 
     def __init__(self, engine: ScriptedEngine) -> None:
         self.engine = engine
+        self.acquired: list[tuple[str, float | str | None]] = []
+        self.released: list[str] = []
 
-    def served_models(self) -> list[str]:
-        return [self.engine.served_name]
+    async def served_models(self) -> list[ServedModel]:
+        return [ServedModel(name=self.engine.served_name, state="ready", max_model_len=self.engine.max_model_len)]
 
-    def engine_for(self, model: str) -> EngineClient:
+    async def acquire(self, model: str, keep_alive: float | str | None = None) -> Lease:
         if model != self.engine.served_name:
             raise NotFound(f"the model `{model}` does not exist", param="model", code="model_not_found")
-        return self.engine
+        self.acquired.append((model, keep_alive))
+        return _Lease(self.engine, self.released)
 
 
-def _satisfies_the_protocols(engine: ScriptedEngine) -> tuple[EngineClient, EngineLookup]:
-    return engine, FakeEngines(engine)  # mypy checks the doubles against the real protocols here
+class FakeCatalog:
+    """Registered models by name; resolving one gives a folder under ``root``."""
+
+    def __init__(self, root: Path, names: list[str]) -> None:
+        self.root = root
+        self.names = names
+
+    async def resolve(self, spec: str) -> tuple[Path, str]:
+        if spec not in self.names:
+            raise NotFound(f"model {spec!r} is not registered", param="model", code="model_not_found")
+        return self.root / spec, spec
+
+    async def loadable(self) -> list[str]:
+        return list(self.names)
+
+
+class ScriptedFactory:
+    """Makes ScriptedEngines for the cluster and keeps them, in order, to look at (and to kill)."""
+
+    def __init__(self, **engine_fields: Any) -> None:
+        self.engine_fields = engine_fields
+        self.made: list[ScriptedEngine] = []
+
+    def __call__(self, path: Path, name: str, args: dict[str, Any], env: dict[str, str]) -> ManagedEngine:
+        engine = ScriptedEngine(served_name=name, model_path=path, **self.engine_fields)
+        self.made.append(engine)
+        return engine
+
+    def of(self, name: str) -> list[ScriptedEngine]:
+        return [e for e in self.made if e.served_name == name]
+
+
+def _satisfies_the_protocols(
+    engine: ScriptedEngine, catalog: FakeCatalog, factory: ScriptedFactory
+) -> tuple[EngineClient, ManagedEngine, EngineLookup, ModelCatalog, EngineFactory]:
+    # mypy checks the doubles against the real protocols here
+    return engine, engine, FakeEngines(engine), catalog, factory

@@ -25,11 +25,10 @@ log = get_logger(__name__)
 class Components:
     """Everything the app is made of, built without I/O; the CLI and tests reach the services here."""
 
-    def __init__(self, loaded: LoadedSettings, on_fatal: Callable[[str], None] | None = None) -> None:
+    def __init__(self, loaded: LoadedSettings) -> None:
         settings = loaded.settings
         self.loaded = loaded
         self.settings = settings
-        self.on_fatal = on_fatal
         self.db = Database(settings.db)
         models_dir = Path(settings.models.dir)
         self.registry = ModelRegistry(self.db, models_dir)
@@ -42,7 +41,7 @@ class Components:
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
     @functools.cached_property
     def cluster(self) -> Cluster:
-        return Cluster(self.settings.cluster, self.models.resolve_to_load, on_fatal=self.on_fatal)
+        return Cluster(self.settings.cluster, _Catalog(self.models), run_dir=self.loaded.home / "run")
 
     @functools.cached_property
     def openai(self) -> OpenAIServing:
@@ -71,9 +70,22 @@ class Components:
         log.info("component.stopped", component=part)
 
 
-def create_app(loaded: LoadedSettings | None = None, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+class _Catalog:
+    """The model registry as the cluster sees it (`cluster.ModelCatalog`): it never imports the models module."""
+
+    def __init__(self, models: ModelService) -> None:
+        self.models = models
+
+    async def resolve(self, spec: str) -> tuple[Path, str]:
+        return await self.models.resolve_to_load(spec)
+
+    async def loadable(self) -> list[str]:
+        return [m.name for m in await self.models.registry.list_models() if m.state == "ready"]
+
+
+def create_app(loaded: LoadedSettings | None = None) -> Litestar:
     loaded = loaded or load_settings()
-    components = Components(loaded, on_fatal)
+    components = Components(loaded)
     components.cluster.check()
 
     @asynccontextmanager

@@ -67,17 +67,17 @@ def test_request_id_round_trip(server: Server) -> None:
 def test_health_and_ready(server: Server) -> None:
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/ready").json()
-    assert ready["ready"] is True and ready["engines"][0]["state"] == "ready"
+    assert ready["ready"] is True and ready["deployments"][0]["state"] == "ready"
 
 
 def engine_status(server: Server) -> dict:
-    return httpx.get(f"{server.url}/api/cluster", timeout=10).json()["engines"][0]
+    return httpx.get(f"{server.url}/api/cluster", timeout=10).json()["deployments"][0]["stats"]
 
 
 def wait_idle(server: Server, timeout_s: float = 15) -> float:
     began = time.monotonic()
     while time.monotonic() - began < timeout_s:
-        if engine_status(server)["unfinished_requests"] == 0:
+        if engine_status(server)["unfinished"] == 0:
             return time.monotonic() - began
         time.sleep(0.2)
     raise AssertionError(f"engine still busy after {timeout_s} s: {engine_status(server)}")

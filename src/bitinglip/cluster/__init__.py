@@ -1,23 +1,45 @@
-"""Local devices and the engines that run on them. The gateway sees engines only through `protocol.py`."""
+"""Local devices, the deployments on them and their engines. The gateway sees engines only through `protocol.py`."""
 
-from bitinglip.cluster.cluster import Cluster, EngineStatus, ModelResolver
-from bitinglip.cluster.devices import Device, list_devices
+from bitinglip.cluster.cluster import Cluster, ModelCatalog
+from bitinglip.cluster.deployment import Deployment, DeploymentState, keep_alive_seconds
+from bitinglip.cluster.devices import Device, DeviceProcess, list_devices
 from bitinglip.cluster.plugin import ClusterPlugin
-from bitinglip.cluster.protocol import CompletionDelta, EngineClient, EngineLookup, EngineOutput, TokenLogprob
+from bitinglip.cluster.protocol import (
+    CompletionDelta,
+    EngineClient,
+    EngineFactory,
+    EngineLookup,
+    EngineOutput,
+    Lease,
+    ManagedEngine,
+    ServedModel,
+    TokenLogprob,
+)
+from bitinglip.cluster.stats import EngineStats
+from bitinglip.cluster.status import DeploymentStatus
 from bitinglip.cluster.vllm import check_engine_args, supported_architectures
 
 __all__ = [
     "Cluster",
     "ClusterPlugin",
     "CompletionDelta",
+    "Deployment",
+    "DeploymentState",
+    "DeploymentStatus",
     "Device",
+    "DeviceProcess",
     "EngineClient",
+    "EngineFactory",
     "EngineLookup",
     "EngineOutput",
-    "EngineStatus",
-    "ModelResolver",
+    "EngineStats",
+    "Lease",
+    "ManagedEngine",
+    "ModelCatalog",
+    "ServedModel",
     "TokenLogprob",
     "check_engine_args",
+    "keep_alive_seconds",
     "list_devices",
     "supported_architectures",
 ]

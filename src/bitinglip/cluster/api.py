@@ -1,55 +1,102 @@
-"""Cluster routes: `GET /api/cluster` (devices and engines) and `GET /ready`. Thin: they read the Cluster."""
+"""Cluster routes: devices, deployments, and `GET /ready`. Thin: parse, call the Cluster, return."""
 
 from __future__ import annotations
 
 import asyncio
 
 import msgspec
-from litestar import Controller, Response, get
+from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, JSONBody
 
-from bitinglip.cluster.cluster import Cluster, EngineState, EngineStatus
+from bitinglip.cluster.cluster import Cluster
+from bitinglip.cluster.deployment import DeploymentState
 from bitinglip.cluster.devices import Device, list_devices
+from bitinglip.cluster.status import DeploymentStatus, deployment_status
+from bitinglip.core import DeploymentSettings, error_responses
 
 
 class ClusterStatus(msgspec.Struct):
     devices: list[Device]
-    engines: list[EngineStatus]
+    deployments: list[DeploymentStatus]
 
 
-class EngineReadiness(msgspec.Struct):
-    model: str
-    state: EngineState
-    error: str | None
+class DeploymentList(msgspec.Struct):
+    data: list[DeploymentStatus]
+
+
+class DeploymentReadiness(msgspec.Struct):
+    name: str
+    state: DeploymentState
+    reason: str | None
 
 
 class Readiness(msgspec.Struct):
     ready: bool
-    engines: list[EngineReadiness]
+    deployments: list[DeploymentReadiness]
 
 
 class ClusterController(Controller):
     tags = ("cluster",)
 
-    @get("/api/cluster", operation_id="getClusterStatus", summary="Devices, engines and their load")
+    @get("/api/cluster", operation_id="getClusterStatus", summary="Devices and deployments with their load")
     async def status(self, cluster: NamedDependency[Cluster]) -> ClusterStatus:
-        devices = await asyncio.to_thread(list_devices)  # NVML calls block
-        return ClusterStatus(devices=devices, engines=cluster.status())
+        devices = await asyncio.to_thread(cluster.probe_devices)  # NVML calls block
+        return ClusterStatus(devices=devices, deployments=cluster.status())
+
+    @get("/api/cluster/devices", operation_id="listDevices", summary="GPUs (NVML) and the CPU, with free memory")
+    async def devices(self) -> list[Device]:
+        return await asyncio.to_thread(list_devices)
+
+    @get("/api/deployments", operation_id="listDeployments", summary="Every deployment, its state, memory and load")
+    async def list_deployments(self, cluster: NamedDependency[Cluster]) -> DeploymentList:
+        return DeploymentList(data=cluster.status())
+
+    @get(
+        "/api/deployments/{name:path}",
+        operation_id="getDeployment",
+        summary="One deployment",
+        responses=error_responses(404),
+    )
+    async def get_deployment(self, cluster: NamedDependency[Cluster], name: FromPath[str]) -> DeploymentStatus:
+        return deployment_status(cluster.get(name.lstrip("/")))
+
+    @post(
+        "/api/deployments",
+        operation_id="createDeployment",
+        summary="Deploy a model: answers 202 while it loads, 409 at once when it cannot fit (naming the shortfall)",
+        status_code=202,
+        responses=error_responses(400, 404, 409),
+    )
+    async def create_deployment(
+        self, cluster: NamedDependency[Cluster], data: JSONBody[DeploymentSettings]
+    ) -> DeploymentStatus:
+        return deployment_status(await cluster.deploy(data))
+
+    @delete(
+        "/api/deployments/{name:path}",
+        operation_id="deleteDeployment",
+        summary="Stop taking requests, let those in flight finish, then stop the engines and remove it",
+        status_code=202,
+        responses=error_responses(404),
+    )
+    async def delete_deployment(self, cluster: NamedDependency[Cluster], name: FromPath[str]) -> DeploymentStatus:
+        return deployment_status(cluster.undeploy(name.lstrip("/")))
 
     @get(
         "/ready",
         operation_id="getReadiness",
-        summary="200 once the engine has answered a warm-up request, 503 (with Retry-After) until then",
-        responses={
-            503: ResponseSpec(Readiness, description="Not ready yet, stalled or failed", generate_examples=False)
-        },
+        summary="200 once every deployment declared in settings serves (or is put away); 503 with Retry-After before",
+        responses={503: ResponseSpec(Readiness, description="Not ready yet, or failed", generate_examples=False)},
     )
     async def ready(self, cluster: NamedDependency[Cluster]) -> Response[Readiness]:
         body = Readiness(
             ready=cluster.ready,
-            engines=[EngineReadiness(model=s.model, state=s.state, error=s.error) for s in cluster.status()],
+            deployments=[
+                DeploymentReadiness(name=d.name, state=d.state, reason=d.reason) for d in cluster.deployments.values()
+            ],
         )
-        if cluster.ready:
+        if body.ready:
             return Response(body)
         return Response(body, status_code=503, headers={"Retry-After": "5"})

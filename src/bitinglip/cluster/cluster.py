@@ -1,170 +1,497 @@
-"""The cluster service: which model runs on which engine, its start, health and stop.
+"""The cluster: the registry of deployments, where requests find their engine, and the loop that watches them.
 
-The engine starts in the background so the HTTP server answers ``/health`` (and ``/ready`` with 503)
-while the model loads. If the engine fails to start or dies later, ``on_fatal`` is called: the server
-shuts down and exits non-zero instead of looking healthy with nothing behind it.
+Every engine start, stop, sleep and wake runs under one lock, so engines start one at a time and each
+placement sees the memory the others really hold. Loads run as tasks of their own: a request waits for one
+(bounded by `load_timeout_s`) but never cancels it. A watch loop, once a second, restarts engines that died
+or stalled (with backoff, then `failed`), puts idle deployments away after their keep_alive, and measures
+the memory the engines hold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
-import msgspec
+import psutil
 
-from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args
-from bitinglip.core import BitingLipError, ClusterSettings, NotFound, Unavailable, get_logger
+from bitinglip.cluster.deployment import Deployment, Replica, error_text, keep_alive_seconds
+from bitinglip.cluster.devices import Device, list_devices
+from bitinglip.cluster.placement import (
+    DEFAULT_OVERHEAD_GIB,
+    GIB,
+    Holder,
+    InsufficientMemory,
+    MemoryEstimate,
+    place_cpu,
+    place_gpus,
+    size,
+    weights_bytes,
+)
+from bitinglip.cluster.placement import device_count as args_device_count
+from bitinglip.cluster.protocol import EngineFactory, Lease, ManagedEngine, ServedModel
+from bitinglip.cluster.reaper import EngineRecords
+from bitinglip.cluster.status import DeploymentStatus, deployment_status
+from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args, engine_env, is_cpu_platform
+from bitinglip.core import (
+    ClusterSettings,
+    Conflict,
+    DeploymentSettings,
+    NotFound,
+    SettingsError,
+    Unavailable,
+    get_logger,
+)
 
 log = get_logger(__name__)
 
-EngineState = Literal["resolving", "starting", "ready", "stalled", "failed", "stopped"]
-HEALTH_INTERVAL_S = 1.0
-
-# (model spec) -> (local path, served name); given by the app so cluster never learns about hubs or tables.
-ModelResolver = Callable[[str], Awaitable[tuple[Path, str]]]
+WATCH_INTERVAL_S = 1.0
+MEASURE_EVERY = 10  # watch ticks between memory measurements
+PLACEMENT_WAIT_S = 2.0  # POST /api/deployments answers a refusal at once when placement decides this fast
 
 
-class EngineStatus(msgspec.Struct, kw_only=True):
-    model: str
-    path: str | None
-    state: EngineState
-    error: str | None
-    started_in_s: float | None
-    max_model_len: int | None
-    unfinished_requests: int
-    running: int
-    waiting: int
-    kv_cache_usage: float
-    engine_args: dict[str, Any]
+class ModelCatalog(Protocol):
+    """What the cluster needs of the model registry (given by the app: cluster never imports models)."""
+
+    async def resolve(self, spec: str) -> tuple[Path, str]:
+        """A registry name, directory or hub id -> (local path, registry name); may pull first."""
+        ...
+
+    async def loadable(self) -> list[str]:
+        """Registered models ready to load."""
+        ...
+
+
+def _vllm_engine(path: Path, name: str, args: dict[str, Any], env: dict[str, str]) -> ManagedEngine:
+    return VllmEngine(path, name, args, env)
 
 
 class Cluster:
     def __init__(
         self,
         settings: ClusterSettings,
-        resolve_model: ModelResolver,
-        on_fatal: Callable[[str], None] | None = None,
+        catalog: ModelCatalog,
+        *,
+        run_dir: Path,
+        factory: EngineFactory = _vllm_engine,
+        probe_devices: Callable[[], list[Device]] = list_devices,
+        cpu_platform: bool | None = None,
     ) -> None:
         self.settings = settings
-        self.resolve_model = resolve_model
-        self.on_fatal = on_fatal or (lambda reason: None)
-        self.engine_args = effective_engine_args(settings.engine, settings.cpu_kv_cache_gib)
-        self.engine: VllmEngine | None = None
-        self.state: EngineState = "resolving"
-        self.error: str | None = None
-        self.started_in_s: float | None = None
-        self.served_name: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.catalog = catalog
+        self.factory = factory
+        self.probe_devices = probe_devices
+        self.records = EngineRecords(run_dir)
+        self.deployments: dict[str, Deployment] = {}
+        self._cpu_platform = cpu_platform
+        self._lock = asyncio.Lock()  # engine starts, stops, sleeps, wakes: one at a time
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._overhead_seen: int = 0  # the largest overhead an engine was measured to hold, per device
+        self._ticks = 0
+
+    # -- settings
+
+    @property
+    def cpu(self) -> bool:
+        if self._cpu_platform is None:
+            self._cpu_platform = is_cpu_platform()
+        return self._cpu_platform
+
+    def declared(self) -> list[DeploymentSettings]:
+        if self.settings.deployments:
+            return list(self.settings.deployments)
+        return [DeploymentSettings(model=self.settings.model)] if self.settings.model else []
 
     def check(self) -> None:
         """Checks that need no I/O, run before the server binds its port."""
         check_engine_args(self.settings.engine)
+        names: set[str] = set()
+        for i, spec in enumerate(self.declared()):
+            check_engine_args(spec.engine, f"cluster.deployments.{i}.engine")
+            name = self._name_for(spec)
+            if name in names:
+                raise SettingsError(f"setting `cluster.deployments`: two deployments are named {name!r}")
+            names.add(name)
+            if spec.keep_alive is not None:
+                keep_alive_seconds(spec.keep_alive, f"cluster.deployments.{i}.keep_alive")
+        keep_alive_seconds(self.settings.keep_alive, "cluster.keep_alive")
+
+    @staticmethod
+    def _name_for(spec: DeploymentSettings) -> str:
+        if spec.name:
+            return spec.name
+        path = Path(spec.model).expanduser()
+        return path.name if spec.model.startswith(("/", ".", "~")) or path.is_dir() else spec.model
+
+    # -- lifecycle
 
     async def start(self) -> None:
-        """Start the engine in the background and return at once: /health answers while the model loads."""
-        self._task = asyncio.create_task(self._run(), name="cluster-engine")
+        """Reap engines a dead server left behind, then load the declared deployments in the background."""
+        reaped = await asyncio.to_thread(self.records.reap_orphans)
+        if reaped:
+            log.warning("cluster.reaped_orphans", pids=reaped)
+        declared = [self._add(spec, declared=True) for spec in self.declared()]
+        self._spawn(self._load_in_order(declared))
+        self._spawn(self._watch())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self.engine is not None:
-            await self.engine.stop()
-        self.state = "stopped"
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(d.stop_engines() for d in self.deployments.values()))
+        for d in self.deployments.values():
+            if d.state != "failed":
+                d.set_state("stopped", "the server stopped")
+        await asyncio.to_thread(self.records.remove)
 
-    async def _run(self) -> None:
-        began = time.monotonic()
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _add(self, spec: DeploymentSettings, *, declared: bool) -> Deployment:
+        name = self._name_for(spec)
+        if name in self.deployments:
+            raise Conflict(f"a deployment named {name!r} exists already", param="name", code="deployment_exists")
+        if spec.replicas < 1:
+            raise SettingsError("replicas must be at least 1", param="replicas")
+        keep_alive = spec.keep_alive if spec.keep_alive is not None else (-1 if declared else self.settings.keep_alive)
+        deployment = Deployment(
+            name,
+            spec,
+            declared=declared,
+            keep_alive_s=keep_alive_seconds(keep_alive),
+            engine_args=effective_engine_args(self.settings, spec.engine),
+            env=engine_env(self.settings),
+            factory=self.factory,
+            settings=self.settings,
+        )
+        self.deployments[name] = deployment
+        return deployment
+
+    async def _load_in_order(self, deployments: list[Deployment]) -> None:
+        for d in deployments:
+            await self._begin_load(d)
+
+    def _begin_load(self, d: Deployment) -> asyncio.Task[None]:
+        """The load (or wake) under way for ``d``, started if there is none."""
+        if d.task is None or d.task.done():
+            if d.state != "loading":
+                d.set_state("loading", "waking" if d.state == "sleeping" else "starting")
+            d.task = self._spawn(self._load(d))
+        return d.task
+
+    async def _load(self, d: Deployment) -> None:
         try:
-            path, name = await self.resolve_model(self.settings.model)
-            self.served_name = name
-            self.engine = VllmEngine(path, name, self.engine_args)
-            self.state = "starting"
-            log.info("engine.starting", model=name, path=str(path), engine_args=self.engine_args)
-            await asyncio.wait_for(self.engine.start(), timeout=self.settings.startup_timeout_s)
+            if d.path is None:
+                d.set_state("loading", "resolving the model")
+                d.path, _ = await self.catalog.resolve(d.spec.model)
+            async with self._lock:
+                if self.deployments.get(d.name) is not d or d.state != "loading":
+                    return  # removed while it waited
+                await self._place(d)
+                if any(r.state == "sleeping" for r in d.replicas):
+                    d.set_state("loading", "waking")
+                    await d.wake()
+                d.set_state("loading", "starting the engine" if d.spec.replicas == 1 else "starting the engines")
+                await d.start_engines()
+            d.set_state("ready")
+            await self._after_change()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            message = exc.message if isinstance(exc, BitingLipError) else f"{type(exc).__name__}: {exc}"
-            self._fail(message)
-            return
-        self.started_in_s = round(time.monotonic() - began, 1)
-        self.state = "ready"
-        log.info(
-            "engine.ready", model=self.served_name, seconds=self.started_in_s, max_model_len=self.engine.max_model_len
-        )
+            if isinstance(exc, InsufficientMemory):
+                d.refusal = exc
+                if d.on_demand:  # refused before it ever ran: the next request tries again
+                    self.deployments.pop(d.name, None)
+            d.set_state("failed", error_text(exc))
+            d.placement = None
+            await d.stop_engines()
+
+    # -- placement
+
+    def _overhead(self) -> int:
+        configured = self.settings.engine_overhead_gib
+        default = DEFAULT_OVERHEAD_GIB["cpu" if self.cpu else "gpu"] if configured is None else configured
+        return max(int(default * GIB), self._overhead_seen if configured is None else 0)
+
+    def _kv_cache_bytes(self, d: Deployment) -> int:
+        if "kv_cache_memory_bytes" in d.engine_args:
+            return int(d.engine_args["kv_cache_memory_bytes"])
+        return int(float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", self.settings.kv_cache_gib)) * GIB)
+
+    def _holders(self, but: Deployment) -> list[Holder]:
+        return [
+            Holder(
+                name=d.name,
+                kind=d.placement.kind,
+                devices=d.placement.devices,
+                bytes_per_device=d.estimate.per_device(len(d.placement.devices)) * len(d.replicas),
+                pids=[pid for r in d.replicas if r.engine for pid in r.engine.pids],
+                evictable=d.evictable,
+                last_used=d.last_used,
+            )
+            for d in self.deployments.values()
+            if d is not but and d.placement is not None and d.estimate is not None
+        ]
+
+    async def _place(self, d: Deployment) -> None:
+        """Pick devices for ``d`` (under the lock), putting away the least recently used idle deployments when
+        that makes room; refuse with the shortfall when nothing would, without evicting anything."""
+        assert d.path is not None
+        path = d.path
+        if d.estimate is None:
+            d.estimate = MemoryEstimate(
+                weights_bytes=await asyncio.to_thread(weights_bytes, path),
+                kv_cache_bytes=self._kv_cache_bytes(d),
+                overhead_bytes=self._overhead(),
+            )
+        need = d.estimate
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
-            if self.engine.dead:
-                self._fail("the engine core process died")
+            devices = await asyncio.to_thread(self.probe_devices)
+            holders = self._holders(d)
+            try:
+                if self.cpu:
+                    cpu = next(x for x in devices if x.kind == "cpu")
+                    budget = self.settings.cpu_memory_budget_gib
+                    budget_bytes = int(budget * GIB) if budget is not None else int(cpu.memory_total_bytes * 0.8)
+                    budget_bytes //= len(d.replicas)
+                    d.placement = place_cpu(d.name, need, cpu, budget_bytes, holders)
+                else:
+                    gpus = [x for x in devices if x.kind == "gpu"]
+                    count = d.spec.device_count or args_device_count(d.engine_args)
+                    d.placement = place_gpus(d.name, need, gpus, d.spec.devices, count, holders)
                 return
-            self._watch_progress(self.engine)
+            except InsufficientMemory as refusal:
+                victims = sorted((h for h in holders if h.evictable), key=lambda h: h.last_used)
+                if sum(h.bytes_per_device for h in victims) < refusal.short_bytes:
+                    raise
+                victim = self.deployments[victims[0].name]
+                log.info("deployment.evicting", deployment=victim.name, for_deployment=d.name)
+                await victim.stop_engines()
+                victim.placement = None
+                victim.set_state("stopped", f"evicted to make room for {d.name}")
 
-    def _watch_progress(self, engine: VllmEngine) -> None:
-        """A live process is not a working engine: with requests waiting and no step for a while, say so."""
-        busy = engine.unfinished_requests > 0
-        quiet_s = time.monotonic() - max(engine.stats.updated_at, engine.stats.busy_since)
-        if self.state == "ready" and busy and quiet_s > self.settings.stall_timeout_s:
-            self.state = "stalled"
-            log.error("engine.stalled", model=self.served_name, seconds_without_progress=round(quiet_s))
-        elif self.state == "stalled" and (not busy or quiet_s <= self.settings.stall_timeout_s):
-            self.state = "ready"
-            log.info("engine.recovered", model=self.served_name)
-        if not busy:
-            engine.stats.busy_since = time.monotonic()
+    # -- requests
 
-    def _fail(self, message: str) -> None:
-        self.state = "failed"
-        self.error = message
-        log.error("engine.failed", model=self.served_name or self.settings.model, error=message)
-        self.on_fatal(message)
+    async def acquire(self, model: str, keep_alive: float | str | None = None) -> Lease:
+        d = self.deployments.get(model)
+        if d is None:
+            if not self.settings.load_on_demand or model not in await self.catalog.loadable():
+                raise NotFound(
+                    f"the model `{model}` does not exist or is not served here; GET /v1/models lists what is",
+                    param="model",
+                    code="model_not_found",
+                )
+            d = self.deployments.get(model)
+            if d is None:
+                d = self._add(DeploymentSettings(model=model), declared=False)
+                d.on_demand = True
+                log.info("deployment.on_demand", deployment=model)
+        if keep_alive is not None:
+            d.keep_alive_s = keep_alive_seconds(keep_alive)
+        deadline = time.monotonic() + self.settings.load_timeout_s
+        while True:
+            if d.state == "ready":
+                return d.lease()
+            if d.state in ("stopped", "sleeping") or (d.state == "loading" and d.on_demand and d.task is None):
+                self._begin_load(d)
+            elif d.state != "loading" or d.restarting:
+                raise d.unavailable()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = round(time.monotonic() - (d.loading_since or deadline))
+                raise Unavailable(
+                    f"model {model} is still loading ({waited} s so far); retry shortly",
+                    retry_after=10,
+                    code="model_loading",
+                )
+            await d.changed(left)
+
+    async def served_models(self) -> list[ServedModel]:
+        served = [
+            ServedModel(
+                name=d.name,
+                state=d.state,
+                path=str(d.path) if d.path else None,
+                max_model_len=next((r.engine.max_model_len for r in d.replicas if r.engine), None),
+            )
+            for d in self.deployments.values()
+            if d.state != "draining"
+        ]
+        if self.settings.load_on_demand:
+            served += [
+                ServedModel(name=name, state="on_demand")
+                for name in await self.catalog.loadable()
+                if name not in self.deployments
+            ]
+        return served
+
+    # -- the admin API
+
+    async def deploy(self, spec: DeploymentSettings) -> Deployment:
+        """Add a deployment and start loading it; a refusal that comes quickly is raised here."""
+        check_engine_args(spec.engine, "engine")
+        if spec.keep_alive is not None:
+            keep_alive_seconds(spec.keep_alive)
+        d = self._add(spec, declared=False)
+        task = self._begin_load(d)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), PLACEMENT_WAIT_S)
+        if d.refusal is not None:
+            self.deployments.pop(d.name, None)
+            raise d.refusal
+        return d
+
+    def get(self, name: str) -> Deployment:
+        d = self.deployments.get(name)
+        if d is None:
+            raise NotFound(f"no deployment named {name!r}; GET /api/deployments lists them", param="name")
+        return d
+
+    def undeploy(self, name: str) -> Deployment:
+        """Stop taking requests for ``name``, let those in flight finish (bounded), then stop and remove it."""
+        d = self.get(name)
+        if d.state != "draining":
+            if d.task is not None and not d.task.done():
+                d.task.cancel()
+            d.set_state("draining", "removed by request")
+            self._spawn(self._drain(d))
+        return d
+
+    async def _drain(self, d: Deployment) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while d.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if d.in_flight:
+            log.warning("deployment.drain_timeout", deployment=d.name, aborted=d.in_flight)
+        async with self._lock:
+            await d.stop_engines()
+        self.deployments.pop(d.name, None)
+        d.placement = None
+        d.set_state("stopped", "removed")
+        await self._after_change()
+
+    def status(self) -> list[DeploymentStatus]:
+        return [deployment_status(d) for d in self.deployments.values()]
 
     @property
     def ready(self) -> bool:
-        """What `/ready` answers: the engine is up, warmed up, and making progress."""
-        return self.state == "ready" and self.engine is not None and self.engine.alive
+        """What `/ready` answers: every declared deployment serves, or is put away and loads on the next request."""
+        return all(d.state in ("ready", "sleeping", "stopped") for d in self.deployments.values() if d.declared)
 
-    @property
-    def accepting(self) -> bool:
-        """Takes requests: ready, or stalled (requests queue and may still finish)."""
-        return self.state in ("ready", "stalled") and self.engine is not None and self.engine.alive
+    # -- the watch loop
 
-    def served_models(self) -> list[str]:
-        return [self.served_name] if self.accepting and self.served_name else []
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            self._ticks += 1
+            for d in list(self.deployments.values()):
+                for replica in d.replicas:
+                    if replica.state == "ready" and replica.engine is not None:
+                        self._check_engine(d, replica, replica.engine)
+                busy = d.task is not None and not d.task.done()
+                if d.state == "ready" and not busy and d.keep_alive_s is not None and d.idle_for >= d.keep_alive_s:
+                    d.task = self._spawn(self._put_away(d, f"idle for {round(d.idle_for)} s"))
+            if self._ticks % MEASURE_EVERY == 1:
+                await self._measure()
 
-    def engine_for(self, model: str) -> VllmEngine:
-        """The running engine that serves `model`; NotFound or Unavailable otherwise."""
-        if self.served_name is not None and model == self.served_name:
-            if self.accepting and self.engine is not None:
-                return self.engine
-            raise Unavailable(f"model {model} is {self.state}, not ready yet", retry_after=5)
-        if self.served_name is None and self.state in ("resolving", "starting"):
-            raise Unavailable("the server is still loading its model", retry_after=5)
-        raise NotFound(
-            f"the model `{model}` does not exist or is not served here; GET /v1/models lists what is",
-            param="model",
-            code="model_not_found",
-        )
+    def _check_engine(self, d: Deployment, replica: Replica, engine: ManagedEngine) -> None:
+        if engine.dead:
+            self._restart(d, replica, "the engine core process died")
+            return
+        stats = engine.stats
+        if engine.unfinished_requests == 0:
+            stats.busy_since = time.monotonic()
+            return
+        quiet_s = time.monotonic() - max(stats.updated_at, stats.busy_since)
+        if quiet_s > self.settings.stall_timeout_s:
+            self._restart(d, replica, f"no engine step for {round(quiet_s)} s with requests waiting")
 
-    def status(self) -> list[EngineStatus]:
-        engine = self.engine
-        return [
-            EngineStatus(
-                model=self.served_name or self.settings.model,
-                path=str(engine.model_path) if engine else None,
-                state=self.state,
-                error=self.error,
-                started_in_s=self.started_in_s,
-                max_model_len=engine.max_model_len or None if engine else None,
-                unfinished_requests=engine.unfinished_requests if engine else 0,
-                running=engine.stats.running if engine else 0,
-                waiting=engine.stats.waiting if engine else 0,
-                kv_cache_usage=engine.stats.kv_cache_usage if engine else 0.0,
-                engine_args=self.engine_args,
-            )
-        ]
+    def _restart(self, d: Deployment, replica: Replica, reason: str) -> None:
+        log.error("engine.failed", deployment=d.name, replica=replica.index, error=reason)
+        replica.state, replica.error, replica.last_restart = "loading", reason, reason
+        if not any(r.serving for r in d.replicas):
+            d.restarting = True
+            d.set_state("loading", f"restarting: {reason}")
+            d.restarting = True
+        self._spawn(self._restart_replica(d, replica, reason))
+
+    async def _restart_replica(self, d: Deployment, replica: Replica, reason: str) -> None:
+        last = reason
+        attempts = self.settings.restart_attempts
+        for attempt in range(1, attempts + 1):
+            await asyncio.sleep(self.settings.restart_backoff_s * 2 ** (attempt - 1))
+            if self.deployments.get(d.name) is not d or d.state == "draining":
+                return
+            try:
+                async with self._lock:
+                    await d.start_replica(replica)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                last = error_text(exc)
+                log.error("engine.restart_failed", deployment=d.name, attempt=attempt, error=last)
+                continue
+            replica.restarts += 1
+            if d.state != "ready":
+                d.set_state("ready")
+            await self._after_change()
+            return
+        replica.state, replica.error = "failed", last
+        if not any(r.serving for r in d.replicas):
+            d.set_state("failed", f"{reason}; {attempts} restarts failed, the last with: {last}")
+
+    async def _put_away(self, d: Deployment, reason: str) -> None:
+        async with self._lock:
+            if d.state != "ready" or d.in_flight:
+                return
+            await d.sleep_or_stop(reason)
+        await self._after_change()
+
+    async def _after_change(self) -> None:
+        """Engines came or went: rewrite the record of our engine processes (the reaper reads it)."""
+        groups = {
+            d.name: [pid for r in d.replicas if r.engine for pid in r.engine.pids] for d in self.deployments.values()
+        }
+        await asyncio.to_thread(self.records.write, groups)
+
+    async def _measure(self) -> None:
+        """The memory each engine holds (resident set of its processes), and the overhead engines really need."""
+        replicas = [(d, r) for d in self.deployments.values() for r in d.replicas if r.engine is not None]
+        gpu_use: dict[int, int] | None = None
+        if replicas and not self.cpu:
+            devices = await asyncio.to_thread(self.probe_devices)
+            gpu_use = {p.pid: p.used_memory_bytes or 0 for x in devices for p in x.processes}
+        for d, replica in replicas:
+            assert replica.engine is not None
+            replica.held_bytes = await asyncio.to_thread(_tree_memory, replica.engine.pids, gpu_use)
+            if d.estimate and replica.held_bytes and replica.state == "ready" and d.placement:
+                count = len(d.placement.devices)
+                extra = (replica.held_bytes - d.estimate.weights_bytes - d.estimate.kv_cache_bytes) // count
+                if extra > self._overhead_seen:
+                    self._overhead_seen = extra
+                    log.info("cluster.engine_overhead_measured", bytes=extra, size=size(extra), deployment=d.name)
+
+
+def _tree_memory(pids: list[int], gpu_use: dict[int, int] | None) -> int | None:
+    """The device memory of the processes and their children: on GPUs what NVML says they use, on the CPU
+    their proportional set size (shared pages split between the processes that share them)."""
+    total = 0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                if gpu_use is not None:
+                    total += gpu_use.get(p.pid, 0)
+                else:
+                    info = p.memory_full_info()
+                    total += getattr(info, "pss", info.rss)
+        except psutil.Error:
+            continue
+    return total or None

@@ -8,9 +8,13 @@ through the hot path as they are, with no per-token copy.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+import msgspec
+
+from bitinglip.cluster.stats import EngineStats
 
 
 class TokenLogprob(Protocol):
@@ -83,11 +87,69 @@ class EngineClient(Protocol):
         ...
 
 
-class EngineLookup(Protocol):
-    """Where the gateway finds the engine for a model name (the cluster, or a test double)."""
+class ManagedEngine(EngineClient, Protocol):
+    """An engine the cluster starts, watches, puts to sleep and stops: the vLLM one, or a test double."""
 
-    def engine_for(self, model: str) -> EngineClient:
-        """The engine serving ``model``; NotFound or Unavailable (with a retry hint) otherwise."""
+    @property
+    def stats(self) -> EngineStats: ...
+    @property
+    def alive(self) -> bool:
+        """Started, and its engine core has not died."""
         ...
 
-    def served_models(self) -> list[str]: ...
+    @property
+    def dead(self) -> bool:
+        """Started, then its engine core died."""
+        ...
+
+    @property
+    def can_sleep(self) -> bool:
+        """Can be put to sleep (its memory freed, woken in seconds) instead of stopped."""
+        ...
+
+    @property
+    def pids(self) -> list[int]:
+        """Its engine processes (their workers are their children)."""
+        ...
+
+    @property
+    def max_num_seqs(self) -> int: ...
+    @property
+    def unfinished_requests(self) -> int: ...
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def sleep(self) -> None: ...
+    async def wake_up(self) -> None: ...
+
+
+# (model path, served name, engine arguments, environment) -> an engine not yet started
+EngineFactory = Callable[[Path, str, dict[str, Any], dict[str, str]], ManagedEngine]
+
+
+class Lease(Protocol):
+    """A request's hold on one engine of a deployment: counted in flight until released (once)."""
+
+    @property
+    def engine(self) -> EngineClient: ...
+    def release(self) -> None: ...
+
+
+class ServedModel(msgspec.Struct, kw_only=True):
+    """A model name clients can send: deployed (any state), or registered and loadable on demand."""
+
+    name: str
+    state: str  # a deployment state, or "on_demand"
+    path: str | None = None
+    max_model_len: int | None = None
+
+
+class EngineLookup(Protocol):
+    """Where the gateway finds an engine for a model name (the cluster, or a test double)."""
+
+    async def acquire(self, model: str, keep_alive: float | str | None = None) -> Lease:
+        """A lease on an engine serving ``model``, loading it first if need be (bounded wait); NotFound, or
+        Unavailable with a retry hint (loading too long, restarting, failed, at its limits)."""
+        ...
+
+    async def served_models(self) -> list[ServedModel]: ...

@@ -26,6 +26,7 @@ from bitinglip.core.plugin import CorePlugin
 from bitinglip.core.settings import (
     ClusterSettings,
     DbSettings,
+    DeploymentSettings,
     GatewaySettings,
     LoadedSettings,
     ModelsSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "CorePlugin",
     "Database",
     "DbSettings",
+    "DeploymentSettings",
     "ErrorBody",
     "ErrorResponse",
     "GatewaySettings",

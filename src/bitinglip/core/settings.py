@@ -50,16 +50,62 @@ class ModelsSettings(_Section, frozen=True):
     offline: bool = False
 
 
-class ClusterSettings(_Section, frozen=True):
+class DeploymentSettings(_Section, frozen=True):
+    """One model served by its own engine(s): declared in `cluster.deployments`, or posted to /api/deployments."""
+
     # A registry name, a local model directory, or a hub id.
-    model: str = "tiny"
-    # vLLM engine arguments, passed through as they are and checked against AsyncEngineArgs at start-up.
+    model: str
+    # What clients send as `model`; default: the model's registry name.
+    name: str | None = None
+    # GPU indices to run on; default: the GPUs with the most free memory (ignored on the CPU build).
+    devices: list[int] | None = None
+    # How many GPUs when `devices` is not given; default: tensor_parallel_size x pipeline_parallel_size.
+    device_count: int | None = None
+    # Engines serving this name; requests go to the one with the fewest in flight.
+    replicas: int = 1
+    # Idle time before it is put away: seconds, or "30s", "5m", "1h"; -1 never. Default: declared deployments
+    # never, the others `cluster.keep_alive`.
+    keep_alive: float | str | None = None
+    # vLLM engine arguments over `cluster.engine` (tensor_parallel_size, max_model_len, kv_cache_memory_bytes, ...).
     engine: dict[str, Any] = msgspec.field(default_factory=dict)
-    # Used on the CPU when `engine` sets no KV cache size: vLLM would otherwise take ~92% of RAM.
-    cpu_kv_cache_gib: float = 2.0
+    # Requests running at once per engine (default: the engine's max_num_seqs) and queued past that
+    # (default: as many again); past both, a fast 503 with Retry-After.
+    max_concurrency: int | None = None
+    max_queue: int | None = None
+
+
+class ClusterSettings(_Section, frozen=True):
+    # Shorthand for one deployment of this model (a registry name, a local directory or a hub id), used when
+    # `deployments` is empty; "" declares none (every model then loads on demand).
+    model: str = "tiny"
+    deployments: list[DeploymentSettings] = msgspec.field(default_factory=list)
+    # vLLM engine arguments for every deployment, checked against AsyncEngineArgs at start-up.
+    engine: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Each engine's KV cache when its engine arguments set no `kv_cache_memory_bytes`: a fixed size, never a
+    # fraction of the device, so engines started one after the other never misread each other's memory.
+    kv_cache_gib: float = 2.0
+    # Memory an engine holds beyond its weights and KV cache (activations, CUDA context, the worker itself).
+    # Default: 1.5 GiB on the CPU, 2 GiB per GPU; raised at run time to what engines are measured to hold.
+    engine_overhead_gib: float | None = None
+    # On the CPU build: how much system memory the engines may hold together. Default: 80% of the machine's.
+    cpu_memory_budget_gib: float | None = None
+    # A request naming a registered model that is not deployed deploys it, and waits up to load_timeout_s.
+    load_on_demand: bool = True
+    load_timeout_s: float = 300.0
+    # Idle time before a deployment that is not declared here is put away (seconds or "5m"; -1 never).
+    keep_alive: float | str = "5m"
     startup_timeout_s: float = 900.0
-    # Requests in flight but no engine step for this long: /ready turns 503 ("stalled") until steps resume.
+    # Requests in flight but no engine step for this long: the engine is restarted.
     stall_timeout_s: float = 120.0
+    # An engine that dies is restarted this many times in a row (waits 2 s, 4 s, 8 s, ...), then `failed`.
+    restart_attempts: int = 3
+    restart_backoff_s: float = 2.0
+    # DELETE /api/deployments/{name} waits this long for requests in flight, then aborts them.
+    drain_timeout_s: float = 60.0
+    # vLLM's distributed executor: "mp" (one machine) or "ray" (engines across machines, see the README).
+    executor: Literal["mp", "ray"] = "mp"
+    # The Ray cluster to join when executor = "ray" (e.g. "10.0.0.1:6379"); default: RAY_ADDRESS, or a local Ray.
+    ray_address: str | None = None
 
 
 class GatewaySettings(_Section, frozen=True):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
@@ -13,6 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
+from bitinglip.cluster import EngineClient
 from bitinglip.core import EVENT_STREAM, NotFound, error_responses, get_logger
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving import OpenAIServing, Prepared, Serving
@@ -34,36 +36,51 @@ async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
 
 
 async def _respond(
-    openai: NamedDependency[OpenAIServing], kind: Serving, request: Request[Any, Any, Any], prep: Prepared
+    openai: NamedDependency[OpenAIServing],
+    kind: Serving,
+    request: Request[Any, Any, Any],
+    data: p.ChatCompletionRequest | p.CompletionRequest,
+    prepare: Callable[[EngineClient], Awaitable[Prepared]],
 ) -> Response[Any]:
-    request_id = _engine_request_id(request)
-    admission = openai.admission
-    if prep.stream:
-        admission.check()  # refuse with a 503 before the 200 and the stream's headers go out
+    lease = await openai.acquire(data.model, data.keep_alive)  # may wait for the model to load (bounded)
+    handed_over = False  # to the event stream, which releases the lease when it ends
+    try:
+        prep = await prepare(lease.engine)
+        request_id = _engine_request_id(request)
+        admission = openai.admission
+        if prep.stream:
+            admission.check()  # refuse with a 503 before the 200 and the stream's headers go out
 
-        async def events() -> AsyncGenerator[bytes, None]:
-            # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
-            with admission.admit():
-                async with contextlib.aclosing(kind.stream(prep, request_id)) as chunks:
-                    async for chunk in chunks:
-                        yield chunk
+            async def events() -> AsyncGenerator[bytes, None]:
+                # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
+                try:
+                    with admission.admit():
+                        async with contextlib.aclosing(kind.stream(prep, request_id)) as chunks:
+                            async for chunk in chunks:
+                                yield chunk
+                finally:
+                    lease.release()
 
-        return Stream(content=events(), media_type="text/event-stream", headers=SSE_HEADERS)
-    with admission.admit():
-        # A client that goes away must free its slot in the engine: race the work against the disconnect.
-        work = asyncio.ensure_future(kind.complete(prep, request_id))
-        watcher = asyncio.ensure_future(_until_disconnect(request))
-        try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not work.done():  # the client left first (or we are being cancelled): abort the engine request
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-        if work.cancelled():
-            log.info("request.client_gone", engine_request_id=request_id)
-            return Response(content=b"", status_code=499)
-        return Response(work.result())
+            handed_over = True
+            return Stream(content=events(), media_type="text/event-stream", headers=SSE_HEADERS)
+        with admission.admit():
+            # A client that goes away must free its slot in the engine: race the work against the disconnect.
+            work = asyncio.ensure_future(kind.complete(prep, request_id))
+            watcher = asyncio.ensure_future(_until_disconnect(request))
+            try:
+                await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+                if not work.done():  # the client left first (or we are being cancelled): abort the engine request
+                    work.cancel()
+                    await asyncio.gather(work, return_exceptions=True)
+            if work.cancelled():
+                log.info("request.client_gone", engine_request_id=request_id)
+                return Response(content=b"", status_code=499)
+            return Response(work.result())
+    finally:
+        if not handed_over:
+            lease.release()
 
 
 class OpenAIController(Controller):
@@ -84,7 +101,7 @@ class OpenAIController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[p.ChatCompletionRequest],
     ) -> Response[p.ChatCompletionResponse]:
-        return await _respond(openai, openai.chat, request, await openai.chat.prepare(data))
+        return await _respond(openai, openai.chat, request, data, functools.partial(openai.chat.prepare, data))
 
     @post(
         "/completions",
@@ -100,18 +117,20 @@ class OpenAIController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[p.CompletionRequest],
     ) -> Response[p.CompletionResponse]:
-        return await _respond(openai, openai.completion, request, await openai.completion.prepare(data))
+        return await _respond(
+            openai, openai.completion, request, data, functools.partial(openai.completion.prepare, data)
+        )
 
-    @get("/models", operation_id="listModels", summary="The models served now")
+    @get("/models", operation_id="listModels", summary="The models deployed, and those that load on demand")
     async def list_models(self, openai: NamedDependency[OpenAIServing]) -> p.ModelList:
-        return openai.list_models()
+        return await openai.list_models()
 
     @get(
         "/models/{model:path}", operation_id="retrieveModel", summary="One served model", responses=error_responses(404)
     )
     async def retrieve_model(self, openai: NamedDependency[OpenAIServing], model: FromPath[str]) -> p.ModelCard:
         name = model.lstrip("/")
-        for card in openai.list_models().data:
+        for card in (await openai.list_models()).data:
             if card.id == name:
                 return card
         raise NotFound(

@@ -62,6 +62,8 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     user: str | None = None
     priority: int = 0
+    # Ollama's: how long the model stays loaded after this request (seconds, "5m", -1 forever).
+    keep_alive: float | str | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -265,6 +267,8 @@ class ModelCard(msgspec.Struct):
     object: Literal["model"] = "model"
     max_model_len: int | None = None
     root: str | None = None
+    # "ready", "loading", "sleeping", "stopped", "failed" for a deployment; "on_demand": loads when asked for.
+    status: str | None = None
 
 
 class ModelList(msgspec.Struct):

@@ -1,11 +1,11 @@
-"""Engine arguments are checked against vLLM's own fields; the CPU gets sane defaults."""
+"""Engine arguments are checked against vLLM's own fields; the cluster's defaults and executor reach them."""
 
 from __future__ import annotations
 
 import pytest
 
-from bitinglip.cluster.vllm import check_engine_args, effective_engine_args
-from bitinglip.core import SettingsError
+from bitinglip.cluster.vllm import check_engine_args, effective_engine_args, engine_env
+from bitinglip.core import ClusterSettings, SettingsError
 
 
 def test_known_arguments_pass() -> None:
@@ -28,45 +28,32 @@ def test_unknown_argument_is_named_with_a_hint() -> None:
     assert "max_model_len" in err.value.message
 
 
-def test_model_is_reserved_for_cluster_model() -> None:
-    with pytest.raises(SettingsError, match=r"cluster\.model"):
+def test_model_is_reserved_for_the_deployment() -> None:
+    with pytest.raises(SettingsError, match=r"set the model with `model`"):
         check_engine_args({"model": "/x"})
 
 
-def test_cpu_defaults_bound_the_kv_cache_and_keep_user_values(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_give_a_fixed_kv_cache_and_keep_user_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    args = effective_engine_args({"max_model_len": 512}, cpu_kv_cache_gib=1.5)
+    settings = ClusterSettings(kv_cache_gib=1.5, engine={"max_model_len": 512, "max_num_seqs": 8})
+    args = effective_engine_args(settings, {"max_num_seqs": 4})
     assert args["kv_cache_memory_bytes"] == int(1.5 * 1024**3)
-    assert args["enforce_eager"] is True
-    mine = effective_engine_args({"kv_cache_memory_bytes": 123, "enforce_eager": False}, cpu_kv_cache_gib=1.5)
+    assert args["enforce_eager"] is True  # this machine runs vLLM's CPU build
+    assert args["max_model_len"] == 512 and args["max_num_seqs"] == 4  # the deployment's own table wins
+    assert "distributed_executor_backend" not in args
+    mine = effective_engine_args(settings, {"kv_cache_memory_bytes": 123, "enforce_eager": False})
     assert mine["kv_cache_memory_bytes"] == 123 and mine["enforce_eager"] is False
 
 
-async def test_a_busy_engine_without_steps_is_reported_stalled_then_recovers() -> None:
-    import time
+def test_the_ray_executor_and_its_address_reach_the_engine() -> None:
+    settings = ClusterSettings(executor="ray", ray_address="10.0.0.1:6379", engine={"pipeline_parallel_size": 2})
+    args = effective_engine_args(settings, {"tensor_parallel_size": 4})
+    assert args["distributed_executor_backend"] == "ray"
+    assert args["tensor_parallel_size"] == 4 and args["pipeline_parallel_size"] == 2
+    # vLLM's Ray executor calls ray.init(address=None), which joins the cluster RAY_ADDRESS names.
+    assert engine_env(settings) == {"RAY_ADDRESS": "10.0.0.1:6379"}
+    assert engine_env(ClusterSettings()) == {}
+    from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from bitinglip.cluster import Cluster
-    from bitinglip.cluster.vllm import VllmEngine
-    from bitinglip.core import ClusterSettings
-
-    async def resolve(spec: str) -> tuple:
-        raise AssertionError("not used")
-
-    cluster = Cluster(ClusterSettings(stall_timeout_s=5), resolve)
-    engine = VllmEngine(__import__("pathlib").Path("/m"), "m", {})
-
-    class Busy:
-        errored = False
-
-        def get_num_unfinished_requests(self) -> int:
-            return 1
-
-    engine._llm = Busy()
-    cluster.engine, cluster.state, cluster.served_name = engine, "ready", "m"
-    engine.stats.busy_since = engine.stats.updated_at = time.monotonic() - 10
-    cluster._watch_progress(engine)
-    assert cluster.state == "stalled" and not cluster.ready
-    assert cluster.engine_for("m") is engine  # still takes requests: they queue
-    engine.stats.updated_at = time.monotonic()
-    cluster._watch_progress(engine)
-    assert cluster.state == "ready"
+    parsed = AsyncEngineArgs(model="/m", **args)
+    assert parsed.distributed_executor_backend == "ray" and parsed.tensor_parallel_size == 4

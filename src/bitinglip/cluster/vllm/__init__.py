@@ -1,16 +1,15 @@
 """Everything that touches vLLM: the only package of BitingLip that imports it."""
 
 from bitinglip.cluster.vllm.architectures import supported_architectures
-from bitinglip.cluster.vllm.args import check_engine_args, effective_engine_args, is_cpu_platform
+from bitinglip.cluster.vllm.args import check_engine_args, effective_engine_args, engine_env, is_cpu_platform
 from bitinglip.cluster.vllm.engine import VllmEngine
-from bitinglip.cluster.vllm.stats import EngineStats
 from bitinglip.cluster.vllm.tokens import token_bytes
 
 __all__ = [
-    "EngineStats",
     "VllmEngine",
     "check_engine_args",
     "effective_engine_args",
+    "engine_env",
     "is_cpu_platform",
     "supported_architectures",
     "token_bytes",

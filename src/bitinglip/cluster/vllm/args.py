@@ -1,4 +1,4 @@
-"""Engine arguments: checked against vLLM's own `AsyncEngineArgs`, with the CPU defaults filled in."""
+"""Engine arguments: checked against vLLM's own `AsyncEngineArgs`, with the cluster's defaults filled in."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
-from bitinglip.core import SettingsError
+from bitinglip.core import ClusterSettings, SettingsError
 
 # Engine arguments the cluster sets itself; a user picks the model with cluster.model instead.
 RESERVED_ARGS = frozenset({"model", "served_model_name"})
@@ -24,7 +24,7 @@ def check_engine_args(table: dict[str, Any], source: str = "cluster.engine") -> 
     known = engine_arg_names()
     for key in table:
         if key in RESERVED_ARGS:
-            raise SettingsError(f"setting `{source}.{key}`: set the model with cluster.model instead", param=key)
+            raise SettingsError(f"setting `{source}.{key}`: set the model with `model` instead", param=key)
         if key not in known:
             close = sorted(k for k in known if key.replace("-", "_") in k or k in key)[:3]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -37,13 +37,32 @@ def is_cpu_platform() -> bool:
     return bool(current_platform.is_cpu())
 
 
-def effective_engine_args(table: dict[str, Any], cpu_kv_cache_gib: float) -> dict[str, Any]:
-    """The engine table with the CPU defaults filled in where the user set nothing."""
-    args = dict(table)
+def sleep_mode_available() -> bool:
+    """vLLM's sleep mode (weights off the GPU, KV cache freed, woken in seconds) exists on CUDA, not on the CPU."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_sleep_mode_available())
+
+
+def effective_engine_args(settings: ClusterSettings, table: dict[str, Any]) -> dict[str, Any]:
+    """`cluster.engine`, then the deployment's own table, then the cluster's defaults where neither set a value."""
+    args = {**settings.engine, **table}
+    # A fixed KV cache on every device: left as a fraction of "free" memory, an engine started next to another
+    # counts the other's memory as its own (and on the CPU vLLM would take ~92% of all RAM).
+    if "kv_cache_memory_bytes" not in args and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        args["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
     if is_cpu_platform():
-        # Left unset, vLLM sizes the CPU KV cache as a fraction of all RAM (~22 GB on a 24 GB machine).
-        if "kv_cache_memory_bytes" not in args and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-            args["kv_cache_memory_bytes"] = int(cpu_kv_cache_gib * GIB)
         # torch.compile on the CPU adds minutes to start-up for little gain on small models.
         args.setdefault("enforce_eager", True)
+    elif sleep_mode_available():
+        args.setdefault("enable_sleep_mode", True)  # idle deployments sleep and wake in seconds, not reload
+    if settings.executor == "ray":
+        args.setdefault("distributed_executor_backend", "ray")
     return args
+
+
+def engine_env(settings: ClusterSettings) -> dict[str, str]:
+    """Environment the engine processes need: vLLM's Ray executor joins the cluster named by RAY_ADDRESS."""
+    if settings.executor == "ray" and settings.ray_address:
+        return {"RAY_ADDRESS": settings.ray_address}
+    return {}

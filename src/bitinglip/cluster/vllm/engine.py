@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bitinglip.cluster.protocol import EngineOutput
+from bitinglip.cluster.stats import EngineStats
+from bitinglip.cluster.vllm.args import sleep_mode_available
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
-from bitinglip.cluster.vllm.stats import EngineStats, stat_logger_factory
+from bitinglip.cluster.vllm.stats import stat_logger_factory
 from bitinglip.cluster.vllm.tokens import token_bytes
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
@@ -23,14 +26,23 @@ log = get_logger(__name__)
 
 
 class VllmEngine:
-    def __init__(self, model_path: Path, served_name: str, engine_args: dict[str, Any]) -> None:
+    def __init__(
+        self, model_path: Path, served_name: str, engine_args: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
         self.model_path = model_path
         self.served_name = served_name
         self.engine_args = engine_args
+        self.env = env or {}
         self.stats = EngineStats()
         self.max_model_len = 0
+        self.max_num_seqs = 0
+        self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self._llm: Any = None
         self._tokenizer: Any = None
+
+    @property
+    def can_sleep(self) -> bool:
+        return bool(self.engine_args.get("enable_sleep_mode")) and sleep_mode_available()
 
     @property
     def alive(self) -> bool:
@@ -52,6 +64,7 @@ class VllmEngine:
 
         args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **self.engine_args)
         spawn_in_own_group()
+        os.environ.update(self.env)  # inherited by the engine processes spawned below
         # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
         # a worker thread keeps the event loop answering /health meanwhile.
         try:
@@ -63,6 +76,9 @@ class VllmEngine:
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self.max_model_len = int(llm.model_config.max_model_len)
+        self.max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
+        manager = getattr(getattr(llm.engine_core, "resources", None), "engine_manager", None)
+        self.pids = [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
         await self._warm_up()
 
     async def _warm_up(self) -> None:
@@ -72,6 +88,13 @@ class VllmEngine:
         ids = self.encode("warm up") or [0]
         async for _ in self.generate(ids, None, params, "bitinglip-warmup"):
             pass
+
+    async def sleep(self) -> None:
+        """Level 1: weights to host memory, KV cache freed; `wake_up` brings it back in seconds."""
+        await self._llm.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        await self._llm.wake_up()
 
     async def stop(self) -> None:
         if self._llm is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from bitinglip.cluster import EngineLookup
-from bitinglip.core import GatewaySettings
+from bitinglip.cluster import EngineLookup, Lease
+from bitinglip.core import GatewaySettings, InvalidInput
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.base import Admission, Prepared, Serving
 from bitinglip.gateway.serving.chat import ChatServing
@@ -16,19 +16,23 @@ class OpenAIServing:
     def __init__(self, engines: EngineLookup, settings: GatewaySettings) -> None:
         self.engines = engines
         self.admission = Admission(settings)
-        self.chat = ChatServing(engines)
-        self.completion = CompletionServing(engines)
+        self.chat = ChatServing()
+        self.completion = CompletionServing()
 
-    def list_models(self) -> p.ModelList:
-        cards = []
-        for name in self.engines.served_models():
-            engine = self.engines.engine_for(name)
-            cards.append(
-                p.ModelCard(
-                    id=name, created=int(time.time()), max_model_len=engine.max_model_len, root=str(engine.model_path)
-                )
-            )
-        return p.ModelList(data=cards)
+    async def acquire(self, model: str | None, keep_alive: float | str | None) -> Lease:
+        """A hold on an engine serving ``model`` (loading it first if need be); release it when the response ends."""
+        if not model:
+            raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
+        return await self.engines.acquire(model, keep_alive)
+
+    async def list_models(self) -> p.ModelList:
+        created = int(time.time())
+        return p.ModelList(
+            data=[
+                p.ModelCard(id=m.name, created=created, max_model_len=m.max_model_len, root=m.path, status=m.state)
+                for m in await self.engines.served_models()
+            ]
+        )
 
 
 __all__ = ["Admission", "ChatServing", "CompletionServing", "OpenAIServing", "Prepared", "Serving"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import msgspec
 
-from bitinglip.cluster import CompletionDelta, EngineClient, EngineLookup, EngineOutput
-from bitinglip.core import BitingLipError, GatewaySettings, InvalidInput, Unavailable, error_response, get_logger
+from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
+from bitinglip.core import BitingLipError, GatewaySettings, Unavailable, error_response, get_logger
 from bitinglip.gateway import protocol as p
 
 log = get_logger(__name__)
@@ -87,14 +87,6 @@ class Serving(ABC):
     """One kind of generation (chat or text). Subclasses say how to prepare a request and shape its output."""
 
     id_prefix: str  # of the response id, before the request id: "chatcmpl-" or "cmpl-"
-
-    def __init__(self, engines: EngineLookup) -> None:
-        self.engines = engines
-
-    def engine(self, model: str | None) -> EngineClient:
-        if not model:
-            raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
-        return self.engines.engine_for(model)
 
     @staticmethod
     async def encode(engine: EngineClient, text: str) -> list[int]:

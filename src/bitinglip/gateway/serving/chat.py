@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bitinglip.cluster import CompletionDelta
+from bitinglip.cluster import CompletionDelta, EngineClient
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.base import Finished, Prepared, Serving
@@ -38,8 +38,7 @@ def message_text(message: p.ChatMessage, index: int) -> str:
 class ChatServing(Serving):
     id_prefix = "chatcmpl-"
 
-    async def prepare(self, req: p.ChatCompletionRequest) -> Prepared:
-        engine = self.engine(req.model)
+    async def prepare(self, req: p.ChatCompletionRequest, engine: EngineClient) -> Prepared:
         if not req.messages:
             raise InvalidInput("`messages` must be a non-empty list", param="messages", code="empty_messages")
         messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]

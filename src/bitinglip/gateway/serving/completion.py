@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bitinglip.cluster import CompletionDelta
+from bitinglip.cluster import CompletionDelta, EngineClient
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.base import Finished, Prepared, Serving
@@ -16,8 +16,7 @@ MAX_TOKEN_ID = 2**31
 class CompletionServing(Serving):
     id_prefix = "cmpl-"
 
-    async def prepare(self, req: p.CompletionRequest) -> Prepared:
-        engine = self.engine(req.model)
+    async def prepare(self, req: p.CompletionRequest, engine: EngineClient) -> Prepared:
         prompt = req.prompt
         if prompt is None or prompt == "" or prompt == []:
             raise InvalidInput(

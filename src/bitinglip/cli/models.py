@@ -1,180 +1,23 @@
-"""The `bitinglip` command: serve, settings, models."""
+"""`bitinglip models ...`: commands that work on the registry directly, without a server."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from bitinglip.core import (
-    BitingLipError,
-    LoadedSettings,
-    SettingsError,
-    configure_logging,
-    describe,
-    get_logger,
-    is_secret,
-    load_settings,
-)
+from bitinglip.cli.common import _duration, _overrides, _size, _when
+from bitinglip.core import BitingLipError, configure_logging, load_settings
 
 if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
     from bitinglip.app import Components
+    from bitinglip.cli.common import Subcommands
     from bitinglip.models import PullStatus
-
-log = get_logger("bitinglip.cli")
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    server = {
-        k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v is not None
-    }
-    out: dict[str, Any] = {"server": server} if server else {}
-    if getattr(args, "model", None):
-        out["cluster"] = {"model": args.model}
-    return out
-
-
-def _load(args: argparse.Namespace) -> LoadedSettings:
-    loaded = load_settings(_overrides(args))
-    configure_logging(loaded.settings.server, loaded.settings.env)
-    return loaded
-
-
-# -- serve
-
-
-def _cmdline(process: Any) -> list[str]:
-    import psutil
-
-    try:
-        return list(process.cmdline())
-    except psutil.Error:
-        return []
-
-
-def _kill_children(grace_s: float = 10.0) -> list[int]:
-    """Last line of defence: no engine process may outlive the server."""
-    import psutil
-
-    # multiprocessing's resource tracker ignores SIGTERM and leaves by itself once we exit: not ours to wait for.
-    children = [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if "multiprocessing.resource_tracker" not in " ".join(_cmdline(child))
-    ]
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace_s)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return [c.pid for c in children]
-
-
-def _server_class() -> Any:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the process
-            # before we reap leftover engine processes and make a clean stop look like a crash (-15).
-            # SIGHUP (the terminal went away) stops the server the same graceful way.
-            stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    return Server
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-    import uvicorn
-
-    from bitinglip.app import create_app
-
-    loaded = _load(args)
-    settings = loaded.settings
-    fatal: list[str] = []
-    server: uvicorn.Server | None = None
-
-    def on_fatal(reason: str) -> None:
-        fatal.append(reason)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(loaded, on_fatal=on_fatal)
-    config = uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=30,
-    )
-    server = _server_class()(config)
-    log.info(
-        "server.starting",
-        url=f"http://{settings.server.host}:{settings.server.port}",
-        model=settings.cluster.model,
-        env=settings.env,
-        openai_base_url=f"http://{settings.server.host}:{settings.server.port}/v1",
-    )
-    server.run()
-    leftovers = _kill_children()
-    if leftovers:
-        log.warning("server.killed_leftover_processes", pids=leftovers)
-    if fatal:
-        log.error("server.exit", reason=fatal[0], code=1)
-        return 1
-    if not server.started:
-        log.error("server.exit", reason="the server did not start", code=1)
-        return 1
-    log.info("server.exit", code=0)
-    return 0
-
-
-# -- settings
-
-
-def cmd_settings_show(args: argparse.Namespace) -> int:
-    loaded = load_settings()
-    rows = describe(loaded)
-    if args.json:
-        # describe() gives JSON-encoded values, except secrets, which it has masked into plain text.
-        shown = [
-            {"key": k, "value": v if is_secret(k) else msgspec.json.decode(v), "layer": layer} for k, v, layer in rows
-        ]
-        print(msgspec.json.encode(shown).decode())
-        return 0
-    width = max(len(k) for k, _, _ in rows)
-    vwidth = min(max(len(v) for _, v, _ in rows), 60)
-    for key, value, layer in rows:
-        print(f"{key:<{width}}  {value:<{vwidth}}  {layer}")
-    return 0
-
-
-# -- commands that work on the registry directly
 
 
 Command = Callable[["Components", argparse.Namespace], Awaitable[int]]
@@ -201,28 +44,6 @@ def _with_components(work: Command) -> Callable[[argparse.Namespace], int]:
         return asyncio.run(main())
 
     return run
-
-
-def _size(n: int | None) -> str:
-    if not n:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _progress_line(status: PullStatus, width: int = 24) -> str:
@@ -332,21 +153,7 @@ async def _import(components: Components, args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitinglip", description="Run open LLMs on your own machines.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="start the server (OpenAI API on /v1)")
-    serve.add_argument("--host", help="address to listen on (server.host)")
-    serve.add_argument("--port", type=int, help="port to listen on (server.port)")
-    serve.add_argument("--model", help="registry name, local model directory or hub id (cluster.model)")
-    serve.set_defaults(func=cmd_serve)
-
-    settings = sub.add_parser("settings", help="inspect settings").add_subparsers(dest="action", required=True)
-    show = settings.add_parser("show", help="every effective value and the layer it came from (secrets masked)")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_settings_show)
-
+def add_commands(sub: Subcommands) -> None:
     models = sub.add_parser("models", help="the local model registry").add_subparsers(dest="action", required=True)
     tiny = models.add_parser("create-tiny", help="build the tiny random-weight model used offline and in tests")
     tiny.add_argument("--name", default="tiny")
@@ -377,23 +184,3 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--name")
     imp.set_defaults(func=_with_components(_import))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SettingsError as exc:
-        print(f"bitinglip: bad settings: {exc.message}", file=sys.stderr)
-        return 2
-    except BitingLipError as exc:
-        print(f"bitinglip: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())

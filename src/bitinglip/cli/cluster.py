@@ -1,0 +1,434 @@
+"""`bitinglip ps | deploy | undeploy | cluster devices`: clients of a running server's /api, over HTTP.
+
+They never import the app (and so never vLLM): they start in under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from bitinglip.cli.common import _size
+from bitinglip.core import BitingLipError, load_settings
+
+if TYPE_CHECKING:
+    from bitinglip.cli.common import Subcommands
+
+URL_ENV = "BITINGLIP_URL"
+CONNECT_TIMEOUT_S = 3.0
+REQUEST_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.5
+LOG_EVERY_S = 5.0  # progress lines when stderr is not a terminal
+REASON_WIDTH = 48
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+
+
+# Every command gets its client here: tests put one on an httpx.MockTransport in its place.
+client_factory: Callable[[str], httpx.Client] = _client
+
+
+def server_url(args: argparse.Namespace) -> str:
+    """--url, else $BITINGLIP_URL, else the server the settings describe (a wildcard address reached on loopback)."""
+    given = getattr(args, "url", None) or os.environ.get(URL_ENV)
+    if given:
+        return str(given).rstrip("/")
+    server = load_settings().settings.server
+    host = "127.0.0.1" if server.host in ("", "0.0.0.0", "::", "[::]") else server.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{server.port}"
+
+
+class Api:
+    """The server's /api, with its error envelope turned into a `BitingLipError` carrying the server's message."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = client_factory(url)
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+
+    def request(self, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
+        """The decoded JSON answer; None for a 404 when ``missing_ok``."""
+        try:
+            response = self.client.request(method, path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise BitingLipError(f"no server at {self.url} (start one with `bitinglip serve` or `make run`)") from exc
+        except httpx.TransportError as exc:
+            raise BitingLipError(f"{method} {self.url}{path} failed: {exc or type(exc).__name__}") from exc
+        if response.status_code == 404 and missing_ok:
+            return None
+        if response.is_error:
+            raise BitingLipError(_error_message(response))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise BitingLipError(f"{method} {self.url}{path}: the answer is not JSON: {response.text[:200]!r}") from exc
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    except (ValueError, AttributeError):
+        pass
+    text = response.text.strip()[:200]
+    return f"{response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
+
+
+# -- formatting
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = [
+        "   ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())  # a traceback's lines on one line
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _elapsed(seconds: float) -> str:
+    """12s, 3m05s, 5m, 1h02m."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s % 60 else f"{s // 60}m"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s % 3600 // 60 else f"{s // 3600}h"
+
+
+def _from_now(seconds: float) -> str:
+    """4 minutes from now, as `ollama ps` says it."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} from now"
+    return "now"
+
+
+def _state(d: dict[str, Any]) -> str:
+    state = str(d.get("state") or "-")
+    if state == "loading" and d.get("loading_for_s") is not None:
+        return f"loading {_elapsed(d['loading_for_s'])}"
+    if state in ("failed", "stopped") and d.get("reason"):
+        return _shorten(f"{state}: {d['reason']}", REASON_WIDTH)
+    return state
+
+
+def _devices(d: dict[str, Any]) -> str:
+    kind = str(d.get("device_kind") or "-")
+    indices = d.get("devices") or []
+    return f"{kind} {','.join(str(i) for i in indices)}" if kind == "gpu" and indices else kind
+
+
+def _memory(d: dict[str, Any]) -> str:
+    memory = d.get("memory") or {}
+    if memory.get("held_bytes") is not None:
+        return _size(memory["held_bytes"])
+    estimate = memory.get("estimate_bytes")
+    return f"~{_size(estimate)}" if estimate else "-"  # not measured yet: the estimate it was placed with
+
+
+def _until(d: dict[str, Any]) -> str:
+    if d.get("state") != "ready":
+        return "-"
+    if d.get("keep_alive_s") is None:
+        return "forever"
+    if d.get("unloads_in_s") is None:
+        return "-"  # in use: the countdown starts when its last request ends
+    return _from_now(max(0.0, float(d["unloads_in_s"])))
+
+
+def _deployments_table(deployments: list[dict[str, Any]]) -> str:
+    headers = ("NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "IN-FLIGHT", "UNTIL")
+    rows = [
+        (
+            str(d.get("name")),
+            str(d.get("model")),
+            _state(d),
+            _devices(d),
+            _memory(d),
+            str((d.get("stats") or {}).get("in_flight", 0)),
+            _until(d),
+        )
+        for d in deployments
+    ]
+    return _table(headers, rows)
+
+
+def _devices_table(devices: list[dict[str, Any]]) -> str:
+    headers = ("INDEX", "KIND", "NAME", "UUID", "MEMORY", "FREE", "UTIL", "TEMP")
+    rows = []
+    for d in devices:
+        uuid = d.get("uuid")
+        util, temp = d.get("utilization_percent"), d.get("temperature_c")
+        rows.append(
+            (
+                str(d.get("index", "-")),
+                str(d.get("kind", "-")),
+                str(d.get("name", "-")),
+                _shorten(uuid, 13) if uuid else "-",
+                f"{_size(d.get('memory_used_bytes'))} / {_size(d.get('memory_total_bytes'))}",
+                _size(d.get("memory_free_bytes")),
+                f"{util:.0f}%" if util is not None else "-",
+                f"{temp}°C" if temp is not None else "-",
+            )
+        )
+    return _table(headers, rows)
+
+
+def _print_json(value: Any) -> None:
+    print(msgspec.json.encode(value).decode())
+
+
+# -- waiting
+
+
+def _path(name: str) -> str:
+    return f"/api/deployments/{quote(name, safe='')}"
+
+
+class _Progress:
+    """One line redrawn in place on a terminal; in a log, one line every few seconds."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last: float | None = None
+        self.drawn = False
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            print(f"\r{line}\x1b[K", end="", file=sys.stderr, flush=True)
+            self.drawn = True
+        elif self.last is None or time.monotonic() - self.last >= LOG_EVERY_S:
+            self.last = time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.drawn:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+            self.drawn = False
+
+
+def _wait(
+    api: Api, name: str, timeout_s: float, step: Callable[[dict[str, Any] | None, float], str | None]
+) -> dict[str, Any] | None:
+    """Poll the deployment every POLL_INTERVAL_S until ``step(status or None when gone, elapsed)`` says stop (None);
+    otherwise it returns the progress line to show. Times out with a `BitingLipError`."""
+    progress = _Progress()
+    start = time.monotonic()
+    try:
+        while True:
+            status = api.request("GET", _path(name), missing_ok=True)
+            elapsed = time.monotonic() - start
+            line = step(status, elapsed)
+            if line is None:
+                return status  # type: ignore[no-any-return]
+            if elapsed >= timeout_s:
+                progress.done()
+                raise BitingLipError(f"{name} is still {status['state'] if status else 'there'} after {timeout_s:g}s")
+            progress.show(line)
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        progress.done()
+
+
+# -- commands
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    with Api(server_url(args)) as api:
+        deployments = api.request("GET", "/api/deployments")["data"]
+    if args.json:
+        _print_json(deployments)
+    elif not deployments:
+        print("nothing deployed: `bitinglip deploy MODEL` loads one")
+    else:
+        print(_deployments_table(deployments))
+    return 0
+
+
+def _devices_arg(value: str) -> list[int]:
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"GPU indices separated by commas, like 0,1 (not {value!r})") from None
+
+
+def _keep_alive_arg(value: str) -> float | int | str:
+    """300 and -1 travel as numbers (seconds), 5m/30s/1h as they are: the server parses durations."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _engine_arg(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"KEY=VALUE, like max_model_len=4096 (not {value!r})")
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw
+    return key.strip().replace("-", "_"), parsed  # vLLM's command-line spelling works too
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": args.model}
+    for key in ("name", "devices", "device_count", "replicas", "keep_alive"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    if args.engine:
+        spec["engine"] = dict(args.engine)
+    return spec
+
+
+def _summary(status: dict[str, Any]) -> str:
+    replicas = len(status.get("replicas") or [])
+    on = _devices(status) + (f", {replicas} replicas" if replicas > 1 else "")
+    keep = status.get("keep_alive_s")
+    unloads = "never unloads" if keep is None else f"unloads after {_elapsed(keep)} idle"
+    return f"{status['name']} is ready: {status['model']} on {on}, {_memory(status)}, {unloads}"
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    with Api(server_url(args)) as api:
+        status = api.request("POST", "/api/deployments", _spec(args))
+        name = status["name"]
+        if not args.no_wait and status.get("state") != "ready":
+
+            def step(current: dict[str, Any] | None, elapsed: float) -> str | None:
+                if current is None:
+                    raise BitingLipError(f"{name} went away while loading (undeployed?)")
+                if current["state"] == "loading":
+                    return f"loading {name} … {_elapsed(current.get('loading_for_s') or elapsed)}"
+                return None
+
+            try:
+                status = _wait(api, name, args.timeout, step) or status
+            except KeyboardInterrupt:
+                print(
+                    f"{name} goes on loading on the server: `bitinglip ps` shows it, "
+                    f"`bitinglip undeploy {name}` stops it",
+                    file=sys.stderr,
+                )
+                raise
+    if args.json:
+        _print_json(status)
+    state = status.get("state")
+    if state == "failed" or (not args.no_wait and state != "ready"):
+        raise BitingLipError(f"{name} {state}: {status.get('reason') or 'no reason given'}")
+    if not args.json:
+        print(f"deploying {name} ({status['model']})" if state == "loading" else _summary(status))
+    return 0
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    name = args.name
+    with Api(server_url(args)) as api:
+        api.request("DELETE", _path(name))
+        if args.no_wait:
+            print(f"undeploying {name}")
+            return 0
+
+        def step(current: dict[str, Any] | None, elapsed: float) -> str | None:
+            return None if current is None else f"{current['state']} {name} … {_elapsed(elapsed)}"
+
+        _wait(api, name, args.timeout, step)
+    print(f"undeployed {name}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    with Api(server_url(args)) as api:
+        devices = api.request("GET", "/api/cluster/devices")
+    if args.json:
+        _print_json(devices)
+    else:
+        print(_devices_table(devices))
+    return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument(
+        "--url",
+        help=f"the server (default: ${URL_ENV}, else http://HOST:PORT from the server.host/server.port settings)",
+    )
+    wait = argparse.ArgumentParser(add_help=False)
+    wait.add_argument("--no-wait", action="store_true", help="return once the server has taken the request")
+    wait.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="give up waiting after S seconds (default %(default)g)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="the server's JSON")
+
+    ps = sub.add_parser("ps", parents=[url, as_json], help="what the server has deployed")
+    ps.set_defaults(func=cmd_ps)
+
+    deploy = sub.add_parser(
+        "deploy",
+        parents=[url, wait, as_json],
+        help="load a model on the server and wait until it is ready",
+        description="Load MODEL on the running server and wait until it serves (exit 1 if it fails).",
+    )
+    deploy.add_argument("model", metavar="MODEL", help="registry name, local model directory or hub id")
+    deploy.add_argument("--name", help="the name clients send as `model` (default: derived from MODEL)")
+    deploy.add_argument("--devices", type=_devices_arg, metavar="0,1", help="GPU indices to run on")
+    deploy.add_argument("--device-count", type=int, metavar="K", help="any K GPUs, picked by the server")
+    deploy.add_argument("--replicas", type=int, metavar="R", help="engine copies (default 1)")
+    deploy.add_argument(
+        "--keep-alive",
+        type=_keep_alive_arg,
+        metavar="5m|300|-1",
+        help="unload after this long idle (seconds, or 30s/5m/1h; -1 never; default from the settings)",
+    )
+    deploy.add_argument(
+        "--engine",
+        type=_engine_arg,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a vLLM engine argument, VALUE as JSON when it parses, else a string (repeatable)",
+    )
+    deploy.set_defaults(func=cmd_deploy)
+
+    undeploy = sub.add_parser(
+        "undeploy", parents=[url, wait], help="stop a deployment (after its requests in flight) and wait until gone"
+    )
+    undeploy.add_argument("name", metavar="NAME")
+    undeploy.set_defaults(func=cmd_undeploy)
+
+    cluster = sub.add_parser("cluster", help="the server's machine").add_subparsers(dest="action", required=True)
+    devices = cluster.add_parser("devices", parents=[url, as_json], help="GPUs and the CPU: memory, use, temperature")
+    devices.set_defaults(func=cmd_devices)

@@ -1,0 +1,119 @@
+"""`bitinglip serve`: the server in the foreground, and no engine process left behind when it stops."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from bitinglip.cli.common import _load
+from bitinglip.core import get_logger
+
+if TYPE_CHECKING:
+    from bitinglip.cli.common import Subcommands
+
+log = get_logger("bitinglip.cli")
+
+
+def _cmdline(process: Any) -> list[str]:
+    import psutil
+
+    try:
+        return list(process.cmdline())
+    except psutil.Error:
+        return []
+
+
+def _kill_children(grace_s: float = 10.0) -> list[int]:
+    """Last line of defence: no engine process may outlive the server."""
+    import psutil
+
+    # multiprocessing's resource tracker ignores SIGTERM and leaves by itself once we exit: not ours to wait for.
+    children = [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if "multiprocessing.resource_tracker" not in " ".join(_cmdline(child))
+    ]
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return [c.pid for c in children]
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, which would kill the process
+            # before we reap leftover engine processes and make a clean stop look like a crash (-15).
+            # SIGHUP (the terminal went away) stops the server the same graceful way.
+            stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    import uvicorn
+
+    from bitinglip.app import create_app
+
+    loaded = _load(args)
+    settings = loaded.settings
+    app = create_app(loaded)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+    server = _server_class()(config)
+    log.info(
+        "server.starting",
+        url=f"http://{settings.server.host}:{settings.server.port}",
+        deployments=[d.name or d.model for d in settings.cluster.deployments] or settings.cluster.model or None,
+        env=settings.env,
+        openai_base_url=f"http://{settings.server.host}:{settings.server.port}/v1",
+    )
+    server.run()
+    leftovers = _kill_children()
+    if leftovers:
+        log.warning("server.killed_leftover_processes", pids=leftovers)
+    if not server.started:
+        log.error("server.exit", reason="the server did not start", code=1)
+        return 1
+    log.info("server.exit", code=0)
+    return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    serve = sub.add_parser("serve", help="start the server (OpenAI API on /v1)")
+    serve.add_argument("--host", help="address to listen on (server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (server.port)")
+    serve.add_argument(
+        "--model", help='registry name, local model directory or hub id to deploy (cluster.model; "" for none)'
+    )
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,122 @@
+"""What `/api/deployments` shows of a deployment: a snapshot built from its live state, never stored."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from bitinglip.cluster.deployment import Deployment, DeploymentState, ReplicaStatus
+from bitinglip.cluster.placement import device_count
+
+
+class DeploymentMemory(msgspec.Struct, kw_only=True):
+    estimate_bytes: int  # weights + KV cache + overhead, over all its devices
+    weights_bytes: int
+    kv_cache_bytes: int
+    overhead_bytes: int  # per device
+    held_bytes: int | None  # measured: the resident memory of its engine processes (GPU: what NVML says they use)
+
+
+class DeploymentStats(msgspec.Struct, kw_only=True):
+    in_flight: int  # leased by requests now (running + queued)
+    unfinished: int  # requests inside the engines now (a request with n > 1 counts n)
+    running: int  # as of the engines' last step
+    waiting: int
+    kv_cache_usage: float
+    tokens_generated: int
+    requests: int
+
+
+class DeploymentLimits(msgspec.Struct, kw_only=True):
+    max_concurrency: int  # per engine
+    max_queue: int  # per engine
+
+
+class DeploymentStatus(msgspec.Struct, kw_only=True):
+    name: str
+    model: str
+    path: str | None
+    state: DeploymentState
+    reason: str | None
+    declared: bool
+    device_kind: Literal["cpu", "gpu"] | None
+    devices: list[int]
+    replicas: list[ReplicaStatus]
+    keep_alive_s: float | None  # None: never put away
+    unloads_at: str | None
+    unloads_in_s: float | None
+    loading_for_s: float | None
+    uptime_s: float | None
+    last_used: str | None
+    memory: DeploymentMemory | None
+    stats: DeploymentStats
+    limits: DeploymentLimits
+    max_model_len: int | None
+    engine_args: dict[str, Any]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def deployment_status(d: Deployment) -> DeploymentStatus:
+    now, mono = time.time(), time.monotonic()
+    engines = [r.engine for r in d.replicas if r.engine is not None]
+    unloads_in = None
+    if d.state == "ready" and d.keep_alive_s is not None:
+        unloads_in = max(0.0, d.keep_alive_s - d.idle_for) if d.in_flight == 0 else d.keep_alive_s
+    held = [r.held_bytes for r in d.replicas if r.held_bytes is not None]
+    count = len(d.placement.devices) if d.placement else device_count(d.engine_args)
+    concurrency, queue = d.limits()
+    return DeploymentStatus(
+        name=d.name,
+        model=d.spec.model,
+        path=str(d.path) if d.path else None,
+        state=d.state,
+        reason=d.reason,
+        declared=d.declared,
+        device_kind=d.placement.kind if d.placement else None,
+        devices=d.placement.devices if d.placement else [],
+        replicas=[
+            ReplicaStatus(
+                index=r.index,
+                state=r.state,
+                pids=list(r.engine.pids) if r.engine else [],
+                restarts=r.restarts,
+                last_restart=r.last_restart,
+                error=r.error,
+                in_flight=r.in_flight,
+            )
+            for r in d.replicas
+        ],
+        keep_alive_s=d.keep_alive_s,
+        unloads_at=_iso(now + unloads_in) if unloads_in is not None else None,
+        unloads_in_s=round(unloads_in, 1) if unloads_in is not None else None,
+        loading_for_s=round(mono - d.loading_since, 1) if d.state == "loading" and d.loading_since else None,
+        uptime_s=round(mono - d.ready_since, 1) if d.ready_since is not None else None,
+        last_used=_iso(d.last_used) if d.requests else None,
+        memory=DeploymentMemory(
+            estimate_bytes=d.estimate.total(count) * len(d.replicas),
+            weights_bytes=d.estimate.weights_bytes,
+            kv_cache_bytes=d.estimate.kv_cache_bytes,
+            overhead_bytes=d.estimate.overhead_bytes,
+            held_bytes=sum(held) if held else None,
+        )
+        if d.estimate
+        else None,
+        stats=DeploymentStats(
+            in_flight=d.in_flight,
+            unfinished=sum(e.unfinished_requests for e in engines),
+            running=sum(e.stats.running for e in engines),
+            waiting=sum(e.stats.waiting for e in engines),
+            kv_cache_usage=round(max((e.stats.kv_cache_usage for e in engines), default=0.0), 4),
+            tokens_generated=sum(e.stats.tokens_generated for e in engines),
+            requests=d.requests,
+        ),
+        limits=DeploymentLimits(max_concurrency=concurrency, max_queue=queue),
+        max_model_len=next((e.max_model_len for e in engines if e.max_model_len), None),
+        engine_args=d.engine_args,
+    )

@@ -1,0 +1,428 @@
+"""`bitinglip ps | deploy | undeploy | cluster devices` against a stand-in server (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bitinglip.cli import cluster, main
+
+URL = "http://bitinglip.test:8000"
+MiB, GiB = 1024**2, 1024**3
+
+
+def deployment(name: str, **changes: Any) -> dict[str, Any]:
+    """A DeploymentStatus as the server sends it (cluster API spec)."""
+    status: dict[str, Any] = {
+        "name": name,
+        "model": "org/tiny-chat",
+        "path": f"/data/models/hub/org/tiny-chat/3f2c1e0/{name}",
+        "state": "ready",
+        "reason": None,
+        "declared": False,
+        "device_kind": "gpu",
+        "devices": [0, 1],
+        "replicas": [{"index": 0, "state": "ready", "pids": [4242], "restarts": 0, "error": None}],
+        "keep_alive_s": 300.0,
+        "unloads_at": "2025-06-01T12:04:05Z",
+        "unloads_in_s": 245.2,
+        "loading_for_s": None,
+        "uptime_s": 55.0,
+        "last_used": "2025-06-01T11:59:05Z",
+        "memory": {
+            "estimate_bytes": 2_400_000_000,
+            "weights_bytes": 1_100_000_000,
+            "kv_cache_bytes": 1_073_741_824,
+            "overhead_bytes": 226_258_176,
+            "held_bytes": 2_512_000_000,
+        },
+        "stats": {
+            "in_flight": 3,
+            "running": 2,
+            "waiting": 1,
+            "kv_cache_usage": 0.12,
+            "tokens_generated": 18_204,
+            "requests": 96,
+        },
+        "limits": {"max_concurrency": 256, "max_queue": 1024},
+        "max_model_len": 4096,
+        "engine_args": {"max_model_len": 4096, "tensor_parallel_size": 2},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(status.get(key), dict):
+            status[key] = {**status[key], **value}
+        else:
+            status[key] = value
+    return status
+
+
+READY = deployment("chat")
+LOADING = deployment(
+    "tiny",
+    model="tiny",
+    state="loading",
+    device_kind="cpu",
+    devices=[],
+    replicas=[{"index": 0, "state": "loading", "pids": [5150], "restarts": 0, "error": None}],
+    unloads_at=None,
+    unloads_in_s=None,
+    loading_for_s=12.4,
+    uptime_s=None,
+    last_used=None,
+    memory={"held_bytes": None, "estimate_bytes": 1_500_000_000},
+    stats={"in_flight": 0, "running": 0, "waiting": 0},
+)
+FAILED = deployment(
+    "big",
+    model="org/big-model",
+    state="failed",
+    reason="engine failed to start: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB "
+    "(GPU 0; 79.10 GiB total capacity)",
+    devices=[0],
+    unloads_at=None,
+    unloads_in_s=None,
+    memory={"held_bytes": None},
+    stats={"in_flight": 0},
+)
+FOREVER = deployment(
+    "embed", model="org/embedder", declared=True, keep_alive_s=None, unloads_at=None, unloads_in_s=None
+)
+
+DEVICES = [
+    {
+        "kind": "gpu",
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": "GPU-8f3e2a1c-5b7d-4e0f-9a6b-2c1d0e9f8a7b",
+        "memory_total_bytes": 85_520_809_984,
+        "memory_used_bytes": 2_631_925_760,
+        "memory_free_bytes": 82_888_884_224,
+        "cores": None,
+        "utilization_percent": 37.0,
+        "temperature_c": 41,
+        "processes": [{"pid": 4242, "used_memory_bytes": 2_512_000_000, "name": "python"}],
+    },
+    {
+        "kind": "cpu",
+        "index": 0,
+        "name": "AMD EPYC 7763 64-Core Processor",
+        "uuid": None,
+        "memory_total_bytes": 137_438_953_472,
+        "memory_used_bytes": 20_000_000_000,
+        "memory_free_bytes": 117_438_953_472,
+        "cores": 16,
+        "utilization_percent": None,
+        "temperature_c": None,
+        "processes": [],
+    },
+]
+
+
+def error(status: int, message: str, code: str | None = None) -> httpx.Response:
+    kinds = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error"}
+    body = {"error": {"message": message, "type": kinds.get(status, "server_error"), "param": None, "code": code}}
+    return httpx.Response(status, json=body)
+
+
+class StandIn:
+    """Answers (method, path) with the next of its queued responses (the last one repeats) and records requests."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[httpx.Response | Exception]] = {}
+        self.requests: list[httpx.Request] = []
+        self.urls: list[str] = []
+
+    def on(self, method: str, path: str, *answers: httpx.Response | Exception) -> None:
+        self.routes[(method, path)] = list(answers)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        queue = self.routes.get((request.method, request.url.path))
+        if not queue:
+            return error(404, f"no route {request.method} {request.url.path}")
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def client(self, url: str) -> httpx.Client:
+        self.urls.append(url)
+        return httpx.Client(base_url=url, transport=httpx.MockTransport(self.handle))
+
+    def calls(self) -> list[str]:
+        return [f"{r.method} {r.url.path}" for r in self.requests]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    stand_in = StandIn()
+    monkeypatch.setattr(cluster, "client_factory", stand_in.client)
+    monkeypatch.setattr(cluster, "POLL_INTERVAL_S", 0.0)
+    monkeypatch.setenv("BITINGLIP_URL", URL)
+    yield stand_in
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(out: str) -> list[list[str]]:
+    """Table lines split on the runs of 2+ spaces between columns."""
+    import re
+
+    return [re.split(r"\s{2,}", line.strip()) for line in out.strip().splitlines()]
+
+
+# -- ps
+
+
+def test_ps_table(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": [READY, LOADING, FAILED, FOREVER]}))
+    code, out, err = run(capsys, "ps")
+    assert code == 0 and err == ""
+    assert server.urls == [URL]
+    table = rows(out)
+    assert table[0] == ["NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "IN-FLIGHT", "UNTIL"]
+    assert table[1] == ["chat", "org/tiny-chat", "ready", "gpu 0,1", "2.5 GB", "3", "4 minutes from now"]
+    assert table[2] == ["tiny", "tiny", "loading 12s", "cpu", "~1.5 GB", "0", "-"]
+    name, model, state, devices, memory, in_flight, until = table[3]
+    assert (name, model, devices, memory, in_flight, until) == ("big", "org/big-model", "gpu 0", "~2.4 GB", "0", "-")
+    assert state.startswith("failed: engine failed to start: torch.OutOfMemo") and state.endswith("…")
+    assert len(state) == cluster.REASON_WIDTH
+    assert table[4][-1] == "forever"
+    # the columns line up: every cell starts where its header does
+    lines = out.splitlines()
+    for header in ("MODEL", "STATE", "DEVICES", "MEMORY", "IN-FLIGHT", "UNTIL"):
+        at = lines[0].index(header)
+        assert all(line[at - 1] == " " and line[at] != " " for line in lines[1:]), header
+
+
+def test_ps_json_is_the_servers_list(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": [READY, LOADING]}))
+    code, out, _ = run(capsys, "ps", "--json")
+    assert code == 0
+    assert json.loads(out) == [READY, LOADING]
+
+
+def test_ps_with_nothing_deployed(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": []}))
+    code, out, _ = run(capsys, "ps")
+    assert code == 0 and "nothing deployed" in out
+
+
+def test_url_flag_wins_over_env(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": []}))
+    assert run(capsys, "ps", "--url", "http://gpu-box:9000/")[0] == 0
+    assert server.urls == ["http://gpu-box:9000"]
+
+
+def test_url_defaults_to_the_settings_server_on_loopback(
+    server: StandIn, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BITINGLIP_URL")
+    monkeypatch.setenv("BITINGLIP_SETTINGS_DIR", str(tmp_path))  # no setting files: the defaults, then these
+    monkeypatch.setenv("BITINGLIP_SERVER__HOST", "0.0.0.0")
+    monkeypatch.setenv("BITINGLIP_SERVER__PORT", "9123")
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": []}))
+    assert run(capsys, "ps")[0] == 0
+    assert server.urls == ["http://127.0.0.1:9123"]
+
+
+# -- deploy
+
+
+def test_deploy_posts_the_spec_and_waits_until_ready(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    loading = deployment("chat", state="loading", loading_for_s=0.1, unloads_in_s=None, memory={"held_bytes": None})
+    later = copy.deepcopy(loading) | {"loading_for_s": 12.6}
+    server.on("POST", "/api/deployments", httpx.Response(202, json=loading))
+    server.on("GET", "/api/deployments/chat", *(httpx.Response(200, json=s) for s in (loading, later, READY)))
+    engine = [
+        "max_model_len=4096",
+        "enforce-eager=true",
+        "dtype=bfloat16",
+        'hf_overrides={"rope_theta": 10000}',
+        "kv_cache_memory_bytes=268435456",
+    ]
+    options = "--name chat --devices 0,1 --replicas 1 --keep-alive 5m".split()
+    code, out, err = run(capsys, "deploy", "org/tiny-chat", *options, *(a for e in engine for a in ("--engine", e)))
+    assert code == 0, err
+    assert server.calls() == ["POST /api/deployments"] + ["GET /api/deployments/chat"] * 3
+    assert json.loads(server.requests[0].content) == {
+        "model": "org/tiny-chat",
+        "name": "chat",
+        "devices": [0, 1],
+        "replicas": 1,
+        "keep_alive": "5m",
+        "engine": {
+            "max_model_len": 4096,
+            "enforce_eager": True,
+            "dtype": "bfloat16",
+            "hf_overrides": {"rope_theta": 10000},
+            "kv_cache_memory_bytes": 268435456,
+        },
+    }
+    assert "loading chat … 0s" in err  # not a terminal: one progress line every few seconds
+    assert out.strip() == "chat is ready: org/tiny-chat on gpu 0,1, 2.5 GB, unloads after 5m idle"
+
+
+@pytest.mark.parametrize(("given", "sent"), [("300", 300), ("-1", -1), ("1.5", 1.5), ("30s", "30s")])
+def test_deploy_keep_alive_numbers_travel_as_numbers(
+    server: StandIn, capsys: pytest.CaptureFixture[str], given: str, sent: object
+) -> None:
+    server.on("POST", "/api/deployments", httpx.Response(202, json=LOADING))
+    code, _, _ = run(capsys, "deploy", "tiny", "--keep-alive", given, "--device-count", "2", "--no-wait")
+    assert code == 0
+    assert json.loads(server.requests[0].content) == {"model": "tiny", "keep_alive": sent, "device_count": 2}
+
+
+def test_deploy_no_wait_returns_at_once(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("POST", "/api/deployments", httpx.Response(202, json=LOADING))
+    code, out, _ = run(capsys, "deploy", "tiny", "--no-wait")
+    assert code == 0 and out.strip() == "deploying tiny (tiny)"
+    assert server.calls() == ["POST /api/deployments"]
+    assert json.loads(server.requests[0].content) == {"model": "tiny"}  # the server's defaults for the rest
+
+    code, out, _ = run(capsys, "deploy", "tiny", "--no-wait", "--json")
+    assert code == 0 and json.loads(out) == LOADING
+
+
+def test_deploy_progress_redraws_one_line_on_a_terminal(
+    server: StandIn, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    server.on("POST", "/api/deployments", httpx.Response(202, json=LOADING))
+    later = LOADING | {"loading_for_s": 75.0}
+    server.on("GET", "/api/deployments/tiny", *(httpx.Response(200, json=s) for s in (LOADING, later, FOREVER)))
+    code, _, err = run(capsys, "deploy", "tiny")
+    assert code == 0
+    assert "\rloading tiny … 12s\x1b[K\rloading tiny … 1m15s\x1b[K" in err
+    assert err.endswith("\r\x1b[K")  # cleared before the result is printed
+
+
+def test_a_failed_deployment_exits_1_with_its_reason(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("POST", "/api/deployments", httpx.Response(202, json=LOADING))
+    failed = LOADING | {"state": "failed", "reason": "engine exited with code 1: ValueError: max_model_len too big"}
+    server.on("GET", "/api/deployments/tiny", httpx.Response(200, json=LOADING), httpx.Response(200, json=failed))
+    code, out, err = run(capsys, "deploy", "tiny")
+    assert code == 1 and out == ""
+    assert err.endswith("bitinglip: tiny failed: engine exited with code 1: ValueError: max_model_len too big\n")
+
+
+def test_deploy_gives_up_after_its_timeout(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("POST", "/api/deployments", httpx.Response(202, json=LOADING))
+    server.on("GET", "/api/deployments/tiny", httpx.Response(200, json=LOADING))
+    code, _, err = run(capsys, "deploy", "tiny", "--timeout", "0")
+    assert code == 1 and err.endswith("bitinglip: tiny is still loading after 0s\n")
+
+
+def test_deploy_refused_prints_the_servers_message(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    message = "not enough free memory for big on gpu 0: needs 81604378624 bytes, 2147483648 short"
+    server.on("POST", "/api/deployments", error(409, message, "insufficient_memory"))
+    code, out, err = run(capsys, "deploy", "org/big-model", "--devices", "0")
+    assert (code, out, err) == (1, "", f"bitinglip: {message}\n")
+    assert server.calls() == ["POST /api/deployments"]
+
+
+def test_deploy_refuses_bad_arguments(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--engine", "max_model_len"], ["--devices", "0,a"]):
+        with pytest.raises(SystemExit) as exit:
+            main(["deploy", "tiny", *argv])
+        assert exit.value.code == 2
+    assert server.requests == []
+
+
+# -- undeploy
+
+
+def test_undeploy_waits_until_gone(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    draining = READY | {"state": "draining"}
+    server.on("DELETE", "/api/deployments/chat", httpx.Response(202, json=draining))
+    gone = error(404, "no deployment named chat")
+    server.on(
+        "GET", "/api/deployments/chat", httpx.Response(200, json=draining), httpx.Response(200, json=draining), gone
+    )
+    code, out, err = run(capsys, "undeploy", "chat")
+    assert code == 0, err
+    assert server.calls() == ["DELETE /api/deployments/chat"] + ["GET /api/deployments/chat"] * 3
+    assert out.strip() == "undeployed chat"
+
+
+def test_undeploy_no_wait_and_unknown(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("DELETE", "/api/deployments/chat", httpx.Response(202, json=READY | {"state": "draining"}))
+    assert run(capsys, "undeploy", "chat", "--no-wait")[:2] == (0, "undeploying chat\n")
+    assert server.calls() == ["DELETE /api/deployments/chat"]
+    server.on("DELETE", "/api/deployments/ghost", error(404, "no deployment named ghost"))
+    assert run(capsys, "undeploy", "ghost") == (1, "", "bitinglip: no deployment named ghost\n")
+
+
+# -- cluster devices
+
+
+def test_devices_table(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/cluster/devices", httpx.Response(200, json=DEVICES))
+    code, out, _ = run(capsys, "cluster", "devices")
+    assert code == 0
+    table = rows(out)
+    assert table[0] == ["INDEX", "KIND", "NAME", "UUID", "MEMORY", "FREE", "UTIL", "TEMP"]
+    assert table[1] == [
+        "0",
+        "gpu",
+        "NVIDIA H100 80GB HBM3",
+        "GPU-8f3e2a1c…",
+        "2.6 GB / 85.5 GB",
+        "82.9 GB",
+        "37%",
+        "41°C",
+    ]
+    assert table[2] == ["0", "cpu", "AMD EPYC 7763 64-Core Processor", "-", "20.0 GB / 137.4 GB", "117.4 GB", "-", "-"]
+
+    code, out, _ = run(capsys, "cluster", "devices", "--json")
+    assert code == 0 and json.loads(out) == DEVICES
+
+
+# -- errors
+
+
+def test_an_error_without_the_envelope(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/deployments", httpx.Response(502, text="upstream went away"))
+    assert run(capsys, "ps") == (1, "", "bitinglip: 502 Bad Gateway: upstream went away\n")
+
+
+def test_no_server(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    server.on("GET", "/api/deployments", httpx.ConnectError("[Errno 111] Connection refused"))
+    expected = f"bitinglip: no server at {URL} (start one with `bitinglip serve` or `make run`)\n"
+    assert run(capsys, "ps") == (1, "", expected)
+
+
+def test_no_server_for_real(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    for argv in (["ps"], ["deploy", "tiny"], ["undeploy", "tiny"], ["cluster", "devices"]):
+        code, out, err = run(capsys, *argv, "--url", url)
+        assert (code, out) == (1, "")
+        assert err == f"bitinglip: no server at {url} (start one with `bitinglip serve` or `make run`)\n"
+
+
+def test_the_cluster_commands_never_import_the_app() -> None:
+    code = (
+        "import sys\n"
+        "from bitinglip.cli import main\n"
+        "assert main(['ps', '--url', 'http://127.0.0.1:9']) == 1\n"
+        "heavy = [m for m in ('bitinglip.app', 'vllm', 'torch', 'uvicorn') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,298 @@
+"""The cluster with scripted engines: states, one start at a time, routing, limits, on-demand loads, idle
+put-away (sleep and stop), eviction of the least recently used, restarts with backoff, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bitinglip.cluster import Cluster, Device
+from bitinglip.cluster import cluster as cluster_module
+from bitinglip.core import ClusterSettings, DeploymentSettings, NotFound, Unavailable
+from bitinglip.core.errors import Conflict
+from doubles import FakeCatalog, ScriptedFactory
+
+GIB = 1024**3
+
+
+def cpu(free_gib: float = 60) -> Callable[[], list[Device]]:
+    return lambda: [
+        Device(
+            kind="cpu",
+            index=0,
+            name="cpu",
+            memory_total_bytes=64 * GIB,
+            memory_used_bytes=int((64 - free_gib) * GIB),
+            memory_free_bytes=int(free_gib * GIB),
+            cores=2,
+        )
+    ]
+
+
+def settings(**kw: Any) -> ClusterSettings:
+    # Every engine is estimated at 1 GiB KV cache + 1 GiB overhead (no weight files): a 4.5 GiB budget holds two.
+    base: dict[str, Any] = {
+        "model": "",
+        "kv_cache_gib": 1.0,
+        "engine_overhead_gib": 1.0,
+        "cpu_memory_budget_gib": 4.5,
+        "restart_backoff_s": 0.01,
+        "load_timeout_s": 5.0,
+    }
+    return ClusterSettings(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_module, "WATCH_INTERVAL_S", 0.02)
+
+
+@pytest.fixture
+def factory() -> ScriptedFactory:
+    return ScriptedFactory()
+
+
+@pytest.fixture
+def make(tmp_path: Path, factory: ScriptedFactory) -> Callable[..., Cluster]:
+    def build(names: tuple[str, ...] = ("a", "b", "c"), free_gib: float = 60, **kw: Any) -> Cluster:
+        return Cluster(
+            settings(**kw),
+            FakeCatalog(tmp_path, list(names)),
+            run_dir=tmp_path / "run",
+            factory=factory,
+            probe_devices=cpu(free_gib),
+            cpu_platform=True,
+        )
+
+    return build
+
+
+@pytest.fixture
+async def running(make: Callable[..., Cluster]) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Cluster] = []
+
+    async def start(**kw: Any) -> Cluster:
+        c = make(**kw)
+        await c.start()
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        await c.stop()
+
+
+async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+async def test_declared_deployments_start_one_at_a_time_and_make_ready(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    factory.engine_fields["start_s"] = 0.1
+    c = await running(deployments=[DeploymentSettings(model="a"), DeploymentSettings(model="b", name="bee")])
+    assert not c.ready and [d.state for d in c.deployments.values()] == ["loading", "loading"]
+    await until(lambda: c.ready)
+    assert [e.served_name for e in factory.made] == ["a", "bee"]
+    # b's engine was made only after a's start had finished: never two starts at once
+    assert factory.made[0].started and factory.made[1].started
+    status = {s.name: s for s in c.status()}
+    assert status["bee"].model == "b" and status["bee"].state == "ready" and status["bee"].keep_alive_s is None
+    assert status["a"].device_kind == "cpu" and status["a"].memory is not None
+    assert status["a"].memory.estimate_bytes == 2 * GIB
+
+
+async def test_requests_go_to_the_replica_with_fewest_in_flight_and_limits_refuse_fast(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    c = await running(
+        deployments=[DeploymentSettings(model="a", replicas=2, max_concurrency=1, max_queue=1)],
+        cpu_memory_budget_gib=10,
+    )
+    await until(lambda: c.ready)
+    leases = [await c.acquire("a") for _ in range(4)]
+    assert [lease.engine for lease in leases].count(factory.made[0]) == 2  # spread 2 and 2
+    with pytest.raises(Unavailable) as busy:
+        await c.acquire("a")
+    assert busy.value.code == "overloaded" and busy.value.retry_after == 1
+    leases[0].release()
+    leases[0].release()  # once only
+    assert c.deployments["a"].in_flight == 3
+    (await c.acquire("a")).release()
+
+
+async def test_unknown_model_is_not_found_and_on_demand_loads_a_registered_one(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    factory.engine_fields["start_s"] = 0.3
+    c = await running()
+    with pytest.raises(NotFound):
+        await c.acquire("nope")
+    assert {m.name: m.state for m in await c.served_models()} == {"a": "on_demand", "b": "on_demand", "c": "on_demand"}
+    waiting = asyncio.create_task(c.acquire("b"))
+    await until(lambda: "b" in c.deployments)
+    await asyncio.sleep(0.1)
+    (status,) = c.status()
+    assert status.state == "loading" and status.loading_for_s is not None and status.loading_for_s >= 0.1
+    lease = await waiting
+    assert lease.engine is factory.made[0] and c.deployments["b"].keep_alive_s == 300
+    lease.release()
+
+
+async def test_a_load_longer_than_the_bound_answers_503_with_retry_after(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    factory.engine_fields["start_s"] = 1.0
+    c = await running(load_timeout_s=0.2)
+    with pytest.raises(Unavailable) as slow:
+        await c.acquire("a")
+    assert slow.value.code == "model_loading" and slow.value.retry_after
+    await until(lambda: c.deployments["a"].state == "ready")  # the load went on without the request
+
+
+async def test_on_demand_off_refuses_what_is_not_deployed(running: Callable[..., Any]) -> None:
+    c = await running(load_on_demand=False)
+    with pytest.raises(NotFound):
+        await c.acquire("a")
+    assert await c.served_models() == []
+
+
+async def test_idle_put_away_sleeps_where_it_can_and_a_request_wakes_it(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    factory.engine_fields["can_sleep"] = True
+    c = await running()
+    (await c.acquire("a", keep_alive="0.1s")).release()
+    await until(lambda: c.deployments["a"].state == "sleeping")
+    engine = factory.made[0]
+    assert engine.calls == ["start", "sleep"]
+    lease = await c.acquire("a")
+    assert lease.engine is engine and engine.calls == ["start", "sleep", "wake_up"] and len(factory.made) == 1
+    lease.release()
+
+
+async def test_idle_put_away_stops_where_sleep_is_not_available_and_a_request_cold_starts(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    c = await running()
+    (await c.acquire("a", keep_alive=0.1)).release()
+    await until(lambda: c.deployments["a"].state == "stopped")
+    assert factory.made[0].calls == ["start", "stop"] and c.deployments["a"].reason.startswith("idle")
+    lease = await c.acquire("a")
+    assert lease.engine is factory.made[1]
+    lease.release()
+
+
+async def test_a_deployment_in_use_is_not_put_away(running: Callable[..., Any]) -> None:
+    c = await running()
+    lease = await c.acquire("a", keep_alive=0.05)
+    await asyncio.sleep(0.3)
+    assert c.deployments["a"].state == "ready"
+    lease.release()
+
+
+async def test_room_is_made_by_evicting_the_least_recently_used_idle_deployment(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    c = await running()
+    (await c.acquire("a")).release()
+    await asyncio.sleep(0.01)
+    (await c.acquire("b")).release()
+    (await c.acquire("a")).release()  # b is now the least recently used
+    lease = await c.acquire("c")
+    assert c.deployments["b"].state == "stopped" and c.deployments["b"].reason == "evicted to make room for c"
+    assert c.deployments["a"].state == "ready" and c.deployments["c"].state == "ready"
+    lease.release()
+
+
+async def test_nothing_is_evicted_when_that_would_not_make_room_and_the_refusal_names_the_bytes(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    c = await running(deployments=[DeploymentSettings(model="a")])  # declared: pinned, never evicted
+    await until(lambda: c.ready)
+    held = await c.acquire("b")  # in flight: not evictable either
+    with pytest.raises(Unavailable) as refused:
+        await c.acquire("c")
+    message = refused.value.message
+    assert "not enough memory for deployment c" in message and "2147483648 bytes" in message
+    assert "held by a 2.00 GiB, b 2.00 GiB" in message and "short by" in message
+    assert c.deployments["a"].state == "ready" and c.deployments["b"].state == "ready"
+    assert "c" not in c.deployments  # refused on demand: the next request tries again
+    with pytest.raises(Conflict) as api_refusal:
+        await c.deploy(DeploymentSettings(model="c", engine={"kv_cache_memory_bytes": 100 * GIB}))
+    assert api_refusal.value.code == "insufficient_memory" and "c" not in c.deployments
+    held.release()
+
+
+async def test_a_dead_engine_is_restarted_with_backoff_and_requests_meanwhile_fail_fast(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    c = await running(deployments=[DeploymentSettings(model="a")], restart_backoff_s=0.2)
+    await until(lambda: c.ready)
+    factory.made[0].died = True
+    await until(lambda: c.deployments["a"].state == "loading")
+    began = time.monotonic()
+    with pytest.raises(Unavailable) as down:
+        await c.acquire("a")
+    assert down.value.code == "model_restarting" and time.monotonic() - began < 0.1
+    await until(lambda: c.deployments["a"].state == "ready")
+    (status,) = c.status()
+    assert status.replicas[0].restarts == 1 and len(factory.made) == 2 and factory.made[0].calls[-1] == "stop"
+
+
+async def test_restarts_are_bounded_then_failed_with_the_reason(
+    running: Callable[..., Any], factory: ScriptedFactory
+) -> None:
+    c = await running(deployments=[DeploymentSettings(model="a")], restart_attempts=2)
+    await until(lambda: c.ready)
+    factory.engine_fields["fail_start"] = "CUDA out of memory"
+    factory.made[0].died = True
+    await until(lambda: c.deployments["a"].state == "failed")
+    d = c.deployments["a"]
+    assert "engine core process died" in (d.reason or "") and "CUDA out of memory" in (d.reason or "")
+    assert len(factory.made) == 3 and not c.ready
+    with pytest.raises(Unavailable) as failed:
+        await c.acquire("a")
+    assert failed.value.code == "model_failed"
+
+
+async def test_a_stalled_engine_is_restarted(running: Callable[..., Any], factory: ScriptedFactory) -> None:
+    c = await running(deployments=[DeploymentSettings(model="a")], stall_timeout_s=0.1)
+    await until(lambda: c.ready)
+    stuck = factory.made[0]
+    stuck.running.add("r1")
+    stuck.stats.updated_at = stuck.stats.busy_since = time.monotonic() - 1
+    await until(lambda: len(factory.made) == 2 and c.deployments["a"].state == "ready")
+    assert "no engine step" in (c.status()[0].replicas[0].last_restart or "")
+
+
+async def test_undeploy_drains_in_flight_requests_then_removes(running: Callable[..., Any]) -> None:
+    c = await running()
+    lease = await c.acquire("a")
+    c.undeploy("a")
+    assert c.deployments["a"].state == "draining"
+    with pytest.raises(Unavailable):
+        await c.acquire("a")
+    await asyncio.sleep(0.2)
+    assert "a" in c.deployments
+    lease.release()
+    await until(lambda: "a" not in c.deployments)
+
+
+async def test_a_deploy_with_a_bad_engine_argument_or_name_taken_is_refused(running: Callable[..., Any]) -> None:
+    c = await running()
+    from bitinglip.core import SettingsError
+
+    with pytest.raises(SettingsError):
+        await c.deploy(DeploymentSettings(model="a", engine={"max_model_length": 5}))
+    await c.deploy(DeploymentSettings(model="a"))
+    with pytest.raises(Conflict):
+        await c.deploy(DeploymentSettings(model="a"))
