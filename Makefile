@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run test lint bench clean
+.PHONY: help setup model run test lint bench bench-swap clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter co
 
 bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine
 	$(BIN)/python scripts/bench_serve.py
+
+bench-swap: setup model ## cold start on demand vs vllm serve cold; one deployment vs two, tokens/s
+	$(BIN)/python scripts/bench_swap.py
 
 clean: ## remove the virtual environment (keeps data/)
 	rm -rf $(VENV)

@@ -152,22 +152,26 @@ def test_a_deployment_that_cannot_fit_is_refused_with_the_shortfall(cluster: Ser
 
 def test_a_killed_engine_fails_its_requests_at_once_and_is_restarted(cluster: Server) -> None:
     (pid,) = deployments(cluster)["beta"]["replicas"][0]["pids"]
-    ended: dict[str, Any] = {}
+    ended: list[tuple[float, httpx.Response]] = []
 
-    def stream() -> None:
-        body = {"model": "beta", "prompt": "a", "max_tokens": 400, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", f"{cluster.url}/v1/completions", json=body, timeout=60) as r:
-            lines = [line for line in r.iter_lines() if line]
-        ended["at"], ended["lines"] = time.monotonic(), lines
+    def ask() -> None:
+        r = complete(cluster, "beta", max_tokens=500, n=8, ignore_eos=True)
+        ended.append((time.monotonic(), r))
 
-    reader = threading.Thread(target=stream)
-    reader.start()
-    time.sleep(0.5)
+    # Four requests of 8 x 500 tokens: more than the engine runs at once (max_num_seqs 8), seconds of work.
+    askers = [threading.Thread(target=ask) for _ in range(4)]
+    for asker in askers:
+        asker.start()
+    wait_for(lambda: deployments(cluster)["beta"]["stats"]["unfinished"] > 0, 30, every=0.02)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    reader.join(timeout=30)
-    assert ended["at"] - killed < 1.0
-    assert '"service_unavailable"' in ended["lines"][-2] and ended["lines"][-1] == "data: [DONE]"
+    for asker in askers:
+        asker.join(timeout=30)
+    failed = [(at, r) for at, r in ended if r.status_code != 200]
+    assert len(ended) == 4 and failed, "no request was in the engine when it died"
+    for at, r in failed:
+        assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
+        assert at - killed < 1.0
     refused = complete(cluster, "beta")
     assert refused.status_code == 503 and refused.headers["Retry-After"]
     assert time.monotonic() - killed < 1.0
