@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from bitinglip.cluster import Cluster, Device
-from bitinglip.cluster import cluster as cluster_module
+from bitinglip.cluster import Cluster, Device, health
 from bitinglip.core import ClusterSettings, DeploymentSettings, NotFound, Unavailable
 from bitinglip.core.errors import Conflict
 from doubles import FakeCatalog, ScriptedFactory
@@ -49,7 +48,7 @@ def settings(**kw: Any) -> ClusterSettings:
 
 @pytest.fixture(autouse=True)
 def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cluster_module, "WATCH_INTERVAL_S", 0.02)
+    monkeypatch.setattr(health, "WATCH_INTERVAL_S", 0.02)
 
 
 @pytest.fixture

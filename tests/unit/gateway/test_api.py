@@ -184,3 +184,27 @@ def test_a_token_that_is_part_of_a_character_is_named_by_its_bytes(engine: Scrip
     assert token_repr(FakeLogprob(-1.0, 1, ""), 0xE2, engine) == ("bytes:\\xe2", [0xE2], 0)
     assert token_repr(FakeLogprob(-1.0, 1, "é"), 0xE9, engine) == ("é", [0xC3, 0xA9], 1)
     assert token_repr(FakeLogprob(-1.0, 1, ""), ord("a"), engine) == ("", [], 0)
+
+
+def test_every_request_releases_its_hold_on_the_engine(client: TestClient, serving: OpenAIServing) -> None:
+    engines = serving.engines
+    assert isinstance(engines, FakeEngines)
+    assert client.post("/v1/chat/completions", json=chat(max_tokens=2, keep_alive="10m")).status_code == 200
+    r = client.post("/v1/completions", json={"model": "fake", "prompt": "x", "max_tokens": 2, "stream": True})
+    assert r.status_code == 200 and events(r.text)[-1] == "[DONE]"
+    bad = client.post("/v1/completions", json={"model": "fake", "prompt": "", "max_tokens": 2})
+    assert bad.status_code == 400  # refused after the lease was taken: released all the same
+    assert engines.acquired == [("fake", "10m"), ("fake", None), ("fake", None)]
+    assert engines.released == ["fake", "fake", "fake"]
+    models = client.get("/v1/models").json()["data"]
+    assert models == [
+        {
+            "id": "fake",
+            "created": models[0]["created"],
+            "owned_by": "bitinglip",
+            "object": "model",
+            "max_model_len": 64,
+            "root": None,
+            "status": "ready",
+        }
+    ]
