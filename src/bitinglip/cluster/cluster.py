@@ -36,6 +36,7 @@ from bitinglip.cluster.reaper import EngineRecords
 from bitinglip.cluster.status import DeploymentStatus, deployment_status
 from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args, engine_env, is_cpu_platform
 from bitinglip.core import (
+    BitingLipError,
     ClusterSettings,
     Conflict,
     DeploymentSettings,
@@ -47,7 +48,8 @@ from bitinglip.core import (
 
 log = get_logger(__name__)
 
-PLACEMENT_WAIT_S = 2.0  # POST /api/deployments answers a refusal at once when placement decides this fast
+# POST /api/deployments answers at once when the model is unknown or cannot fit, if that is known this fast.
+PLACEMENT_WAIT_S = 2.0
 
 
 class ModelCatalog(Protocol):
@@ -201,13 +203,18 @@ class Cluster(Supervision):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if isinstance(exc, InsufficientMemory):
-                d.refusal = exc
-                if d.on_demand:  # refused before it ever ran: the next request tries again
-                    self.deployments.pop(d.name, None)
-            d.set_state("failed", error_text(exc))
+            refused = isinstance(exc, BitingLipError) and d.placement is None  # before any engine started
             d.placement = None
             await d.stop_engines()
+            if refused and d.served_before:
+                # It served before and was put away: it stays put away, and the next request tries again.
+                d.set_state("stopped", f"could not be loaded again: {error_text(exc)}")
+                return
+            if refused:
+                d.refusal = exc
+                if d.on_demand:  # the next request tries again (memory may have been freed meanwhile)
+                    self.deployments.pop(d.name, None)
+            d.set_state("failed", error_text(exc))
 
     # -- placement
 
@@ -292,11 +299,15 @@ class Cluster(Supervision):
         if keep_alive is not None:
             d.keep_alive_s = keep_alive_seconds(keep_alive)
         deadline = time.monotonic() + self.settings.load_timeout_s
+        loaded = False
         while True:
             if d.state == "ready":
                 return d.lease()
+            if d.state in ("stopped", "sleeping") and loaded:  # the load this request waited for did not work
+                raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=30, code="model_not_loaded")
             if d.state in ("stopped", "sleeping") or (d.state == "loading" and d.on_demand and d.task is None):
                 self._begin_load(d)
+                loaded = True
             elif d.state != "loading" or d.restarting:
                 raise d.unavailable()
             left = deadline - time.monotonic()
@@ -331,7 +342,7 @@ class Cluster(Supervision):
     # -- the admin API
 
     async def deploy(self, spec: DeploymentSettings) -> Deployment:
-        """Add a deployment and start loading it; a refusal that comes quickly is raised here."""
+        """Add a deployment and start loading it; a refusal that comes quickly (no such model, no room) is raised."""
         check_engine_args(spec.engine, "engine")
         if spec.keep_alive is not None:
             keep_alive_seconds(spec.keep_alive)

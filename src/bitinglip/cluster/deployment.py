@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from bitinglip.cluster.placement import InsufficientMemory, MemoryEstimate, Placement
+from bitinglip.cluster.placement import MemoryEstimate, Placement
 from bitinglip.cluster.protocol import EngineClient, EngineFactory, ManagedEngine
 from bitinglip.core import BitingLipError, ClusterSettings, DeploymentSettings, InvalidInput, Unavailable, get_logger
 
@@ -108,7 +108,7 @@ class Deployment:
         self.spec = spec
         self.declared = declared
         self.on_demand = False  # added by a request for a registered model; removed if it never fits
-        self.refusal: InsufficientMemory | None = None  # why placement refused it
+        self.refusal: BitingLipError | None = None  # why it was refused before an engine started (unknown, no room)
         self.keep_alive_s = keep_alive_s
         self.engine_args = engine_args
         self.env = env
@@ -121,6 +121,7 @@ class Deployment:
         self.state: DeploymentState = "loading"
         self.reason: str | None = "queued: engines start one at a time"
         self.restarting = False
+        self.served_before = False  # has been ready at least once
         self.loading_since: float | None = time.monotonic()
         self.ready_since: float | None = None
         self.last_used = time.time()
@@ -134,6 +135,7 @@ class Deployment:
         if state == "loading" and self.state != "loading":
             self.loading_since = time.monotonic()
         if state == "ready":
+            self.served_before = True
             self.ready_since = self.ready_since if self.state == "ready" else time.monotonic()
             self.restarting = False
         elif state != "draining":
@@ -216,7 +218,14 @@ class Deployment:
         assert self.path is not None
         if replica.engine is not None:
             await self._stop_replica(replica)
-        replica.engine = self.factory(self.path, self.name, self.engine_args, self.env)
+        env = dict(self.env)
+        if self.placement is not None and self.placement.kind == "gpu":
+            # vLLM uses the first GPUs it sees: show it the ones placement chose, numbered as NVML numbers them.
+            env |= {
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.placement.devices)),
+            }
+        replica.engine = self.factory(self.path, self.name, self.engine_args, env)
         replica.state, replica.error = "loading", None
         began = time.monotonic()
         log.info("engine.starting", deployment=self.name, replica=replica.index, engine_args=self.engine_args)

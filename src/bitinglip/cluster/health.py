@@ -46,16 +46,22 @@ class Supervision:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            self._ticks += 1
-            for d in list(self.deployments.values()):
-                for replica in d.replicas:
-                    if replica.state == "ready" and replica.engine is not None:
-                        self._check_engine(d, replica, replica.engine)
-                busy = d.task is not None and not d.task.done()
-                if d.state == "ready" and not busy and d.keep_alive_s is not None and d.idle_for >= d.keep_alive_s:
-                    d.task = self._spawn(self._put_away(d, f"idle for {round(d.idle_for)} s"))
-            if self._ticks % MEASURE_EVERY == 1:
-                await self._measure()
+            try:
+                await self._watch_once()
+            except Exception:  # the watch must outlive any one bad round, or nothing is watched any more
+                log.exception("cluster.watch_failed")
+
+    async def _watch_once(self) -> None:
+        self._ticks += 1
+        for d in list(self.deployments.values()):
+            for replica in d.replicas:
+                if replica.state == "ready" and replica.engine is not None:
+                    self._check_engine(d, replica, replica.engine)
+            busy = d.task is not None and not d.task.done()
+            if d.state == "ready" and not busy and d.keep_alive_s is not None and d.idle_for >= d.keep_alive_s:
+                d.task = self._spawn(self._put_away(d, f"idle for {round(d.idle_for)} s"))
+        if self._ticks % MEASURE_EVERY == 1:
+            await self._measure()
 
     def _check_engine(self, d: Deployment, replica: Replica, engine: ManagedEngine) -> None:
         if engine.dead:
@@ -73,7 +79,6 @@ class Supervision:
         log.error("engine.failed", deployment=d.name, replica=replica.index, error=reason)
         replica.state, replica.error, replica.last_restart = "loading", reason, reason
         if not any(r.serving for r in d.replicas):
-            d.restarting = True
             d.set_state("loading", f"restarting: {reason}")
             d.restarting = True
         self._spawn(self._restart_replica(d, replica, reason))

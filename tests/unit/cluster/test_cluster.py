@@ -295,3 +295,69 @@ async def test_a_deploy_with_a_bad_engine_argument_or_name_taken_is_refused(runn
     await c.deploy(DeploymentSettings(model="a"))
     with pytest.raises(Conflict):
         await c.deploy(DeploymentSettings(model="a"))
+
+
+async def test_a_deploy_of_an_unknown_model_is_refused_at_once(running: Callable[..., Any]) -> None:
+    c = await running()
+    with pytest.raises(NotFound):
+        await c.deploy(DeploymentSettings(model="nope", name="n"))
+    assert "n" not in c.deployments
+
+
+async def test_a_put_away_deployment_that_cannot_come_back_stays_put_away_and_retries_later(
+    running: Callable[..., Any],
+) -> None:
+    c = await running()
+    (await c.acquire("a", keep_alive=0.05)).release()
+    await until(lambda: c.deployments["a"].state == "stopped")
+    b, cc = await c.acquire("b"), await c.acquire("c")  # both in flight: nothing can be evicted for a
+    with pytest.raises(Unavailable) as refused:
+        await c.acquire("a")
+    assert refused.value.code == "model_not_loaded" and "not enough memory" in refused.value.message
+    assert c.deployments["a"].state == "stopped" and "could not be loaded again" in (c.deployments["a"].reason or "")
+    cc.release()  # c is idle now, and evictable
+    lease = await c.acquire("a")
+    assert c.deployments["a"].state == "ready" and c.deployments["c"].state == "stopped"
+    lease.release()
+    b.release()
+
+
+async def test_on_gpus_the_engine_sees_only_the_gpus_placement_chose(tmp_path: Path) -> None:
+    def gpus() -> list[Device]:
+        return [
+            Device(
+                kind="gpu",
+                index=i,
+                name="H100",
+                memory_total_bytes=80 * GIB,
+                memory_used_bytes=(80 - free) * GIB,
+                memory_free_bytes=free * GIB,
+            )
+            for i, free in enumerate((10, 70, 40))
+        ] + cpu()()
+
+    seen: list[dict[str, str]] = []
+    factory = ScriptedFactory()
+
+    def recording(path: Path, name: str, args: dict[str, Any], env: dict[str, str]) -> Any:
+        seen.append(env)
+        return factory(path, name, args, env)
+
+    c = Cluster(
+        settings(cpu_memory_budget_gib=None),
+        FakeCatalog(tmp_path, ["a", "b"]),
+        run_dir=tmp_path / "run",
+        factory=recording,
+        probe_devices=gpus,
+        cpu_platform=False,
+    )
+    await c.start()
+    try:
+        (await c.acquire("a")).release()
+        await c.deploy(DeploymentSettings(model="b", device_count=2))
+        await until(lambda: c.deployments["b"].state == "ready")
+        assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1" and seen[0]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert seen[1]["CUDA_VISIBLE_DEVICES"] == "1,2"
+        assert c.status()[1].devices == [1, 2] and c.status()[1].device_kind == "gpu"
+    finally:
+        await c.stop()

@@ -64,7 +64,10 @@ class VllmEngine:
 
         args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **self.engine_args)
         spawn_in_own_group()
-        os.environ.update(self.env)  # inherited by the engine processes spawned below
+        # The engine processes spawned below inherit the environment (their GPUs, the Ray address); the
+        # server's own is put back after, and engines start one at a time, so none sees another's.
+        before = {key: os.environ.get(key) for key in self.env}
+        os.environ.update(self.env)
         # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
         # a worker thread keeps the event loop answering /health meanwhile.
         try:
@@ -73,6 +76,12 @@ class VllmEngine:
             )
         except Exception as exc:
             raise BitingLipError(f"engine for {self.served_name} failed to start: {exc}") from exc
+        finally:
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self.max_model_len = int(llm.model_config.max_model_len)
