@@ -203,15 +203,15 @@ class Cluster(Supervision):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            refused = isinstance(exc, BitingLipError) and d.placement is None  # before any engine started
+            refusal = exc if isinstance(exc, BitingLipError) and d.placement is None else None  # no engine started
             d.placement = None
             await d.stop_engines()
-            if refused and d.served_before:
+            if refusal is not None and d.served_before:
                 # It served before and was put away: it stays put away, and the next request tries again.
                 d.set_state("stopped", f"could not be loaded again: {error_text(exc)}")
                 return
-            if refused:
-                d.refusal = exc
+            if refusal is not None:
+                d.refusal = refusal
                 if d.on_demand:  # the next request tries again (memory may have been freed meanwhile)
                     self.deployments.pop(d.name, None)
             d.set_state("failed", error_text(exc))
