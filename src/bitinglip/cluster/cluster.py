@@ -234,7 +234,9 @@ class Cluster(Supervision):
                 name=d.name,
                 kind=d.placement.kind,
                 devices=d.placement.devices,
-                bytes_per_device=d.estimate.per_device(len(d.placement.devices)) * len(d.replicas),
+                bytes_per_device=d.estimate.total(1) * len(d.replicas)
+                if d.placement.kind == "cpu"
+                else d.estimate.per_device(len(d.placement.devices) // len(d.replicas)),
                 pids=[pid for r in d.replicas if r.engine for pid in r.engine.pids],
                 evictable=d.evictable,
                 last_used=d.last_used,
@@ -263,12 +265,11 @@ class Cluster(Supervision):
                     cpu = next(x for x in devices if x.kind == "cpu")
                     budget = self.settings.cpu_memory_budget_gib
                     budget_bytes = int(budget * GIB) if budget is not None else int(cpu.memory_total_bytes * 0.8)
-                    budget_bytes //= len(d.replicas)
-                    d.placement = place_cpu(d.name, need, cpu, budget_bytes, holders)
+                    d.placement = place_cpu(d.name, need, cpu, budget_bytes, holders, len(d.replicas))
                 else:
                     gpus = [x for x in devices if x.kind == "gpu"]
                     count = d.spec.device_count or args_device_count(d.engine_args)
-                    d.placement = place_gpus(d.name, need, gpus, d.spec.devices, count, holders)
+                    d.placement = place_gpus(d.name, need, gpus, d.spec.devices, count, holders, len(d.replicas))
                 return
             except InsufficientMemory as refusal:
                 victims = sorted((h for h in holders if h.evictable), key=lambda h: h.last_used)

@@ -220,11 +220,11 @@ class Deployment:
             await self._stop_replica(replica)
         env = dict(self.env)
         if self.placement is not None and self.placement.kind == "gpu":
-            # vLLM uses the first GPUs it sees: show it the ones placement chose, numbered as NVML numbers them.
-            env |= {
-                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                "CUDA_VISIBLE_DEVICES": ",".join(map(str, self.placement.devices)),
-            }
+            # vLLM uses the first GPUs it sees: show it this replica's share of the ones placement chose,
+            # numbered as NVML numbers them.
+            per = len(self.placement.devices) // len(self.replicas)
+            mine = self.placement.devices[replica.index * per : (replica.index + 1) * per]
+            env |= {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, mine))}
         replica.engine = self.factory(self.path, self.name, self.engine_args, env)
         replica.state, replica.error = "loading", None
         began = time.monotonic()

@@ -83,8 +83,10 @@ def _holders_text(holders: list[Holder], extra: list[str]) -> str:
     return "held by " + ", ".join(parts) if parts else "nothing of ours holds any"
 
 
-def place_cpu(name: str, need: MemoryEstimate, cpu: Device, budget_bytes: int, holders: list[Holder]) -> Placement:
-    want = need.total(1)
+def place_cpu(
+    name: str, need: MemoryEstimate, cpu: Device, budget_bytes: int, holders: list[Holder], replicas: int = 1
+) -> Placement:
+    want = need.total(1) * replicas
     ours = [h for h in holders if h.kind == "cpu"]
     free = budget_bytes - sum(h.bytes_per_device for h in ours)
     if want > free:
@@ -108,19 +110,30 @@ def place_cpu(name: str, need: MemoryEstimate, cpu: Device, budget_bytes: int, h
 
 
 def place_gpus(
-    name: str, need: MemoryEstimate, gpus: list[Device], wanted: list[int] | None, count: int, holders: list[Holder]
+    name: str,
+    need: MemoryEstimate,
+    gpus: list[Device],
+    wanted: list[int] | None,
+    count: int,
+    holders: list[Holder],
+    replicas: int = 1,
 ) -> Placement:
+    """``count`` GPUs per replica, each replica on GPUs of its own (`Placement.devices` in replica order)."""
     by_index = {g.index: g for g in gpus}
     if wanted:
         unknown = [i for i in wanted if i not in by_index]
         if unknown:
             raise Conflict(f"no GPU {unknown[0]} here; GET /api/cluster/devices lists them", code="no_such_device")
-        chosen = [by_index[i] for i in wanted]
-        count = len(chosen)
+        if len(set(wanted)) % replicas:
+            raise Conflict(f"{len(wanted)} GPUs cannot be shared evenly by {replicas} replicas", code="no_such_device")
+        chosen = [by_index[i] for i in dict.fromkeys(wanted)]
+        count = len(chosen) // replicas
     else:
-        if count > len(gpus):
-            raise Conflict(f"deployment {name} needs {count} GPUs; this machine has {len(gpus)}", code="no_such_device")
-        chosen = sorted(gpus, key=lambda g: -g.memory_free_bytes)[:count]
+        if count * replicas > len(gpus):
+            raise Conflict(
+                f"deployment {name} needs {count * replicas} GPUs; this machine has {len(gpus)}", code="no_such_device"
+            )
+        chosen = sorted(gpus, key=lambda g: -g.memory_free_bytes)[: count * replicas]
     per_device = need.per_device(count)
     for gpu in chosen:
         if per_device > gpu.memory_free_bytes:
@@ -139,7 +152,7 @@ def place_gpus(
                 f"{size(gpu.memory_total_bytes)}, {_holders_text(ours, others)}",
                 per_device - gpu.memory_free_bytes,
             )
-    return Placement(kind="gpu", devices=sorted(g.index for g in chosen))
+    return Placement(kind="gpu", devices=[g.index for g in chosen])
 
 
 class InsufficientMemory(Conflict):

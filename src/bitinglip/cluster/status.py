@@ -69,7 +69,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
     if d.state == "ready" and d.keep_alive_s is not None:
         unloads_in = max(0.0, d.keep_alive_s - d.idle_for) if d.in_flight == 0 else d.keep_alive_s
     held = [r.held_bytes for r in d.replicas if r.held_bytes is not None]
-    count = len(d.placement.devices) if d.placement else device_count(d.engine_args)
+    count = len(d.placement.devices) // len(d.replicas) if d.placement else device_count(d.engine_args)
     concurrency, queue = d.limits()
     return DeploymentStatus(
         name=d.name,

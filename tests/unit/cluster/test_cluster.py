@@ -359,5 +359,9 @@ async def test_on_gpus_the_engine_sees_only_the_gpus_placement_chose(tmp_path: P
         assert seen[0]["CUDA_VISIBLE_DEVICES"] == "1" and seen[0]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
         assert seen[1]["CUDA_VISIBLE_DEVICES"] == "1,2"
         assert c.status()[1].devices == [1, 2] and c.status()[1].device_kind == "gpu"
+        await c.deploy(DeploymentSettings(model="c", replicas=2, devices=[2, 0]))  # one GPU each, in that order
+        await until(lambda: c.deployments["c"].state == "ready")
+        assert [env["CUDA_VISIBLE_DEVICES"] for env in seen[2:]] == ["2", "0"]
+        assert c.status()[2].memory is not None and c.status()[2].memory.estimate_bytes == 2 * 2 * GIB
     finally:
         await c.stop()

@@ -56,6 +56,9 @@ def test_gpus_with_the_most_free_memory_are_chosen_and_the_need_is_split() -> No
     assert place_gpus("m", NEED, gpus, None, 2, []).devices == [1, 2]  # 14 GiB each fits in 30
     assert NEED.per_device(2) == 14 * GIB and NEED.total(2) == 28 * GIB
     assert place_gpus("m", NEED, gpus, [2], 1, []).devices == [2]
+    assert place_gpus("m", NEED, gpus, None, 1, [], replicas=2).devices == [1, 2]  # a GPU of its own each
+    with pytest.raises(Conflict, match="3 GPUs cannot be shared evenly by 2 replicas"):
+        place_gpus("m", NEED, gpus, [0, 1, 2], 1, [], replicas=2)
 
 
 def test_a_gpu_refusal_names_the_shortfall_and_who_holds_the_memory() -> None:
@@ -90,6 +93,8 @@ def test_the_cpu_budget_counts_our_deployments_and_the_system_what_is_available(
     )
     small = MemoryEstimate(weights_bytes=GIB, kv_cache_bytes=GIB, overhead_bytes=GIB)
     assert place_cpu("m", small, cpu, 16 * GIB, []).devices == [0]
+    with pytest.raises(InsufficientMemory, match=r"needs 6\.00 GiB"):  # two replicas of 3 GiB, 4 GiB available
+        place_cpu("m", small, cpu, 16 * GIB, [], replicas=2)
     held = Holder(name="a", kind="cpu", devices=[0], bytes_per_device=14 * GIB, pids=[], evictable=True, last_used=0)
     with pytest.raises(InsufficientMemory, match=r"budget \(16.00 GiB\) has 2.00 GiB free, held by a 14.00 GiB"):
         place_cpu("m", small, cpu, 16 * GIB, [held])
