@@ -345,7 +345,7 @@ async def test_on_gpus_the_engine_sees_only_the_gpus_placement_chose(tmp_path: P
 
     c = Cluster(
         settings(cpu_memory_budget_gib=None),
-        FakeCatalog(tmp_path, ["a", "b"]),
+        FakeCatalog(tmp_path, ["a", "b", "c"]),
         run_dir=tmp_path / "run",
         factory=recording,
         probe_devices=gpus,
