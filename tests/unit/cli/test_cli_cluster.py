@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bitinglip.cli import cluster, main
+from bitinglip.cli import cluster, main, tables
 
 URL = "http://bitinglip.test:8000"
 MiB, GiB = 1024**2, 1024**3
@@ -199,7 +199,7 @@ def test_ps_table(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     name, model, state, devices, memory, in_flight, until = table[3]
     assert (name, model, devices, memory, in_flight, until) == ("big", "org/big-model", "gpu 0", "~2.4 GB", "0", "-")
     assert state.startswith("failed: engine failed to start: torch.OutOfMemo") and state.endswith("…")
-    assert len(state) == cluster.REASON_WIDTH
+    assert len(state) == tables.REASON_WIDTH
     assert table[4][-1] == "forever"
     # the columns line up: every cell starts where its header does
     lines = out.splitlines()
