@@ -16,10 +16,13 @@ are still our children (the server reaps any that outlive it), only their proces
 
 Out of our process group, they would also miss the signals that used to take them down with a server that
 could not stop them itself (a SIGKILL to the group, or a terminal's SIGHUP). So on Linux the script also asks
-the kernel for SIGTERM when their parent dies (`PR_SET_PDEATHSIG`, kept across exec): an engine never
-outlives its server, which it could before when only the server's pid was killed. The parent is, strictly,
-the thread that spawned the engine core: the event loop's default executor thread, alive until the loop
-closes, after the engine has been stopped.
+the kernel for SIGKILL when their parent dies (`PR_SET_PDEATHSIG`, kept across exec): an engine never
+outlives its server, which it could before when only the server's pid was killed. SIGKILL, not SIGTERM: an
+engine core whose server is gone has nobody to answer, and once, in a full test run, an engine core told with
+SIGTERM was still up with its worker 30 s later; its workers follow it through vLLM's own death pipe, and
+the shared memory is freed by multiprocessing's resource tracker. The parent is, strictly, the thread that
+spawned the engine core: the event loop's default executor thread, alive until the loop closes, after the
+engine has been stopped.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import sys
 os.setpgid(0, 0)
 if sys.platform == "linux":
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 os.execv({python!r}, [{python!r}, *sys.argv[1:]])
 """
 
