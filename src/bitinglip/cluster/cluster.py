@@ -297,6 +297,7 @@ class Cluster(Supervision):
                 d = self._add(DeploymentSettings(model=model), declared=False)
                 d.on_demand = True
                 log.info("deployment.on_demand", deployment=model)
+                self._begin_load(d)
         if keep_alive is not None:
             d.keep_alive_s = keep_alive_seconds(keep_alive)
         deadline = time.monotonic() + self.settings.load_timeout_s
@@ -306,7 +307,7 @@ class Cluster(Supervision):
                 return d.lease()
             if d.state in ("stopped", "sleeping") and loaded:  # the load this request waited for did not work
                 raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=30, code="model_not_loaded")
-            if d.state in ("stopped", "sleeping") or (d.state == "loading" and d.on_demand and d.task is None):
+            if d.state in ("stopped", "sleeping"):
                 self._begin_load(d)
                 loaded = True
             elif d.state != "loading" or d.restarting:
@@ -345,9 +346,7 @@ class Cluster(Supervision):
     async def deploy(self, spec: DeploymentSettings) -> Deployment:
         """Add a deployment and start loading it; a refusal that comes quickly (no such model, no room) is raised."""
         check_engine_args(spec.engine, "engine")
-        if spec.keep_alive is not None:
-            keep_alive_seconds(spec.keep_alive)
-        d = self._add(spec, declared=False)
+        d = self._add(spec, declared=False)  # a bad keep_alive or a name taken is refused here
         task = self._begin_load(d)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), PLACEMENT_WAIT_S)

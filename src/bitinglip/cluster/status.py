@@ -67,7 +67,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
     engines = [r.engine for r in d.replicas if r.engine is not None]
     unloads_in = None
     if d.state == "ready" and d.keep_alive_s is not None:
-        unloads_in = max(0.0, d.keep_alive_s - d.idle_for) if d.in_flight == 0 else d.keep_alive_s
+        unloads_in = max(0.0, d.keep_alive_s - d.idle_for)  # idle_for is 0 while requests are in flight
     held = [r.held_bytes for r in d.replicas if r.held_bytes is not None]
     count = len(d.placement.devices) // len(d.replicas) if d.placement else device_count(d.engine_args)
     concurrency, queue = d.limits()
