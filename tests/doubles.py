@@ -166,14 +166,16 @@ class FakeEngines:
         self.engine = engine
         self.acquired: list[tuple[str, float | str | None]] = []
         self.released: list[str] = []
+        self.background = 0  # leases taken for background work
 
     async def served_models(self) -> list[ServedModel]:
         return [ServedModel(name=self.engine.served_name, state="ready", max_model_len=self.engine.max_model_len)]
 
-    async def acquire(self, model: str, keep_alive: float | str | None = None) -> Lease:
+    async def acquire(self, model: str, keep_alive: float | str | None = None, *, background: bool = False) -> Lease:
         if model != self.engine.served_name:
             raise NotFound(f"the model `{model}` does not exist", param="model", code="model_not_found")
         self.acquired.append((model, keep_alive))
+        self.background += background
         return _Lease(self.engine, self.released)
 
 

@@ -18,6 +18,7 @@ from bitinglip.cluster import Cluster, ClusterPlugin, supported_architectures
 from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
 from bitinglip.gateway import GatewayPlugin, OpenAIServing
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
+from bitinglip.tasks import BatchService, FileStore, TaskQueue, TasksPlugin, TaskStore
 
 log = get_logger(__name__)
 
@@ -47,12 +48,24 @@ class Components:
     def openai(self) -> OpenAIServing:
         return OpenAIServing(self.cluster, self.settings.gateway)
 
+    @functools.cached_property
+    def queue(self) -> TaskQueue:
+        queue = TaskQueue(TaskStore(self.db), self.settings.tasks, _Capacity(self.cluster))
+        for kind, handler in self.openai.background.kinds().items():
+            queue.register(kind, handler)
+        return queue
+
+    @functools.cached_property
+    def batches(self) -> BatchService:
+        return BatchService(self.db, self.settings.tasks, self.queue, FileStore(self.db, self.settings.tasks))
+
     @asynccontextmanager
     async def running(self, *, serve: bool) -> AsyncIterator[Components]:
         """Start what is needed, in order, and stop it in reverse when the block ends (also on error).
 
         ``serve=False`` (CLI commands): the database and the model service. ``serve=True`` (the server) also
-        resumes interrupted pulls and starts the engines.
+        resumes interrupted pulls, starts the engines, then the task queue (which stops first, putting the
+        tasks it was running back in line).
         """
         async with AsyncExitStack() as stack:
             await self.db.start()
@@ -62,6 +75,8 @@ class Components:
             if serve:
                 await self.cluster.start()
                 stack.push_async_callback(self._stopped, "cluster", self.cluster.stop)
+                await self.queue.start()
+                stack.push_async_callback(self._stopped, "tasks", self.queue.stop)
             yield self
 
     @staticmethod
@@ -83,6 +98,22 @@ class _Catalog:
         return [m.name for m in await self.models.registry.list_models() if m.state == "ready"]
 
 
+class _Capacity:
+    """The cluster as the task queue sees it (`tasks.Capacity`): room per model, and the models it may name."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def slots(self, target: str) -> int | None:
+        return self.cluster.capacity(target)[0]
+
+    def interactive(self, target: str) -> int:
+        return self.cluster.capacity(target)[1]
+
+    async def known(self) -> set[str]:
+        return {m.name for m in await self.cluster.served_models()}
+
+
 def create_app(loaded: LoadedSettings | None = None) -> Litestar:
     loaded = loaded or load_settings()
     components = Components(loaded)
@@ -99,6 +130,7 @@ def create_app(loaded: LoadedSettings | None = None) -> Litestar:
             ModelsPlugin(components.models),
             ClusterPlugin(components.cluster),
             GatewayPlugin(components.openai),
+            TasksPlugin(components.batches),
         ],
         lifespan=[lifespan],
         logging_config=None,  # ours (structlog) is set up by the CLI; Litestar's would replace it

@@ -283,7 +283,14 @@ class Cluster(Supervision):
 
     # -- requests
 
-    async def acquire(self, model: str, keep_alive: float | str | None = None) -> Lease:
+    def capacity(self, model: str) -> tuple[int | None, int]:
+        """(requests ``model``'s engines run at once, None while it is not serving; interactive ones in flight)."""
+        d = self.deployments.get(model)
+        if d is None:
+            return None, 0
+        return d.slots(), d.in_flight - d.background
+
+    async def acquire(self, model: str, keep_alive: float | str | None = None, *, background: bool = False) -> Lease:
         d = self.deployments.get(model)
         if d is None:
             if not self.settings.load_on_demand or model not in await self.catalog.loadable():
@@ -304,7 +311,7 @@ class Cluster(Supervision):
         loaded = False
         while True:
             if d.state == "ready":
-                return d.lease()
+                return d.lease(background)
             if d.state in ("stopped", "sleeping") and loaded:  # the load this request waited for did not work
                 raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=30, code="model_not_loaded")
             if d.state in ("stopped", "sleeping"):

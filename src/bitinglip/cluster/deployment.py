@@ -14,7 +14,6 @@ time. Requests take a `Lease` on the ready replica with the fewest requests in f
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -23,27 +22,17 @@ import msgspec
 
 from bitinglip.cluster.placement import MemoryEstimate, Placement
 from bitinglip.cluster.protocol import EngineClient, EngineFactory, ManagedEngine
-from bitinglip.core import BitingLipError, ClusterSettings, DeploymentSettings, InvalidInput, Unavailable, get_logger
+from bitinglip.core import BitingLipError, ClusterSettings, DeploymentSettings, Unavailable, get_logger, parse_duration
 
 log = get_logger(__name__)
 
 DeploymentState = Literal["loading", "ready", "sleeping", "draining", "stopped", "failed"]
 ReplicaState = Literal["loading", "ready", "sleeping", "stopped", "failed"]
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def keep_alive_seconds(value: float | str, field: str = "keep_alive") -> float | None:
     """Seconds from 300, "300", "30s", "5m" or "1h"; None (never) for a negative value, as Ollama's -1."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if match is None:
-            raise InvalidInput(
-                f"{field} must be seconds or a duration like 30s, 5m, 1h, or -1; got {value!r}", param=field
-            )
-        seconds = float(match[1]) * _UNIT_S[match[2]]
+    seconds = parse_duration(value, field)
     return None if seconds < 0 else seconds
 
 
@@ -68,14 +57,16 @@ class Replica:
 
 
 class _Lease:
-    __slots__ = ("_deployment", "_released", "_replica")
+    __slots__ = ("_background", "_deployment", "_released", "_replica")
 
-    def __init__(self, deployment: Deployment, replica: Replica) -> None:
+    def __init__(self, deployment: Deployment, replica: Replica, background: bool) -> None:
         self._deployment = deployment
         self._replica = replica
         self._released = False
+        self._background = background
         replica.in_flight += 1
         deployment.requests += 1
+        deployment.background += background
 
     @property
     def engine(self) -> EngineClient:
@@ -88,6 +79,7 @@ class _Lease:
         if not self._released:
             self._released = True
             self._replica.in_flight -= 1
+            self._deployment.background -= self._background
             self._deployment.last_used = time.time()
 
 
@@ -126,6 +118,7 @@ class Deployment:
         self.ready_since: float | None = None
         self.last_used = time.time()
         self.requests = 0
+        self.background = 0  # leases held by background work (tasks, batches) rather than interactive requests
         self.task: asyncio.Task[None] | None = None  # the load, wake or restart under way
         self._changed = asyncio.Event()
 
@@ -179,7 +172,12 @@ class Deployment:
 
     # -- requests
 
-    def lease(self) -> _Lease:
+    def slots(self) -> int | None:
+        """Requests its serving engines run at once; None while none serves."""
+        serving = sum(r.serving for r in self.replicas)
+        return self.limits()[0] * serving if self.state == "ready" and serving else None
+
+    def lease(self, background: bool = False) -> _Lease:
         serving = [r for r in self.replicas if r.serving]
         if self.state != "ready" or not serving:
             raise self.unavailable()
@@ -192,7 +190,7 @@ class Deployment:
                 retry_after=1,
                 code="overloaded",
             )
-        return _Lease(self, replica)
+        return _Lease(self, replica, background)
 
     def unavailable(self) -> Unavailable:
         if self.state == "failed":

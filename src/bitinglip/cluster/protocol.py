@@ -147,9 +147,10 @@ class ServedModel(msgspec.Struct, kw_only=True):
 class EngineLookup(Protocol):
     """Where the gateway finds an engine for a model name (the cluster, or a test double)."""
 
-    async def acquire(self, model: str, keep_alive: float | str | None = None) -> Lease:
+    async def acquire(self, model: str, keep_alive: float | str | None = None, *, background: bool = False) -> Lease:
         """A lease on an engine serving ``model``, loading it first if need be (bounded wait); NotFound, or
-        Unavailable with a retry hint (loading too long, restarting, failed, at its limits)."""
+        Unavailable with a retry hint (loading too long, restarting, failed, at its limits). ``background``:
+        for a task or batch line, counted apart so background work can yield to interactive requests."""
         ...
 
     async def served_models(self) -> list[ServedModel]: ...

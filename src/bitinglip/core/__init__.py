@@ -4,6 +4,7 @@ Imports nothing else of bitinglip.
 """
 
 from bitinglip.core.db import Database, metadata, migration
+from bitinglip.core.durations import parse_duration
 from bitinglip.core.errors import (
     BitingLipError,
     Conflict,
@@ -32,6 +33,7 @@ from bitinglip.core.settings import (
     ModelsSettings,
     ServerSettings,
     Settings,
+    TasksSettings,
     describe,
     is_secret,
     load_settings,
@@ -57,6 +59,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SettingsError",
+    "TasksSettings",
     "Unauthorized",
     "Unavailable",
     "configure_logging",
@@ -68,4 +71,5 @@ __all__ = [
     "load_settings",
     "metadata",
     "migration",
+    "parse_duration",
 ]

@@ -113,6 +113,28 @@ class GatewaySettings(_Section, frozen=True):
     max_pending_requests: int = 1024
 
 
+class TasksSettings(_Section, frozen=True):
+    # Where uploaded and produced files (batch input, output, errors) live. Empty: `<home>/files`.
+    files_dir: str = ""
+    # While interactive requests are in flight on a deployment, background work takes at most this share of
+    # its slots (running requests at once); all of them while it is idle.
+    batch_share: float = 0.5
+    # Background requests in flight per deployment at most; its engines' slots bound it as well.
+    max_in_flight: int = 256
+    # Runs of one task before it fails (an engine that died, a model that would not load).
+    max_attempts: int = 3
+    retry_backoff_s: float = 2.0
+    # A running task's lease: renewed while it runs; one left to expire (the process died) puts it back in line.
+    lease_s: float = 30.0
+    # Files, finished tasks and finished batches are deleted this many days after they were made or ended.
+    retention_days: float = 30.0
+    # A batch input file: at most this many bytes and lines (OpenAI's limits).
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_batch_lines: int = 50_000
+    # The longest `completion_window` a batch may ask for ("24h" is OpenAI's only value; we take any up to this).
+    max_completion_window: str = "7d"
+
+
 class Settings(_Section, frozen=True):
     env: str = "development"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
@@ -120,6 +142,7 @@ class Settings(_Section, frozen=True):
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
     cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    tasks: TasksSettings = msgspec.field(default_factory=TasksSettings)
 
 
 class LoadedSettings(msgspec.Struct, frozen=True):
@@ -158,10 +181,14 @@ def _resolve_paths(settings: Settings, home: Path) -> Settings:
     models_dir = Path(settings.models.dir).expanduser() if settings.models.dir else home / "models"
     if not models_dir.is_absolute():
         models_dir = home / models_dir
+    files_dir = Path(settings.tasks.files_dir).expanduser() if settings.tasks.files_dir else home / "files"
+    if not files_dir.is_absolute():
+        files_dir = home / files_dir
     return msgspec.structs.replace(
         settings,
         db=msgspec.structs.replace(settings.db, url=url),
         models=msgspec.structs.replace(settings.models, dir=str(models_dir)),
+        tasks=msgspec.structs.replace(settings.tasks, files_dir=str(files_dir)),
     )
 
 
@@ -321,7 +348,7 @@ def describe(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
         layer = (
             "BITINGLIP_ENV" if key == "env" and f"{ENV_PREFIX}_ENV" in os.environ else _source_of(key, loaded.sources)
         )
-        if key in ("db.url", "models.dir") and layer == DEFAULTS_LAYER:
+        if key in ("db.url", "models.dir", "tasks.files_dir") and layer == DEFAULTS_LAYER:
             layer = "defaults (under the home)"
         rows.append((key, shown, layer))
     return rows

@@ -7,6 +7,7 @@ import time
 from bitinglip.cluster import EngineLookup, Lease
 from bitinglip.core import GatewaySettings, InvalidInput
 from bitinglip.gateway import protocol as p
+from bitinglip.gateway.serving.background import Background
 from bitinglip.gateway.serving.base import Admission, Prepared, Serving
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
@@ -18,12 +19,14 @@ class OpenAIServing:
         self.admission = Admission(settings)
         self.chat = ChatServing()
         self.completion = CompletionServing()
+        # The task kinds ("chat", "completion") the app registers with the task queue.
+        self.background = Background(self.acquire, self.chat, self.completion)
 
-    async def acquire(self, model: str | None, keep_alive: float | str | None) -> Lease:
+    async def acquire(self, model: str | None, keep_alive: float | str | None, *, background: bool = False) -> Lease:
         """A hold on an engine serving ``model`` (loading it first if need be); release it when the response ends."""
         if not model:
             raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
-        return await self.engines.acquire(model, keep_alive)
+        return await self.engines.acquire(model, keep_alive, background=background)
 
     async def list_models(self) -> p.ModelList:
         created = int(time.time())
@@ -35,4 +38,4 @@ class OpenAIServing:
         )
 
 
-__all__ = ["Admission", "ChatServing", "CompletionServing", "OpenAIServing", "Prepared", "Serving"]
+__all__ = ["Admission", "Background", "ChatServing", "CompletionServing", "OpenAIServing", "Prepared", "Serving"]

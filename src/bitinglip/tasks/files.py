@@ -1,0 +1,205 @@
+"""Files (OpenAI's Files API, purpose `batch`): rows in table `files`, contents on disk under `tasks.files_dir`.
+
+A file is written under a temporary name and renamed into place before its row is committed, so a row never
+names a half-written file; a file on disk without a row (a crash between the two) is removed by `sweep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import sqlalchemy as sa
+
+from bitinglip.core import Database, InvalidInput, NotFound, TasksSettings, get_logger
+from bitinglip.tasks.store import new_id
+from bitinglip.tasks.tables import files
+from bitinglip.tasks.wire import FileList, FileObject
+
+log = get_logger(__name__)
+
+UPLOAD_PURPOSES = ("batch",)
+CHUNK = 1 << 20
+
+
+def to_file(row: Any) -> FileObject:
+    m = row._mapping
+    return FileObject(
+        id=m["id"],
+        bytes=m["bytes"],
+        created_at=int(m["created_at"]),
+        expires_at=int(m["expires_at"]) if m["expires_at"] else None,
+        filename=m["filename"],
+        purpose=m["purpose"],
+    )
+
+
+class FileStore:
+    def __init__(self, db: Database, settings: TasksSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self.dir = Path(settings.files_dir)
+
+    def path(self, file_id: str) -> Path:
+        return self.dir / file_id
+
+    def _expires(self, now: float) -> float:
+        return now + self.settings.retention_days * 86400
+
+    async def upload(self, source: IO[bytes], filename: str, purpose: str, owner: str = "") -> FileObject:
+        if purpose not in UPLOAD_PURPOSES:
+            raise InvalidInput(
+                f"purpose {purpose!r} is not supported here; use one of: {', '.join(UPLOAD_PURPOSES)}",
+                param="purpose",
+            )
+        file_id = new_id("file-")
+        size = await asyncio.to_thread(self._copy, source, file_id)
+        if size > self.settings.max_file_bytes:
+            self.path(file_id).unlink(missing_ok=True)
+            raise InvalidInput(
+                f"the file is {size} bytes; at most {self.settings.max_file_bytes} are taken (tasks.max_file_bytes)",
+                param="file",
+                code="file_too_large",
+            )
+        return await self._add(file_id, filename, purpose, size, owner)
+
+    def _copy(self, source: IO[bytes], file_id: str) -> int:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        partial = self.dir / f".{file_id}.part"
+        with partial.open("wb") as out:
+            shutil.copyfileobj(source, out, CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        partial.rename(self.path(file_id))
+        return size
+
+    async def write(self, lines: Iterable[bytes], filename: str, purpose: str, owner: str, conn: Any) -> FileObject:
+        """A file we produce (a batch's output or errors), its row added in the caller's transaction."""
+        file_id = new_id("file-")
+        size = await asyncio.to_thread(self._write_lines, lines, file_id)
+        now = time.time()
+        await conn.execute(
+            files.insert().values(
+                id=file_id,
+                owner=owner,
+                purpose=purpose,
+                filename=filename,
+                bytes=size,
+                created_at=now,
+                expires_at=self._expires(now),
+            )
+        )
+        return FileObject(
+            id=file_id,
+            bytes=size,
+            created_at=int(now),
+            expires_at=int(self._expires(now)),
+            filename=filename,
+            purpose=purpose,
+        )
+
+    def _write_lines(self, lines: Iterable[bytes], file_id: str) -> int:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        partial = self.dir / f".{file_id}.part"
+        with partial.open("wb") as out:
+            for line in lines:
+                out.write(line)
+                out.write(b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        partial.rename(self.path(file_id))
+        return size
+
+    async def _add(self, file_id: str, filename: str, purpose: str, size: int, owner: str) -> FileObject:
+        now = time.time()
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                files.insert().values(
+                    id=file_id,
+                    owner=owner,
+                    purpose=purpose,
+                    filename=filename,
+                    bytes=size,
+                    created_at=now,
+                    expires_at=self._expires(now),
+                )
+            )
+        log.info("file.created", file=file_id, purpose=purpose, bytes=size)
+        return await self.get(file_id, owner)
+
+    async def get(self, file_id: str, owner: str = "") -> FileObject:
+        async with self.db.engine.connect() as conn:
+            row = (await conn.execute(sa.select(files).where(files.c.id == file_id, files.c.owner == owner))).first()
+        if row is None:
+            raise NotFound(f"No such File object: {file_id}", param="file_id", code="file_not_found")
+        return to_file(row)
+
+    async def list_files(
+        self,
+        owner: str = "",
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 10000,
+        order: str = "desc",
+    ) -> FileList:
+        if not 1 <= limit <= 10000:
+            raise InvalidInput("limit must be between 1 and 10000", param="limit")
+        if order not in ("asc", "desc"):
+            raise InvalidInput("order must be asc or desc", param="order")
+        query = sa.select(files).where(files.c.owner == owner)
+        if purpose:
+            query = query.where(files.c.purpose == purpose)
+        async with self.db.engine.connect() as conn:
+            if after:
+                seq = (await conn.execute(sa.select(files.c.seq).where(files.c.id == after))).scalar()
+                if seq is None:
+                    raise NotFound(f"No such File object: {after}", param="after", code="file_not_found")
+                query = query.where(files.c.seq < seq if order == "desc" else files.c.seq > seq)
+            ordered = query.order_by(files.c.seq.desc() if order == "desc" else files.c.seq)
+            rows = (await conn.execute(ordered.limit(limit + 1))).all()
+        data = [to_file(r) for r in rows[:limit]]
+        return FileList(
+            data=data,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+            has_more=len(rows) > limit,
+        )
+
+    async def delete(self, file_id: str, owner: str = "") -> None:
+        await self.get(file_id, owner)
+        async with self.db.engine.begin() as conn:
+            await conn.execute(files.delete().where(files.c.id == file_id))
+        self.path(file_id).unlink(missing_ok=True)
+        log.info("file.deleted", file=file_id)
+
+    async def sweep(self) -> int:
+        """Delete expired files, and files on disk that no row names. Returns how many went."""
+        now = time.time()
+        async with self.db.engine.begin() as conn:
+            expired = [i for (i,) in (await conn.execute(sa.select(files.c.id).where(files.c.expires_at < now))).all()]
+            if expired:
+                await conn.execute(files.delete().where(files.c.id.in_(expired)))
+            known = {i for (i,) in (await conn.execute(sa.select(files.c.id))).all()}
+        return await asyncio.to_thread(self._remove_strays, set(expired), known, now)
+
+    def _remove_strays(self, expired: set[str], known: set[str], now: float) -> int:
+        if not self.dir.is_dir():
+            return 0
+        removed = 0
+        for entry in self.dir.iterdir():
+            name = entry.name
+            # Older than an hour only: a file just written has its row committed a moment later.
+            old = now - entry.stat().st_mtime > 3600
+            stray = old and name not in known  # a crash between writing the file and committing its row
+            if name in expired or stray:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed

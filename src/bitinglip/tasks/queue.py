@@ -1,0 +1,291 @@
+"""The task queue: handlers registered by kind, a scheduler that keeps each target's engines busy, and the
+writer that records results in small transactions.
+
+One loop schedules: for each target (a model) with ready tasks, it claims as many as the target has room for
+(`Capacity`), highest priority first, and runs each as an asyncio task. A run that ends hands its outcome to
+the writer, which records outcomes together (every `FLUSH_S` or `FLUSH_MAX` of them), so the database sees
+neither a transaction per token nor one at the end. Leases are renewed every third of `tasks.lease_s`; a
+process that dies leaves leases that expire, and their tasks run again, attempts counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from bitinglip.core import BitingLipError, InvalidInput, NotFound, TasksSettings, get_logger
+from bitinglip.tasks.store import Claimed, Outcome, TaskStore, lease_owner, new_id
+from bitinglip.tasks.wire import Task, TaskError, TaskSubmit
+
+log = get_logger(__name__)
+
+TICK_S = 1.0  # the scheduler looks again at least this often (sooner when woken)
+FLUSH_S = 0.2
+FLUSH_MAX = 128
+
+
+class Capacity(Protocol):
+    """What the targets (models) can take now: the cluster, seen from here."""
+
+    def slots(self, target: str) -> int | None:
+        """Requests its engines run at once now; None while it is not serving (loading, put away, unknown)."""
+        ...
+
+    def interactive(self, target: str) -> int:
+        """Interactive (not background) requests in flight on it now."""
+        ...
+
+    async def known(self) -> set[str]:
+        """Targets a task may name: served, or loadable on demand."""
+        ...
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """What the app registers per kind: how to run one, and which model its payload names."""
+
+    run: Callable[[dict[str, Any], str], Awaitable[Any]]  # (payload, request id) -> a JSON-encodable result
+    target: Callable[[dict[str, Any]], str]  # the payload's model; InvalidInput when it names none
+    endpoint: str | None = None  # the OpenAI URL batch lines of this kind name
+
+
+def error_of(exc: BaseException) -> TaskError:
+    if isinstance(exc, BitingLipError):
+        return TaskError(status_code=exc.status, message=exc.message, type=exc.type, param=exc.param, code=exc.code)
+    return TaskError(
+        status_code=500, message=f"{type(exc).__name__}: {exc}", type="server_error", code="internal_error"
+    )
+
+
+def retryable(exc: BaseException) -> bool:
+    """Worth another attempt: the server's trouble (5xx, an engine gone, overload), not the request's (4xx)."""
+    return not isinstance(exc, BitingLipError) or exc.status >= 500 or exc.status == 429
+
+
+class TaskQueue:
+    def __init__(self, store: TaskStore, settings: TasksSettings, capacity: Capacity) -> None:
+        self.store = store
+        self.settings = settings
+        self.capacity = capacity
+        self.kinds: dict[str, TaskKind] = {}
+        self.owner = lease_owner()
+        self.running: dict[str, asyncio.Task[None]] = {}  # task id -> its run
+        self.per_target: dict[str, int] = {}
+        self.on_written: Callable[[set[str]], Awaitable[None]] | None = None  # batches whose tasks just ended
+        self.on_tick: Callable[[], Awaitable[None]] | None = None
+        self._outcomes: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def register(self, kind: str, handler: TaskKind) -> None:
+        self.kinds[kind] = handler
+
+    def kind_for_endpoint(self, endpoint: str) -> str | None:
+        return next((k for k, h in self.kinds.items() if h.endpoint == endpoint), None)
+
+    def target_of(self, kind: str, payload: dict[str, Any]) -> str:
+        return self.kinds[kind].target(payload)
+
+    # -- life
+
+    async def start(self) -> None:
+        recovered = await self.store.recover(at_start=True)
+        if recovered:
+            log.info("tasks.recovered", tasks=recovered)
+        self._stopping = False
+        self._loops = [
+            asyncio.create_task(self._schedule_loop(), name="tasks-schedule"),
+            asyncio.create_task(self._write_loop(), name="tasks-write"),
+            asyncio.create_task(self._renew_loop(), name="tasks-renew"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop scheduling; runs under way are put back in line (their attempt not counted) for the next start."""
+        self._stopping = True
+        for loop in self._loops[:1] + self._loops[2:]:
+            loop.cancel()
+        runs = list(self.running.values())
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        self._wake.set()
+        if len(self._loops) > 1:
+            self._loops[1].cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self._flush()  # what the runs reported, and the refunds
+        self._loops = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- single tasks
+
+    async def submit(self, body: TaskSubmit, owner: str = "") -> tuple[Task, bool]:
+        """A background task (or, for a known idempotency key, the task it made); True when made now."""
+        if body.kind not in self.kinds:
+            raise InvalidInput(
+                f"unknown task kind {body.kind!r}; one of: {', '.join(sorted(self.kinds))}", param="kind"
+            )
+        target = self.kinds[body.kind].target(body.request)
+        if target not in await self.capacity.known():
+            raise NotFound(
+                f"the model `{target}` does not exist or is not served here",
+                param="request.model",
+                code="model_not_found",
+            )
+        max_attempts = body.max_attempts or self.settings.max_attempts
+        if max_attempts < 1:
+            raise InvalidInput("max_attempts must be at least 1", param="max_attempts")
+        task, made = await self.store.add(
+            {
+                "id": new_id("task_"),
+                "owner": owner,
+                "kind": body.kind,
+                "target": target,
+                "payload": msgspec.json.encode(body.request).decode(),
+                "state": "queued",
+                "priority": body.priority,
+                "max_attempts": max_attempts,
+                "idempotency_key": body.idempotency_key,
+                "created_at": time.time(),
+            }
+        )
+        if made:
+            log.info("task.queued", task=task.id, kind=task.kind, model=target, priority=task.priority)
+            self.wake()
+        return task, made
+
+    async def cancel(self, task_id: str, owner: str = "") -> Task:
+        task = await self.store.cancel(task_id, owner)
+        self.abort([task_id])
+        log.info("task.cancelled", task=task_id)
+        return task
+
+    def abort(self, task_ids: list[str]) -> None:
+        """Stop runs under way here (their engine requests are aborted); their rows were ended already."""
+        for task_id in task_ids:
+            if (run := self.running.get(task_id)) is not None:
+                run.cancel()
+
+    # -- scheduling
+
+    def room(self, target: str) -> int:
+        """How many more background requests ``target`` takes now."""
+        slots = self.capacity.slots(target)
+        if slots is None:
+            limit = 1  # not serving: one request asks for it (loading it on demand); the rest wait for its slots
+        elif self.capacity.interactive(target) > 0:
+            limit = max(1, int(slots * self.settings.batch_share))
+        else:
+            limit = slots
+        return min(limit, self.settings.max_in_flight) - self.per_target.get(target, 0)
+
+    async def _schedule_loop(self) -> None:
+        last_recover = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
+            try:
+                now = time.monotonic()
+                if now - last_recover >= TICK_S:
+                    last_recover = now
+                    if recovered := await self.store.recover():
+                        log.warning("tasks.leases_expired", tasks=recovered)
+                    if self.on_tick is not None:
+                        await self.on_tick()
+                for target in await self.store.waiting(time.time()):
+                    if (n := self.room(target)) > 0:
+                        for claimed in await self.store.claim(target, n, self.owner, self.settings.lease_s):
+                            self._start(claimed)
+            except Exception:
+                log.exception("tasks.schedule_failed")
+                await asyncio.sleep(TICK_S)
+
+    def _start(self, claimed: Claimed) -> None:
+        self.per_target[claimed.target] = self.per_target.get(claimed.target, 0) + 1
+        self.running[claimed.id] = asyncio.create_task(self._run(claimed), name=f"task-{claimed.id}")
+
+    async def _run(self, claimed: Claimed) -> None:
+        began = time.monotonic()
+        outcome: Outcome | None = None
+        try:
+            handler = self.kinds.get(claimed.kind)
+            if handler is None:
+                raise InvalidInput(f"no handler for task kind {claimed.kind!r} in this server")
+            payload = msgspec.json.decode(claimed.payload)
+            result = await handler.run(payload, f"{claimed.id}-{claimed.attempts}")
+            outcome = Outcome(
+                id=claimed.id, attempt=claimed.attempts, state="succeeded", result=msgspec.json.encode(result).decode()
+            )
+        except asyncio.CancelledError:
+            if self._stopping:  # the server is stopping: back in line, this attempt not counted
+                outcome = Outcome(id=claimed.id, attempt=claimed.attempts, state="queued", refund=True)
+            raise  # otherwise cancelled by a user: the row says so already
+        except Exception as exc:
+            error = msgspec.json.encode(error_of(exc)).decode()
+            if retryable(exc) and claimed.attempts < claimed.max_attempts:
+                backoff = self.settings.retry_backoff_s * 2 ** (claimed.attempts - 1)
+                outcome = Outcome(
+                    id=claimed.id,
+                    attempt=claimed.attempts,
+                    state="queued",
+                    error=error,
+                    not_before=time.time() + backoff,
+                )
+                log.warning("task.retry", task=claimed.id, attempt=claimed.attempts, in_s=backoff, error=str(exc))
+            else:
+                outcome = Outcome(id=claimed.id, attempt=claimed.attempts, state="failed", error=error)
+                if not isinstance(exc, BitingLipError):
+                    log.exception("task.failed", task=claimed.id)
+        finally:
+            self.per_target[claimed.target] -= 1
+            self.running.pop(claimed.id, None)
+            if outcome is not None:
+                self._outcomes.append(outcome)
+                if len(self._outcomes) >= FLUSH_MAX:
+                    self._flushed.set()
+            self._wake.set()  # its slot is free: claim the next one now, not at the next tick
+            if claimed.batch_id is None:
+                log.info("task.ran", task=claimed.id, seconds=round(time.monotonic() - began, 3))
+
+    # -- writing
+
+    async def _write_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), FLUSH_S)
+            self._flushed.clear()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("tasks.write_failed")  # the outcomes stay for the next flush
+
+    async def _flush(self) -> None:
+        if not self._outcomes:
+            return
+        outcomes, self._outcomes = self._outcomes, []
+        try:
+            batch_ids = await self.store.finish(outcomes, self.owner)
+        except BaseException:
+            self._outcomes[:0] = outcomes
+            raise
+        if batch_ids and self.on_written is not None:
+            await self.on_written(batch_ids)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                if self.running:
+                    await self.store.renew(self.owner, self.settings.lease_s)
+            except Exception:
+                log.exception("tasks.renew_failed")
