@@ -1,16 +1,19 @@
 """`bitinglip ps | deploy | undeploy | cluster devices`: clients of a running server's /api, over HTTP.
 
-They never import the app (and so never vLLM): they start in under a second.
+They never import the app (and so never vLLM): they start in under a second. What every such client shares
+(`Api`, `server_url`, `_poll`, the --url and --json options) is here too: cli/tasks.py and cli/batches.py use it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -62,14 +65,11 @@ class Api:
     def __exit__(self, *exc: object) -> None:
         self.client.close()
 
-    def request(self, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
-        """The decoded JSON answer; None for a 404 when ``missing_ok``."""
-        try:
-            response = self.client.request(method, path, json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise BitingLipError(f"no server at {self.url} (start one with `bitinglip serve` or `make run`)") from exc
-        except httpx.TransportError as exc:
-            raise BitingLipError(f"{method} {self.url}{path} failed: {exc or type(exc).__name__}") from exc
+    def request(self, method: str, path: str, body: Any = None, *, missing_ok: bool = False, **send: Any) -> Any:
+        """The decoded JSON answer; None for a 404 when ``missing_ok``. ``send`` goes to httpx as it is: params=,
+        or files= and data= for a multipart form (then no ``body``)."""
+        with self._reaching(method, path):
+            response = self.client.request(method, path, json=body, **send)
         if response.status_code == 404 and missing_ok:
             return None
         if response.is_error:
@@ -78,6 +78,25 @@ class Api:
             return response.json()
         except ValueError as exc:
             raise BitingLipError(f"{method} {self.url}{path}: the answer is not JSON: {response.text[:200]!r}") from exc
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str) -> Iterator[httpx.Response]:
+        """The answer with its body unread, for one too big to hold (a file's content): iterate its bytes."""
+        with self._reaching(method, path), self.client.stream(method, path) as response:
+            if response.is_error:
+                response.read()
+                raise BitingLipError(_error_message(response))
+            yield response
+
+    @contextlib.contextmanager
+    def _reaching(self, method: str, path: str) -> Iterator[None]:
+        """httpx's connection and transport errors as a `BitingLipError` that says what to do."""
+        try:
+            yield
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise BitingLipError(f"no server at {self.url} (start one with `bitinglip serve` or `make run`)") from exc
+        except httpx.TransportError as exc:
+            raise BitingLipError(f"{method} {self.url}{path} failed: {exc or type(exc).__name__}") from exc
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -120,23 +139,30 @@ class _Progress:
             self.drawn = False
 
 
-def _wait(
-    api: Api, name: str, timeout_s: float, step: Callable[[dict[str, Any] | None, float], str | None]
-) -> dict[str, Any] | None:
-    """Poll the deployment every POLL_INTERVAL_S until ``step(status or None when gone, elapsed)`` says stop (None);
-    otherwise it returns the progress line to show. Times out with a `BitingLipError`."""
+def _poll(
+    api: Api,
+    path: str,
+    step: Callable[[Any, float], str | None],
+    *,
+    timeout_s: float = math.inf,
+    name: str = "",
+    missing_ok: bool = False,
+) -> Any:
+    """GET ``path`` every POLL_INTERVAL_S until ``step(answer or None when gone, elapsed)`` says stop (None) and
+    return the last answer; otherwise ``step`` returns the progress line to show. Times out with a
+    `BitingLipError` that says ``name`` is still in its state."""
     progress = _Progress()
     start = time.monotonic()
     try:
         while True:
-            status = api.request("GET", _path(name), missing_ok=True)
+            current = api.request("GET", path, missing_ok=missing_ok)
             elapsed = time.monotonic() - start
-            line = step(status, elapsed)
+            line = step(current, elapsed)
             if line is None:
-                return status  # type: ignore[no-any-return]
+                return current
             if elapsed >= timeout_s:
                 progress.done()
-                raise BitingLipError(f"{name} is still {status['state'] if status else 'there'} after {timeout_s:g}s")
+                raise BitingLipError(f"{name} is still {current['state'] if current else 'there'} after {timeout_s:g}s")
             progress.show(line)
             time.sleep(POLL_INTERVAL_S)
     finally:
@@ -220,7 +246,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 return None
 
             try:
-                status = _wait(api, name, args.timeout, step) or status
+                status = _poll(api, _path(name), step, timeout_s=args.timeout, name=name, missing_ok=True) or status
             except KeyboardInterrupt:
                 print(
                     f"{name} goes on loading on the server: `bitinglip ps` shows it, "
@@ -249,7 +275,7 @@ def cmd_undeploy(args: argparse.Namespace) -> int:
         def step(current: dict[str, Any] | None, elapsed: float) -> str | None:
             return None if current is None else f"{current['state']} {name} … {_elapsed(elapsed)}"
 
-        _wait(api, name, args.timeout, step)
+        _poll(api, _path(name), step, timeout_s=args.timeout, name=name, missing_ok=True)
     print(f"undeployed {name}")
     return 0
 
@@ -264,12 +290,20 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Subcommands) -> None:
+def _options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The --url and --json options of every command that is a client of the server, as argparse parents."""
     url = argparse.ArgumentParser(add_help=False)
     url.add_argument(
         "--url",
         help=f"the server (default: ${URL_ENV}, else http://HOST:PORT from the server.host/server.port settings)",
     )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="the server's JSON")
+    return url, as_json
+
+
+def add_commands(sub: Subcommands) -> None:
+    url, as_json = _options()
     wait = argparse.ArgumentParser(add_help=False)
     wait.add_argument("--no-wait", action="store_true", help="return once the server has taken the request")
     wait.add_argument(
@@ -279,8 +313,6 @@ def add_commands(sub: Subcommands) -> None:
         metavar="S",
         help="give up waiting after S seconds (default %(default)g)",
     )
-    as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="the server's JSON")
 
     ps = sub.add_parser("ps", parents=[url, as_json], help="what the server has deployed")
     ps.set_defaults(func=cmd_ps)

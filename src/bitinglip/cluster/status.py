@@ -22,6 +22,7 @@ class DeploymentMemory(msgspec.Struct, kw_only=True):
 
 class DeploymentStats(msgspec.Struct, kw_only=True):
     in_flight: int  # leased by requests now (running + queued)
+    background: int  # of which for tasks and batch lines
     unfinished: int  # requests inside the engines now (a request with n > 1 counts n)
     running: int  # as of the engines' last step
     waiting: int
@@ -109,6 +110,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
         else None,
         stats=DeploymentStats(
             in_flight=d.in_flight,
+            background=d.background,
             unfinished=sum(e.unfinished_requests for e in engines),
             running=sum(e.stats.running for e in engines),
             waiting=sum(e.stats.waiting for e in engines),

@@ -197,7 +197,7 @@ class TasksController(Controller):
     ) -> TaskList:
         limit = max(1, min(limit, 1000))
         data, more = await queue.store.list_tasks(
-            owner_of(request), state=state, batch_id=batch_id, after=after, limit=limit
+            owner_of(request), state=task_state, batch_id=batch_id, after=after, limit=limit
         )
         return TaskList(data=data, next_cursor=data[-1].id if more and data else None, has_more=more)
 

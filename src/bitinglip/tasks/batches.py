@@ -256,6 +256,7 @@ class BatchService:
             await self.sweep()
 
     async def _end_lines(self, batch_id: str, owner: str, state: str) -> None:
+        await self.queue.flush()  # lines that have finished keep their results
         async with self.db.engine.connect() as conn:
             query = sa.select(tasks.c.id).where(tasks.c.batch_id == batch_id, tasks.c.state == "running")
             running = [i for (i,) in (await conn.execute(query)).all()]

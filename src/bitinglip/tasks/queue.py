@@ -120,7 +120,7 @@ class TaskQueue:
         if len(self._loops) > 1:
             self._loops[1].cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        await self._flush()  # what the runs reported, and the refunds
+        await self.flush()  # what the runs reported, and the refunds
         self._loops = []
 
     def wake(self) -> None:
@@ -164,6 +164,7 @@ class TaskQueue:
         return task, made
 
     async def cancel(self, task_id: str, owner: str = "") -> Task:
+        await self.flush()  # a run that has ended is recorded as it ended, not as cancelled
         task = await self.store.cancel(task_id, owner)
         self.abort([task_id])
         log.info("task.cancelled", task=task_id)
@@ -265,11 +266,12 @@ class TaskQueue:
                 await asyncio.wait_for(self._flushed.wait(), FLUSH_S)
             self._flushed.clear()
             try:
-                await self._flush()
+                await self.flush()
             except Exception:
                 log.exception("tasks.write_failed")  # the outcomes stay for the next flush
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
+        """Write the outcomes of the runs that have ended (the writer does it every FLUSH_S by itself)."""
         if not self._outcomes:
             return
         outcomes, self._outcomes = self._outcomes, []
