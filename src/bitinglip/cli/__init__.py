@@ -4,6 +4,9 @@
 - settings.py: `settings show`
 - models.py: `models ...`, on the registry directly (no server needed)
 - cluster.py: `ps`, `deploy`, `undeploy`, `cluster devices`, clients of a running server over HTTP
+- tasks.py: `tasks submit | list | show | cancel`, background requests on the server's queue, over HTTP
+- batches.py: `batches submit | list | show | cancel`, OpenAI batches (file upload, progress, download), over HTTP
+- tables.py: how those clients print what the server answers
 - common.py: what several of them share
 
 Nothing here imports the app at import time (it imports vLLM): a command that needs it imports it when it runs.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bitinglip.cli import cluster, models, serve, settings
+from bitinglip.cli import batches, cluster, models, serve, settings, tasks
 from bitinglip.core import BitingLipError, SettingsError
 
 __all__ = ["build_parser", "main"]
@@ -27,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_commands(sub)
     models.add_commands(sub)
     cluster.add_commands(sub)
+    tasks.add_commands(sub)
+    batches.add_commands(sub)
     return parser
 
 

@@ -130,10 +130,18 @@ def _at(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts is not None else "-"
 
 
+def _age(seconds: float) -> str:
+    """As _elapsed, in days past the first: 2d, 3d04h."""
+    days, rest = divmod(int(max(0.0, seconds)), 86400)
+    if not days:
+        return _elapsed(rest)
+    return f"{days}d{rest // 3600:02d}h" if rest // 3600 else f"{days}d"
+
+
 def _fields(pairs: Sequence[tuple[str, str]]) -> str:
     """``name:  value`` lines, the values lined up."""
-    width = max(len(name) for name, _ in pairs) + 2
-    return "\n".join(f"{name + ':':<{width}}{value}".rstrip() for name, value in pairs)
+    width = max(len(name) for name, _ in pairs) + 1
+    return "\n".join(f"{name + ':':<{width}}  {value}".rstrip() for name, value in pairs)
 
 
 def _task_error(task: dict[str, Any]) -> str:
@@ -172,7 +180,7 @@ def _tasks_table(tasks: list[dict[str, Any]], now: float) -> str:
             _task_state(t),
             str(t.get("priority", 0)),
             f"{t.get('attempts', 0)}/{t.get('max_attempts', '-')}",
-            _elapsed(max(0.0, now - t["created_at"])) if t.get("created_at") is not None else "-",
+            _age(now - t["created_at"]) if t.get("created_at") is not None else "-",
         )
         for t in tasks
     ]

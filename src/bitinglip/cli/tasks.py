@@ -171,7 +171,9 @@ def add_commands(sub: Subcommands) -> None:
     given = submit.add_mutually_exclusive_group(required=True)
     given.add_argument("--prompt", "--message", dest="text", metavar="TEXT", help="the user message or the prompt")
     given.add_argument(
-        "--file", metavar="REQUEST.json", help="the request body as /v1/chat/completions or /v1/completions take it"
+        "--file",
+        metavar="REQUEST.json",
+        help="the request body as /v1/chat/completions or /v1/completions take it (- reads stdin)",
     )
     submit.add_argument("--max-tokens", type=int, metavar="N", help="at most N tokens generated")
     submit.add_argument("--priority", type=int, metavar="P", help="higher runs first (default 0)")

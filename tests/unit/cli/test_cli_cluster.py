@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cli_support import URL, StandIn, closed_url, error, no_server, rows, run
 
-from bitinglip.cli import cluster, main, tables
+from bitinglip.cli import main, tables
 
-URL = "http://bitinglip.test:8000"
 MiB, GiB = 1024**2, 1024**3
 
 
@@ -125,63 +123,6 @@ DEVICES = [
         "processes": [],
     },
 ]
-
-
-def error(status: int, message: str, code: str | None = None) -> httpx.Response:
-    kinds = {400: "invalid_request_error", 404: "not_found_error", 409: "conflict_error"}
-    body = {"error": {"message": message, "type": kinds.get(status, "server_error"), "param": None, "code": code}}
-    return httpx.Response(status, json=body)
-
-
-class StandIn:
-    """Answers (method, path) with the next of its queued responses (the last one repeats) and records requests."""
-
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], list[httpx.Response | Exception]] = {}
-        self.requests: list[httpx.Request] = []
-        self.urls: list[str] = []
-
-    def on(self, method: str, path: str, *answers: httpx.Response | Exception) -> None:
-        self.routes[(method, path)] = list(answers)
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        queue = self.routes.get((request.method, request.url.path))
-        if not queue:
-            return error(404, f"no route {request.method} {request.url.path}")
-        answer = queue.pop(0) if len(queue) > 1 else queue[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def client(self, url: str) -> httpx.Client:
-        self.urls.append(url)
-        return httpx.Client(base_url=url, transport=httpx.MockTransport(self.handle))
-
-    def calls(self) -> list[str]:
-        return [f"{r.method} {r.url.path}" for r in self.requests]
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
-    stand_in = StandIn()
-    monkeypatch.setattr(cluster, "client_factory", stand_in.client)
-    monkeypatch.setattr(cluster, "POLL_INTERVAL_S", 0.0)
-    monkeypatch.setenv("BITINGLIP_URL", URL)
-    yield stand_in
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def rows(out: str) -> list[list[str]]:
-    """Table lines split on the runs of 2+ spaces between columns."""
-    import re
-
-    return [re.split(r"\s{2,}", line.strip()) for line in out.strip().splitlines()]
 
 
 # -- ps
@@ -401,27 +342,33 @@ def test_an_error_without_the_envelope(server: StandIn, capsys: pytest.CaptureFi
 
 def test_no_server(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     server.on("GET", "/api/deployments", httpx.ConnectError("[Errno 111] Connection refused"))
-    expected = f"bitinglip: no server at {URL} (start one with `bitinglip serve` or `make run`)\n"
-    assert run(capsys, "ps") == (1, "", expected)
+    assert run(capsys, "ps") == (1, "", no_server())
 
 
-def test_no_server_for_real(capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    for argv in (["ps"], ["deploy", "tiny"], ["undeploy", "tiny"], ["cluster", "devices"]):
-        code, out, err = run(capsys, *argv, "--url", url)
-        assert (code, out) == (1, "")
-        assert err == f"bitinglip: no server at {url} (start one with `bitinglip serve` or `make run`)\n"
+def test_no_server_for_real(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = closed_url()
+    batch_input = tmp_path / "requests.jsonl"
+    batch_input.write_text("{}\n")
+    for argv in (
+        ["ps"],
+        ["deploy", "tiny"],
+        ["undeploy", "tiny"],
+        ["cluster", "devices"],
+        ["tasks", "submit", "--model", "tiny", "--prompt", "hi"],
+        ["tasks", "list"],
+        ["batches", "submit", str(batch_input)],
+        ["batches", "list"],
+    ):
+        assert run(capsys, *argv, "--url", url) == (1, "", no_server(url)), argv
 
 
-def test_the_cluster_commands_never_import_the_app() -> None:
+def test_the_client_commands_never_import_the_app() -> None:
     code = (
         "import sys\n"
         "from bitinglip.cli import main\n"
-        "assert main(['ps', '--url', 'http://127.0.0.1:9']) == 1\n"
-        "heavy = [m for m in ('bitinglip.app', 'vllm', 'torch', 'uvicorn') if m in sys.modules]\n"
+        "for argv in (['ps'], ['tasks', 'list'], ['batches', 'list']):\n"
+        "    assert main([*argv, '--url', 'http://127.0.0.1:9']) == 1\n"
+        "heavy = [m for m in ('bitinglip.app', 'bitinglip.tasks', 'vllm', 'torch', 'uvicorn') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
