@@ -161,3 +161,35 @@ def test_tasks_submit_idempotently_run_and_cancel(server: Server) -> None:
     assert running["id"] in [t["id"] for t in listed["data"]]
     unknown = api.post("/api/tasks", json=dict(body, request={"model": "nope", "messages": []}, idempotency_key=None))
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_batch_past_its_completion_window_expires_keeping_what_finished(client: openai.OpenAI) -> None:
+    lines = [request_line("quick", max_tokens=2)] + [
+        request_line(f"slow{i}", max_tokens=1800, ignore_eos=True) for i in range(6)
+    ]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=CHAT, completion_window="3s")
+    done, _ = wait_ended(client, batch.id, timeout=30)
+    assert done.status == "expired" and done.expired_at is not None
+    assert done.expired_at - done.created_at < 10
+    output = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in output] == ["quick"]
+    errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in errors] == [f"slow{i}" for i in range(6)]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+def test_the_cli_submits_a_batch_waits_for_it_and_writes_its_files(server: Server, tmp_path: Any) -> None:
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("\n".join(request_line(f"cli{i}", max_tokens=3) for i in range(12)) + "\n")
+    done = server.cli("batches", "submit", str(source), "--wait", "--metadata", "via=cli", "--url", server.url)
+    assert done.returncode == 0, done.stderr
+    output = [json.loads(x) for x in (tmp_path / "prompts.output.jsonl").read_text().splitlines()]
+    assert sorted(o["custom_id"] for o in output) == sorted(f"cli{i}" for i in range(12))
+    assert not (tmp_path / "prompts.errors.jsonl").exists()
+    listed = server.cli("batches", "list", "--json", "--url", server.url)
+    newest = json.loads(listed.stdout)[0]
+    assert newest["metadata"] == {"via": "cli"} and newest["request_counts"]["completed"] == 12
+    task = server.cli(
+        "tasks", "submit", "--model", MODEL, "--message", "hi", "--max-tokens", "4", "--wait", "--url", server.url
+    )
+    assert task.returncode == 0 and task.stdout.strip(), task.stderr
