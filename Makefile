@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run test lint bench bench-swap clean
+.PHONY: help setup model run test lint bench bench-swap bench-batch clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, sam
 
 bench-swap: setup model ## cold start on demand vs vllm serve cold; one deployment vs two, tokens/s
 	$(BIN)/python scripts/bench_swap.py
+
+bench-batch: setup model ## 1,000-line batch vs vLLM offline LLM.generate, tokens/s; TTFT beside a batch
+	$(BIN)/python scripts/bench_batch.py
 
 clean: ## remove the virtual environment (keeps data/)
 	rm -rf $(VENV)

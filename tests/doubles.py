@@ -117,17 +117,20 @@ class ScriptedEngine:
         # Token 0xE2 stands for the first byte of a three-byte character, the case logprobs must name by bytes.
         return b"\xe2" if token_id == 0xE2 else chr(token_id).encode()
 
-    def sampling_params(self, params: Mapping[str, Any]) -> object:
-        return dict(params)
+    def sampling_params(self, params: Mapping[str, Any], *, whole: bool = False) -> object:
+        return dict(params) | {"_whole": whole}
 
     async def generate(
         self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
     ) -> AsyncGenerator[FakeRequestOutput, None]:
         assert isinstance(params, dict)
-        self.seen.append({"prompt_ids": prompt_ids, "params": params, "request_id": request_id})
+        params = dict(params)
+        whole = params.pop("_whole", False)  # as vLLM's FINAL_ONLY: one output, everything in it
+        self.seen.append({"prompt_ids": prompt_ids, "params": params, "request_id": request_id, "whole": whole})
         self.running.add(request_id)
         try:
             limit = min(params["max_tokens"], len(self.words))
+            gathered: dict[int, FakeCompletionOutput] = {}
             for step in range(limit):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
@@ -139,7 +142,20 @@ class ScriptedEngine:
                     if params.get("logprobs") is not None:
                         lp = [{100 + step: FakeLogprob(-0.5, 1, self.words[step]), 7: FakeLogprob(-1.5, 2, "x")}]
                     outs.append(FakeCompletionOutput(i, self.words[step], [100 + step], lp, reason))
-                yield FakeRequestOutput(request_id, outs, last)
+                if not whole:
+                    yield FakeRequestOutput(request_id, outs, last)
+                    continue
+                for i, out in enumerate(outs):
+                    before = gathered[i] if step else FakeCompletionOutput(i, "", [], [] if out.logprobs else None, None)
+                    gathered[i] = FakeCompletionOutput(
+                        i,
+                        before.text + out.text,
+                        [*before.token_ids, *out.token_ids],
+                        [*before.logprobs, *out.logprobs] if out.logprobs and before.logprobs is not None else None,
+                        out.finish_reason,
+                    )
+                if last:
+                    yield FakeRequestOutput(request_id, [gathered[i] for i in sorted(gathered)], True)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise

@@ -72,8 +72,9 @@ class EngineClient(Protocol):
         """The raw bytes a token stands for, also when they are only part of a UTF-8 character."""
         ...
 
-    def sampling_params(self, params: Mapping[str, Any]) -> object:
-        """The engine's own sampling parameters made from a plain dict; InvalidInput naming a bad one."""
+    def sampling_params(self, params: Mapping[str, Any], *, whole: bool = False) -> object:
+        """The engine's own sampling parameters made from a plain dict; InvalidInput naming a bad one.
+        ``whole``: the caller wants the finished output only (one item, no per-token deltas: less work)."""
         ...
 
     def generate(

@@ -28,6 +28,7 @@ log = get_logger(__name__)
 TICK_S = 1.0  # the scheduler looks again at least this often (sooner when woken)
 FLUSH_S = 0.2
 FLUSH_MAX = 128
+HEADROOM = 4  # an idle target takes its slots plus a quarter more
 
 
 class Capacity(Protocol):
@@ -84,6 +85,7 @@ class TaskQueue:
         self._flushed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._new_work = False
 
     def register(self, kind: str, handler: TaskKind) -> None:
         self.kinds[kind] = handler
@@ -101,6 +103,7 @@ class TaskQueue:
         if recovered:
             log.info("tasks.recovered", tasks=recovered)
         self._stopping = False
+        self._new_work = True
         self._loops = [
             asyncio.create_task(self._schedule_loop(), name="tasks-schedule"),
             asyncio.create_task(self._write_loop(), name="tasks-write"),
@@ -124,6 +127,8 @@ class TaskQueue:
         self._loops = []
 
     def wake(self) -> None:
+        """New work was queued: look at the table now rather than at the next tick."""
+        self._new_work = True
         self._wake.set()
 
     # -- single tasks
@@ -186,27 +191,37 @@ class TaskQueue:
         elif self.capacity.interactive(target) > 0:
             limit = max(1, int(slots * self.settings.batch_share))
         else:
-            limit = slots
+            # A few more than the engines run at once wait inside them, so a finished request's slot is
+            # taken at the engine's next step rather than after a round trip through this loop.
+            limit = slots + slots // HEADROOM
         return min(limit, self.settings.max_in_flight) - self.per_target.get(target, 0)
 
     async def _schedule_loop(self) -> None:
-        last_recover = 0.0
+        last_tick = 0.0
+        ready: set[str] = set()  # targets with tasks ready to run, as of the last look at the table
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
             self._wake.clear()
             try:
                 now = time.monotonic()
-                if now - last_recover >= TICK_S:
-                    last_recover = now
-                    if recovered := await self.store.recover():
-                        log.warning("tasks.leases_expired", tasks=recovered)
-                    if self.on_tick is not None:
-                        await self.on_tick()
-                for target in await self.store.waiting(time.time()):
+                if now - last_tick >= TICK_S or self._new_work:
+                    self._new_work = False
+                    if now - last_tick >= TICK_S:
+                        last_tick = now
+                        if recovered := await self.store.recover():
+                            log.warning("tasks.leases_expired", tasks=recovered)
+                        if self.on_tick is not None:
+                            await self.on_tick()
+                    ready = set(await self.store.waiting(time.time()))
+                # A run that ends only frees room: claim for the targets known to have work, without a new look.
+                for target in list(ready):
                     if (n := self.room(target)) > 0:
-                        for claimed in await self.store.claim(target, n, self.owner, self.settings.lease_s):
-                            self._start(claimed)
+                        claimed = await self.store.claim(target, n, self.owner, self.settings.lease_s)
+                        for one in claimed:
+                            self._start(one)
+                        if len(claimed) < n:
+                            ready.discard(target)  # nothing more ready there (retries come back on a tick)
             except Exception:
                 log.exception("tasks.schedule_failed")
                 await asyncio.sleep(TICK_S)

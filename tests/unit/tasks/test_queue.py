@@ -85,18 +85,18 @@ async def test_highest_priority_first_and_first_in_first_out_within_one(env: Env
 
 
 async def test_room_per_model_is_its_slots_and_the_batch_share_while_interactive_requests_wait(env: Env) -> None:
-    env.capacity.slots_by_model["m"] = 4
-    for i in range(12):
+    env.capacity.slots_by_model["m"] = 8
+    for i in range(20):
         await submit(env, f"t{i}", block=True)
     await env.queue.start()
-    await until(lambda: env.work.in_flight == 4)
+    await until(lambda: env.work.in_flight == 10)
     await asyncio.sleep(0.3)
-    assert env.work.in_flight == 4  # all the slots of an idle model, no more
+    assert env.work.in_flight == 10  # all the slots of an idle model and a quarter more waiting, no more
     env.capacity.interactive_by_model["m"] = 1
-    assert env.queue.room("m") == 2 - 4  # batch_share 0.5 of 4 slots, 4 running: none more until two end
+    assert env.queue.room("m") == 4 - 10  # batch_share 0.5 of 8 slots: none more until six end
     env.capacity.slots_by_model["m"] = None  # not serving (loading on demand): one at a time asks for it
     env.capacity.interactive_by_model["m"] = 0
-    assert env.queue.room("m") == 1 - 4
+    assert env.queue.room("m") == 1 - 10
 
 
 async def test_a_server_error_is_retried_with_attempts_counted_and_a_bad_request_is_not(env: Env) -> None:

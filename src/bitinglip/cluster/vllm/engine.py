@@ -139,13 +139,16 @@ class VllmEngine:
     def token_bytes(self, token_id: int) -> bytes:
         return token_bytes(self._tokenizer, token_id)
 
-    def sampling_params(self, params: Mapping[str, Any]) -> object:
+    def sampling_params(self, params: Mapping[str, Any], *, whole: bool = False) -> object:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
 
         try:
-            return SamplingParams(output_kind=RequestOutputKind.DELTA, **params)
+            # A whole answer is built from the finished output alone, as vLLM's offline LLM.generate does: no
+            # per-token output objects to make, queue and iterate.
+            kind = RequestOutputKind.FINAL_ONLY if whole else RequestOutputKind.DELTA
+            return SamplingParams(output_kind=kind, **params)
         except VLLMValidationError as exc:
             raise InvalidInput(str(exc).split(" (parameter=")[0], param=exc.parameter) from exc
         except (ValueError, TypeError) as exc:

@@ -49,7 +49,7 @@ class ChatServing(Serving):
             model=req.model or "",
             engine=engine,
             prompts=[(ids, text)],
-            params=engine.sampling_params(args),
+            params=engine.sampling_params(args, whole=not req.stream),
             n=req.n,
             stream=req.stream,
             include_usage=req.include_usage,

@@ -42,7 +42,7 @@ class CompletionServing(Serving):
             model=req.model or "",
             engine=engine,
             prompts=prompts,
-            params=engine.sampling_params(args),
+            params=engine.sampling_params(args, whole=not req.stream),
             n=req.n,
             stream=req.stream,
             include_usage=req.include_usage,
