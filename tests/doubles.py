@@ -146,7 +146,9 @@ class ScriptedEngine:
                     yield FakeRequestOutput(request_id, outs, last)
                     continue
                 for i, out in enumerate(outs):
-                    before = gathered[i] if step else FakeCompletionOutput(i, "", [], [] if out.logprobs else None, None)
+                    before = (
+                        gathered[i] if step else FakeCompletionOutput(i, "", [], [] if out.logprobs else None, None)
+                    )
                     gathered[i] = FakeCompletionOutput(
                         i,
                         before.text + out.text,
