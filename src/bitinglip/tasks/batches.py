@@ -85,6 +85,12 @@ class BatchService:
             raise InvalidInput(
                 "metadata takes at most 16 pairs, keys up to 64 and values up to 512 characters", param="metadata"
             )
+        expiry = body.output_expires_after
+        if expiry is not None and not 3600 <= expiry.seconds <= 30 * 86400:
+            raise InvalidInput(
+                "output_expires_after.seconds must be between 3600 (1 hour) and 2592000 (30 days)",
+                param="output_expires_after.seconds",
+            )
         source = await self.files.get(body.input_file_id, owner)
         if source.purpose != "batch":
             raise InvalidInput(
@@ -105,6 +111,7 @@ class BatchService:
                     status="validating",
                     priority=body.priority,
                     metadata=msgspec.json.encode(body.metadata).decode() if body.metadata is not None else None,
+                    output_expires_s=expiry.seconds if expiry is not None else None,
                     created_at=now,
                     expires_at=now + window,
                 )
@@ -286,10 +293,14 @@ class BatchService:
             async with self.db.engine.begin() as conn:
                 values: dict[str, Any] = {"status": final, f"{final}_at": now, "usage": usage}
                 if output:
-                    out = await self.files.write(output, f"{batch_id}_output.jsonl", "batch_output", row.owner, conn)
+                    out = await self.files.write(
+                        output, f"{batch_id}_output.jsonl", "batch_output", row.owner, conn, row.output_expires_s
+                    )
                     values["output_file_id"] = out.id
                 if errors:
-                    err = await self.files.write(errors, f"{batch_id}_error.jsonl", "batch_output", row.owner, conn)
+                    err = await self.files.write(
+                        errors, f"{batch_id}_error.jsonl", "batch_output", row.owner, conn, row.output_expires_s
+                    )
                     values["error_file_id"] = err.id
                 await conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
             log.info(f"batch.{final}", batch=batch_id, lines=len(lines), output=len(output), errors=len(errors))

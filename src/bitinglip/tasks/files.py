@@ -48,8 +48,8 @@ class FileStore:
     def path(self, file_id: str) -> Path:
         return self.dir / file_id
 
-    def _expires(self, now: float) -> float:
-        return now + self.settings.retention_days * 86400
+    def _expires(self, now: float, lifetime_s: float | None = None) -> float:
+        return now + (lifetime_s if lifetime_s is not None else self.settings.retention_days * 86400)
 
     async def upload(self, source: IO[bytes], filename: str, purpose: str, owner: str = "") -> FileObject:
         if purpose not in UPLOAD_PURPOSES:
@@ -79,11 +79,14 @@ class FileStore:
         partial.rename(self.path(file_id))
         return size
 
-    async def write(self, lines: Iterable[bytes], filename: str, purpose: str, owner: str, conn: Any) -> FileObject:
+    async def write(
+        self, lines: Iterable[bytes], filename: str, purpose: str, owner: str, conn: Any, lifetime_s: float | None
+    ) -> FileObject:
         """A file we produce (a batch's output or errors), its row added in the caller's transaction."""
         file_id = new_id("file-")
         size = await asyncio.to_thread(self._write_lines, lines, file_id)
         now = time.time()
+        expires = self._expires(now, lifetime_s)
         await conn.execute(
             files.insert().values(
                 id=file_id,
@@ -92,14 +95,14 @@ class FileStore:
                 filename=filename,
                 bytes=size,
                 created_at=now,
-                expires_at=self._expires(now),
+                expires_at=expires,
             )
         )
         return FileObject(
             id=file_id,
             bytes=size,
             created_at=int(now),
-            expires_at=int(self._expires(now)),
+            expires_at=int(expires),
             filename=filename,
             purpose=purpose,
         )

@@ -40,11 +40,19 @@ class FileDeleted(msgspec.Struct, kw_only=True):
     deleted: bool = True
 
 
+class ExpiresAfter(msgspec.Struct, kw_only=True):
+    anchor: Literal["created_at"]
+    seconds: int
+
+
 class BatchCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input_file_id: str
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
+    # When the output and error files expire (OpenAI: 1 hour to 30 days after they are made); default: the
+    # retention of every file, tasks.retention_days.
+    output_expires_after: ExpiresAfter | None = None
     # BitingLip's: higher runs first (also against single tasks on the same model). OpenAI has no such field.
     priority: int = 0
 

@@ -17,6 +17,7 @@ from task_support import Env, until
 from bitinglip.core import Conflict, InvalidInput, NotFound
 from bitinglip.tasks import Batch, BatchCreate
 from bitinglip.tasks.tables import batches, files, tasks
+from bitinglip.tasks.wire import ExpiresAfter
 
 URL = "/v1/chat/completions"
 
@@ -53,7 +54,8 @@ def content(env: Env, file_id: str | None) -> list[dict[str, Any]]:
 async def test_a_batch_runs_every_line_once_and_writes_openai_output_and_error_files(env: Env) -> None:
     await env.queue.start()
     lines = [line(f"r{i}") for i in range(30)] + [line("bad", bad=True)]
-    batch = await create(env, lines, metadata={"job": "nightly"})
+    expiry = ExpiresAfter(anchor="created_at", seconds=7200)
+    batch = await create(env, lines, metadata={"job": "nightly"}, output_expires_after=expiry)
     assert batch.status == "in_progress" and batch.request_counts.total == 31
     done = await ended(env, batch.id)
     assert done.status == "completed" and done.metadata == {"job": "nightly"}
@@ -71,6 +73,7 @@ async def test_a_batch_runs_every_line_once_and_writes_openai_output_and_error_f
     assert errors[0]["response"]["body"]["error"]["param"] == "temperature"
     out_file = await env.files.get(done.output_file_id or "")
     assert out_file.purpose == "batch_output" and out_file.bytes == env.files.path(out_file.id).stat().st_size
+    assert out_file.expires_at is not None and abs(out_file.expires_at - out_file.created_at - 7200) <= 1
 
 
 @pytest.mark.parametrize(
