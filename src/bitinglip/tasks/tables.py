@@ -72,10 +72,8 @@ batches = sa.Table(
     sa.Column("output_file_id", sa.String(40)),
     sa.Column("error_file_id", sa.String(40)),
     sa.Column("total", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("metadata", sa.Text),
-    sa.Column(
-        "output_expires_s", sa.Float
-    ),  # the output and error files' lifetime, when the batch set one  # JSON object, up to 16 string pairs
+    sa.Column("metadata", sa.Text),  # JSON object, up to 16 string pairs
+    sa.Column("output_expires_s", sa.Float),  # the output and error files' lifetime, when the batch set one
     sa.Column("usage", sa.Text),  # JSON: tokens of the lines that succeeded, summed when it ends
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
