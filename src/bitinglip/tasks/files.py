@@ -10,7 +10,7 @@ import asyncio
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -69,73 +69,43 @@ class FileStore:
         return await self._add(file_id, filename, purpose, size, owner)
 
     def _copy(self, source: IO[bytes], file_id: str) -> int:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        partial = self.dir / f".{file_id}.part"
-        with partial.open("wb") as out:
-            shutil.copyfileobj(source, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        partial.rename(self.path(file_id))
-        return size
+        return self._store(file_id, lambda out: shutil.copyfileobj(source, out, CHUNK))
 
     async def write(
         self, lines: Iterable[bytes], filename: str, purpose: str, owner: str, conn: Any, lifetime_s: float | None
     ) -> FileObject:
         """A file we produce (a batch's output or errors), its row added in the caller's transaction."""
         file_id = new_id("file-")
-        size = await asyncio.to_thread(self._write_lines, lines, file_id)
-        now = time.time()
-        expires = self._expires(now, lifetime_s)
-        await conn.execute(
-            files.insert().values(
-                id=file_id,
-                owner=owner,
-                purpose=purpose,
-                filename=filename,
-                bytes=size,
-                created_at=now,
-                expires_at=expires,
-            )
-        )
-        return FileObject(
-            id=file_id,
-            bytes=size,
-            created_at=int(now),
-            expires_at=int(expires),
-            filename=filename,
-            purpose=purpose,
-        )
+        size = await asyncio.to_thread(self._store, file_id, lambda out: out.writelines(x + b"\n" for x in lines))
+        return await self._insert(conn, file_id, filename, purpose, size, owner, lifetime_s)
 
-    def _write_lines(self, lines: Iterable[bytes], file_id: str) -> int:
+    def _store(self, file_id: str, fill: Callable[[IO[bytes]], object]) -> int:
+        """Write a file under a temporary name, to disk (fsync), then rename it into place; returns its size."""
         self.dir.mkdir(parents=True, exist_ok=True)
         partial = self.dir / f".{file_id}.part"
         with partial.open("wb") as out:
-            for line in lines:
-                out.write(line)
-                out.write(b"\n")
+            fill(out)
             out.flush()
             os.fsync(out.fileno())
             size = out.tell()
         partial.rename(self.path(file_id))
         return size
 
-    async def _add(self, file_id: str, filename: str, purpose: str, size: int, owner: str) -> FileObject:
+    async def _insert(
+        self, conn: Any, file_id: str, filename: str, purpose: str, size: int, owner: str, lifetime_s: float | None
+    ) -> FileObject:
         now = time.time()
-        async with self.db.engine.begin() as conn:
-            await conn.execute(
-                files.insert().values(
-                    id=file_id,
-                    owner=owner,
-                    purpose=purpose,
-                    filename=filename,
-                    bytes=size,
-                    created_at=now,
-                    expires_at=self._expires(now),
-                )
-            )
+        expires = self._expires(now, lifetime_s)
+        values = {"id": file_id, "owner": owner, "purpose": purpose, "filename": filename, "bytes": size}
+        await conn.execute(files.insert().values(**values, created_at=now, expires_at=expires))
         log.info("file.created", file=file_id, purpose=purpose, bytes=size)
-        return await self.get(file_id, owner)
+        return FileObject(
+            id=file_id, bytes=size, created_at=int(now), expires_at=int(expires), filename=filename, purpose=purpose
+        )
+
+    async def _add(self, file_id: str, filename: str, purpose: str, size: int, owner: str) -> FileObject:
+        async with self.db.engine.begin() as conn:
+            return await self._insert(conn, file_id, filename, purpose, size, owner, None)
 
     async def get(self, file_id: str, owner: str = "") -> FileObject:
         async with self.db.engine.connect() as conn:
