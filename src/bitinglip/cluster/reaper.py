@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import uuid
 from pathlib import Path
 
 import psutil
@@ -51,7 +52,8 @@ class EngineRecords:
         ]
         me = {"pid": os.getpid(), "started": _started(os.getpid()), "engines": engines}
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.file.with_suffix(".partial")
+        # A name of its own per write: two writes at once (two engines changing together) must not share one.
+        partial = self.file.with_suffix(f".{uuid.uuid4().hex[:8]}.partial")
         partial.write_text(json.dumps(me))
         os.replace(partial, self.file)
 
