@@ -14,6 +14,7 @@ from bitinglip.core.errors import (
     SettingsError,
     Unauthorized,
     Unavailable,
+    validation_path,
 )
 from bitinglip.core.http import (
     EVENT_STREAM,
@@ -72,4 +73,5 @@ __all__ = [
     "metadata",
     "migration",
     "parse_duration",
+    "validation_path",
 ]

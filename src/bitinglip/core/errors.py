@@ -6,6 +6,8 @@ gateway and the admin API can render it without knowing where it came from.
 
 from __future__ import annotations
 
+import re
+
 
 class BitingLipError(Exception):
     """Base of every error the project raises on purpose."""
@@ -70,3 +72,11 @@ class SettingsError(BitingLipError):
     """A setting has a wrong type, an unknown key or a bad value; raised before anything starts."""
 
     code = "bad_setting"
+
+
+def validation_path(message: str) -> tuple[str, str]:
+    """Split msgspec's "Expected `int`, got `str` - at `$.messages[0].role`" into ("messages.0.role", "Expected
+    `int`, got `str`"); the path is "" when the message names none."""
+    match = re.match(r"(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", message, re.DOTALL)
+    assert match is not None  # the pattern matches any text
+    return re.sub(r"\[(\d+)\]", r".\1", (match["path"] or "").lstrip(".")), match["msg"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import msgspec
 from dynaconf import Dynaconf
 
-from bitinglip.core.errors import SettingsError
+from bitinglip.core.errors import SettingsError, validation_path
 
 ENV_PREFIX = "BITINGLIP"
 DEFAULTS_LAYER = "defaults"
@@ -262,10 +262,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _key_from_error(message: str) -> tuple[str, str]:
     """Turn msgspec's "... - at `$.server.port`" into ("server.port", "...")."""
-    match = re.match(r"(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", message)
-    assert match is not None
-    text, path = match["msg"], (match["path"] or "").lstrip(".")
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path, text = validation_path(message)
     unknown = re.match(r"Object contains unknown field `([^`]+)`", text)
     if unknown:
         path = f"{path}.{unknown[1]}" if path else unknown[1]

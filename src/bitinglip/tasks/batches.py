@@ -25,7 +25,7 @@ from bitinglip.core import Conflict, Database, InvalidInput, NotFound, TasksSett
 from bitinglip.tasks.batch_input import Line, read_lines
 from bitinglip.tasks.files import FileStore
 from bitinglip.tasks.queue import TaskQueue
-from bitinglip.tasks.store import TaskStore, new_id
+from bitinglip.tasks.store import TaskStore, new_id, page
 from bitinglip.tasks.tables import batches, tasks
 from bitinglip.tasks.wire import (
     ACTIVE_BATCH,
@@ -126,25 +126,19 @@ class BatchService:
             ).first()
         if row is None:
             raise NotFound(f"No such Batch object: {batch_id}", param="batch_id", code="batch_not_found")
-        return await self._to_batch(row)
+        return _to_batch(row, await self.store.counts(row.id))
 
     async def list_batches(self, owner: str = "", *, after: str | None = None, limit: int = 20) -> BatchList:
         if not 1 <= limit <= 100:
             raise InvalidInput("limit must be between 1 and 100", param="limit")
         query = sa.select(batches).where(batches.c.owner == owner)
+        missing = NotFound(f"No such Batch object: {after}", param="after", code="batch_not_found")
         async with self.db.engine.connect() as conn:
-            if after:
-                seq = (await conn.execute(sa.select(batches.c.seq).where(batches.c.id == after))).scalar()
-                if seq is None:
-                    raise NotFound(f"No such Batch object: {after}", param="after", code="batch_not_found")
-                query = query.where(batches.c.seq < seq)
-            rows = (await conn.execute(query.order_by(batches.c.seq.desc()).limit(limit + 1))).all()
-        data = [await self._to_batch(r) for r in rows[:limit]]
+            rows, more = await page(conn, batches, query, after, limit, missing)
+        counts = await self.store.counts_of([r.id for r in rows])
+        data = [_to_batch(r, counts.get(r.id, {})) for r in rows]
         return BatchList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(rows) > limit,
+            data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
         )
 
     async def cancel(self, batch_id: str, owner: str = "") -> Batch:
@@ -233,9 +227,9 @@ class BatchService:
 
     async def lines_ended(self, batch_ids: set[str]) -> None:
         """Called after results are written: a batch with no line left to run is finalized."""
+        counts = await self.store.counts_of(list(batch_ids))
         for batch_id in batch_ids:
-            counts = await self.store.counts(batch_id)
-            if not counts.get("queued") and not counts.get("running"):
+            if not counts.get(batch_id, {}).keys() & {"queued", "running"}:
                 await self._finalize(batch_id)
 
     async def tick(self) -> None:
@@ -243,6 +237,7 @@ class BatchService:
         now = time.time()
         async with self.db.engine.connect() as conn:
             active = (await conn.execute(sa.select(batches).where(batches.c.status.in_(ACTIVE_BATCH)))).all()
+        running: set[str] = set()
         for row in active:
             if row.id in self._busy:
                 continue
@@ -257,7 +252,9 @@ class BatchService:
                     await self._end_lines(row.id, row.owner, "cancelled")
                 await self._finalize(row.id)
             elif row.status == "in_progress":
-                await self.lines_ended({row.id})
+                running.add(row.id)
+        if running:  # one whose lines all ended before a stop, its finalizing not done
+            await self.lines_ended(running)
         if now - self._swept >= SWEEP_EVERY_S:
             self._swept = now
             await self.sweep()
@@ -330,33 +327,33 @@ class BatchService:
         async with self.db.engine.begin() as conn:
             await conn.execute(batches.update().where(batches.c.id == batch_id).values(status=status, **values))
 
-    async def _to_batch(self, row: Any) -> Batch:
-        counts = await self.store.counts(row.id) if row.total else {}
-        errors = msgspec.json.decode(row.errors, type=list[BatchError]) if row.errors else None
-        return Batch(
-            id=row.id,
-            endpoint=row.endpoint,
-            errors=BatchErrors(data=errors) if errors else None,
-            input_file_id=row.input_file_id,
-            completion_window=row.completion_window,
-            status=row.status,
-            output_file_id=row.output_file_id,
-            error_file_id=row.error_file_id,
-            created_at=int(row.created_at),
-            in_progress_at=_ts(row.in_progress_at),
-            expires_at=_ts(row.expires_at),
-            finalizing_at=_ts(row.finalizing_at),
-            completed_at=_ts(row.completed_at),
-            failed_at=_ts(row.failed_at),
-            expired_at=_ts(row.expired_at),
-            cancelling_at=_ts(row.cancelling_at),
-            cancelled_at=_ts(row.cancelled_at),
-            request_counts=RequestCounts(
-                total=row.total, completed=counts.get("succeeded", 0), failed=counts.get("failed", 0)
-            ),
-            metadata=msgspec.json.decode(row.metadata) if row.metadata else None,
-            usage=msgspec.json.decode(row.usage, type=BatchUsage) if row.usage else None,
-        )
+
+def _to_batch(row: Any, counts: dict[str, int]) -> Batch:
+    errors = msgspec.json.decode(row.errors, type=list[BatchError]) if row.errors else None
+    return Batch(
+        id=row.id,
+        endpoint=row.endpoint,
+        errors=BatchErrors(data=errors) if errors else None,
+        input_file_id=row.input_file_id,
+        completion_window=row.completion_window,
+        status=row.status,
+        output_file_id=row.output_file_id,
+        error_file_id=row.error_file_id,
+        created_at=int(row.created_at),
+        in_progress_at=_ts(row.in_progress_at),
+        expires_at=_ts(row.expires_at),
+        finalizing_at=_ts(row.finalizing_at),
+        completed_at=_ts(row.completed_at),
+        failed_at=_ts(row.failed_at),
+        expired_at=_ts(row.expired_at),
+        cancelling_at=_ts(row.cancelling_at),
+        cancelled_at=_ts(row.cancelled_at),
+        request_counts=RequestCounts(
+            total=row.total, completed=counts.get("succeeded", 0), failed=counts.get("failed", 0)
+        ),
+        metadata=msgspec.json.decode(row.metadata) if row.metadata else None,
+        usage=msgspec.json.decode(row.usage, type=BatchUsage) if row.usage else None,
+    )
 
 
 def _output_lines(rows: Sequence[Any]) -> tuple[list[bytes], list[bytes], str]:

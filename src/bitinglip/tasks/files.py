@@ -17,7 +17,7 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from bitinglip.core import Database, InvalidInput, NotFound, TasksSettings, get_logger
-from bitinglip.tasks.store import new_id
+from bitinglip.tasks.store import new_id, page
 from bitinglip.tasks.tables import files
 from bitinglip.tasks.wire import FileList, FileObject
 
@@ -130,20 +130,12 @@ class FileStore:
         query = sa.select(files).where(files.c.owner == owner)
         if purpose:
             query = query.where(files.c.purpose == purpose)
+        missing = NotFound(f"No such File object: {after}", param="after", code="file_not_found")
         async with self.db.engine.connect() as conn:
-            if after:
-                seq = (await conn.execute(sa.select(files.c.seq).where(files.c.id == after))).scalar()
-                if seq is None:
-                    raise NotFound(f"No such File object: {after}", param="after", code="file_not_found")
-                query = query.where(files.c.seq < seq if order == "desc" else files.c.seq > seq)
-            ordered = query.order_by(files.c.seq.desc() if order == "desc" else files.c.seq)
-            rows = (await conn.execute(ordered.limit(limit + 1))).all()
-        data = [to_file(r) for r in rows[:limit]]
+            rows, more = await page(conn, files, query, after, limit, missing, descending=order == "desc")
+        data = [to_file(r) for r in rows]
         return FileList(
-            data=data,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
-            has_more=len(rows) > limit,
+            data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None, has_more=more
         )
 
     async def delete(self, file_id: str, owner: str = "") -> None:

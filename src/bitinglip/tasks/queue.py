@@ -113,16 +113,14 @@ class TaskQueue:
     async def stop(self) -> None:
         """Stop scheduling; runs under way are put back in line (their attempt not counted) for the next start."""
         self._stopping = True
-        for loop in self._loops[:1] + self._loops[2:]:
+        # Every loop stops first (the writer too: the last flush below is this method's), then the runs, whose
+        # refunds that flush writes.
+        for loop in self._loops:
             loop.cancel()
         runs = list(self.running.values())
         for run in runs:
             run.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
-        self._wake.set()
-        if len(self._loops) > 1:
-            self._loops[1].cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *runs, return_exceptions=True)
         await self.flush()  # what the runs reported, and the refunds
         self._loops = []
 

@@ -77,6 +77,28 @@ class Outcome(msgspec.Struct, kw_only=True):
     refund: bool = False  # put back without counting the attempt (this process is stopping)
 
 
+async def page(
+    conn: Any,
+    table: sa.Table,
+    query: sa.Select[Any],
+    after: str | None,
+    limit: int,
+    missing: NotFound,
+    *,
+    descending: bool = True,
+) -> tuple[Sequence[Any], bool]:
+    """One page of ``query`` in order of arrival (a table's `seq`), past the row whose id is ``after``
+    (``missing`` when there is none), and whether more rows follow: the cursor paging every list here uses."""
+    if after:
+        seq = (await conn.execute(sa.select(table.c.seq).where(table.c.id == after))).scalar()
+        if seq is None:
+            raise missing
+        query = query.where(table.c.seq < seq if descending else table.c.seq > seq)
+    ordered = query.order_by(table.c.seq.desc() if descending else table.c.seq)
+    rows = (await conn.execute(ordered.limit(limit + 1))).all()
+    return rows[:limit], len(rows) > limit
+
+
 def to_task(row: Any, *, full: bool = False) -> Task:
     m = row._mapping
     error = msgspec.json.decode(m["error"], type=TaskError) if m["error"] else None
@@ -143,14 +165,10 @@ class TaskStore:
             query = query.where(tasks.c.state == state)
         if batch_id:
             query = query.where(tasks.c.batch_id == batch_id)
+        missing = NotFound(f"no task {after} to page after", param="after", code="task_not_found")
         async with self.db.engine.connect() as conn:
-            if after:
-                seq = (await conn.execute(sa.select(tasks.c.seq).where(tasks.c.id == after))).scalar()
-                if seq is None:
-                    raise NotFound(f"no task {after} to page after", param="after", code="task_not_found")
-                query = query.where(tasks.c.seq < seq)
-            rows = (await conn.execute(query.order_by(tasks.c.seq.desc()).limit(limit + 1))).all()
-        return [to_task(r) for r in rows[:limit]], len(rows) > limit
+            rows, more = await page(conn, tasks, query, after, limit, missing)
+        return [to_task(r) for r in rows], more
 
     async def waiting(self, now: float) -> dict[str, int]:
         """Targets with tasks ready to run, and how many."""
@@ -285,9 +303,20 @@ class TaskStore:
         return await self.get(task_id, owner)
 
     async def counts(self, batch_id: str) -> dict[str, int]:
-        query = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.batch_id == batch_id).group_by(tasks.c.state)
+        return (await self.counts_of([batch_id])).get(batch_id, {})
+
+    async def counts_of(self, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Lines per state, per batch: one query for a whole page of batches."""
+        query = (
+            sa.select(tasks.c.batch_id, tasks.c.state, sa.func.count())
+            .where(tasks.c.batch_id.in_(batch_ids))
+            .group_by(tasks.c.batch_id, tasks.c.state)
+        )
+        found: dict[str, dict[str, int]] = {}
         async with self.db.engine.connect() as conn:
-            return {state: n for state, n in (await conn.execute(query)).all()}
+            for batch_id, state, n in (await conn.execute(query)).all():
+                found.setdefault(batch_id, {})[state] = n
+        return found
 
     async def delete_finished(self, before: float) -> int:
         query = tasks.delete().where(

@@ -7,14 +7,13 @@ holds a background lease, which the cluster counts apart so the queue can yield 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
 from bitinglip.cluster import EngineClient, Lease
-from bitinglip.core import InvalidInput
+from bitinglip.core import InvalidInput, validation_path
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.base import Prepared, Serving
 from bitinglip.gateway.serving.chat import ChatServing
@@ -36,10 +35,9 @@ def decode(payload: dict[str, Any], kind: type[R]) -> R:
     try:
         request = msgspec.convert(payload, kind)
     except msgspec.ValidationError as exc:
-        match = re.match(r"(?P<msg>.*?)(?: - at `\$\.?(?P<at>[^`]*)`)?$", str(exc))
-        message, at = (match["msg"], match["at"]) if match else (str(exc), None)
-        param = re.sub(r"\[(\d+)\]", r".\1", at) if at else None
-        raise InvalidInput(f"invalid request: {message}" + (f" - at `{param}`" if param else ""), param=param) from exc
+        param, message = validation_path(str(exc))
+        text = f"invalid request: {message}" + (f" - at `{param}`" if param else "")
+        raise InvalidInput(text, param=param or None) from exc
     if request.stream:
         raise InvalidInput(
             "`stream` is not available for background requests; the result is kept whole", param="stream"
