@@ -172,6 +172,13 @@ class _Lease:
     def __init__(self, engine: ScriptedEngine, released: list[str]) -> None:
         self.engine = engine
         self._released = released
+        self.queued = 0  # prompt tokens said to wait for the engine, until started()
+
+    def queue_prompt(self, tokens: int) -> None:
+        self.queued = tokens
+
+    def started(self) -> None:
+        self.queued = 0
 
     def release(self) -> None:
         self._released.append(self.engine.served_name)

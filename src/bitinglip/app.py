@@ -16,7 +16,20 @@ from litestar import Litestar
 
 from bitinglip.cluster import Cluster, ClusterPlugin, supported_architectures
 from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
-from bitinglip.gateway import GatewayPlugin, OpenAIServing
+from bitinglip.gateway import (
+    Accounting,
+    Authenticator,
+    GatewayPlugin,
+    KeyStore,
+    MemoryLimitStore,
+    Metrics,
+    OpenAIServing,
+    UsageRecorder,
+    auth_enabled,
+    deployment_families,
+    pull_families,
+    task_families,
+)
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
 from bitinglip.tasks import BatchService, FileStore, TaskQueue, TasksPlugin, TaskStore
 
@@ -38,6 +51,10 @@ class Components:
             endpoint=settings.models.hub_endpoint, token=settings.models.hub_token, offline=settings.models.offline
         )
         self.models = ModelService(self.registry, self.hub, supported_architectures(models_dir / ".cache"))
+        self.keys = KeyStore(self.db)
+        self.usage = UsageRecorder(self.db, settings.gateway.usage_flush_s)
+        self.metrics = Metrics()
+        self.accounting = Accounting(MemoryLimitStore(), self.usage, self.metrics, settings.gateway)
 
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
     @functools.cached_property
@@ -46,7 +63,13 @@ class Components:
 
     @functools.cached_property
     def openai(self) -> OpenAIServing:
-        return OpenAIServing(self.cluster, self.settings.gateway)
+        return OpenAIServing(self.cluster)
+
+    def authenticator(self) -> Authenticator | None:
+        """The key check when auth is on (None when off); SettingsError for a public address without it."""
+        if not auth_enabled(self.settings.server, self.settings.gateway):
+            return None
+        return Authenticator(self.keys, self.settings.gateway)
 
     @functools.cached_property
     def queue(self) -> TaskQueue:
@@ -57,7 +80,27 @@ class Components:
 
     @functools.cached_property
     def batches(self) -> BatchService:
-        return BatchService(self.db, self.settings.tasks, self.queue, FileStore(self.db, self.settings.tasks))
+        service = BatchService(self.db, self.settings.tasks, self.queue, FileStore(self.db, self.settings.tasks))
+        service.models_of = self._models_of
+        return service
+
+    async def _models_of(self, owner: str) -> list[str] | None:
+        key = await self.keys.get(owner) if owner else None
+        return key.models if key is not None else None
+
+    def _metric_sources(self) -> None:
+        """What /metrics reads when scraped: the deployments, the task queue, pulls under way."""
+
+        async def deployments() -> Any:
+            return deployment_families(self.cluster.status())
+
+        async def tasks() -> Any:
+            return task_families(await self.queue.depth())
+
+        async def pulls() -> Any:
+            return pull_families(p.status() for p in self.models.pulls.recent() if p.finished_at is None)
+
+        self.metrics.sources = [deployments, tasks, pulls]
 
     @asynccontextmanager
     async def running(self, *, serve: bool) -> AsyncIterator[Components]:
@@ -73,6 +116,9 @@ class Components:
             await self.models.start(resume_pulls=serve)
             stack.push_async_callback(self._stopped, "models", self.models.stop)
             if serve:
+                self._metric_sources()
+                await self.usage.start()
+                stack.push_async_callback(self._stopped, "usage", self.usage.stop)  # the last counts written
                 await self.cluster.start()
                 stack.push_async_callback(self._stopped, "cluster", self.cluster.stop)
                 await self.queue.start()
@@ -117,6 +163,7 @@ class _Capacity:
 def create_app(loaded: LoadedSettings | None = None) -> Litestar:
     loaded = loaded or load_settings()
     components = Components(loaded)
+    auth = components.authenticator()
     components.cluster.check()
 
     @asynccontextmanager
@@ -126,10 +173,10 @@ def create_app(loaded: LoadedSettings | None = None) -> Litestar:
 
     return Litestar(
         plugins=[
-            CorePlugin(access_log=loaded.settings.server.access_log),
+            CorePlugin(access_log=loaded.settings.server.access_log, observers=[components.metrics.observe_http]),
             ModelsPlugin(components.models),
             ClusterPlugin(components.cluster),
-            GatewayPlugin(components.openai),
+            GatewayPlugin(components.openai, components.accounting, components.keys, auth),
             TasksPlugin(components.batches),
         ],
         lifespan=[lifespan],

@@ -49,6 +49,7 @@ class Replica:
         self.restarts = 0
         self.last_restart: str | None = None  # why it was last restarted
         self.in_flight = 0
+        self.queued_tokens = 0  # prompt tokens of its requests that have not had their first engine step
         self.held_bytes: int | None = None  # measured memory of its processes
 
     @property
@@ -57,13 +58,14 @@ class Replica:
 
 
 class _Lease:
-    __slots__ = ("_background", "_deployment", "_released", "_replica")
+    __slots__ = ("_background", "_deployment", "_queued", "_released", "_replica")
 
     def __init__(self, deployment: Deployment, replica: Replica, background: bool) -> None:
         self._deployment = deployment
         self._replica = replica
         self._released = False
         self._background = background
+        self._queued = 0
         replica.in_flight += 1
         deployment.requests += 1
         deployment.background += background
@@ -75,9 +77,20 @@ class _Lease:
             raise Unavailable(f"model {self._deployment.name} was stopped", retry_after=5)
         return engine
 
+    def queue_prompt(self, tokens: int) -> None:
+        """The request's prompt tokens wait for the engine until `started()` (or release)."""
+        self._replica.queued_tokens += tokens - self._queued
+        self._queued = tokens
+
+    def started(self) -> None:
+        """The engine made the request's first step: its prompt no longer waits."""
+        self._replica.queued_tokens -= self._queued
+        self._queued = 0
+
     def release(self) -> None:
         if not self._released:
             self._released = True
+            self.started()
             self._replica.in_flight -= 1
             self._deployment.background -= self._background
             self._deployment.last_used = time.time()
@@ -162,13 +175,16 @@ class Deployment:
     def evictable(self) -> bool:
         return self.state in ("ready", "sleeping") and self.in_flight == 0 and self.keep_alive_s is not None
 
-    def limits(self) -> tuple[int, int]:
-        """(running at once, queued past that) per replica: the deployment's own, else from max_num_seqs."""
+    def limits(self) -> tuple[int, int, int]:
+        """(running at once, queued past that, prompt tokens waiting) per replica: the deployment's own, else
+        derived from the engine's max_num_seqs and max_model_len."""
         engine = next((r.engine for r in self.replicas if r.engine is not None), None)
         seqs = engine.max_num_seqs if engine is not None and engine.max_num_seqs else 256
+        context = engine.max_model_len if engine is not None and engine.max_model_len else 2048
         concurrency = self.spec.max_concurrency or seqs
         queue = self.spec.max_queue if self.spec.max_queue is not None else concurrency
-        return concurrency, queue
+        tokens = self.spec.max_queue_tokens or context * max(2, seqs // 8)
+        return concurrency, queue, tokens
 
     # -- requests
 
@@ -182,11 +198,18 @@ class Deployment:
         if self.state != "ready" or not serving:
             raise self.unavailable()
         replica = min(serving, key=lambda r: r.in_flight)
-        concurrency, queue = self.limits()
+        concurrency, queue, tokens = self.limits()
+        # Decided on counts alone, before the prompt is tokenized: a refusal costs next to nothing.
         if replica.in_flight >= concurrency + queue:
             raise Unavailable(
                 f"model {self.name} is at its limit of {concurrency} running and {queue} queued requests per engine; "
                 "retry shortly",
+                retry_after=1,
+                code="overloaded",
+            )
+        if replica.queued_tokens >= tokens:
+            raise Unavailable(
+                f"model {self.name} is at its limit of {tokens} prompt tokens waiting per engine; retry shortly",
                 retry_after=1,
                 code="overloaded",
             )

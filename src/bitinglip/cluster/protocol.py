@@ -133,6 +133,12 @@ class Lease(Protocol):
 
     @property
     def engine(self) -> EngineClient: ...
+    def queue_prompt(self, tokens: int) -> None:
+        """Count the request's prompt tokens as waiting for the engine (the deployment bounds them)."""
+
+    def started(self) -> None:
+        """The engine made the request's first step."""
+
     def release(self) -> None: ...
 
 

@@ -23,6 +23,7 @@ class DeploymentMemory(msgspec.Struct, kw_only=True):
 class DeploymentStats(msgspec.Struct, kw_only=True):
     in_flight: int  # leased by requests now (running + queued)
     background: int  # of which for tasks and batch lines
+    queued_tokens: int  # prompt tokens admitted that have not had their first engine step
     unfinished: int  # requests inside the engines now (a request with n > 1 counts n)
     running: int  # as of the engines' last step
     waiting: int
@@ -34,6 +35,7 @@ class DeploymentStats(msgspec.Struct, kw_only=True):
 class DeploymentLimits(msgspec.Struct, kw_only=True):
     max_concurrency: int  # per engine
     max_queue: int  # per engine
+    max_queue_tokens: int  # prompt tokens waiting per engine
 
 
 class DeploymentStatus(msgspec.Struct, kw_only=True):
@@ -71,7 +73,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
         unloads_in = max(0.0, d.keep_alive_s - d.idle_for)  # idle_for is 0 while requests are in flight
     held = [r.held_bytes for r in d.replicas if r.held_bytes is not None]
     count = len(d.placement.devices) // len(d.replicas) if d.placement else device_count(d.engine_args)
-    concurrency, queue = d.limits()
+    concurrency, queue, queue_tokens = d.limits()
     return DeploymentStatus(
         name=d.name,
         model=d.spec.model,
@@ -111,6 +113,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
         stats=DeploymentStats(
             in_flight=d.in_flight,
             background=d.background,
+            queued_tokens=sum(r.queued_tokens for r in d.replicas),
             unfinished=sum(e.unfinished_requests for e in engines),
             running=sum(e.stats.running for e in engines),
             waiting=sum(e.stats.waiting for e in engines),
@@ -118,7 +121,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
             tokens_generated=sum(e.stats.tokens_generated for e in engines),
             requests=d.requests,
         ),
-        limits=DeploymentLimits(max_concurrency=concurrency, max_queue=queue),
+        limits=DeploymentLimits(max_concurrency=concurrency, max_queue=queue, max_queue_tokens=queue_tokens),
         max_model_len=next((e.max_model_len for e in engines if e.max_model_len), None),
         engine_args=d.engine_args,
     )

@@ -44,6 +44,22 @@ class Unauthorized(BitingLipError):
     code = "unauthorized"
 
 
+class Forbidden(BitingLipError):
+    """A valid key that may not do this (its scope) or use this model."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class RateLimited(BitingLipError):
+    """Over a key's (or a model's) limit; ``headers`` carry OpenAI's x-ratelimit-* values."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class NotFound(BitingLipError):
     status = 404
     type = "not_found_error"

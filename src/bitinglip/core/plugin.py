@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Sequence
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPlugin
 
-from bitinglip.core.http import RequestIdMiddleware, complete_openapi, handle_error, health
+from bitinglip.core.http import Observer, RequestIdMiddleware, complete_openapi, handle_error, health
 
 
 class CorePlugin(InitPlugin):
-    def __init__(self, access_log: bool = True) -> None:
+    def __init__(self, access_log: bool = True, observers: Sequence[Observer] = ()) -> None:
         self.access_log = access_log
+        self.observers = observers
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.exception_handlers[Exception] = handle_error
@@ -33,4 +35,6 @@ class CorePlugin(InitPlugin):
         # request, a 404 or a 405 too, so they wrap the app's ASGI handler (the way Litestar's own
         # OpenTelemetry plugin does). The exception handler sits inside: its log lines carry the id.
         if not isinstance(app.asgi_handler, RequestIdMiddleware):
-            app.asgi_handler = RequestIdMiddleware(app.asgi_handler, access_log=self.access_log)
+            app.asgi_handler = RequestIdMiddleware(
+                app.asgi_handler, access_log=self.access_log, observers=self.observers
+            )

@@ -69,9 +69,12 @@ class DeploymentSettings(_Section, frozen=True):
     # vLLM engine arguments over `cluster.engine` (tensor_parallel_size, max_model_len, kv_cache_memory_bytes, ...).
     engine: dict[str, Any] = msgspec.field(default_factory=dict)
     # Requests running at once per engine (default: the engine's max_num_seqs) and queued past that
-    # (default: as many again); past both, a fast 503 with Retry-After.
+    # (default: as many again); past both, a fast 503 with Retry-After, before the prompt is tokenized.
     max_concurrency: int | None = None
     max_queue: int | None = None
+    # Prompt tokens waiting for their first step per engine (admitted, not started); past it, a fast 503.
+    # Default: max_model_len x max(2, max_num_seqs / 8).
+    max_queue_tokens: int | None = None
 
 
 class ClusterSettings(_Section, frozen=True):
@@ -108,9 +111,29 @@ class ClusterSettings(_Section, frozen=True):
     ray_address: str | None = None
 
 
+class LimitSettings(_Section, frozen=True):
+    """Limits on one model, over every key: requests and tokens (prompt + completion) per minute, at once."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+
+
 class GatewaySettings(_Section, frozen=True):
-    # Requests admitted at once (running + waiting in the engine); past it, a fast 503 with Retry-After.
-    max_pending_requests: int = 1024
+    # API keys on /v1 and /api: "auto" is on unless server.host is a loopback address (127.0.0.1, ::1, localhost).
+    auth: bool | Literal["auto"] = "auto"
+    # The server refuses to listen on a non-loopback address with auth off, unless this is true.
+    allow_public_without_auth: bool = False
+    # What answers without a key while auth is on.
+    public: list[Literal["health", "ready", "metrics", "docs"]] = msgspec.field(
+        default_factory=lambda: ["health", "ready", "docs"]
+    )
+    # A key revoked or changed by another process (the CLI) stops working here within this many seconds.
+    key_cache_s: float = 5.0
+    # Usage is counted in memory and written this often (and at a clean stop).
+    usage_flush_s: float = 2.0
+    # Per-model limits over all keys, by the name clients send: [gateway.model_limits.tiny] rpm = 600
+    model_limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
 
 
 class TasksSettings(_Section, frozen=True):

@@ -15,13 +15,14 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from bitinglip.cluster import EngineClient
-from bitinglip.core import EVENT_STREAM, NotFound, error_responses, get_logger
+from bitinglip.core import EVENT_STREAM, BitingLipError, NotFound, error_responses, get_logger
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving import OpenAIServing, Prepared, Serving
+from bitinglip.gateway.accounting import Accounting
+from bitinglip.gateway.serving import OpenAIServing, Prepared, Serving, Tally
 
 log = get_logger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-GENERATION_ERRORS = error_responses(400, 404, 503)
+GENERATION_ERRORS = error_responses(400, 401, 403, 404, 429, 503)
 
 
 def _engine_request_id(request: Request[Any, Any, Any]) -> str:
@@ -30,54 +31,77 @@ def _engine_request_id(request: Request[Any, Any, Any]) -> str:
     return request_id if "x-request-id" not in request.headers else f"{request_id}-{uuid.uuid4().hex[:8]}"
 
 
+def _visible(models: p.ModelList, request: Request[Any, Any, Any]) -> p.ModelList:
+    """Only the models the request's key may use (all of them for a key without a list, or with auth off)."""
+    allowed = request.scope["state"].get("models")
+    if allowed is not None:
+        models.data = [card for card in models.data if card.id in allowed]
+    return models
+
+
 async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
 async def _respond(
-    openai: NamedDependency[OpenAIServing],
+    openai: OpenAIServing,
+    accounting: Accounting,
     kind: Serving,
     request: Request[Any, Any, Any],
     data: p.ChatCompletionRequest | p.CompletionRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
 ) -> Response[Any]:
-    lease = await openai.acquire(data.model, data.keep_alive)  # may wait for the model to load (bounded)
-    handed_over = False  # to the event stream, which releases the lease when it ends
+    # The key's model list and a cheap look at its limits come first: a refusal costs no engine work at all.
+    exchange = accounting.begin(request.scope["state"], data.model)
+    try:
+        # Bounded: may wait for the model to load; a deployment at its bounds refuses here, before tokenizing.
+        lease = await openai.acquire(data.model, data.keep_alive)
+    except BitingLipError as exc:
+        exchange.fail(exc)
+    handed_over = False  # to the event stream, which releases the lease and closes the books when it ends
+    tally = Tally(on_first=lease.started)
     try:
         prep = await prepare(lease.engine)
+        exchange.admit(prep)  # reserves prompt + max_tokens against the limits: 429 if it does not fit
+        lease.queue_prompt(exchange.prompt_tokens)
         request_id = _engine_request_id(request)
-        admission = openai.admission
         if prep.stream:
-            admission.check()  # refuse with a 503 before the 200 and the stream's headers go out
 
             async def events() -> AsyncGenerator[bytes, None]:
                 # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
                 try:
-                    with admission.admit():
-                        async with contextlib.aclosing(kind.stream(prep, request_id)) as chunks:
-                            async for chunk in chunks:
-                                yield chunk
+                    async with contextlib.aclosing(kind.stream(prep, request_id, tally)) as chunks:
+                        async for chunk in chunks:
+                            yield chunk
                 finally:
                     lease.release()
+                    exchange.finish(tally, 200)
 
             handed_over = True
             return Stream(content=events(), media_type="text/event-stream", headers=SSE_HEADERS)
-        with admission.admit():
-            # A client that goes away must free its slot in the engine: race the work against the disconnect.
-            work = asyncio.ensure_future(kind.complete(prep, request_id))
-            watcher = asyncio.ensure_future(_until_disconnect(request))
-            try:
-                await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                watcher.cancel()
-                if not work.done():  # the client left first (or we are being cancelled): abort the engine request
-                    work.cancel()
-                    await asyncio.gather(work, return_exceptions=True)
-            if work.cancelled():
-                log.info("request.client_gone", engine_request_id=request_id)
-                return Response(content=b"", status_code=499)
-            return Response(work.result())
+        # A client that goes away must free its slot in the engine: race the work against the disconnect.
+        work = asyncio.ensure_future(kind.complete(prep, request_id, tally))
+        watcher = asyncio.ensure_future(_until_disconnect(request))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not work.done():  # the client left first (or we are being cancelled): abort the engine request
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled():
+            log.info("request.client_gone", engine_request_id=request_id)
+            exchange.finish(tally, 499)
+            return Response(content=b"", status_code=499)
+        body = work.result()
+        exchange.finish(tally, 200)
+        return Response(body)
+    except BitingLipError as exc:
+        exchange.fail(exc, tally)
+    except BaseException:
+        exchange.finish(tally, 500)
+        raise
     finally:
         if not handed_over:
             lease.release()
@@ -98,10 +122,12 @@ class OpenAIController(Controller):
     async def chat_completions(
         self,
         openai: NamedDependency[OpenAIServing],
+        accounting: NamedDependency[Accounting],
         request: Request[Any, Any, Any],
         data: JSONBody[p.ChatCompletionRequest],
     ) -> Response[p.ChatCompletionResponse]:
-        return await _respond(openai, openai.chat, request, data, functools.partial(openai.chat.prepare, data))
+        prepare = functools.partial(openai.chat.prepare, data)
+        return await _respond(openai, accounting, openai.chat, request, data, prepare)
 
     @post(
         "/completions",
@@ -114,23 +140,25 @@ class OpenAIController(Controller):
     async def completions(
         self,
         openai: NamedDependency[OpenAIServing],
+        accounting: NamedDependency[Accounting],
         request: Request[Any, Any, Any],
         data: JSONBody[p.CompletionRequest],
     ) -> Response[p.CompletionResponse]:
-        return await _respond(
-            openai, openai.completion, request, data, functools.partial(openai.completion.prepare, data)
-        )
+        prepare = functools.partial(openai.completion.prepare, data)
+        return await _respond(openai, accounting, openai.completion, request, data, prepare)
 
     @get("/models", operation_id="listModels", summary="The models deployed, and those that load on demand")
-    async def list_models(self, openai: NamedDependency[OpenAIServing]) -> p.ModelList:
-        return await openai.list_models()
+    async def list_models(self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any]) -> p.ModelList:
+        return _visible(await openai.list_models(), request)
 
     @get(
         "/models/{model:path}", operation_id="retrieveModel", summary="One served model", responses=error_responses(404)
     )
-    async def retrieve_model(self, openai: NamedDependency[OpenAIServing], model: FromPath[str]) -> p.ModelCard:
+    async def retrieve_model(
+        self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any], model: FromPath[str]
+    ) -> p.ModelCard:
         name = model.lstrip("/")
-        for card in (await openai.list_models()).data:
+        for card in _visible(await openai.list_models(), request).data:
             if card.id == name:
                 return card
         raise NotFound(

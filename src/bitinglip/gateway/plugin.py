@@ -1,20 +1,53 @@
-"""Mounts the OpenAI-compatible routes and hands them the serving layer."""
+"""Mounts the OpenAI-compatible routes, keys, usage and /metrics, and the key check when auth is on."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar.config.app import AppConfig
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPlugin
 
+from bitinglip.gateway.accounting import Accounting
+from bitinglip.gateway.admin import KeysController, UsageController, metrics_route
 from bitinglip.gateway.api import OpenAIController
+from bitinglip.gateway.auth import Authenticator, AuthMiddleware
+from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.serving import OpenAIServing
 
 
 class GatewayPlugin(InitPlugin):
-    def __init__(self, openai: OpenAIServing) -> None:
+    def __init__(
+        self, openai: OpenAIServing, accounting: Accounting, keys: KeyStore, auth: Authenticator | None
+    ) -> None:
         self.openai = openai
+        self.accounting = accounting
+        self.keys = keys
+        self.auth = auth  # None: auth is off
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.append(OpenAIController)
-        app_config.dependencies["openai"] = Provide(lambda: self.openai, use_cache=True, sync_to_thread=False)
+        app_config.route_handlers.extend([OpenAIController, KeysController, UsageController, metrics_route])
+        provided: dict[str, Any] = {
+            "openai": self.openai,
+            "accounting": self.accounting,
+            "usage": self.accounting.usage,
+            "metrics": self.accounting.metrics,
+            "keys": self.keys,
+            "auth": self.auth,
+        }
+        for name, value in provided.items():
+            app_config.dependencies[name] = Provide(_constant(value), use_cache=True, sync_to_thread=False)
+        if self.auth is not None:
+            # Route middleware: it runs on every matched route (the OpenAPI docs too), before the body is read.
+            app_config.middleware.append(
+                DefineMiddleware(AuthMiddleware, auth=self.auth, rate_headers=self.accounting.rate_headers)
+            )
         return app_config
+
+
+def _constant(value: Any) -> Any:
+    def provide() -> Any:
+        return value
+
+    return provide

@@ -1,8 +1,9 @@
 """Routes: OpenAI's Files (`/v1/files`) and Batches (`/v1/batches`), and our tasks (`/api/tasks`). Thin: parse,
 call a service, return.
 
-Every call names its owner: the API key that made the request once the gateway has keys (`request.scope
-["state"]["owner"]`), "" until then. Rows of another owner answer 404, as if they did not exist.
+Every call names its owner: the API key that made the request (`request.scope["state"]["owner"]`, set by the
+gateway's key check), "" while auth is off. Rows of another owner answer 404, as if they did not exist. A key
+limited to some models (`state["models"]`) may not queue work for the others.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class TasksController(Controller):
     async def submit(
         self, queue: NamedDependency[TaskQueue], request: Request[Any, Any, Any], data: JSONBody[TaskSubmit]
     ) -> Response[Task]:
-        task, made = await queue.submit(data, owner_of(request))
+        task, made = await queue.submit(data, owner_of(request), request.scope["state"].get("models"))
         return Response(task, status_code=202 if made else 200)
 
     @get("/", operation_id="listTasks", summary="Tasks, newest first; page with `after` (the last id seen)")

@@ -32,6 +32,7 @@ def read_lines(
     endpoint: str,
     target_of: Callable[[dict[str, Any]], str],
     known: set[str],
+    allowed: list[str] | None = None,
     max_lines: int,
     max_bytes: int,
 ) -> tuple[list[Line], list[BatchError]]:
@@ -96,6 +97,14 @@ def read_lines(
                 continue
             if target not in known:
                 fail(number, "model_not_found", f"line {number}: the model `{target}` is not served here", "body.model")
+                continue
+            if allowed is not None and target not in allowed:
+                fail(
+                    number,
+                    "model_not_allowed",
+                    f"line {number}: this API key may not use the model `{target}`",
+                    "body.model",
+                )
                 continue
             lines.append(Line(number=number, custom_id=custom_id, target=target, body=body))
     if not lines and not errors:

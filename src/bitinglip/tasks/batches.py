@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -60,6 +60,8 @@ class BatchService:
         self.store: TaskStore = queue.store
         self.files = files
         self._busy: set[str] = set()  # batches being validated or finalized by this process
+        # The models an owner (an API key) may use, None for any: the app sets it when keys are on.
+        self.models_of: Callable[[str], Awaitable[list[str] | None]] | None = None
         self._swept = 0.0
         queue.on_written = self.lines_ended
         queue.on_tick = self.tick
@@ -170,6 +172,7 @@ class BatchService:
                 endpoint=row.endpoint,
                 target_of=handler.target,
                 known=await self.queue.capacity.known(),
+                allowed=await self.models_of(row.owner) if self.models_of is not None else None,
                 max_lines=self.settings.max_batch_lines,
                 max_bytes=self.settings.max_file_bytes,
             )

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from bitinglip.core import BitingLipError, InvalidInput, NotFound, TasksSettings, get_logger
+from bitinglip.core import BitingLipError, Forbidden, InvalidInput, NotFound, TasksSettings, get_logger
 from bitinglip.tasks.store import Claimed, Outcome, TaskStore, lease_owner, new_id
 from bitinglip.tasks.wire import Task, TaskError, TaskSubmit
 
@@ -131,8 +131,9 @@ class TaskQueue:
 
     # -- single tasks
 
-    async def submit(self, body: TaskSubmit, owner: str = "") -> tuple[Task, bool]:
-        """A background task (or, for a known idempotency key, the task it made); True when made now."""
+    async def submit(self, body: TaskSubmit, owner: str = "", allowed: list[str] | None = None) -> tuple[Task, bool]:
+        """A background task (or, for a known idempotency key, the task it made); True when made now.
+        ``allowed``: the models the owner may use (None: any)."""
         if body.kind not in self.kinds:
             raise InvalidInput(
                 f"unknown task kind {body.kind!r}; one of: {', '.join(sorted(self.kinds))}", param="kind"
@@ -143,6 +144,10 @@ class TaskQueue:
                 f"the model `{target}` does not exist or is not served here",
                 param="request.model",
                 code="model_not_found",
+            )
+        if allowed is not None and target not in allowed:
+            raise Forbidden(
+                f"this API key may not use the model `{target}`", param="request.model", code="model_not_allowed"
             )
         max_attempts = body.max_attempts or self.settings.max_attempts
         if max_attempts < 1:
@@ -165,6 +170,10 @@ class TaskQueue:
             log.info("task.queued", task=task.id, kind=task.kind, model=target, priority=task.priority)
             self.wake()
         return task, made
+
+    async def depth(self) -> dict[tuple[str, str], int]:
+        """Tasks queued or running per (model, state), for the metrics."""
+        return await self.store.depth()
 
     async def cancel(self, task_id: str, owner: str = "") -> Task:
         await self.flush()  # a run that has ended is recorded as it ended, not as cancelled

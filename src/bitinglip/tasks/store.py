@@ -302,6 +302,16 @@ class TaskStore:
         await self.end_open("cancelled", task_id=task_id, owner=owner)
         return await self.get(task_id, owner)
 
+    async def depth(self) -> dict[tuple[str, str], int]:
+        """Tasks queued or running, per (target, state): what the queue has left to do."""
+        query = (
+            sa.select(tasks.c.target, tasks.c.state, sa.func.count())
+            .where(tasks.c.state.in_(("queued", "running")))
+            .group_by(tasks.c.target, tasks.c.state)
+        )
+        async with self.db.engine.connect() as conn:
+            return {(target, state): n for target, state, n in (await conn.execute(query)).all()}
+
     async def counts(self, batch_id: str) -> dict[str, int]:
         return (await self.counts_of([batch_id])).get(batch_id, {})
 

@@ -1,17 +1,17 @@
-"""The OpenAI edge against a scripted engine: wire format, validation, errors, admission."""
+"""The OpenAI edge against a scripted engine: wire format, validation, errors, leases."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
-from bitinglip.core import CorePlugin, GatewaySettings
-from bitinglip.gateway import GatewayPlugin, OpenAIServing
+from bitinglip.gateway import OpenAIServing
 from doubles import FakeEngines, ScriptedEngine
+from gateway_support import Gateway, build_gateway
 
 
 @pytest.fixture
@@ -20,14 +20,18 @@ def engine() -> ScriptedEngine:
 
 
 @pytest.fixture
-def serving(engine: ScriptedEngine) -> OpenAIServing:
-    return OpenAIServing(FakeEngines(engine), GatewaySettings())
+def gateway(engine: ScriptedEngine, tmp_path: Path) -> Gateway:
+    return build_gateway(engine, tmp_path)
 
 
 @pytest.fixture
-def client(serving: OpenAIServing) -> Iterator[TestClient]:
-    app = Litestar(plugins=[CorePlugin(), GatewayPlugin(serving)], logging_config=None)
-    with TestClient(app) as c:
+def serving(gateway: Gateway) -> OpenAIServing:
+    return gateway.serving
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[TestClient]:
+    with TestClient(gateway.app) as c:
         yield c
 
 
@@ -159,15 +163,6 @@ def test_request_id_is_echoed_or_made(client: TestClient, engine: ScriptedEngine
     r = client.post("/v1/chat/completions", json=chat(max_tokens=1))
     assert len(r.headers["x-request-id"]) == 32
     assert r.json()["id"] == f"chatcmpl-{r.headers['x-request-id']}"
-
-
-def test_overload_is_a_fast_503_with_retry_after(client: TestClient, serving: OpenAIServing) -> None:
-    serving.admission.pending = serving.admission.limit
-    for body in (chat(), chat(stream=True)):
-        r = client.post("/v1/chat/completions", json=body)
-        assert r.status_code == 503
-        assert r.headers["retry-after"] == "1"
-        assert r.json()["error"]["code"] == "overloaded"
 
 
 def test_models_list_and_retrieve(client: TestClient) -> None:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import time
 
 from bitinglip.cluster import EngineLookup, Lease
-from bitinglip.core import GatewaySettings, InvalidInput
+from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.background import Background
-from bitinglip.gateway.serving.base import Admission, Prepared, Serving
+from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 
 
 class OpenAIServing:
-    def __init__(self, engines: EngineLookup, settings: GatewaySettings) -> None:
+    def __init__(self, engines: EngineLookup) -> None:
         self.engines = engines
-        self.admission = Admission(settings)
         self.chat = ChatServing()
         self.completion = CompletionServing()
         # The task kinds ("chat", "completion") the app registers with the task queue.
@@ -38,4 +37,4 @@ class OpenAIServing:
         )
 
 
-__all__ = ["Admission", "Background", "ChatServing", "CompletionServing", "OpenAIServing", "Prepared", "Serving"]
+__all__ = ["Background", "ChatServing", "CompletionServing", "OpenAIServing", "Prepared", "Serving", "Tally"]

@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
-from bitinglip.core import BitingLipError, GatewaySettings, Unavailable, error_response, get_logger
+from bitinglip.core import BitingLipError, error_response, get_logger
 from bitinglip.gateway import protocol as p
 
 log = get_logger(__name__)
@@ -33,6 +33,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     prompts: list[tuple[list[int], str | None]]  # (token ids, text when known) per prompt
     params: object  # the engine's sampling parameters
     n: int
+    max_tokens: int  # per sequence, as the engine will stop
     stream: bool
     include_usage: bool
     logprobs: int | None  # top-k to return; None for no logprobs
@@ -50,30 +51,21 @@ class Finished(msgspec.Struct, kw_only=True):
     usage: p.Usage
 
 
-class Admission:
-    """Requests in flight, bounded: past `gateway.max_pending_requests` a fast 503 instead of an unbounded queue."""
+class Tally:
+    """What a generation made, filled in as it runs; read when the request ends (limits, usage, metrics)."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
-        self.limit = settings.max_pending_requests
-        self.pending = 0
+    __slots__ = ("completion_tokens", "error", "first_token_at", "on_first")
 
-    def check(self) -> None:
-        if self.pending >= self.limit:
-            raise Unavailable(
-                f"the server is at its limit of {self.limit} requests in flight; retry shortly",
-                retry_after=1,
-                code="overloaded",
-            )
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+        self.completion_tokens = 0
+        self.first_token_at: float | None = None  # time.perf_counter() at the first output
+        self.error = False  # ended with an error event (the stream had started: the status is 200)
+        self.on_first = on_first
 
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        """Count a request in flight for as long as the block runs."""
-        self.check()
-        self.pending += 1
-        try:
-            yield
-        finally:
-            self.pending -= 1
+    def first(self) -> None:
+        self.first_token_at = time.perf_counter()
+        if self.on_first is not None:
+            self.on_first()
 
 
 def usage(prep: Prepared, completion_tokens: int) -> p.Usage:
@@ -131,13 +123,16 @@ class Serving(ABC):
         ]
         return _merge(streams)
 
-    async def complete(self, prep: Prepared, request_id: str) -> msgspec.Struct:
+    async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> msgspec.Struct:
+        tally = tally or Tally()
         created = int(time.time())
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         logprobs: dict[int, Any] = {}
         completion_tokens = 0
         async for prompt_index, output in self.outputs(prep, request_id):
+            if tally.first_token_at is None:
+                tally.first()
             for out in output.outputs:
                 index = prompt_index * prep.n + out.index
                 parts = texts.setdefault(index, [])
@@ -145,6 +140,7 @@ class Serving(ABC):
                     self.add_logprobs(prep, logprobs, index, out, sum(map(len, parts)))
                 parts.append(out.text)
                 completion_tokens += len(out.token_ids)
+                tally.completion_tokens = completion_tokens
                 if out.finish_reason is not None:
                     finish[index] = out.finish_reason
         done = Finished(
@@ -156,8 +152,9 @@ class Serving(ABC):
         )
         return self.response(prep, request_id, done)
 
-    async def stream(self, prep: Prepared, request_id: str) -> AsyncGenerator[bytes, None]:
+    async def stream(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> AsyncGenerator[bytes, None]:
         """Server-sent events as OpenAI sends them, `data: [DONE]` last."""
+        tally = tally or Tally()
         created = int(time.time())
         encode = msgspec.json.encode
         chunk_id = self.id_prefix + request_id
@@ -168,6 +165,8 @@ class Serving(ABC):
             for opening in self.opening(prep, chunk_id, created):
                 yield b"data: " + encode(opening) + b"\n\n"
             async for prompt_index, output in self.outputs(prep, request_id):
+                if tally.first_token_at is None:
+                    tally.first()
                 for out in output.outputs:
                     index = prompt_index * prep.n + out.index
                     completion_tokens += len(out.token_ids)
@@ -184,9 +183,11 @@ class Serving(ABC):
             ended = True
         except BitingLipError as exc:
             ended = True
+            tally.error = True
             # Headers are gone already: the error travels as one more event, in OpenAI's envelope.
             yield b"data: " + encode(error_response(exc.message, exc.type, exc.param, exc.code)) + b"\n\n"
         finally:
+            tally.completion_tokens = completion_tokens
             if not ended:  # closed early: the client went away (its engine request is aborted on the way out)
                 log.info("request.client_gone", engine_request_id=request_id, completion_tokens=completion_tokens)
         yield DONE

@@ -51,6 +51,7 @@ class ChatServing(Serving):
             prompts=[(ids, text)],
             params=engine.sampling_params(args, whole=not req.stream),
             n=req.n,
+            max_tokens=args["max_tokens"],
             stream=req.stream,
             include_usage=req.include_usage,
             logprobs=args.get("logprobs"),

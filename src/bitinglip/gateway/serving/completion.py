@@ -44,6 +44,7 @@ class CompletionServing(Serving):
             prompts=prompts,
             params=engine.sampling_params(args, whole=not req.stream),
             n=req.n,
+            max_tokens=args["max_tokens"],
             stream=req.stream,
             include_usage=req.include_usage,
             logprobs=req.logprobs,

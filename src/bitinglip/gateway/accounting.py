@@ -1,0 +1,113 @@
+"""A generation request's books: may this key use this model, is it under its limits, and what it used.
+
+`Accounting.begin` is called once the model is known (before the engine is asked for anything): the key's
+model list (403) and a cheap check of its buckets (429). `Exchange.admit`, once the prompt is tokenized,
+reserves prompt + max_tokens in every bucket. `Exchange.finish` runs exactly once however the request ends
+(done, failed, refused, the client gone): it settles the reservation on the real count, adds to usage and
+metrics, and puts the request's numbers on its access-log line. Nothing here awaits or writes to disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any, NoReturn
+
+from bitinglip.core import BitingLipError, Forbidden, GatewaySettings, RateLimited
+from bitinglip.gateway.keys import ApiKey
+from bitinglip.gateway.limits import Bucket, Limits, LimitStore, Reservation, rate_headers
+from bitinglip.gateway.metrics import Metrics
+from bitinglip.gateway.serving import Prepared, Tally
+from bitinglip.gateway.usage import UsageRecorder
+
+
+def key_bucket(key: ApiKey) -> Bucket:
+    return Bucket(f"key {key.id}", Limits(key.rpm, key.tpm, key.max_concurrent))
+
+
+class Accounting:
+    def __init__(self, limits: LimitStore, usage: UsageRecorder, metrics: Metrics, settings: GatewaySettings) -> None:
+        self.limits = limits
+        self.usage = usage
+        self.metrics = metrics
+        self.model_limits = {
+            name: Bucket(f"model {name}", Limits(m.rpm, m.tpm, m.max_concurrent))
+            for name, m in settings.model_limits.items()
+        }
+
+    def rate_headers(self, key: ApiKey) -> list[tuple[bytes, bytes]]:
+        return rate_headers(self.limits, key_bucket(key))
+
+    def begin(self, state: MutableMapping[str, Any], model: str | None) -> Exchange:
+        """Open the books of a request for ``model`` made with the key in ``state`` (none while auth is off)."""
+        model = model or ""
+        key: ApiKey | None = state.get("key")
+        state["model"] = model
+        exchange = Exchange(self, state, key.id if key is not None else "", model)
+        if key is not None and model and not key.may_use(model):
+            exchange.fail(
+                Forbidden(f"this API key may not use the model `{model}`", param="model", code="model_not_allowed")
+            )
+        buckets = []
+        if key is not None and key.limited:
+            buckets.append(key_bucket(key))
+        if (bucket := self.model_limits.get(model)) is not None:
+            buckets.append(bucket)
+        exchange.buckets = buckets
+        if buckets:
+            try:
+                self.limits.check(buckets)
+            except RateLimited as exc:
+                exchange.fail(exc)
+        return exchange
+
+
+class Exchange:
+    __slots__ = ("accounting", "buckets", "finished", "key_id", "model", "prompt_tokens", "reservation", "state")
+
+    def __init__(self, accounting: Accounting, state: MutableMapping[str, Any], key_id: str, model: str) -> None:
+        self.accounting = accounting
+        self.state = state
+        self.key_id = key_id
+        self.model = model
+        self.buckets: list[Bucket] = []
+        self.reservation: Reservation | None = None
+        self.prompt_tokens = 0
+        self.finished = False
+
+    def admit(self, prep: Prepared) -> None:
+        """Reserve what the request may use at most (prompt + max_tokens per sequence); 429 if it does not fit."""
+        self.prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
+        if self.buckets:
+            most = self.prompt_tokens + len(prep.prompts) * prep.n * prep.max_tokens
+            try:
+                self.reservation = self.accounting.limits.reserve(self.buckets, most)
+            except RateLimited as exc:
+                self.fail(exc)
+
+    def fail(self, exc: BitingLipError, tally: Tally | None = None) -> NoReturn:
+        """End the books on an error, then raise it (a refusal is also counted as one)."""
+        if isinstance(exc, RateLimited) or exc.code == "overloaded":
+            reason = "rate_limited" if isinstance(exc, RateLimited) else "overloaded"
+            self.accounting.metrics.refusals.labels(reason, self.model).inc()
+        self.finish(tally, exc.status)
+        raise exc
+
+    def finish(self, tally: Tally | None, status: int) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        completion = tally.completion_tokens if tally is not None else 0
+        if self.reservation is not None:
+            self.accounting.limits.settle(self.reservation, self.prompt_tokens + completion)
+        error = status >= 400 or (tally is not None and tally.error)
+        self.accounting.usage.record(self.key_id, self.model, self.prompt_tokens, completion, error)
+        ttft = None
+        if tally is not None and tally.first_token_at is not None and "started" in self.state:
+            ttft = tally.first_token_at - self.state["started"]
+        self.accounting.metrics.observe_generation(self.model, self.prompt_tokens, completion, ttft)
+        self.state.setdefault("log", {}).update(
+            model=self.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=completion,
+            ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,
+        )

@@ -1,0 +1,39 @@
+"""The tables `api_keys` and `usage`. Times are Unix seconds (floats).
+
+A key itself is never stored: only its SHA-256 (keys are 190 random bits, so a fast hash is enough; a slow
+one would only slow every request). `usage` holds one row per key, model and UTC day, added to in batches.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from bitinglip.core import metadata
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(20), primary_key=True),  # the public part of the key: "bl_<id>_<secret>"
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),  # sha256 hex of the whole key
+    sa.Column("scope", sa.String(20), nullable=False),  # "inference" or "admin"
+    sa.Column("models", sa.Text),  # JSON list of model names it may use; NULL: any
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.Integer),
+    sa.Column("max_concurrent", sa.Integer),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("day", sa.String(10), primary_key=True),  # UTC, "2026-11-24"
+    sa.Column("key_id", sa.String(20), primary_key=True),  # "" for requests made without a key (auth off)
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("errors", sa.Integer, nullable=False, server_default="0"),
+)
