@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gateway_support import Gateway, build_gateway
 from litestar.testing import TestClient
 
 from bitinglip.gateway import OpenAIServing
 from doubles import FakeEngines, ScriptedEngine
-from gateway_support import Gateway, build_gateway
 
 
 @pytest.fixture
