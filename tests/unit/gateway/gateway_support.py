@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from litestar import Litestar
 
 from bitinglip.core import CorePlugin, Database, DbSettings, GatewaySettings
@@ -37,7 +38,7 @@ class Gateway:
 
 
 def build_gateway(engine: ScriptedEngine, data: Path, *, auth: bool = False, **settings: Any) -> Gateway:
-    gateway_settings = GatewaySettings(**settings)
+    gateway_settings = msgspec.convert(settings, GatewaySettings)
     db = Database(DbSettings(url=f"sqlite+aiosqlite:///{data / 'gateway.db'}"))
     serving = OpenAIServing(FakeEngines(engine))
     keys = KeyStore(db)
