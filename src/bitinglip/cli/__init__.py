@@ -3,6 +3,8 @@
 - serve.py: `serve`, the server in the foreground
 - settings.py: `settings show`
 - models.py: `models ...`, on the registry directly (no server needed)
+- keys.py: `keys create | list | revoke`, API keys on the database directly (the first admin key before a server)
+- usage.py: `usage`, requests and tokens per day, key and model, from the database directly
 - cluster.py: `ps`, `deploy`, `undeploy`, `cluster devices`, clients of a running server over HTTP
 - tasks.py: `tasks submit | list | show | cancel`, background requests on the server's queue, over HTTP
 - batches.py: `batches submit | list | show | cancel`, OpenAI batches (file upload, progress, download), over HTTP
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bitinglip.cli import batches, cluster, models, serve, settings, tasks
+from bitinglip.cli import batches, cluster, keys, models, serve, settings, tasks, usage
 from bitinglip.core import BitingLipError, SettingsError
 
 __all__ = ["build_parser", "main"]
@@ -29,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub)
     settings.add_commands(sub)
     models.add_commands(sub)
+    keys.add_commands(sub)
+    usage.add_commands(sub)
     cluster.add_commands(sub)
     tasks.add_commands(sub)
     batches.add_commands(sub)

@@ -1,16 +1,26 @@
-"""What several commands share: settings from the command line, and human-readable sizes, times and durations."""
+"""What several commands share: settings from the command line, the app's components for the commands that work
+on the database directly, and human-readable sizes, times and durations."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from bitinglip.core import LoadedSettings, configure_logging, load_settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
+    from bitinglip.app import Components
+
     # What `add_subparsers()` returns: each command module adds its commands to it.
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+Command = Callable[["Components", argparse.Namespace], Awaitable[int]]
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -27,6 +37,29 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
     loaded = load_settings(_overrides(args))
     configure_logging(loaded.settings.server, loaded.settings.env)
     return loaded
+
+
+def _with_components(work: Command) -> Callable[[argparse.Namespace], int]:
+    """Run ``work(components, args)`` inside `Components.running(serve=False)`: the database open, and on the way
+    out (Ctrl-C too) pulls stopped with their partial files kept, so the next pull resumes them."""
+
+    def run(args: argparse.Namespace) -> int:
+        from bitinglip.app import Components
+
+        loaded = load_settings(_overrides(args))
+        server = loaded.settings.server
+        # The command's own output (tables, the progress bar) is what the user reads: info events would
+        # drown it, so only warnings and errors are logged unless debug logging is asked for.
+        quiet = server if server.log_level == "debug" else msgspec.structs.replace(server, log_level="warning")
+        configure_logging(quiet, loaded.settings.env)
+
+        async def main() -> int:
+            async with Components(loaded).running(serve=False) as components:
+                return await work(components, args)
+
+        return asyncio.run(main())
+
+    return run
 
 
 def _size(n: int | None) -> str:

@@ -5,45 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from bitinglip.cli.common import _duration, _overrides, _size, _when
-from bitinglip.core import BitingLipError, configure_logging, load_settings
+from bitinglip.cli.common import _duration, _size, _when, _with_components
+from bitinglip.core import BitingLipError
 
 if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
     from bitinglip.app import Components
     from bitinglip.cli.common import Subcommands
     from bitinglip.models import PullStatus
-
-
-Command = Callable[["Components", argparse.Namespace], Awaitable[int]]
-
-
-def _with_components(work: Command) -> Callable[[argparse.Namespace], int]:
-    """Run ``work(components, args)`` inside `Components.running(serve=False)`: the database open, and on the way
-    out (Ctrl-C too) pulls stopped with their partial files kept, so the next pull resumes them."""
-
-    def run(args: argparse.Namespace) -> int:
-        from bitinglip.app import Components
-
-        loaded = load_settings(_overrides(args))
-        server = loaded.settings.server
-        # The command's own output (tables, the progress bar) is what the user reads: info events would
-        # drown it, so only warnings and errors are logged unless debug logging is asked for.
-        quiet = server if server.log_level == "debug" else msgspec.structs.replace(server, log_level="warning")
-        configure_logging(quiet, loaded.settings.env)
-
-        async def main() -> int:
-            async with Components(loaded).running(serve=False) as components:
-                return await work(components, args)
-
-        return asyncio.run(main())
-
-    return run
 
 
 def _progress_line(status: PullStatus, width: int = 24) -> str:
