@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run test lint bench bench-swap bench-batch clean
+.PHONY: help setup model run test lint bench bench-gateway bench-swap bench-batch clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,8 +41,12 @@ lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter co
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine
+bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine; then the gateway's overhead
 	$(BIN)/python scripts/bench_serve.py
+	$(BIN)/python scripts/bench_gateway.py
+
+bench-gateway: setup model ## the gateway's overhead per request: auth, key limits and usage on vs auth off
+	$(BIN)/python scripts/bench_gateway.py
 
 bench-swap: setup model ## cold start on demand vs vllm serve cold; one deployment vs two, tokens/s
 	$(BIN)/python scripts/bench_swap.py

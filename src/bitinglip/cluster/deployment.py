@@ -58,13 +58,14 @@ class Replica:
 
 
 class _Lease:
-    __slots__ = ("_background", "_deployment", "_queued", "_released", "_replica")
+    __slots__ = ("_background", "_deployment", "_queued", "_released", "_replica", "_waits")
 
-    def __init__(self, deployment: Deployment, replica: Replica, background: bool) -> None:
+    def __init__(self, deployment: Deployment, replica: Replica, background: bool, waits: bool) -> None:
         self._deployment = deployment
         self._replica = replica
         self._released = False
         self._background = background
+        self._waits = waits  # admitted past the engine's running slots: its prompt queues
         self._queued = 0
         replica.in_flight += 1
         deployment.requests += 1
@@ -78,9 +79,11 @@ class _Lease:
         return engine
 
     def queue_prompt(self, tokens: int) -> None:
-        """The request's prompt tokens wait for the engine until `started()` (or release)."""
-        self._replica.queued_tokens += tokens - self._queued
-        self._queued = tokens
+        """The request's prompt tokens wait for the engine until `started()` (or release), if it was admitted
+        past the running slots; one admitted into a free slot does not queue."""
+        if self._waits:
+            self._replica.queued_tokens += tokens - self._queued
+            self._queued = tokens
 
     def started(self) -> None:
         """The engine made the request's first step: its prompt no longer waits."""
@@ -213,7 +216,7 @@ class Deployment:
                 retry_after=1,
                 code="overloaded",
             )
-        return _Lease(self, replica, background)
+        return _Lease(self, replica, background, waits=replica.in_flight >= concurrency)
 
     def unavailable(self) -> Unavailable:
         if self.state == "failed":

@@ -131,26 +131,27 @@ async def test_requests_go_to_the_replica_with_fewest_in_flight_and_limits_refus
 async def test_prompt_tokens_waiting_are_bounded_and_a_started_request_frees_its_share(
     running: Callable[..., Any], factory: ScriptedFactory
 ) -> None:
-    c = await running(deployments=[DeploymentSettings(model="a", max_queue_tokens=100)])
+    spec = DeploymentSettings(model="a", max_concurrency=1, max_queue=5, max_queue_tokens=100)
+    c = await running(deployments=[spec])
     await until(lambda: c.ready)
-    first = await c.acquire("a")
+    running_one = await c.acquire("a")
+    running_one.queue_prompt(500)  # into a free slot: its prompt does not queue
+    first, second = await c.acquire("a"), await c.acquire("a")
     first.queue_prompt(60)
-    second = await c.acquire("a")  # 60 < 100 waiting: admitted, counted before its prompt is known
     second.queue_prompt(50)
     with pytest.raises(Unavailable) as busy:
-        await c.acquire("a")  # 110 waiting: refused on the count alone
+        await c.acquire("a")  # 110 waiting: refused on the count alone, before any prompt is known
     assert busy.value.code == "overloaded" and "prompt tokens" in busy.value.message
     status = c.status()[0]
     assert status.stats.queued_tokens == 110 and status.limits.max_queue_tokens == 100
     first.started()  # its first engine step: no longer waiting
     third = await c.acquire("a")
     second.release()  # released before it started: its share goes too
-    third.release()
-    first.release()
+    for lease in (third, first, running_one):
+        lease.release()
     assert c.status()[0].stats.queued_tokens == 0
     # Left unset, the bound comes from the engine: max_model_len x max(2, max_num_seqs / 8).
     engine = factory.made[0]
-    assert c.deployments["a"].limits()[2] == 100
     c.deployments["a"].spec = DeploymentSettings(model="a")
     assert c.deployments["a"].limits()[2] == engine.max_model_len * max(2, engine.max_num_seqs // 8)
 

@@ -130,9 +130,8 @@ class Serving(ABC):
         finish: dict[int, str | None] = {}
         logprobs: dict[int, Any] = {}
         completion_tokens = 0
+        # No first-token time here: a whole response asks the engine for its final output only.
         async for prompt_index, output in self.outputs(prep, request_id):
-            if tally.first_token_at is None:
-                tally.first()
             for out in output.outputs:
                 index = prompt_index * prep.n + out.index
                 parts = texts.setdefault(index, [])
