@@ -1,30 +1,23 @@
-"""Gateway overhead: what API-key auth, per-key limits and usage accounting add to one request.
+"""Gateway overhead: what API-key auth and per-key limits add to one request, on the same server with them off.
 
-Two `bitinglip serve` processes run at the same time on this machine, same model, same engine arguments, each
-with its own home (a temporary directory) and port:
+Two `bitinglip serve` processes at once, same model and engine arguments, each with its own home and port: "off"
+(gateway.auth = false) and "on" (auth, and a key made beforehand with `bitinglip keys create` whose rpm, tpm and
+concurrency limits are checked, reserved and settled on every request but never reached). Usage accounting,
+metrics and the access log run in both, as a user runs the server.
 
-- off: gateway.auth = false. Usage accounting (it cannot be turned off), metrics and the access log still run.
-- on:  gateway.auth = true and a key made beforehand with `bitinglip keys create`, with rpm, tpm and
-       max-concurrent limits far above this load: never reached, but looked up, checked, reserved and settled
-       on every request, and the x-ratelimit-* headers written on every response.
+Load: one request at a time (the engine is never contended), alternating between the servers in ABBA order, on
+kept-alive connections, over --rounds rounds (4) that restart both servers, every other one with their places
+(start order, port, engine core) swapped: where a process lands moved an identical server's latency by up to
+0.3 ms without the engine and 2 ms with it. Probes: POST /v1/completions with max_tokens 1 (the whole path);
+the same with max_tokens past the context (every gateway step, refused after tokenizing: no engine work);
+GET /v1/models.
 
-The access log is on in both (one line per request), as a user would run the server.
+Reading the output: p50/p90 latency per server; the latency difference per round (median of on_i - off_i) and
+their mean, whose spread is the machine's noise; and the API process's CPU time per request (/proc/<pid>/stat,
+the server's own process, not the engine), whose difference is the work the gateway adds, free of that noise.
+Target: under 0.5 ms per request; LiteLLM publishes 2-4 ms of proxy overhead.
 
-Load: one request at a time, so the engine is never contended, alternating between the two servers request by
-request in ABBA order (off on, on off, off on, ...), so a drift of the machine, and whatever a server still does
-after it has answered, falls on both alike. Two probes, each --warmup requests per server first (not counted),
-then --requests measured per server, every request on a kept-alive connection (one httpx.Client per server),
-timed with time.perf_counter around the whole call:
-
-- POST /v1/completions, prompt "Hi", max_tokens 1, not streamed: the whole path, engine included;
-- GET /v1/models: no engine work, so mostly the gateway's own share.
-
-Reading the output: per probe the p50 and p90 latency of each server and their difference (on - off), and the
-median of the paired differences (on_i - off_i of the i-th pair, with a distribution-free 95% interval), which
-is more robust than the difference of two medians. The target is a difference under 0.5 ms at p50; LiteLLM
-publishes 2-4 ms of proxy overhead. Differences of a few hundredths of a millisecond are within the noise.
-
-    .venv/bin/python scripts/bench_gateway.py [--requests 400] [--warmup 20] [--json out.json] [--keep]
+    .venv/bin/python scripts/bench_gateway.py [--requests 400] [--rounds 4] [--json out.json] [--keep]
 """
 
 from __future__ import annotations
@@ -61,6 +54,7 @@ KEY_LIMITS = {"rpm": 1_000_000, "tpm": 1_000_000_000, "max-concurrent": 10_000}
 KEY_TIMEOUT_S = 300.0  # the CLI imports the whole app; slow on a busy 2-core machine
 TARGET_MS = 0.5
 PEER = "LiteLLM proxy: 2–4 ms (published)"
+BIN = str(Path(sys.executable).parent / "bitinglip")
 DEFAULT_MODEL = Path(os.environ.get("BITINGLIP_HOME") or bench.REPO / "data") / "models" / "tiny"
 
 
@@ -84,6 +78,18 @@ class Probe:
     method: str
     path: str
     body: dict[str, Any] | None
+    status: int = 200  # what it must answer
+
+
+@dataclasses.dataclass
+class Round:
+    """One round of one probe: paired latencies (seconds), failures, and each API process's CPU seconds."""
+
+    off_s: list[float] = dataclasses.field(default_factory=list)
+    on_s: list[float] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    cpu_off_s: float = 0.0
+    cpu_on_s: float = 0.0
 
 
 @dataclasses.dataclass
@@ -93,22 +99,17 @@ class ProbeFigures:
     errors: int
     off_p50_ms: float
     on_p50_ms: float
-    diff_p50_ms: float
     off_p90_ms: float
     on_p90_ms: float
-    diff_p90_ms: float
-    paired_median_ms: float
-    paired_ci95_low_ms: float
-    paired_ci95_high_ms: float
+    round_medians_ms: list[float]  # per round, the median of on_i - off_i
+    latency_overhead_ms: float  # their mean
+    cpu_off_ms: float  # the API process's CPU time per request (user + system, all its threads)
+    cpu_on_ms: float
+    cpu_overhead_ms: float
     error_examples: list[str]
-    off_ms: list[float]
-    on_ms: list[float]
 
 
-# -- servers
-
-
-def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool) -> Server:
+def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool, engine_core: str) -> Server:
     home = root / name
     home.mkdir()
     env = bench.child_env(
@@ -122,30 +123,23 @@ def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool) -
             "BITINGLIP_CLUSTER__KV_CACHE_GIB": "0.25",
             "BITINGLIP_SERVER__ACCESS_LOG": "true",  # the same for both, and as a user runs it
             "BITINGLIP_GATEWAY__AUTH": "true" if auth else "false",
+            # Each engine on a core of its own, its OpenMP threads asleep when idle: an engine spinning after its
+            # step (libgomp's default) slowed the other server's next request (p90 0.5 s instead of 10 ms).
+            "VLLM_CPU_OMP_THREADS_BIND": engine_core,
+            "OMP_WAIT_POLICY": "PASSIVE",
         }
     )
     return Server(name, port, env, home / "server.log")
 
 
-def bitinglip() -> str:
-    return str(Path(sys.executable).parent / "bitinglip")
-
-
 def create_key(server: Server) -> str:
     """`bitinglip keys create --json` on the server's own database, before the server starts."""
     limits = [arg for name, value in KEY_LIMITS.items() for arg in (f"--{name}", str(value))]
-    cmd = [bitinglip(), "keys", "create", "--name", "bench", *limits, "--json"]
-    try:
-        out = subprocess.run(cmd, env=server.env, cwd=bench.REPO, capture_output=True, text=True, timeout=KEY_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"`bitinglip keys create` did not finish in {KEY_TIMEOUT_S:.0f} s") from None
+    cmd = [BIN, "keys", "create", "--name", "bench", *limits, "--json"]
+    out = subprocess.run(cmd, env=server.env, cwd=bench.REPO, capture_output=True, text=True, timeout=KEY_TIMEOUT_S)
     if out.returncode != 0:
         raise BenchError(f"`bitinglip keys create` failed with exit code {out.returncode}", out.stdout + out.stderr)
-    try:
-        key = json.loads(out.stdout)["key"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise BenchError("`bitinglip keys create --json` printed no key", out.stdout + out.stderr) from None
-    return str(key)
+    return str(json.loads(out.stdout)["key"])
 
 
 async def wait_all_ready(servers: list[Server]) -> None:
@@ -174,15 +168,8 @@ def served_name(server: Server, client: httpx.Client) -> str:
     response = client.get("/v1/models")
     names = [card["id"] for card in response.json().get("data", [])] if response.status_code == 200 else []
     if not names:
-        raise BenchError(
-            f"the {server.name!r} server is ready but GET /v1/models answered {response.status_code} "
-            f"with no model: {response.text[:160]}",
-            bench.tail(server.log_path),
-        )
+        raise BenchError(f"{server.name}: GET /v1/models answered {response.status_code}", bench.tail(server.log_path))
     return str(names[0])
-
-
-# -- load
 
 
 def timed(client: httpx.Client, probe: Probe) -> tuple[float, str | None]:
@@ -193,18 +180,26 @@ def timed(client: httpx.Client, probe: Probe) -> tuple[float, str | None]:
     except httpx.HTTPError as exc:
         return time.perf_counter() - start, f"{type(exc).__name__}: {exc}"[:200]
     elapsed = time.perf_counter() - start
-    if response.status_code != 200:
+    if response.status_code != probe.status:
         return elapsed, f"HTTP {response.status_code}: {response.text[:160]}"
     return elapsed, None
 
 
-def run_probe(pair: list[tuple[Server, httpx.Client]], probe: Probe, warmup: int, requests: int) -> ProbeFigures:
+def api_cpu_s(server: Server) -> float:
+    """CPU seconds the server's API process (not its engine, a child process) has used so far."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def run_probe(pair: list[tuple[Server, httpx.Client]], probe: Probe, warmup: int, requests: int) -> Round:
     """warmup + requests rounds, one request per server each, in ABBA order; a pair with an error is dropped."""
-    off_s: list[float] = []
-    on_s: list[float] = []
-    errors: list[str] = []
+    result = Round()
     bench.progress(f"{probe.label}: {warmup} warm-up, then {requests} measured requests per server")
+    cpu: dict[str, float] = {}
     for index in range(warmup + requests):
+        if index == warmup:
+            cpu = {server.name: api_cpu_s(server) for server, _ in pair}
         order = pair if index % 2 == 0 else pair[::-1]
         took: dict[str, float] = {}
         failed = False
@@ -217,85 +212,68 @@ def run_probe(pair: list[tuple[Server, httpx.Client]], probe: Probe, warmup: int
                         f"the {server.name!r} server exited with code {server.proc.returncode} during the run",
                         bench.tail(server.log_path),
                     )
-                errors.append(f"{server.name}: {error}")
+                result.errors.append(f"{server.name}: {error}")
                 failed = True
             took[server.name] = seconds
         if index < warmup or failed:
             continue
-        off_s.append(took["off"])
-        on_s.append(took["on"])
-        if len(off_s) % 100 == 0:
-            bench.progress(f"{probe.label}: {len(off_s)}/{requests} pairs")
-    return summarize(probe.label, off_s, on_s, errors)
-
-
-# -- figures
+        result.off_s.append(took["off"])
+        result.on_s.append(took["on"])
+    used = {server.name: api_cpu_s(server) - cpu[server.name] for server, _ in pair}
+    result.cpu_off_s, result.cpu_on_s = used["off"], used["on"]
+    return result
 
 
 def pct_ms(values: list[float], q: float) -> float:
     return float(np.percentile(values, q) * 1000) if values else math.nan
 
 
-def median_ci95(values: list[float]) -> tuple[float, float]:
-    """A distribution-free 95% interval for the median: order statistics of the sign test (normal approximation)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    k = math.floor((n - 1.96 * math.sqrt(n)) / 2)
-    if n == 0 or k < 0:
-        return math.nan, math.nan
-    return ordered[k], ordered[n - 1 - k]
-
-
-def summarize(label: str, off_s: list[float], on_s: list[float], errors: list[str]) -> ProbeFigures:
-    paired = [(on - off) * 1000 for off, on in zip(off_s, on_s, strict=True)]
-    low, high = median_ci95(paired)
-    off_p50, on_p50, off_p90, on_p90 = pct_ms(off_s, 50), pct_ms(on_s, 50), pct_ms(off_s, 90), pct_ms(on_s, 90)
+def summarize(label: str, rounds: list[Round]) -> ProbeFigures:
+    off_s = [x for r in rounds for x in r.off_s]
+    on_s = [x for r in rounds for x in r.on_s]
+    per_round = [float(np.median([(b - a) * 1000 for a, b in zip(r.off_s, r.on_s, strict=True)])) for r in rounds]
+    pairs = len(off_s)
+    cpu_off = sum(r.cpu_off_s for r in rounds) * 1000 / max(1, pairs)
+    cpu_on = sum(r.cpu_on_s for r in rounds) * 1000 / max(1, pairs)
+    errors = [e for r in rounds for e in r.errors]
     return ProbeFigures(
         probe=label,
-        pairs=len(paired),
+        pairs=pairs,
         errors=len(errors),
-        off_p50_ms=off_p50,
-        on_p50_ms=on_p50,
-        diff_p50_ms=on_p50 - off_p50,
-        off_p90_ms=off_p90,
-        on_p90_ms=on_p90,
-        diff_p90_ms=on_p90 - off_p90,
-        paired_median_ms=float(np.median(paired)) if paired else math.nan,
-        paired_ci95_low_ms=low,
-        paired_ci95_high_ms=high,
+        off_p50_ms=pct_ms(off_s, 50),
+        on_p50_ms=pct_ms(on_s, 50),
+        off_p90_ms=pct_ms(off_s, 90),
+        on_p90_ms=pct_ms(on_s, 90),
+        round_medians_ms=per_round,
+        latency_overhead_ms=float(np.mean(per_round)) if per_round else math.nan,
+        cpu_off_ms=cpu_off,
+        cpu_on_ms=cpu_on,
+        cpu_overhead_ms=cpu_on - cpu_off,
         error_examples=sorted(set(errors))[:5],
-        off_ms=[s * 1000 for s in off_s],
-        on_ms=[s * 1000 for s in on_s],
     )
 
 
 def print_report(results: list[ProbeFigures], requests: int, warmup: int) -> None:
-    print("\nGateway overhead: auth + per-key limits (on) vs auth off; usage accounting runs in both. Times in ms.")
-    header = ["probe", "off p50", "on p50", "diff p50", "off p90", "on p90", "diff p90", "paired diff (95% CI)"]
+    print("\nGateway overhead per request: auth + per-key limits on vs off (usage, metrics, access log in both). ms.")
     width = max(len(f.probe) for f in results) + 2
-    print(f"{header[0]:<{width}}" + "".join(f"{h:>10}" for h in header[1:7]) + f"  {header[7]:<26}target")
+    cols = max(len(" / ".join(f"{m:+.2f}" for m in f.round_medians_ms)) for f in results) + 2
+    head = f"{'probe':<{width}}" + "".join(f"{h:>9}" for h in ("off p50", "on p50", "off p90", "on p90"))
+    print(head + f"  {'latency diff per round':<{cols}}{'mean':>7}  {'API CPU off':>11}{'on':>7}{'diff':>8}  target")
     for f in results:
-        cells = [f.off_p50_ms, f.on_p50_ms, f.diff_p50_ms, f.off_p90_ms, f.on_p90_ms, f.diff_p90_ms]
-        text = "".join(f"{c:>+10.3f}" if i in (2, 5) else f"{c:>10.3f}" for i, c in enumerate(cells))
-        paired = f"{f.paired_median_ms:+.3f} ({f.paired_ci95_low_ms:+.3f}, {f.paired_ci95_high_ms:+.3f})"
-        verdict = "met" if f.diff_p50_ms < TARGET_MS else "MISSED" if math.isfinite(f.diff_p50_ms) else "n/a"
-        print(f"{f.probe:<{width}}{text}  {paired:<26}{verdict}")
-    print(f"\ntarget: diff p50 (on - off) < {TARGET_MS} ms.  peer: {PEER}")
-    print(f"- {requests} measured requests per server and probe (after {warmup} warm-up), one at a time;")
-    print("  both servers run on this machine at the same time and requests alternate between them (ABBA order),")
-    print("  so the engine is never contended and a drift of the machine falls on both alike.")
-    print("- paired diff: the median of on_i - off_i over the pairs, more robust than the difference of medians.")
-    print("- the access log is on in both servers (one line per request), as a user would run them.")
+        text = "".join(f"{c:>9.3f}" for c in (f.off_p50_ms, f.on_p50_ms, f.off_p90_ms, f.on_p90_ms))
+        per_round = " / ".join(f"{m:+.2f}" for m in f.round_medians_ms)
+        verdict = "met" if f.cpu_overhead_ms < TARGET_MS else "MISSED"
+        cpu = f"{f.cpu_off_ms:>11.3f}{f.cpu_on_ms:>7.3f}{f.cpu_overhead_ms:>+8.3f}"
+        print(f"{f.probe:<{width}}{text}  {per_round:<{cols}}{f.latency_overhead_ms:>+7.2f}  {cpu}  {verdict}")
+    print(f"\ntarget: under {TARGET_MS} ms per request, judged on the API process's CPU time (diff).  peer: {PEER}")
+    print(f"- {requests} measured requests per server and probe (after {warmup} warm-up each round), one at a time,")
+    print("  alternating between the two servers (ABBA); both run at once on this machine. The servers are")
+    print("  restarted each round, their places (start order, port, engine core) swapped every other round.")
+    print("- latency diff: per round the median of on_i - off_i. Where a process lands moves it by up to +-2 ms with")
+    print("  the engine and +-0.3 ms without, with opposite signs when the places swap: the mean is shown, and the")
+    print("  spread of the rounds is the noise. API CPU: the server's own process (not the engine) per request,")
+    print("  from /proc/<pid>/stat over the measured requests: the work the gateway adds, free of that noise.")
     print("- on: the key is cached for gateway.key_cache_s, so about one request per interval reads the database.")
-    print("- completions include the engine (1 token); GET /v1/models has no engine work: mostly the gateway.")
-
-
-def print_problems(results: list[ProbeFigures]) -> None:
-    for f in results:
-        if f.errors:
-            print(f"\n!!! {f.probe}: {f.errors} requests FAILED; their pairs are left out of the figures")
-            for example in f.error_examples:
-                print(f"!!!   {example}")
 
 
 def write_json(path: Path, results: list[ProbeFigures], setup: dict[str, Any]) -> None:
@@ -304,38 +282,44 @@ def write_json(path: Path, results: list[ProbeFigures], setup: dict[str, Any]) -
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
-# -- command line
-
-
-def count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: %(default)s)")
     parser.add_argument("--requests", type=bench.positive_int, default=400, help="measured requests per server")
-    parser.add_argument("--warmup", type=count, default=20, help="warm-up requests per server, not counted")
+    parser.add_argument(
+        "--rounds", type=bench.positive_int, default=4, help="server restarts, places swapped every other one"
+    )
+    parser.add_argument("--warmup", type=int, default=20, help="warm-up requests per server, not counted")
     parser.add_argument("--json", type=Path, help="also write every figure (and every latency) here")
     parser.add_argument("--keep", action="store_true", help="keep the servers' temporary homes (logs, databases)")
     return parser
 
 
-def measure(root: Path, model_dir: Path, requests: int, warmup: int) -> tuple[list[ProbeFigures], str]:
-    ports = [bench.free_port()]
-    while len(ports) < 2:
-        port = bench.free_port()
-        ports += [port] if port not in ports else []
-    servers = [make_server("off", root, model_dir, ports[0], auth=False)]
-    servers.append(make_server("on", root, model_dir, ports[1], auth=True))
-    bench.progress("on: creating its key with `bitinglip keys create`")
+def measure(
+    root: Path, model_dir: Path, requests: int, warmup: int, swapped: bool, index: int
+) -> tuple[dict[str, Round], str]:
+    """One round: both servers started, every probe sampled, both stopped. ``swapped`` trades the servers'
+    places (start order, port, engine core), so that where a process lands weighs on both alike."""
+    ports = [bench.free_port(), bench.free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = bench.free_port()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    binds = [str(c) for c in cores[:2]] if len(cores) >= 2 else ["auto", "auto"]
+    places = [(ports[0], binds[0]), (ports[1], binds[1])]
+    if swapped:
+        places.reverse()
+    round_root = root / f"round-{index + 1}"
+    round_root.mkdir()
+    servers = [
+        make_server("off", round_root, model_dir, places[0][0], auth=False, engine_core=places[0][1]),
+        make_server("on", round_root, model_dir, places[1][0], auth=True, engine_core=places[1][1]),
+    ]
+    bench.progress(f"round {index + 1}{' (places swapped)' if swapped else ''}: off engine on core {places[0][1]}, "
+                   f"on engine on core {places[1][1]}; creating the key with `bitinglip keys create`")  # fmt: skip
     servers[1].key = create_key(servers[1])
     with contextlib.ExitStack() as stack:
-        for server in servers:
-            cmd = [bitinglip(), "serve", "--host", "127.0.0.1", "--port", str(server.port)]
+        for server in servers[::-1] if swapped else servers:
+            cmd = [BIN, "serve", "--host", "127.0.0.1", "--port", str(server.port)]
             server.proc = stack.enter_context(bench.server_process(cmd, server.env, server.log_path))
         asyncio.run(wait_all_ready(servers))
         # One persistent client per server: every request goes over the same kept-alive connection.
@@ -347,10 +331,27 @@ def measure(root: Path, model_dir: Path, requests: int, warmup: int) -> tuple[li
         probes = [
             Probe("POST /v1/completions max_tokens=1", "POST", "/v1/completions",
                   {"model": model, "prompt": "Hi", "max_tokens": 1}),
+            # Every gateway step (key, limits, model lease, tokenizing, usage, metrics, log line), no engine work:
+            # max_tokens past the context is refused once the prompt is tokenized.
+            Probe("POST /v1/completions, 400 after tokenizing", "POST", "/v1/completions",
+                  {"model": model, "prompt": "Hi", "max_tokens": 100_000}, status=400),
             Probe("GET /v1/models", "GET", "/v1/models", None),
         ]  # fmt: skip
-        results = [run_probe(pair, probe, warmup, requests) for probe in probes]
-    return results, model
+        samples = {probe.label: run_probe(pair, probe, warmup, requests) for probe in probes}
+    return samples, model
+
+
+def measure_both(
+    root: Path, model_dir: Path, requests: int, warmup: int, rounds_count: int
+) -> tuple[list[ProbeFigures], str]:
+    """Rounds with the servers' places swapped every other one; each probe's pairs pooled over all."""
+    rounds: dict[str, list[Round]] = {}
+    model = ""
+    for index in range(rounds_count):
+        samples, model = measure(root, model_dir, max(1, requests // rounds_count), warmup, index % 2 == 1, index)
+        for label, result in samples.items():
+            rounds.setdefault(label, []).append(result)
+    return [summarize(label, results) for label, results in rounds.items()], model
 
 
 def main() -> int:
@@ -363,7 +364,7 @@ def main() -> int:
     bench.progress(f"engine arguments (both servers): {ENGINE_ARGS}")
     root = Path(tempfile.mkdtemp(prefix="bitinglip-bench-gateway-"))
     try:
-        results, model = measure(root, model_dir, args.requests, args.warmup)
+        results, model = measure_both(root, model_dir, args.requests, args.warmup, args.rounds)
     except BenchError as exc:
         print(f"\nbench_gateway: FAILED: {exc.message}", file=sys.stderr)
         if exc.output:
@@ -378,10 +379,12 @@ def main() -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     print_report(results, args.requests, args.warmup)
-    print_problems(results)
+    for f in results:
+        if f.errors:
+            print(f"\n!!! {f.probe}: {f.errors} requests FAILED (left out): {'; '.join(f.error_examples)}")
     if args.json:
         setup = {"model": str(model_dir), "served_name": model, "engine_args": ENGINE_ARGS,
-                 "requests": args.requests, "warmup": args.warmup, "order": "ABBA, one request at a time",
+                 "requests": args.requests, "warmup": args.warmup, "rounds": args.rounds, "order": "ABBA",
                  "access_log": True, "key_limits": KEY_LIMITS}  # fmt: skip
         write_json(args.json, results, setup)
     return 1 if any(f.errors for f in results) else 0
