@@ -63,7 +63,9 @@ class Components:
 
     @functools.cached_property
     def openai(self) -> OpenAIServing:
-        return OpenAIServing(self.cluster)
+        openai = OpenAIServing(self.cluster)
+        openai.background.record = self.usage.record  # tasks and batch lines count in their key's usage
+        return openai
 
     def authenticator(self) -> Authenticator | None:
         """The key check when auth is on (None when off); SettingsError for a public address without it."""

@@ -290,3 +290,28 @@ def test_the_server_will_not_listen_publicly_without_auth(tmp_path: Path) -> Non
     )
     assert out.returncode == 2
     assert "allow_public_without_auth" in out.stderr
+
+
+def test_background_work_counts_for_its_key_and_keeps_to_its_models(guarded: tuple[Server, str]) -> None:
+    server, admin = guarded
+    key = key_for(server, admin, name="batcher", models=["tiny"])
+    request = {"model": "tiny", "prompt": "Once", "max_tokens": 7, "ignore_eos": True}
+    made = httpx.post(f"{server.url}/api/tasks", json={"kind": "completion", "request": request}, headers=bearer(key))
+    assert made.status_code == 202, made.text
+    deadline = time.monotonic() + 60
+    while (task := httpx.get(f"{server.url}/api/tasks/{made.json()['id']}", headers=bearer(key)).json())[
+        "state"
+    ] != "succeeded":
+        assert time.monotonic() < deadline and task["state"] in ("queued", "running"), task
+        time.sleep(0.2)
+    time.sleep(1.0)  # two usage flushes
+    rows = httpx.get(f"{server.url}/api/usage", headers=bearer(key)).json()["data"]
+    assert [(r["requests"], r["completion_tokens"]) for r in rows] == [(1, 7)]
+    assert (
+        httpx.post(
+            f"{server.url}/api/tasks",
+            json={"kind": "completion", "request": request},
+            headers=bearer(key_for(server, admin, models=["elsewhere"])),
+        ).json()["error"]["code"]
+        == "model_not_allowed"
+    )

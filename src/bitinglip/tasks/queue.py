@@ -51,7 +51,8 @@ class Capacity(Protocol):
 class TaskKind:
     """What the app registers per kind: how to run one, and which model its payload names."""
 
-    run: Callable[[dict[str, Any], str], Awaitable[Any]]  # (payload, request id) -> a JSON-encodable result
+    # (payload, request id, owner) -> a JSON-encodable result; the owner is the API key that queued it ("" for none)
+    run: Callable[[dict[str, Any], str, str], Awaitable[Any]]
     target: Callable[[dict[str, Any]], str]  # the payload's model; InvalidInput when it names none
     endpoint: str | None = None  # the OpenAI URL batch lines of this kind name
 
@@ -245,7 +246,7 @@ class TaskQueue:
             if handler is None:
                 raise InvalidInput(f"no handler for task kind {claimed.kind!r} in this server")
             payload = msgspec.json.decode(claimed.payload)
-            result = await handler.run(payload, f"{claimed.id}-{claimed.attempts}")
+            result = await handler.run(payload, f"{claimed.id}-{claimed.attempts}", claimed.owner)
             outcome = Outcome(
                 id=claimed.id, attempt=claimed.attempts, state="succeeded", result=msgspec.json.encode(result).decode()
             )

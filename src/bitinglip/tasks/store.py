@@ -63,6 +63,7 @@ class Claimed(msgspec.Struct, kw_only=True):
     priority: int
     seq: int
     batch_id: str | None
+    owner: str = ""
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -210,6 +211,7 @@ class TaskStore:
                 tasks.c.priority,
                 tasks.c.seq,
                 tasks.c.batch_id,
+                tasks.c.owner,
             )
         )
         async with self.db.engine.begin() as conn:

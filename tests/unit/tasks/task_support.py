@@ -41,7 +41,7 @@ class Work:
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def run(self, payload: dict[str, Any], request_id: str) -> dict[str, Any]:
+    async def run(self, payload: dict[str, Any], request_id: str, owner: str = "") -> dict[str, Any]:
         name = str(payload.get("name", request_id))
         self.started.append(name)
         self.in_flight += 1

@@ -107,6 +107,17 @@ async def test_a_wrong_input_line_fails_the_batch_naming_its_line(
         assert (await conn.execute(sa.select(sa.func.count()).select_from(tasks))).scalar() == 0
 
 
+async def test_a_line_for_a_model_its_key_may_not_use_fails_the_batch(env: Env) -> None:
+    async def models_of(owner: str) -> list[str] | None:
+        return ["m"] if owner == "" else None
+
+    env.batches.models_of = models_of
+    batch = await create(env, [line("r0"), line("r1", model="n")])  # both served here
+    assert batch.status == "failed" and batch.errors is not None
+    [error] = batch.errors.data
+    assert (error.code, error.line, error.param) == ("model_not_allowed", 2, "body.model")
+
+
 async def test_too_many_lines_or_bytes_and_an_empty_file_fail_the_batch(env: Env, tmp_path: Any) -> None:
     from dataclasses import replace  # noqa: F401  (structs below)
 

@@ -2,7 +2,8 @@
 
 A task's request goes through what a live request goes through (the same msgspec types, `prepare`, the
 engine's checks), so a bad parameter fails a task or a batch line exactly as it would fail on `/v1`. It
-holds a background lease, which the cluster counts apart so the queue can yield to interactive requests.
+holds a background lease, which the cluster counts apart so the queue can yield to interactive requests, and
+its tokens count in the usage of the key that queued it (not against the key's per-minute limits).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import msgspec
 from bitinglip.cluster import EngineClient, Lease
 from bitinglip.core import InvalidInput, validation_path
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Prepared, Serving
+from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.tasks import TaskKind
@@ -54,6 +55,8 @@ class Background:
         self.acquire = acquire
         self.chat_serving = chat
         self.completion_serving = completion
+        # (owner, model, prompt tokens, completion tokens, error): the app points it at the usage counters.
+        self.record: Callable[[str, str, int, int, bool], None] | None = None
 
     def kinds(self) -> dict[str, TaskKind]:
         return {
@@ -61,27 +64,34 @@ class Background:
             "completion": TaskKind(run=self.completion, target=model_of, endpoint="/v1/completions"),
         }
 
-    async def chat(self, payload: dict[str, Any], request_id: str) -> msgspec.Struct:
+    async def chat(self, payload: dict[str, Any], request_id: str, owner: str = "") -> msgspec.Struct:
         req = decode(payload, p.ChatCompletionRequest)
-        return await self._run(
-            req, request_id, self.chat_serving, lambda engine: self.chat_serving.prepare(req, engine)
-        )
+        serving = self.chat_serving
+        return await self._run(req, request_id, owner, serving, lambda engine: serving.prepare(req, engine))
 
-    async def completion(self, payload: dict[str, Any], request_id: str) -> msgspec.Struct:
+    async def completion(self, payload: dict[str, Any], request_id: str, owner: str = "") -> msgspec.Struct:
         req = decode(payload, p.CompletionRequest)
         serving = self.completion_serving
-        return await self._run(req, request_id, serving, lambda engine: serving.prepare(req, engine))
+        return await self._run(req, request_id, owner, serving, lambda engine: serving.prepare(req, engine))
 
     async def _run(
         self,
         req: p.ChatCompletionRequest | p.CompletionRequest,
         request_id: str,
+        owner: str,
         serving: Serving,
         prepare: Callable[[EngineClient], Awaitable[Prepared]],
     ) -> msgspec.Struct:
+        """The request's usage counts for the key that queued it, as a live request's does."""
+        tally, prompt_tokens, error = Tally(), 0, True
         lease = await self.acquire(req.model, req.keep_alive, background=True)
         try:
             prep = await prepare(lease.engine)
-            return await serving.complete(prep, request_id)
+            prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
+            response = await serving.complete(prep, request_id, tally)
+            error = False
+            return response
         finally:
             lease.release()
+            if self.record is not None:
+                self.record(owner, req.model or "", prompt_tokens, tally.completion_tokens, error)
