@@ -13,7 +13,8 @@ from gateway_support import Gateway, build_gateway
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bitinglip.gateway import KeyCreate
+from bitinglip.core import GatewaySettings, ServerSettings, SettingsError, load_settings
+from bitinglip.gateway import KeyCreate, auth_enabled
 from bitinglip.gateway.keys import digest
 from doubles import ScriptedEngine
 
@@ -179,3 +180,40 @@ def test_metrics_parse_with_prometheus_own_parser(client: TestClient, gateway: G
     assert completion[0].value == 6
     ttft = [s for s in families["bitinglip_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
     assert ttft[0].value == 1  # the streamed one: a whole response has no first-token time
+
+
+@pytest.mark.parametrize(
+    ("host", "auth", "allow", "expected"),
+    [
+        ("127.0.0.1", "auto", False, False),
+        ("::1", "auto", False, False),
+        ("localhost", "auto", False, False),
+        ("0.0.0.0", "auto", False, True),
+        ("10.1.2.3", "auto", False, True),
+        ("127.0.0.1", True, False, True),
+        ("0.0.0.0", False, True, False),
+        ("0.0.0.0", False, False, SettingsError),
+        ("my-host.lan", False, False, SettingsError),
+    ],
+)
+def test_auth_is_on_off_loopback_and_public_without_it_needs_saying_so(
+    host: str, auth: Any, allow: bool, expected: object
+) -> None:
+    server = ServerSettings(host=host)
+    gateway = GatewaySettings(auth=auth, allow_public_without_auth=allow)
+    if expected is SettingsError:
+        with pytest.raises(SettingsError) as refused:
+            auth_enabled(server, gateway)
+        assert refused.value.param == "gateway.auth" and "allow_public_without_auth" in refused.value.message
+    else:
+        assert auth_enabled(server, gateway) is expected
+
+
+def test_settings_take_auth_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BITINGLIP_GATEWAY__AUTH", "true")
+    monkeypatch.setenv("BITINGLIP_GATEWAY__MODEL_LIMITS__TINY__RPM", "60")
+    settings = load_settings(directory=None).settings.gateway
+    assert settings.auth is True and settings.model_limits["tiny"].rpm == 60
+    monkeypatch.setenv("BITINGLIP_GATEWAY__PUBLIC", '["health", "nope"]')
+    with pytest.raises(SettingsError):
+        load_settings(directory=None)
