@@ -148,7 +148,7 @@ async def _create(components: Components, args: argparse.Namespace) -> int:
 
 
 async def _list(components: Components, args: argparse.Namespace) -> int:
-    from bitinglip.gateway.keys import view
+    from bitinglip.gateway import view
 
     keys = [view(k) for k in await components.keys.list(include_revoked=args.all)]
     if args.json:

@@ -3,7 +3,7 @@ usage and metrics."""
 
 from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.auth import Authenticator, auth_enabled
-from bitinglip.gateway.keys import ApiKey, KeyCreate, KeyStore, KeyView, NewKey
+from bitinglip.gateway.keys import ApiKey, KeyCreate, KeyStore, KeyView, NewKey, view
 from bitinglip.gateway.limits import LimitStore, MemoryLimitStore
 from bitinglip.gateway.metrics import Metrics, deployment_families, pull_families, task_families
 from bitinglip.gateway.plugin import GatewayPlugin
@@ -30,4 +30,5 @@ __all__ = [
     "deployment_families",
     "pull_families",
     "task_families",
+    "view",
 ]
