@@ -144,6 +144,8 @@ async def _create(components: Components, args: argparse.Namespace) -> int:
     print("^ the key: copy it now, it is not stored and will not be shown again")
     print()
     print(_key_fields(new.info))
+    # A key works on the servers that use this database: say which, since a checkout's `make run` uses ./data.
+    print(f"database: {components.db.url.partition(':///')[2] or components.db.url}")
     return 0
 
 

@@ -217,3 +217,18 @@ def test_settings_take_auth_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("BITINGLIP_GATEWAY__PUBLIC", '["health", "nope"]')
     with pytest.raises(SettingsError):
         load_settings(directory=None)
+
+
+def test_model_limits_hold_over_every_key_and_admin_keys_obey_theirs(tmp_path: Path) -> None:
+    gateway = build_gateway(ScriptedEngine(), tmp_path, auth=True, model_limits={"fake": {"rpm": 3}})
+    with TestClient(gateway.app) as client:
+        a, b = make_key(client, gateway, name="a"), make_key(client, gateway, name="b")
+        admin = make_key(client, gateway, name="root", scope="admin", rpm=1)
+        assert client.post("/v1/chat/completions", json=chat(), headers=bearer(admin)).status_code == 200
+        limited = client.post("/v1/chat/completions", json=chat(), headers=bearer(admin))
+        assert limited.status_code == 429 and "key" in limited.json()["error"]["message"]  # no master key
+        assert client.post("/v1/chat/completions", json=chat(), headers=bearer(a)).status_code == 200
+        assert client.post("/v1/chat/completions", json=chat(), headers=bearer(b)).status_code == 200
+        over = client.post("/v1/chat/completions", json=chat(), headers=bearer(b))
+        assert over.status_code == 429 and "model fake" in over.json()["error"]["message"]
+        assert int(over.headers["retry-after"]) >= 59
