@@ -113,6 +113,9 @@ class ScriptedEngine:
     def decode_token(self, token_id: int) -> str:
         return chr(token_id)
 
+    def decode(self, token_ids: list[int]) -> str:
+        return "".join(map(chr, token_ids))
+
     def token_bytes(self, token_id: int) -> bytes:
         # Token 0xE2 stands for the first byte of a three-byte character, the case logprobs must name by bytes.
         return b"\xe2" if token_id == 0xE2 else chr(token_id).encode()

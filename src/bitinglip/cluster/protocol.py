@@ -68,6 +68,10 @@ class EngineClient(Protocol):
 
     def decode_token(self, token_id: int) -> str: ...
 
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of ``token_ids``; InvalidInput for an id the tokenizer does not have."""
+        ...
+
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes a token stands for, also when they are only part of a UTF-8 character."""
         ...

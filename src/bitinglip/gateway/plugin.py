@@ -15,6 +15,7 @@ from bitinglip.gateway.api import OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
 from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.serving import OpenAIServing
+from bitinglip.gateway.tokenize import TokenizeController
 
 
 class GatewayPlugin(InitPlugin):
@@ -27,7 +28,9 @@ class GatewayPlugin(InitPlugin):
         self.auth = auth  # None: auth is off
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend([OpenAIController, KeysController, UsageController, metrics_route])
+        app_config.route_handlers.extend(
+            [OpenAIController, TokenizeController, KeysController, UsageController, metrics_route]
+        )
         provided: dict[str, Any] = {
             "openai": self.openai,
             "accounting": self.accounting,

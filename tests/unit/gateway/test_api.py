@@ -203,3 +203,27 @@ def test_every_request_releases_its_hold_on_the_engine(client: TestClient, servi
             "status": "ready",
         }
     ]
+
+
+def test_tokenize_counts_what_a_request_is_billed_and_detokenize_reverses_it(client: TestClient) -> None:
+    chat_usage = client.post("/v1/chat/completions", json=chat(max_tokens=1)).json()["usage"]
+    counted = client.post("/tokenize", json={"model": "fake", "messages": [{"role": "user", "content": "hi"}]})
+    assert counted.status_code == 200 and counted.json()["count"] == chat_usage["prompt_tokens"]
+    assert counted.json()["max_model_len"] == 64
+    text = client.post("/tokenize", json={"model": "fake", "prompt": "héllo", "return_token_strs": True}).json()
+    done = client.post("/v1/completions", json={"model": "fake", "prompt": "héllo", "max_tokens": 1}).json()
+    assert text["count"] == len(text["tokens"]) == done["usage"]["prompt_tokens"]
+    assert "".join(text["token_strs"]) == "héllo"
+    back = client.post("/detokenize", json={"model": "fake", "tokens": text["tokens"]})
+    assert back.status_code == 200 and back.json() == {"prompt": "héllo"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"model": "fake"}, {"model": "fake", "prompt": "a", "messages": [{"role": "user", "content": "b"}]}],
+)
+def test_tokenize_needs_exactly_one_of_prompt_and_messages(client: TestClient, body: dict[str, object]) -> None:
+    r = client.post("/tokenize", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert client.post("/tokenize", json={"model": "nope", "prompt": "a"}).status_code == 404
+    assert client.post("/detokenize", json={"model": "fake", "tokens": "abc"}).status_code == 400

@@ -136,6 +136,12 @@ class VllmEngine:
     def decode_token(self, token_id: int) -> str:
         return str(self._tokenizer.decode([token_id]))
 
+    def decode(self, token_ids: list[int]) -> str:
+        vocabulary = len(self._tokenizer)
+        if (bad := next((t for t in token_ids if not 0 <= t < vocabulary), None)) is not None:
+            raise InvalidInput(f"token id {bad} is not in the vocabulary (0 to {vocabulary - 1})", param="tokens")
+        return str(self._tokenizer.decode(token_ids))
+
     def token_bytes(self, token_id: int) -> bytes:
         return token_bytes(self._tokenizer, token_id)
 

@@ -38,12 +38,16 @@ def message_text(message: p.ChatMessage, index: int) -> str:
 class ChatServing(Serving):
     id_prefix = "chatcmpl-"
 
-    async def prepare(self, req: p.ChatCompletionRequest, engine: EngineClient) -> Prepared:
-        if not req.messages:
+    @classmethod
+    async def render(cls, messages: list[p.ChatMessage] | None, engine: EngineClient) -> tuple[list[int], str]:
+        """The prompt (token ids and text) the model's chat template makes of ``messages``."""
+        if not messages:
             raise InvalidInput("`messages` must be a non-empty list", param="messages", code="empty_messages")
-        messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
-        text = engine.render_chat(messages)
-        ids = await self.encode(engine, text)
+        text = engine.render_chat([{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(messages)])
+        return await cls.encode(engine, text), text
+
+    async def prepare(self, req: p.ChatCompletionRequest, engine: EngineClient) -> Prepared:
+        ids, text = await self.render(req.messages, engine)
         args = req.sampling_args(len(ids), engine.max_model_len)
         return Prepared(
             model=req.model or "",

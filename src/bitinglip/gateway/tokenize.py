@@ -1,0 +1,72 @@
+"""`POST /tokenize` and `POST /detokenize`, named and shaped as `vllm serve` has them, so a client can count
+tokens before it sends: a prompt is tokenized exactly as /v1/completions tokenizes it, messages exactly as
+/v1/chat/completions renders and tokenizes them, so `count` is the `prompt_tokens` the request will be billed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from bitinglip.core import Forbidden, InvalidInput, error_responses
+from bitinglip.gateway import protocol as p
+from bitinglip.gateway.serving import ChatServing, OpenAIServing
+from bitinglip.gateway.serving.base import Serving
+
+
+def _allowed(request: Request[Any, Any, Any], model: str | None) -> None:
+    allowed = request.scope["state"].get("models")
+    if allowed is not None and model and model not in allowed:
+        raise Forbidden(f"this API key may not use the model `{model}`", param="model", code="model_not_allowed")
+
+
+class TokenizeController(Controller):
+    path = "/"
+    tags = ("tokens",)
+
+    @post(
+        "/tokenize",
+        operation_id="tokenize",
+        summary="Token ids of a prompt or of chat messages, as a request would get them",
+        status_code=200,
+        responses=error_responses(400, 401, 403, 404, 503),
+    )
+    async def tokenize(
+        self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any], data: JSONBody[p.TokenizeRequest]
+    ) -> p.TokenizeResponse:
+        if (data.prompt is None) == (data.messages is None):
+            raise InvalidInput("send exactly one of `prompt` and `messages`", param="prompt")
+        _allowed(request, data.model)
+        lease = await openai.acquire(data.model, None)
+        try:
+            engine = lease.engine
+            if data.messages is not None:
+                ids, _ = await ChatServing.render(data.messages, engine)
+            else:
+                ids = await Serving.encode(engine, data.prompt or "")
+            strs = [engine.decode_token(t) for t in ids] if data.return_token_strs else None
+            return p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids, token_strs=strs)
+        finally:
+            lease.release()
+
+    @post(
+        "/detokenize",
+        operation_id="detokenize",
+        summary="The text of token ids",
+        status_code=200,
+        responses=error_responses(400, 401, 403, 404, 503),
+    )
+    async def detokenize(
+        self,
+        openai: NamedDependency[OpenAIServing],
+        request: Request[Any, Any, Any],
+        data: JSONBody[p.DetokenizeRequest],
+    ) -> p.DetokenizeResponse:
+        _allowed(request, data.model)
+        lease = await openai.acquire(data.model, None)
+        try:
+            return p.DetokenizeResponse(prompt=lease.engine.decode(data.tokens))
+        finally:
+            lease.release()
