@@ -43,6 +43,68 @@ class ChatMessage(msgspec.Struct, kw_only=True):
     name: str | None = None
 
 
+# vLLM's structured outputs (`extra_body={"structured_outputs": {...}}`): one constraint, and options.
+CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
+STRUCTURED_OPTIONS = frozenset({"disable_any_whitespace", "disable_additional_properties", "whitespace_pattern"})
+
+
+class JsonSchemaFormat(msgspec.Struct, kw_only=True):
+    name: str = "response"
+    description: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True):
+    """OpenAI's `response_format`: plain text, any JSON object, or JSON that validates against a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+def structured_outputs(given: dict[str, Any] | None, response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    """The one constraint a request puts on its output, checked, as vLLM's StructuredOutputsParams takes it.
+
+    JSON is kept free of filler whitespace unless the request says otherwise: a weak model can otherwise pad
+    valid JSON with hundreds of blank characters until max_tokens."""
+    if response_format is not None and response_format.type != "text":
+        if given is not None:
+            raise InvalidInput("send `response_format` or `structured_outputs`, not both", param="structured_outputs")
+        if response_format.type == "json_object":
+            given = {"json_object": True}
+        elif response_format.json_schema is None or response_format.json_schema.schema is None:
+            raise InvalidInput(
+                "`response_format` of type json_schema needs `json_schema.schema`",
+                param="response_format.json_schema.schema",
+            )
+        else:
+            given = {"json": response_format.json_schema.schema}
+    if given is None:
+        return None
+    for key in given:
+        if key not in CONSTRAINTS and key not in STRUCTURED_OPTIONS:
+            raise InvalidInput(
+                f"`structured_outputs.{key}` is not supported; use one of {', '.join(CONSTRAINTS)}",
+                param=f"structured_outputs.{key}",
+            )
+    kinds = [k for k in CONSTRAINTS if given.get(k) not in (None, False)]
+    if len(kinds) != 1:
+        raise InvalidInput(
+            f"`structured_outputs` takes exactly one of {', '.join(CONSTRAINTS)}, got {len(kinds)}",
+            param="structured_outputs",
+        )
+    kind, value = kinds[0], given[kinds[0]]
+    if kind == "choice" and not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
+        raise InvalidInput("`choice` must be a non-empty list of non-empty strings", param="structured_outputs.choice")
+    if kind in ("regex", "grammar") and not (isinstance(value, str) and value):
+        raise InvalidInput(f"`{kind}` must be a non-empty string", param=f"structured_outputs.{kind}")
+    if kind == "json" and not isinstance(value, dict | str):
+        raise InvalidInput("`json` must be a JSON schema (an object)", param="structured_outputs.json")
+    if kind in ("json", "json_object") and not {"disable_any_whitespace", "whitespace_pattern"} & set(given):
+        given = {**given, "disable_any_whitespace": True}
+    return given
+
+
 class _Sampling(_Request):
     model: str | None = None
     max_tokens: int | None = None
@@ -64,6 +126,8 @@ class _Sampling(_Request):
     priority: int = 0
     # Ollama's: how long the model stays loaded after this request (seconds, "5m", -1 forever).
     keep_alive: float | str | None = None
+    # vLLM's: a constraint on the output (json, regex, choice, grammar, json_object), through `extra_body`.
+    structured_outputs: dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -133,6 +197,7 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
 
     def top_logprobs_asked(self) -> int | None:
         """How many alternatives per token to return; None for no logprobs at all."""
@@ -150,6 +215,8 @@ class ChatCompletionRequest(_Sampling):
         args = self._sampling_args(max_tokens, prompt_len, max_model_len, "messages")
         if top is not None:
             args["logprobs"] = top
+        if (structured := structured_outputs(self.structured_outputs, self.response_format)) is not None:
+            args["structured_outputs"] = structured
         return args
 
 
@@ -165,6 +232,8 @@ class CompletionRequest(_Sampling):
         args = self._sampling_args(max_tokens, prompt_len, max_model_len, "prompt")
         if self.logprobs is not None:
             args["logprobs"] = self.logprobs
+        if (structured := structured_outputs(self.structured_outputs, None)) is not None:
+            args["structured_outputs"] = structured
         return args
 
 

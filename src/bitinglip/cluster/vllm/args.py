@@ -58,6 +58,11 @@ def effective_engine_args(settings: ClusterSettings, table: dict[str, Any]) -> d
         args.setdefault("enable_sleep_mode", True)  # idle deployments sleep and wake in seconds, not reload
     if settings.executor == "ray":
         args.setdefault("distributed_executor_backend", "ray")
+    # Structured JSON without filler whitespace: left flexible, a weak model pads valid JSON with hundreds of blank
+    # characters until max_tokens. vLLM takes this per engine (not per request), and only with a named backend.
+    given = dict(args.get("structured_outputs_config") or {})
+    if given.get("backend", "xgrammar") in ("xgrammar", "guidance"):
+        args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True, **given}
     return args
 
 

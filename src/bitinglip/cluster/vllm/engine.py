@@ -25,6 +25,12 @@ from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 log = get_logger(__name__)
 
 
+def _structured(spec: Mapping[str, Any]) -> Any:
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(**spec)
+
+
 class VllmEngine:
     def __init__(
         self, model_path: Path, served_name: str, engine_args: dict[str, Any], env: dict[str, str] | None = None
@@ -62,7 +68,12 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **self.engine_args)
+        engine_args = dict(self.engine_args)
+        if isinstance(structured := engine_args.get("structured_outputs_config"), dict):
+            from vllm.config import StructuredOutputsConfig
+
+            engine_args["structured_outputs_config"] = StructuredOutputsConfig(**structured)
+        args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **engine_args)
         spawn_in_own_group()
         # The engine processes spawned below inherit the environment (their GPUs, the Ray address); the
         # server's own is put back after, and engines start one at a time, so none sees another's.
@@ -150,15 +161,39 @@ class VllmEngine:
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
 
+        structured = params.get("structured_outputs")
         try:
             # A whole answer is built from the finished output alone, as vLLM's offline LLM.generate does: no
             # per-token output objects to make, queue and iterate.
             kind = RequestOutputKind.FINAL_ONLY if whole else RequestOutputKind.DELTA
-            return SamplingParams(output_kind=kind, **params)
+            if structured is None:
+                return SamplingParams(output_kind=kind, **params)
+            made = SamplingParams(output_kind=kind, **{**params, "structured_outputs": _structured(structured)})
         except VLLMValidationError as exc:
             raise InvalidInput(str(exc).split(" (parameter=")[0], param=exc.parameter) from exc
         except (ValueError, TypeError) as exc:
             raise InvalidInput(str(exc)) from exc
+        self._check_grammar(made)
+        return made
+
+    def _check_grammar(self, params: Any) -> None:
+        """Compile-check a structured-output constraint now, as the engine will, so a schema or grammar the
+        backend cannot take is a 400 before any response (a stream's headers included) goes out."""
+        from vllm.exceptions import VLLMValidationError
+
+        llm = self._llm
+        if llm is None:
+            raise Unavailable("the engine is not running", retry_after=5)
+        config = llm.vllm_config
+        try:
+            params.verify(
+                llm.model_config, config.speculative_config, config.structured_outputs_config, self._tokenizer
+            )
+        except (VLLMValidationError, ValueError, TypeError, RuntimeError) as exc:
+            message = str(exc).split(" (parameter=")[0]
+            raise InvalidInput(
+                f"the structured output constraint was refused: {message}", param="structured_outputs"
+            ) from exc
 
     async def generate(
         self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0

@@ -49,11 +49,17 @@ class ChatServing(Serving):
     async def prepare(self, req: p.ChatCompletionRequest, engine: EngineClient) -> Prepared:
         ids, text = await self.render(req.messages, engine)
         args = req.sampling_args(len(ids), engine.max_model_len)
+        try:
+            params = engine.sampling_params(args, whole=not req.stream)
+        except InvalidInput as exc:
+            if exc.param == "structured_outputs" and req.response_format is not None:
+                exc.param = "response_format"  # what the client sent
+            raise
         return Prepared(
             model=req.model or "",
             engine=engine,
             prompts=[(ids, text)],
-            params=engine.sampling_params(args, whole=not req.stream),
+            params=params,
             n=req.n,
             max_tokens=args["max_tokens"],
             stream=req.stream,
