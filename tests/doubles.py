@@ -107,6 +107,10 @@ class ScriptedEngine:
     def encode(self, text: str) -> list[int]:
         return [ord(c) % 256 for c in text]
 
+    @property
+    def chat(self) -> bool:
+        return True
+
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
@@ -197,7 +201,8 @@ class FakeEngines:
         self.background = 0  # leases taken for background work
 
     async def served_models(self) -> list[ServedModel]:
-        return [ServedModel(name=self.engine.served_name, state="ready", max_model_len=self.engine.max_model_len)]
+        engine = self.engine
+        return [ServedModel(name=engine.served_name, state="ready", max_model_len=engine.max_model_len, chat=True)]
 
     async def acquire(self, model: str, keep_alive: float | str | None = None, *, background: bool = False) -> Lease:
         if model != self.engine.served_name:

@@ -31,3 +31,16 @@ def test_bad_tokens_and_unknown_models_get_the_envelope(server: Server) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
     missing = httpx.post(f"{server.url}/tokenize", json={"model": "no-such-model", "prompt": "x"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_models_say_their_context_length_and_what_they_serve(server: Server, client: openai.OpenAI) -> None:
+    card = httpx.get(f"{server.url}/v1/models/{MODEL}").json()
+    assert card["max_model_len"] == 2048
+    assert card["capabilities"] == {
+        "chat": True,  # the tiny model has a chat template
+        "completions": True,
+        "tools": False,
+        "structured_outputs": True,
+        "embeddings": False,
+    }
+    assert [m.model_extra["capabilities"]["chat"] for m in client.models.list().data] == [True]  # type: ignore[index]

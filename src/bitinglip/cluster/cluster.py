@@ -336,6 +336,7 @@ class Cluster(Supervision):
                 state=d.state,
                 path=str(d.path) if d.path else None,
                 max_model_len=next((r.engine.max_model_len for r in d.replicas if r.engine), None),
+                chat=next((r.engine.chat for r in d.replicas if r.engine), None),
             )
             for d in self.deployments.values()
             if d.state != "draining"

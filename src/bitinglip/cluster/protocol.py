@@ -62,6 +62,11 @@ class EngineClient(Protocol):
         """Token ids of ``text``, without special tokens."""
         ...
 
+    @property
+    def chat(self) -> bool:
+        """The model has a chat template (serves /v1/chat/completions)."""
+        ...
+
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text the model's chat template makes of ``messages``; InvalidInput if it cannot."""
         ...
@@ -153,6 +158,7 @@ class ServedModel(msgspec.Struct, kw_only=True):
     state: str  # a deployment state, or "on_demand"
     path: str | None = None
     max_model_len: int | None = None
+    chat: bool | None = None  # has a chat template; None while no engine has loaded it
 
 
 class EngineLookup(Protocol):

@@ -86,6 +86,11 @@ def _validation_error(exc: ValidationException) -> Response[ErrorResponse]:
                 400, "the request body is empty; send a JSON object", "invalid_request_error", None, "invalid_json"
             )
     param = re.sub(r"\[(\d+)\]", r".\1", key) if key else None
+    if unknown := re.match(r"Object contains unknown field `([^`]+)`", message):
+        # A field we do not serve: refused by name rather than accepted and dropped.
+        param = f"{param}.{unknown[1]}" if param else unknown[1]
+        text = f"`{param}` is not supported by this server; remove it from the request"
+        return _respond(400, text, "invalid_request_error", param, "unsupported_parameter")
     text = f"invalid request: {message}" + (f" - at `{param}`" if param else "")
     return _respond(400, text, "invalid_request_error", param, "invalid_value")
 

@@ -23,11 +23,12 @@ def check_range(name: str, value: float | None, low: float, high: float) -> None
         raise InvalidInput(f"`{name}` must be between {low:g} and {high:g}, got {value}", param=name)
 
 
-class _Request(msgspec.Struct, kw_only=True):
-    pass
+class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A request field BitingLip does not serve is refused (400 naming it), never accepted and dropped: a client
+    that asks for tools or a setting we ignore would otherwise fail later, on an answer it did not ask for."""
 
 
-class StreamOptions(msgspec.Struct, kw_only=True):
+class StreamOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
@@ -37,7 +38,7 @@ class ContentPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
-class ChatMessage(msgspec.Struct, kw_only=True):
+class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -329,15 +330,26 @@ class CompletionResponse(msgspec.Struct):
     object: Literal["text_completion"] = "text_completion"
 
 
+class ModelCapabilities(msgspec.Struct, kw_only=True):
+    """What a model serves here; `chat` is null until an engine has loaded it (its tokenizer says)."""
+
+    chat: bool | None
+    completions: bool = True
+    tools: bool = False
+    structured_outputs: bool = True
+    embeddings: bool = False
+
+
 class ModelCard(msgspec.Struct):
     id: str
     created: int
     owned_by: str = "bitinglip"
     object: Literal["model"] = "model"
-    max_model_len: int | None = None
+    max_model_len: int | None = None  # the context length, once an engine has loaded it
     root: str | None = None
     # "ready", "loading", "sleeping", "stopped", "failed" for a deployment; "on_demand": loads when asked for.
     status: str | None = None
+    capabilities: ModelCapabilities | None = None
 
 
 class ModelList(msgspec.Struct):

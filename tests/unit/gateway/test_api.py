@@ -201,6 +201,13 @@ def test_every_request_releases_its_hold_on_the_engine(client: TestClient, servi
             "max_model_len": 64,
             "root": None,
             "status": "ready",
+            "capabilities": {
+                "chat": True,
+                "completions": True,
+                "tools": False,
+                "structured_outputs": True,
+                "embeddings": False,
+            },
         }
     ]
 
@@ -227,3 +234,25 @@ def test_tokenize_needs_exactly_one_of_prompt_and_messages(client: TestClient, b
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
     assert client.post("/tokenize", json={"model": "nope", "prompt": "a"}).status_code == 404
     assert client.post("/detokenize", json={"model": "fake", "tokens": "abc"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+        (chat(logit_bias={"1": 5}), "logit_bias"),
+        (
+            {"model": "fake", "messages": [{"role": "user", "content": "hi", "tool_call_id": "x"}]},
+            "messages.0.tool_call_id",
+        ),
+        (chat(stream=True, stream_options={"include_usage": True, "extra": 1}), "stream_options.extra"),
+    ],
+)
+def test_a_field_the_server_does_not_serve_is_refused_by_name(
+    client: TestClient, body: dict[str, object], param: str
+) -> None:
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param and r.json()["error"]["code"] == "unsupported_parameter"
+    completion = client.post("/v1/completions", json={"model": "fake", "prompt": "x", "suffix": "y"})
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "suffix"

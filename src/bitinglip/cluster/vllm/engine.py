@@ -136,6 +136,10 @@ class VllmEngine:
     def encode(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False))
 
+    @property
+    def chat(self) -> bool:
+        return bool(getattr(self._tokenizer, "chat_template", None))
+
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         if not getattr(self._tokenizer, "chat_template", None):
             raise InvalidInput(f"model {self.served_name} has no chat template; use /v1/completions", param="messages")

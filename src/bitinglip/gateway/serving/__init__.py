@@ -31,7 +31,14 @@ class OpenAIServing:
         created = int(time.time())
         return p.ModelList(
             data=[
-                p.ModelCard(id=m.name, created=created, max_model_len=m.max_model_len, root=m.path, status=m.state)
+                p.ModelCard(
+                    id=m.name,
+                    created=created,
+                    max_model_len=m.max_model_len,
+                    root=m.path,
+                    status=m.state,
+                    capabilities=p.ModelCapabilities(chat=m.chat),
+                )
                 for m in await self.engines.served_models()
             ]
         )
