@@ -8,9 +8,9 @@ import asyncio
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,25 +199,31 @@ def test_a_client_that_leaves_frees_its_slot_and_its_reservation(guarded: tuple[
     server, admin = guarded
     key = key_for(server, admin, max_concurrent=1, tpm=100_000)
     long = {"model": "tiny", "prompt": "Go", "max_tokens": 500, "ignore_eos": True}
-    gone: list[BaseException] = []
-    leaving = httpx.Client(timeout=0.6)  # made beforehand: a client's start-up is slower than the test's timing
-    checking = httpx.Client(timeout=30)
 
-    def leave_early() -> None:
-        try:  # gives up after 0.6 s, long before 500 tokens are made, and closes its connection
-            leaving.post(f"{server.url}/v1/completions", json=long, headers=bearer(key))
-        except httpx.TimeoutException as exc:
-            gone.append(exc)
-        finally:
-            leaving.close()
+    def in_flight() -> int:
+        stats = httpx.get(f"{server.url}/api/deployments/tiny", headers=bearer(admin)).json()["stats"]
+        return int(stats["in_flight"])
 
-    leaver = threading.Thread(target=leave_early)
-    leaver.start()
-    time.sleep(0.3)
-    busy = checking.post(f"{server.url}/v1/completions", json=long | {"max_tokens": 2}, headers=bearer(key))
+    checking = httpx.Client(base_url=server.url, headers=bearer(key))  # made first: making one takes up to ~1 s
+    # A raw connection, so the test decides exactly when this client goes away. Streamed: its first event
+    # proves it holds the key's one slot.
+    body = json.dumps(long | {"stream": True}).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    leaver = socket.create_connection((host, int(port)), timeout=30)
+    leaver.sendall(
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    received = b""
+    while b"data: {" not in received:
+        chunk = leaver.recv(4096)
+        assert chunk, received
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    busy = checking.post("/v1/completions", json=long | {"max_tokens": 2})
     assert busy.status_code == 429 and busy.json()["error"]["code"] == "concurrency_limit_exceeded"
-    leaver.join()
-    assert gone, "the long request finished before its client gave up; make it longer"
+    leaver.close()  # long before its 500 tokens are made
     deadline = time.monotonic() + 10
     while True:
         again = httpx.post(f"{server.url}/v1/completions", json=long | {"max_tokens": 2}, headers=bearer(key))
@@ -228,8 +234,7 @@ def test_a_client_that_leaves_frees_its_slot_and_its_reservation(guarded: tuple[
     # It reserved 500 + its prompt; it is charged what it got before it left, and the 429 cost nothing.
     charged = 100_000 - int(again.headers["x-ratelimit-remaining-tokens"]) - again.json()["usage"]["total_tokens"]
     assert 0 < charged < 500
-    deployment = httpx.get(f"{server.url}/api/deployments/tiny", headers=bearer(admin)).json()
-    assert deployment["stats"]["in_flight"] == 0
+    assert in_flight() == 0
 
 
 def test_usage_metrics_and_one_log_line_per_request(guarded: tuple[Server, str]) -> None:
