@@ -1,10 +1,9 @@
 """The cluster: the registry of deployments, where requests find their engine, and the loop that watches them.
 
-Every engine start, stop, sleep and wake runs under one lock, so engines start one at a time and each
-placement sees the memory the others really hold. Loads run as tasks of their own: a request waits for one
-(bounded by `load_timeout_s`) but never cancels it. A watch loop, once a second, restarts engines that died
-or stalled (with backoff, then `failed`), puts idle deployments away after their keep_alive, and measures
-the memory the engines hold.
+Every engine start, stop, sleep and wake runs under one lock, so engines start one at a time and each placement
+sees the memory the others really hold. Loads run as tasks of their own: a request waits for one (bounded by
+`load_timeout_s`) but never cancels it. A watch loop, once a second, restarts engines that died or stalled (with
+backoff, then `failed`), puts idle deployments away after their keep_alive, and measures their memory.
 """
 
 from __future__ import annotations
