@@ -8,7 +8,9 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -320,3 +322,20 @@ def test_background_work_counts_for_its_key_and_keeps_to_its_models(guarded: tup
         ).json()["error"]["code"]
         == "model_not_allowed"
     )
+
+
+def test_kill_9_loses_at_most_the_last_flush_interval_of_usage(tmp_path: Path, tiny_model_dir: Path) -> None:
+    server = start_server(tmp_path, tiny_model_dir, BITINGLIP_GATEWAY__USAGE_FLUSH_S="1")
+    try:
+        body = {"model": tiny_model_dir.name, "prompt": "Hi", "max_tokens": 3, "ignore_eos": True}
+        name = httpx.get(f"{server.url}/v1/models").json()["data"][0]["id"]
+        for _ in range(5):
+            assert httpx.post(f"{server.url}/v1/completions", json=body | {"model": name}).status_code == 200
+        time.sleep(2.5)  # two flush intervals: these five are on disk
+        for _ in range(3):
+            assert httpx.post(f"{server.url}/v1/completions", json=body | {"model": name}).status_code == 200
+    finally:
+        stop_server(server, signal.SIGKILL, group=True)
+    with sqlite3.connect(tmp_path / "bitinglip.db") as db:
+        requests, completion = db.execute("select sum(requests), sum(completion_tokens) from usage").fetchone()
+    assert 5 <= requests <= 8 and completion == 3 * requests  # nothing counted twice, at most 1 s lost
