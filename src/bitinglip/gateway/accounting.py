@@ -43,10 +43,11 @@ class Accounting:
         key: ApiKey | None = state.get("key")
         state["model"] = model
         exchange = Exchange(self, state, key.id if key is not None else "", model)
-        if key is not None and model and not key.may_use(model):
-            exchange.fail(
-                Forbidden(f"this API key may not use the model `{model}`", param="model", code="model_not_allowed")
-            )
+        if key is not None:
+            try:
+                key.check_model(model)
+            except Forbidden as exc:
+                exchange.fail(exc)
         buckets = []
         if key is not None and key.limited:
             buckets.append(key_bucket(key))

@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 import sqlalchemy as sa
 
-from bitinglip.core import Conflict, Database, InvalidInput, NotFound
+from bitinglip.core import Conflict, Database, Forbidden, InvalidInput, NotFound
 from bitinglip.gateway.tables import api_keys
 
 Scope = Literal["inference", "admin"]
@@ -47,6 +47,11 @@ class ApiKey(msgspec.Struct, kw_only=True):
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def check_model(self, model: str | None) -> None:
+        """Forbidden (403) for a model this key may not use."""
+        if model and not self.may_use(model):
+            raise Forbidden(f"this API key may not use the model `{model}`", param="model", code="model_not_allowed")
 
     @property
     def limited(self) -> bool:

@@ -43,8 +43,7 @@ class Snapshot(NamedTuple):
 
     requests_left: int
     tokens_left: int
-    requests_reset_s: float  # until the window is empty again
-    tokens_reset_s: float
+    reset_s: float  # until the window is empty again (requests and tokens share it)
 
 
 class LimitStore(Protocol):
@@ -195,8 +194,7 @@ class MemoryLimitStore:
         return Snapshot(
             requests_left=max(0, rpm - len(state.entries)) if rpm is not None else 0,
             tokens_left=max(0, tpm - state.tokens) if tpm is not None else 0,
-            requests_reset_s=reset,
-            tokens_reset_s=reset,
+            reset_s=reset,
         )
 
 
@@ -221,12 +219,12 @@ def rate_headers(store: LimitStore, bucket: Bucket) -> list[tuple[bytes, bytes]]
         headers += [
             (b"x-ratelimit-limit-requests", str(rpm).encode()),
             (b"x-ratelimit-remaining-requests", str(snap.requests_left).encode()),
-            (b"x-ratelimit-reset-requests", reset_text(snap.requests_reset_s).encode()),
+            (b"x-ratelimit-reset-requests", reset_text(snap.reset_s).encode()),
         ]
     if tpm is not None:
         headers += [
             (b"x-ratelimit-limit-tokens", str(tpm).encode()),
             (b"x-ratelimit-remaining-tokens", str(snap.tokens_left).encode()),
-            (b"x-ratelimit-reset-tokens", reset_text(snap.tokens_reset_s).encode()),
+            (b"x-ratelimit-reset-tokens", reset_text(snap.reset_s).encode()),
         ]
     return headers

@@ -10,16 +10,17 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from bitinglip.core import Forbidden, InvalidInput, error_responses
+from bitinglip.core import InvalidInput, error_responses
 from bitinglip.gateway import protocol as p
+from bitinglip.gateway.keys import ApiKey
 from bitinglip.gateway.serving import ChatServing, OpenAIServing
 from bitinglip.gateway.serving.base import Serving
 
 
 def _allowed(request: Request[Any, Any, Any], model: str | None) -> None:
-    allowed = request.scope["state"].get("models")
-    if allowed is not None and model and model not in allowed:
-        raise Forbidden(f"this API key may not use the model `{model}`", param="model", code="model_not_allowed")
+    key: ApiKey | None = request.scope["state"].get("key")
+    if key is not None:
+        key.check_model(model)
 
 
 class TokenizeController(Controller):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from datetime import UTC, date, datetime
 
 import msgspec
@@ -157,7 +156,3 @@ class UsageRecorder:
             errors=sum(r.errors for r in rows),
         )
         return UsageReport(data=rows, total=total)
-
-
-def since(days: int) -> date:
-    return datetime.fromtimestamp(time.time() - days * 86400, UTC).date()
