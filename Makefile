@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	@if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	touch $(STAMP)
 
-model: setup ## build the tiny offline default model if it is missing
+model: setup ## build the tiny offline default models (chat, embeddings) if they are missing or out of date
 	$(BIN)/bitinglip models create-tiny --if-missing
+	$(BIN)/bitinglip models create-tiny --embedding --if-missing
 
 run: setup model ## set up, prepare the default model, serve on 127.0.0.1:8000
 	$(BIN)/bitinglip serve

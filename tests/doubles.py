@@ -22,8 +22,9 @@ from bitinglip.cluster import (
     ManagedEngine,
     ModelCatalog,
     ServedModel,
+    ToolCalls,
 )
-from bitinglip.core import NotFound
+from bitinglip.core import InvalidInput, NotFound
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeRequestOutput:
     request_id: str
     outputs: list[FakeCompletionOutput]
     finished: bool = False
+    prompt_logprobs: list[dict[int, FakeLogprob] | None] | None = None
 
 
 @dataclass
@@ -72,6 +74,8 @@ class ScriptedEngine:
     started: bool = False
     died: bool = False
     sleeping: bool = False
+    tool_call_parser: str | None = None  # the double parses no tool calls (the real parsers are vLLM's)
+    embedding: bool = False
 
     @property
     def alive(self) -> bool:
@@ -111,8 +115,20 @@ class ScriptedEngine:
     def chat(self) -> bool:
         return True
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def tool_calls(self, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool) -> ToolCalls:
+        raise InvalidInput(f"model {self.served_name} serves no tool calls", param="tools", code="tools_not_supported")
+
+    async def embed(self, prompt_ids: list[int], dimensions: int | None, request_id: str) -> list[float]:
+        """8 numbers from the ids (the same ids, the same vector), normalized; Matryoshka-shortened to any size."""
+        size = dimensions or 8
+        if size > 8:
+            raise InvalidInput(f"dimensions must be at most 8, got {size}", param="dimensions")
+        raw = [float(sum(prompt_ids[i::8]) + i + 1) for i in range(8)][:size]
+        norm = sum(x * x for x in raw) ** 0.5
+        return [x / norm for x in raw]
 
     def decode_token(self, token_id: int) -> str:
         return chr(token_id)
@@ -149,8 +165,11 @@ class ScriptedEngine:
                     if params.get("logprobs") is not None:
                         lp = [{100 + step: FakeLogprob(-0.5, 1, self.words[step]), 7: FakeLogprob(-1.5, 2, "x")}]
                     outs.append(FakeCompletionOutput(i, self.words[step], [100 + step], lp, reason))
+                prompt_lps = None
+                if params.get("prompt_logprobs") is not None and ((whole and last) or (not whole and step == 0)):
+                    prompt_lps = [None] + [{t: FakeLogprob(-0.25, 1, chr(t))} for t in prompt_ids[1:]]
                 if not whole:
-                    yield FakeRequestOutput(request_id, outs, last)
+                    yield FakeRequestOutput(request_id, outs, last, prompt_lps)
                     continue
                 for i, out in enumerate(outs):
                     before = (
@@ -164,7 +183,7 @@ class ScriptedEngine:
                         out.finish_reason,
                     )
                 if last:
-                    yield FakeRequestOutput(request_id, [gathered[i] for i in sorted(gathered)], True)
+                    yield FakeRequestOutput(request_id, [gathered[i] for i in sorted(gathered)], True, prompt_lps)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
@@ -202,7 +221,16 @@ class FakeEngines:
 
     async def served_models(self) -> list[ServedModel]:
         engine = self.engine
-        return [ServedModel(name=engine.served_name, state="ready", max_model_len=engine.max_model_len, chat=True)]
+        return [
+            ServedModel(
+                name=engine.served_name,
+                state="ready",
+                max_model_len=engine.max_model_len,
+                chat=not engine.embedding,
+                tools=engine.tool_call_parser is not None,
+                embedding=engine.embedding,
+            )
+        ]
 
     async def acquire(self, model: str, keep_alive: float | str | None = None, *, background: bool = False) -> Lease:
         if model != self.engine.served_name:

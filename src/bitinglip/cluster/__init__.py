@@ -14,6 +14,9 @@ from bitinglip.cluster.protocol import (
     ManagedEngine,
     ServedModel,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    ToolCalls,
 )
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.status import DeploymentStatus
@@ -38,6 +41,9 @@ __all__ = [
     "ModelCatalog",
     "ServedModel",
     "TokenLogprob",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCalls",
     "check_engine_args",
     "keep_alive_seconds",
     "list_devices",

@@ -32,7 +32,7 @@ from bitinglip.cluster.placement import (
 from bitinglip.cluster.placement import device_count as args_device_count
 from bitinglip.cluster.protocol import EngineFactory, Lease, ManagedEngine, ServedModel
 from bitinglip.cluster.reaper import EngineRecords
-from bitinglip.cluster.status import DeploymentStatus, deployment_status
+from bitinglip.cluster.status import DeploymentStatus, deployment_status, served_model
 from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args, engine_env, is_cpu_platform
 from bitinglip.core import (
     BitingLipError,
@@ -101,7 +101,7 @@ class Cluster(Supervision):
     def declared(self) -> list[DeploymentSettings]:
         if self.settings.deployments:
             return list(self.settings.deployments)
-        return [DeploymentSettings(model=self.settings.model)] if self.settings.model else []
+        return [DeploymentSettings(model=m) for m in (self.settings.model, self.settings.embedding_model) if m]
 
     def check(self) -> None:
         """Checks that need no I/O, run before the server binds its port."""
@@ -329,17 +329,7 @@ class Cluster(Supervision):
             await d.changed(left)
 
     async def served_models(self) -> list[ServedModel]:
-        served = [
-            ServedModel(
-                name=d.name,
-                state=d.state,
-                path=str(d.path) if d.path else None,
-                max_model_len=next((r.engine.max_model_len for r in d.replicas if r.engine), None),
-                chat=next((r.engine.chat for r in d.replicas if r.engine), None),
-            )
-            for d in self.deployments.values()
-            if d.state != "draining"
-        ]
+        served = [served_model(d) for d in self.deployments.values() if d.state != "draining"]
         if self.settings.load_on_demand:
             served += [
                 ServedModel(name=name, state="on_demand")

@@ -46,6 +46,53 @@ class EngineOutput(Protocol):
 
     @property
     def outputs(self) -> Sequence[CompletionDelta]: ...
+    @property
+    def prompt_logprobs(self) -> Sequence[Mapping[int, TokenLogprob] | None] | None:
+        """The prompt's tokens' logprobs (the first is None) when asked for, in the request's first output."""
+        ...
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    """A tool call read from a whole answer: its arguments are a JSON text, as OpenAI sends them."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ToolCallDelta(msgspec.Struct, kw_only=True):
+    """A fragment of the ``index``-th call of a streamed answer: its id and name first, then argument text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCalls(Protocol):
+    """One request's tool calling on one engine: a constraint for its sampling, then the calls in its output."""
+
+    @property
+    def constraint(self) -> dict[str, Any] | None:
+        """The structured-output constraint (as `sampling_params` takes it) that keeps calls well formed."""
+        ...
+
+    @property
+    def skip_special_tokens(self) -> bool: ...
+
+    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """The content and the calls in one choice's whole text."""
+        ...
+
+    def parse_delta(
+        self, index: int, text: str, token_ids: Sequence[int], finished: bool
+    ) -> tuple[str | None, list[ToolCallDelta]]:
+        """The content and call fragments one streamed delta of choice ``index`` adds (held back while unsure)."""
+        ...
+
+    def called(self, index: int) -> bool:
+        """Choice ``index`` has streamed a call."""
+        ...
 
 
 class EngineClient(Protocol):
@@ -67,8 +114,23 @@ class EngineClient(Protocol):
         """The model has a chat template (serves /v1/chat/completions)."""
         ...
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text the model's chat template makes of ``messages``; InvalidInput if it cannot."""
+    @property
+    def tool_call_parser(self) -> str | None:
+        """The parser of the model's tool-call format; None: the deployment serves no tools."""
+        ...
+
+    @property
+    def embedding(self) -> bool:
+        """The engine pools (serves /v1/embeddings) instead of generating."""
+        ...
+
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt text the model's chat template makes of ``messages`` (and ``tools``); InvalidInput if it
+        cannot."""
+        ...
+
+    def tool_calls(self, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool) -> ToolCalls:
+        """Tool calling for one request (OpenAI's `tools`, `tool_choice`, `parallel_tool_calls`, checked)."""
         ...
 
     def decode_token(self, token_id: int) -> str: ...
@@ -90,6 +152,11 @@ class EngineClient(Protocol):
         self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
     ) -> AsyncGenerator[EngineOutput, None]:
         """Deltas until the request finishes. Closing or cancelling the iterator aborts the request."""
+        ...
+
+    async def embed(self, prompt_ids: list[int], dimensions: int | None, request_id: str) -> list[float]:
+        """The embedding of one prompt (an embedding engine only), normalized; ``dimensions`` shortens it where the
+        model allows (Matryoshka), else InvalidInput. Cancelling the call aborts the request."""
         ...
 
     async def abort(self, request_ids: Sequence[str]) -> None:
@@ -159,6 +226,8 @@ class ServedModel(msgspec.Struct, kw_only=True):
     path: str | None = None
     max_model_len: int | None = None
     chat: bool | None = None  # has a chat template; None while no engine has loaded it
+    tools: bool | None = None  # parses tool calls (a tool_call_parser); None while no engine has loaded it
+    embedding: bool | None = None  # pools (embeddings) instead of generating; None while not loaded
 
 
 class EngineLookup(Protocol):

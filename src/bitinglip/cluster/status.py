@@ -10,6 +10,7 @@ import msgspec
 
 from bitinglip.cluster.deployment import Deployment, DeploymentState, ReplicaStatus
 from bitinglip.cluster.placement import device_count
+from bitinglip.cluster.protocol import ServedModel
 
 
 class DeploymentMemory(msgspec.Struct, kw_only=True):
@@ -124,4 +125,19 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
         limits=DeploymentLimits(max_concurrency=concurrency, max_queue=queue, max_queue_tokens=queue_tokens),
         max_model_len=next((e.max_model_len for e in engines if e.max_model_len), None),
         engine_args=d.engine_args,
+    )
+
+
+def served_model(d: Deployment) -> ServedModel:
+    """What clients see of a deployment in /v1/models: the facts its engine knows once loaded."""
+    engine = next((r.engine for r in d.replicas if r.engine), None)
+    loaded = engine is not None and engine.max_model_len > 0
+    return ServedModel(
+        name=d.name,
+        state=d.state,
+        path=str(d.path) if d.path else None,
+        max_model_len=engine.max_model_len if engine is not None else None,
+        chat=engine.chat if engine is not None else None,
+        tools=engine.chat and engine.tool_call_parser is not None if loaded else None,  # type: ignore[union-attr]
+        embedding=engine.embedding if loaded else None,  # type: ignore[union-attr]
     )

@@ -81,6 +81,9 @@ class ClusterSettings(_Section, frozen=True):
     # Shorthand for one deployment of this model (a registry name, a local directory or a hub id), used when
     # `deployments` is empty; "" declares none (every model then loads on demand).
     model: str = "tiny"
+    # Shorthand for a second deployment beside `model`, an embedding model (serves /v1/embeddings), used when
+    # `deployments` is empty; "" for none.
+    embedding_model: str = ""
     deployments: list[DeploymentSettings] = msgspec.field(default_factory=list)
     # vLLM engine arguments for every deployment, checked against AsyncEngineArgs at start-up.
     engine: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -18,7 +18,7 @@ from bitinglip.cluster import EngineClient
 from bitinglip.core import EVENT_STREAM, BitingLipError, NotFound, error_responses, get_logger
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.accounting import Accounting
-from bitinglip.gateway.serving import OpenAIServing, Prepared, Serving, Tally
+from bitinglip.gateway.serving import EmbeddingServing, OpenAIServing, Prepared, Serving, Tally
 
 log = get_logger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -47,9 +47,9 @@ async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
 async def _respond(
     openai: OpenAIServing,
     accounting: Accounting,
-    kind: Serving,
+    kind: Serving | EmbeddingServing,
     request: Request[Any, Any, Any],
-    data: p.ChatCompletionRequest | p.CompletionRequest,
+    data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
 ) -> Response[Any]:
     # The key's model list and a cheap look at its limits come first: a refusal costs no engine work at all.
@@ -67,6 +67,7 @@ async def _respond(
         lease.queue_prompt(exchange.prompt_tokens)
         request_id = _engine_request_id(request)
         if prep.stream:
+            assert isinstance(kind, Serving)
 
             async def events() -> AsyncGenerator[bytes, None]:
                 # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
@@ -146,6 +147,23 @@ class OpenAIController(Controller):
     ) -> Response[p.CompletionResponse]:
         prepare = functools.partial(openai.completion.prepare, data)
         return await _respond(openai, accounting, openai.completion, request, data, prepare)
+
+    @post(
+        "/embeddings",
+        operation_id="createEmbedding",
+        summary="Embeddings of one or more inputs, from an embedding model",
+        status_code=200,
+        responses=GENERATION_ERRORS,
+    )
+    async def embeddings(
+        self,
+        openai: NamedDependency[OpenAIServing],
+        accounting: NamedDependency[Accounting],
+        request: Request[Any, Any, Any],
+        data: JSONBody[p.EmbeddingRequest],
+    ) -> Response[p.EmbeddingResponse]:
+        prepare = functools.partial(openai.embeddings.prepare, data)
+        return await _respond(openai, accounting, openai.embeddings, request, data, prepare)
 
     @get("/models", operation_id="listModels", summary="The models deployed, and those that load on demand")
     async def list_models(self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any]) -> p.ModelList:

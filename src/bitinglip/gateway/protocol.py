@@ -1,6 +1,6 @@
 """OpenAI wire types as msgspec structs, named as OpenAI and vLLM name them.
 
-Requests ignore fields they do not know (clients send many), but every field we read is typed, so a
+A request field BitingLip does not serve is refused (400 naming it), and every field it reads is typed, so a
 wrong type is a 400 naming the field. Each request maps itself to the engine's sampling arguments
 (`sampling_args`), checking every value on the way, so serving code never reads sampling fields one by one.
 """
@@ -12,6 +12,77 @@ from typing import Any, Literal
 import msgspec
 
 from bitinglip.core import InvalidInput
+
+# The response shapes live in `responses`; re-exported so every wire type is `protocol.X`.
+from bitinglip.gateway.responses import (
+    AssistantMessage as AssistantMessage,
+)
+from bitinglip.gateway.responses import (
+    ChatChoice as ChatChoice,
+)
+from bitinglip.gateway.responses import (
+    ChatChunkChoice as ChatChunkChoice,
+)
+from bitinglip.gateway.responses import (
+    ChatCompletionChunk as ChatCompletionChunk,
+)
+from bitinglip.gateway.responses import (
+    ChatCompletionResponse as ChatCompletionResponse,
+)
+from bitinglip.gateway.responses import (
+    ChatLogprobs as ChatLogprobs,
+)
+from bitinglip.gateway.responses import (
+    ChatTokenLogprob as ChatTokenLogprob,
+)
+from bitinglip.gateway.responses import (
+    CompletionChoice as CompletionChoice,
+)
+from bitinglip.gateway.responses import (
+    CompletionLogprobs as CompletionLogprobs,
+)
+from bitinglip.gateway.responses import (
+    CompletionResponse as CompletionResponse,
+)
+from bitinglip.gateway.responses import (
+    DeltaFunction as DeltaFunction,
+)
+from bitinglip.gateway.responses import (
+    DeltaMessage as DeltaMessage,
+)
+from bitinglip.gateway.responses import (
+    DeltaToolCall as DeltaToolCall,
+)
+from bitinglip.gateway.responses import (
+    Embedding as Embedding,
+)
+from bitinglip.gateway.responses import (
+    EmbeddingResponse as EmbeddingResponse,
+)
+from bitinglip.gateway.responses import (
+    EmbeddingUsage as EmbeddingUsage,
+)
+from bitinglip.gateway.responses import (
+    FunctionCallOut as FunctionCallOut,
+)
+from bitinglip.gateway.responses import (
+    ModelCapabilities as ModelCapabilities,
+)
+from bitinglip.gateway.responses import (
+    ModelCard as ModelCard,
+)
+from bitinglip.gateway.responses import (
+    ModelList as ModelList,
+)
+from bitinglip.gateway.responses import (
+    ToolCallOut as ToolCallOut,
+)
+from bitinglip.gateway.responses import (
+    TopLogprob as TopLogprob,
+)
+from bitinglip.gateway.responses import (
+    Usage as Usage,
+)
 
 MAX_N = 128
 MAX_LOGPROBS = 20
@@ -38,10 +109,47 @@ class ContentPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
+class FunctionCallIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    arguments: str  # a JSON text, as the model's answer gave it
+
+
+class MessageToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A call an earlier assistant turn made, sent back in the history."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+    refusal: str | None = None  # an assistant turn that refused (the client sends back what it got)
+
+
+class FunctionDefinition(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 # vLLM's structured outputs (`extra_body={"structured_outputs": {...}}`): one constraint, and options.
@@ -199,6 +307,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     def top_logprobs_asked(self) -> int | None:
         """How many alternatives per token to return; None for no logprobs at all."""
@@ -227,134 +338,24 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = None
     echo: bool = False
 
+    @property
+    def score_only(self) -> bool:
+        """`echo` with `max_tokens: 0`: the prompt scored (its logprobs), nothing generated, as evaluation
+        harnesses ask for log-likelihoods."""
+        return self.echo and self.max_tokens == 0
+
     def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
         check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
         max_tokens = self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
-        args = self._sampling_args(max_tokens, prompt_len, max_model_len, "prompt")
+        # The engine cannot generate nothing: scoring asks it for one token, which nobody sees or pays for.
+        args = self._sampling_args(1 if self.score_only else max_tokens, prompt_len, max_model_len, "prompt")
         if self.logprobs is not None:
             args["logprobs"] = self.logprobs
+            if self.echo:  # the prompt's tokens get theirs too (the first has none: nothing predicts it)
+                args["prompt_logprobs"] = self.logprobs
         if (structured := structured_outputs(self.structured_outputs, None)) is not None:
             args["structured_outputs"] = structured
         return args
-
-
-# Responses. omit_defaults keeps optional fields out of the JSON where OpenAI leaves them out.
-
-
-class Usage(msgspec.Struct):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class TopLogprob(msgspec.Struct):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class ChatTokenLogprob(msgspec.Struct):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-    top_logprobs: list[TopLogprob]
-
-
-class ChatLogprobs(msgspec.Struct):
-    content: list[ChatTokenLogprob] | None
-
-
-class CompletionLogprobs(msgspec.Struct):
-    tokens: list[str] = msgspec.field(default_factory=list)
-    token_logprobs: list[float | None] = msgspec.field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = msgspec.field(default_factory=list)
-    text_offset: list[int] = msgspec.field(default_factory=list)
-
-
-class AssistantMessage(msgspec.Struct):
-    role: str
-    content: str | None
-
-
-class ChatChoice(msgspec.Struct):
-    index: int
-    message: AssistantMessage
-    logprobs: ChatLogprobs | None
-    finish_reason: str | None
-
-
-class ChatCompletionResponse(msgspec.Struct):
-    id: str
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    object: Literal["chat.completion"] = "chat.completion"
-    system_fingerprint: str | None = None
-
-
-class DeltaMessage(msgspec.Struct, omit_defaults=True):
-    role: str | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(msgspec.Struct):
-    index: int
-    delta: DeltaMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(msgspec.Struct):
-    id: str
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    usage: Usage | None = None
-
-
-class CompletionChoice(msgspec.Struct):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class CompletionResponse(msgspec.Struct):
-    id: str
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None
-    object: Literal["text_completion"] = "text_completion"
-
-
-class ModelCapabilities(msgspec.Struct, kw_only=True):
-    """What a model serves here; `chat` is null until an engine has loaded it (its tokenizer says)."""
-
-    chat: bool | None
-    completions: bool = True
-    tools: bool = False
-    structured_outputs: bool = True
-    embeddings: bool = False
-
-
-class ModelCard(msgspec.Struct):
-    id: str
-    created: int
-    owned_by: str = "bitinglip"
-    object: Literal["model"] = "model"
-    max_model_len: int | None = None  # the context length, once an engine has loaded it
-    root: str | None = None
-    # "ready", "loading", "sleeping", "stopped", "failed" for a deployment; "on_demand": loads when asked for.
-    status: str | None = None
-    capabilities: ModelCapabilities | None = None
-
-
-class ModelList(msgspec.Struct):
-    data: list[ModelCard]
-    object: Literal["list"] = "list"
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -364,6 +365,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[Tool] | None = None  # with messages: rendered into the prompt as a chat request's tools are
     return_token_strs: bool = False
 
 
@@ -381,3 +383,15 @@ class DetokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 class DetokenizeResponse(msgspec.Struct, kw_only=True):
     prompt: str
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`POST /v1/embeddings`: a string, a list of strings, token ids, or lists of token ids."""
+
+    model: str | None = None
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    priority: int = 0
+    keep_alive: float | str | None = None

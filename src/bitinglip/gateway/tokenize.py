@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -39,12 +40,15 @@ class TokenizeController(Controller):
     ) -> p.TokenizeResponse:
         if (data.prompt is None) == (data.messages is None):
             raise InvalidInput("send exactly one of `prompt` and `messages`", param="prompt")
+        if data.tools and data.messages is None:
+            raise InvalidInput("`tools` go with `messages`", param="tools")
         _allowed(request, data.model)
         lease = await openai.acquire(data.model, None)
         try:
             engine = lease.engine
             if data.messages is not None:
-                ids, _ = await ChatServing.render(data.messages, engine)
+                tools = [msgspec.to_builtins(t) for t in data.tools] if data.tools else None
+                ids, _ = await ChatServing.render(data.messages, engine, tools)
             else:
                 ids = await Serving.encode(engine, data.prompt or "")
             strs = [engine.decode_token(t) for t in ids] if data.return_token_strs else None

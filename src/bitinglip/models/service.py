@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import shutil
@@ -83,15 +84,23 @@ class ModelService:
             for h in hits
         ]
 
-    async def create_tiny(self, name: str = TINY_NAME, *, if_missing: bool = False) -> ModelRecord:
-        from bitinglip.models.tiny import create_tiny_model  # torch and transformers: only when asked
+    async def create_tiny(
+        self, name: str = TINY_NAME, *, if_missing: bool = False, embedding: bool = False
+    ) -> ModelRecord:
+        from bitinglip.models.tiny import create_tiny_model, is_current  # torch and transformers: only when asked
 
         existing = await self.registry.get(name)
-        if if_missing and existing and existing.state == "ready" and Path(existing.path, "config.json").is_file():
+        # An existing model an older BitingLip built (another chat template) is rebuilt: same seed, same weights.
+        if (
+            if_missing
+            and existing
+            and existing.state == "ready"
+            and is_current(Path(existing.path), embedding=embedding)
+        ):
             return existing
         path = self.registry.path_for(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(create_tiny_model, path)
+        await asyncio.to_thread(functools.partial(create_tiny_model, path, embedding=embedding))
         return await self._register(name, path, source="tiny")
 
     async def import_dir(self, path: Path, name: str | None = None) -> ModelRecord:

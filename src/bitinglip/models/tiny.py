@@ -15,6 +15,7 @@ Sizes are chosen for vLLM's CPU build: head_dim must be one its attention kernel
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -25,10 +26,31 @@ import numpy as np
 import numpy.typing as npt
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+# ChatML, with tools in the Hermes format (as Qwen's and NousResearch's models write them), so vLLM's `hermes`
+# tool parser reads the calls: the tools listed in a system turn, each call as
+# <tool_call>{"name": ..., "arguments": {...}}</tool_call>, each result as a `tool` turn in <tool_response>.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|im_start|>system\n"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
+    "# Tools\n\nYou may call one or more functions. Their signatures are in <tools></tools>:\n<tools>"
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n\n"
+    "For each call, return a JSON object with the function's name and arguments in <tool_call></tool_call>:\n"
+    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    "{% endif %}"
     "{% for message in messages %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'assistant' and message.get('tool_calls') %}"
+    "<|im_start|>assistant\n{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] %}"
+    '<tool_call>\n{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
+    "{{ call['function']['arguments'] | tojson }}}\n</tool_call>"
+    "{% endfor %}<|im_end|>\n"
+    "{% elif message['role'] == 'tool' %}"
+    "<|im_start|>tool\n<tool_response>\n{{ message['content'] }}\n</tool_response><|im_end|>\n"
+    "{% else %}"
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -39,6 +61,18 @@ README = (
     "# tiny\n\nA Llama-architecture model with RANDOM weights, made by `bitinglip models create-tiny` "
     "so BitingLip runs offline. Its tokenizer is real; its output is nonsense.\n"
 )
+EMBEDDING_README = (
+    "# tiny-embed\n\nAn embedding model with RANDOM weights, made by `bitinglip models create-tiny --embedding` "
+    "so BitingLip serves /v1/embeddings offline: the tiny Llama read as a sentence-transformers model (last-token "
+    "pooling, normalized; Matryoshka sizes 64, 128, 256). The same text gives the same vector; nothing else holds.\n"
+)
+MATRYOSHKA_DIMENSIONS = [64, 128, 256]
+# sentence-transformers' description of the pipeline: vLLM reads it and serves the model with its pooling runner.
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
 
 
 # Fixed word lists for the generated corpus (comma-separated; their order is part of the build).
@@ -241,8 +275,24 @@ def _seeded_weights(model: Any, seed: int) -> None:
             param.copy_(bits)
 
 
-def create_tiny_model(dest: Path, *, seed: int = 0) -> Path:
+def is_current(dest: Path, *, embedding: bool = False) -> bool:
+    """The model at ``dest`` was built by this version (its chat template is today's): no rebuild needed."""
+    if embedding != (dest / "modules.json").is_file():
+        return False
+    try:
+        config = json.loads((dest / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    template = config.get("chat_template")
+    if template is None and (dest / "chat_template.jinja").is_file():
+        template = (dest / "chat_template.jinja").read_text(encoding="utf-8")
+    return bool((dest / "config.json").is_file() and template == CHAT_TEMPLATE)
+
+
+def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> Path:
     """Write the tiny model to `dest` (replaced if present) and return it. Takes a few seconds.
+
+    ``embedding``: the same network as an embedding model (a sentence-transformers layout vLLM pools with).
 
     The files are a pure function of `seed` (and the pinned library versions): the same bytes on every machine.
     """
@@ -264,6 +314,7 @@ def create_tiny_model(dest: Path, *, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
         dtype="bfloat16",
+        **({"matryoshka_dimensions": MATRYOSHKA_DIMENSIONS} if embedding else {}),
     )
     with torch.random.fork_rng(devices=[]):  # the default initialisation below must not move the caller's RNG
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -275,7 +326,13 @@ def create_tiny_model(dest: Path, *, seed: int = 0) -> Path:
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     ).save_pretrained(staging)
-    (staging / "README.md").write_text(README, encoding="utf-8")
+    (staging / "README.md").write_text(EMBEDDING_README if embedding else README, encoding="utf-8")
+    if embedding:
+        (staging / "modules.json").write_text(json.dumps(ST_MODULES, indent=2), encoding="utf-8")
+        (staging / "1_Pooling").mkdir()
+        pooling = {"word_embedding_dimension": config.hidden_size, "pooling_mode_lasttoken": True}
+        (staging / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2), encoding="utf-8")
+        (staging / "2_Normalize").mkdir()
     # Build beside the destination and swap it in whole, so a crash never leaves half a model in place.
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)

@@ -10,6 +10,9 @@ from bitinglip.core import ClusterSettings, SettingsError
 
 # Engine arguments the cluster sets itself; a user picks the model with cluster.model instead.
 RESERVED_ARGS = frozenset({"model", "served_model_name"})
+# What `vllm serve` takes beside the engine's own arguments and BitingLip serves too: read by the engine wrapper,
+# never passed to AsyncEngineArgs. `tool_call_parser`: the model's tool-call format (one of vLLM's parsers).
+FRONTEND_ARGS = frozenset({"tool_call_parser"})
 GIB = 1024**3
 
 
@@ -21,7 +24,10 @@ def engine_arg_names() -> set[str]:
 
 def check_engine_args(table: dict[str, Any], source: str = "cluster.engine") -> None:
     """Refuse keys vLLM does not know before anything starts, naming the key."""
-    known = engine_arg_names()
+    from bitinglip.cluster.vllm.tools import check_tool_parser
+
+    known = engine_arg_names() | FRONTEND_ARGS
+    check_tool_parser(table.get("tool_call_parser"), f"{source}.tool_call_parser")
     for key in table:
         if key in RESERVED_ARGS:
             raise SettingsError(f"setting `{source}.{key}`: set the model with `model` instead", param=key)

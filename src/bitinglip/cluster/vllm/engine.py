@@ -16,10 +16,11 @@ from typing import Any
 
 from bitinglip.cluster.protocol import EngineOutput
 from bitinglip.cluster.stats import EngineStats
-from bitinglip.cluster.vllm.args import sleep_mode_available
+from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.stats import stat_logger_factory
 from bitinglip.cluster.vllm.tokens import token_bytes
+from bitinglip.cluster.vllm.tools import VllmToolCalls
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
 log = get_logger(__name__)
@@ -42,6 +43,8 @@ class VllmEngine:
         self.stats = EngineStats()
         self.max_model_len = 0
         self.max_num_seqs = 0
+        self.tool_call_parser: str | None = engine_args.get("tool_call_parser") or None
+        self.embedding = engine_args.get("runner") == "pooling" or engine_args.get("convert") == "embed"
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self._llm: Any = None
         self._tokenizer: Any = None
@@ -68,7 +71,7 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        engine_args = dict(self.engine_args)
+        engine_args = {k: v for k, v in self.engine_args.items() if k not in FRONTEND_ARGS}
         if isinstance(structured := engine_args.get("structured_outputs_config"), dict):
             from vllm.config import StructuredOutputsConfig
 
@@ -97,6 +100,8 @@ class VllmEngine:
         self._tokenizer = llm.get_tokenizer()
         self.max_model_len = int(llm.model_config.max_model_len)
         self.max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
+        # vLLM picks the pooling runner itself for a sentence-transformers model (its modules.json says so).
+        self.embedding = getattr(llm.model_config, "runner_type", None) == "pooling"
         manager = getattr(getattr(llm.engine_core, "resources", None), "engine_manager", None)
         self.pids = [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
         await self._warm_up()
@@ -104,8 +109,11 @@ class VllmEngine:
     async def _warm_up(self) -> None:
         """Generate one token before calling the engine ready: the first forward pass is slow (kernel set-up),
         and "ready" should mean the engine answers, not only that its process is up."""
-        params = self.sampling_params({"max_tokens": 1, "ignore_eos": True})
         ids = self.encode("warm up") or [0]
+        if self.embedding:
+            await self.embed(ids, None, "bitinglip-warmup")
+            return
+        params = self.sampling_params({"max_tokens": 1, "ignore_eos": True})
         async for _ in self.generate(ids, None, params, "bitinglip-warmup"):
             pass
 
@@ -138,15 +146,26 @@ class VllmEngine:
 
     @property
     def chat(self) -> bool:
-        return bool(getattr(self._tokenizer, "chat_template", None))
+        return not self.embedding and bool(getattr(self._tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         if not getattr(self._tokenizer, "chat_template", None):
             raise InvalidInput(f"model {self.served_name} has no chat template; use /v1/completions", param="messages")
         try:
-            return str(self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            return str(
+                self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+            )
         except Exception as exc:  # a template that raises on these messages is the caller's problem
             raise InvalidInput(f"the chat template failed on these messages: {exc}", param="messages") from exc
+
+    def tool_calls(self, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool) -> VllmToolCalls:
+        if self.tool_call_parser is None:
+            raise InvalidInput(
+                f"model {self.served_name} serves no tool calls: its deployment names no `tool_call_parser`",
+                param="tools",
+                code="tools_not_supported",
+            )
+        return VllmToolCalls(self.tool_call_parser, self._tokenizer, tools, tool_choice, parallel)
 
     def decode_token(self, token_id: int) -> str:
         return str(self._tokenizer.decode([token_id]))
@@ -224,6 +243,29 @@ class VllmEngine:
             raise InvalidInput(str(exc), param=exc.parameter) from exc
         except VLLMClientError as exc:
             raise InvalidInput(str(exc)) from exc
+
+    async def embed(self, prompt_ids: list[int], dimensions: int | None, request_id: str) -> list[float]:
+        from vllm import PoolingParams
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs.engine import tokens_input
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._llm is None:
+            raise Unavailable("the engine is not running", retry_after=5)
+        # task="embed": one vector per prompt (left unset, vLLM 0.32 picks one per token).
+        params = PoolingParams(task="embed", dimensions=dimensions)
+        stream = self._llm.encode(tokens_input(prompt_ids), params, request_id)
+        try:
+            async with contextlib.aclosing(stream):
+                async for output in stream:
+                    if output.finished:
+                        return list(output.outputs.data.tolist())
+        except EngineDeadError as exc:
+            raise Unavailable("the engine died; the server is restarting it or shutting down", retry_after=10) from exc
+        except VLLMClientError as exc:  # a bad `dimensions`, a prompt past the context, a token outside the vocabulary
+            param = "dimensions" if "imension" in str(exc) else "input"
+            raise InvalidInput(str(exc), param=param) from exc
+        raise BitingLipError(f"the engine gave no embedding for request {request_id}")
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         if self._llm is not None and request_ids:

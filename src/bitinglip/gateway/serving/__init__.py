@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import time
 
-from bitinglip.cluster import EngineLookup, Lease
+from bitinglip.cluster import EngineLookup, Lease, ServedModel
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.background import Background
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
+from bitinglip.gateway.serving.embeddings import EmbeddingServing
+
+
+def _capabilities(m: ServedModel) -> p.ModelCapabilities:
+    generates = None if m.embedding is None else not m.embedding
+    return p.ModelCapabilities(
+        chat=m.chat, completions=generates, tools=m.tools, structured_outputs=generates, embeddings=m.embedding
+    )
 
 
 class OpenAIServing:
@@ -18,6 +26,7 @@ class OpenAIServing:
         self.engines = engines
         self.chat = ChatServing()
         self.completion = CompletionServing()
+        self.embeddings = EmbeddingServing()
         # The task kinds ("chat", "completion") the app registers with the task queue.
         self.background = Background(self.acquire, self.chat, self.completion)
 
@@ -37,11 +46,20 @@ class OpenAIServing:
                     max_model_len=m.max_model_len,
                     root=m.path,
                     status=m.state,
-                    capabilities=p.ModelCapabilities(chat=m.chat),
+                    capabilities=_capabilities(m),
                 )
                 for m in await self.engines.served_models()
             ]
         )
 
 
-__all__ = ["Background", "ChatServing", "CompletionServing", "OpenAIServing", "Prepared", "Serving", "Tally"]
+__all__ = [
+    "Background",
+    "ChatServing",
+    "CompletionServing",
+    "EmbeddingServing",
+    "OpenAIServing",
+    "Prepared",
+    "Serving",
+    "Tally",
+]

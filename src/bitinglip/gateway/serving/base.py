@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
-from bitinglip.core import BitingLipError, error_response, get_logger
+from bitinglip.core import BitingLipError, InvalidInput, error_response, get_logger
 from bitinglip.gateway import protocol as p
 
 log = get_logger(__name__)
@@ -38,7 +38,10 @@ class Prepared(msgspec.Struct, kw_only=True):
     include_usage: bool
     logprobs: int | None  # top-k to return; None for no logprobs
     echo: bool = False
+    score_only: bool = False  # echo with max_tokens 0: the one token the engine makes is dropped
     priority: int = 0
+    tools: Any = None  # the engine's ToolCalls for a chat request with tools
+    echoed: set[int] = msgspec.field(default_factory=set)  # streamed choices whose echo has gone out
 
 
 class Finished(msgspec.Struct, kw_only=True):
@@ -49,6 +52,7 @@ class Finished(msgspec.Struct, kw_only=True):
     finish: dict[int, str | None]
     logprobs: dict[int, Any]  # each kind's own logprobs shape
     usage: p.Usage
+    prompt_logprobs: dict[int, Any] = msgspec.field(default_factory=dict)  # per prompt, when asked for
 
 
 class Tally:
@@ -66,6 +70,15 @@ class Tally:
         self.first_token_at = time.perf_counter()
         if self.on_first is not None:
             self.on_first()
+
+
+def refuse_embedding_model(engine: EngineClient, route: str) -> None:
+    if engine.embedding:
+        raise InvalidInput(
+            f"model {engine.served_name} is an embedding model: it serves /v1/embeddings, not {route}",
+            param="model",
+            code="wrong_model_kind",
+        )
 
 
 def usage(prep: Prepared, completion_tokens: int) -> p.Usage:
@@ -102,9 +115,16 @@ class Serving(ABC):
 
     @abstractmethod
     def chunk(
-        self, prep: Prepared, chunk_id: str, created: int, index: int, out: CompletionDelta, offset: int
-    ) -> msgspec.Struct:
-        """The chunk for one delta of choice ``index``."""
+        self,
+        prep: Prepared,
+        chunk_id: str,
+        created: int,
+        index: int,
+        out: CompletionDelta,
+        offset: int,
+        output: EngineOutput,
+    ) -> msgspec.Struct | None:
+        """The chunk for one delta ``out`` of choice ``index`` (of engine ``output``); None: nothing to send yet."""
 
     @abstractmethod
     def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> msgspec.Struct:
@@ -129,16 +149,19 @@ class Serving(ABC):
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         logprobs: dict[int, Any] = {}
+        prompt_logprobs: dict[int, Any] = {}
         completion_tokens = 0
         # No first-token time here: a whole response asks the engine for its final output only.
         async for prompt_index, output in self.outputs(prep, request_id):
+            if output.prompt_logprobs is not None:
+                prompt_logprobs[prompt_index] = output.prompt_logprobs
             for out in output.outputs:
                 index = prompt_index * prep.n + out.index
                 parts = texts.setdefault(index, [])
                 if prep.logprobs is not None and out.logprobs:
                     self.add_logprobs(prep, logprobs, index, out, sum(map(len, parts)))
                 parts.append(out.text)
-                completion_tokens += len(out.token_ids)
+                completion_tokens += 0 if prep.score_only else len(out.token_ids)
                 tally.completion_tokens = completion_tokens
                 if out.finish_reason is not None:
                     finish[index] = out.finish_reason
@@ -148,6 +171,7 @@ class Serving(ABC):
             finish=finish,
             logprobs=logprobs,
             usage=usage(prep, completion_tokens),
+            prompt_logprobs=prompt_logprobs,
         )
         return self.response(prep, request_id, done)
 
@@ -168,13 +192,15 @@ class Serving(ABC):
                     tally.first()
                 for out in output.outputs:
                     index = prompt_index * prep.n + out.index
-                    completion_tokens += len(out.token_ids)
+                    completion_tokens += 0 if prep.score_only else len(out.token_ids)
                     # A token that ends mid-character decodes to nothing yet: no empty event for it.
                     if not out.text and out.finish_reason is None and prep.logprobs is None:
                         continue
                     offset = offsets.get(index, 0)
                     offsets[index] = offset + len(out.text)
-                    yield b"data: " + encode(self.chunk(prep, chunk_id, created, index, out, offset)) + b"\n\n"
+                    chunk = self.chunk(prep, chunk_id, created, index, out, offset, output)
+                    if chunk is not None:
+                        yield b"data: " + encode(chunk) + b"\n\n"
             if prep.include_usage:
                 yield (
                     b"data: " + encode(self.closing(prep, chunk_id, created, usage(prep, completion_tokens))) + b"\n\n"

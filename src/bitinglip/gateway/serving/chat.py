@@ -1,14 +1,19 @@
-"""`/v1/chat/completions`: messages through the model's chat template, answers as assistant messages."""
+"""`/v1/chat/completions`: messages (and tools) through the model's chat template, answers as assistant messages.
+
+With tools, the engine's tool calling (vLLM's parser for the deployment's `tool_call_parser`) constrains the
+output and reads the calls out of it; here they are put in OpenAI's shapes, whole or as streamed fragments.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bitinglip.cluster import CompletionDelta, EngineClient
+from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, ToolCallDelta
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Finished, Prepared, Serving
+from bitinglip.gateway.serving.base import Finished, Prepared, Serving, refuse_embedding_model
 from bitinglip.gateway.serving.logprobs import chat_logprobs
+from bitinglip.gateway.serving.tools import check_tools, history_calls
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
@@ -21,7 +26,7 @@ def message_text(message: p.ChatMessage, index: int) -> str:
         )
     content = message.content
     if content is None:
-        return ""
+        return message.refusal or ""
     if isinstance(content, str):
         return content
     texts = []
@@ -35,25 +40,72 @@ def message_text(message: p.ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
+def message_dict(message: p.ChatMessage, index: int) -> dict[str, Any]:
+    """One message as chat templates take it (a call's arguments as an object, a tool turn with its call id)."""
+    out: dict[str, Any] = {"role": message.role, "content": message_text(message, index)}
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = history_calls(message, index)
+    if message.tool_call_id is not None and message.role != "tool":
+        raise InvalidInput(
+            f"messages[{index}] has a tool_call_id but its role is {message.role!r}, not 'tool'",
+            param=f"messages.{index}.tool_call_id",
+        )
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise InvalidInput(
+                f"messages[{index}] has role 'tool' but no tool_call_id", param=f"messages.{index}.tool_call_id"
+            )
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _delta_calls(fragments: list[ToolCallDelta]) -> list[p.DeltaToolCall]:
+    return [
+        p.DeltaToolCall(
+            index=f.index,
+            id=f.id,
+            type="function" if f.id is not None else None,
+            function=p.DeltaFunction(name=f.name, arguments=f.arguments) if f.name or f.arguments is not None else None,
+        )
+        for f in fragments
+    ]
+
+
 class ChatServing(Serving):
     id_prefix = "chatcmpl-"
 
     @classmethod
-    async def render(cls, messages: list[p.ChatMessage] | None, engine: EngineClient) -> tuple[list[int], str]:
-        """The prompt (token ids and text) the model's chat template makes of ``messages``."""
+    async def render(
+        cls, messages: list[p.ChatMessage] | None, engine: EngineClient, tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], str]:
+        """The prompt (token ids and text) the model's chat template makes of ``messages`` (and ``tools``)."""
         if not messages:
             raise InvalidInput("`messages` must be a non-empty list", param="messages", code="empty_messages")
-        text = engine.render_chat([{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(messages)])
+        text = engine.render_chat([message_dict(m, i) for i, m in enumerate(messages)], tools)
         return await cls.encode(engine, text), text
 
     async def prepare(self, req: p.ChatCompletionRequest, engine: EngineClient) -> Prepared:
-        ids, text = await self.render(req.messages, engine)
+        refuse_embedding_model(engine, "/v1/chat/completions")
+        tools = check_tools(req)
+        calls = None
+        if tools is not None and tools.choice != "none":
+            calls = engine.tool_calls(tools.tools, tools.choice, tools.parallel)
+        ids, text = await self.render(req.messages, engine, tools.tools if tools is not None else None)
         args = req.sampling_args(len(ids), engine.max_model_len)
+        if calls is not None:
+            if calls.constraint is not None:
+                args["structured_outputs"] = calls.constraint
+            if not calls.skip_special_tokens:
+                args["skip_special_tokens"] = False
         try:
             params = engine.sampling_params(args, whole=not req.stream)
         except InvalidInput as exc:
             if exc.param == "structured_outputs" and req.response_format is not None:
                 exc.param = "response_format"  # what the client sent
+            elif exc.param == "structured_outputs" and calls is not None:
+                exc.param = "tools"
             raise
         return Prepared(
             model=req.model or "",
@@ -66,25 +118,33 @@ class ChatServing(Serving):
             include_usage=req.include_usage,
             logprobs=args.get("logprobs"),
             priority=req.priority,
+            tools=calls,
         )
 
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
         into.setdefault(index, []).extend(chat_logprobs(out, prep.engine, prep.logprobs or 0))
+
+    def _choice(self, prep: Prepared, done: Finished, index: int, text: str) -> p.ChatChoice:
+        finish = done.finish.get(index)
+        message = p.AssistantMessage(role="assistant", content=text)
+        if prep.tools is not None:
+            content, calls = prep.tools.parse(text)
+            message.content = content
+            if calls:
+                message.tool_calls = [
+                    p.ToolCallOut(id=c.id, function=p.FunctionCallOut(name=c.name, arguments=c.arguments))
+                    for c in calls
+                ]
+                finish = "tool_calls" if finish == "stop" else finish
+        logprobs = p.ChatLogprobs(content=done.logprobs.get(index, [])) if prep.logprobs is not None else None
+        return p.ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
 
     def response(self, prep: Prepared, request_id: str, done: Finished) -> p.ChatCompletionResponse:
         return p.ChatCompletionResponse(
             id=self.id_prefix + request_id,
             created=done.created,
             model=prep.model,
-            choices=[
-                p.ChatChoice(
-                    index=i,
-                    message=p.AssistantMessage(role="assistant", content=text),
-                    logprobs=p.ChatLogprobs(content=done.logprobs.get(i, [])) if prep.logprobs is not None else None,
-                    finish_reason=done.finish.get(i),
-                )
-                for i, text in done.texts.items()
-            ],
+            choices=[self._choice(prep, done, i, text) for i, text in done.texts.items()],
             usage=done.usage,
         )
 
@@ -93,14 +153,28 @@ class ChatServing(Serving):
         return [p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=role)]
 
     def chunk(
-        self, prep: Prepared, chunk_id: str, created: int, index: int, out: CompletionDelta, offset: int
-    ) -> p.ChatCompletionChunk:
+        self,
+        prep: Prepared,
+        chunk_id: str,
+        created: int,
+        index: int,
+        out: CompletionDelta,
+        offset: int,
+        output: EngineOutput,
+    ) -> p.ChatCompletionChunk | None:
         lp = None
         if prep.logprobs is not None and out.logprobs:
             lp = p.ChatLogprobs(content=chat_logprobs(out, prep.engine, prep.logprobs))
-        choice = p.ChatChunkChoice(
-            index=index, delta=p.DeltaMessage(content=out.text), logprobs=lp, finish_reason=out.finish_reason
-        )
+        finish = out.finish_reason
+        delta = p.DeltaMessage(content=out.text)
+        if prep.tools is not None:
+            content, fragments = prep.tools.parse_delta(index, out.text, out.token_ids, finish is not None)
+            delta = p.DeltaMessage(content=content, tool_calls=_delta_calls(fragments) or None)
+            if finish == "stop" and prep.tools.called(index):
+                finish = "tool_calls"
+            if content is None and not fragments and finish is None and lp is None:
+                return None  # held back: may be the start of a call
+        choice = p.ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=finish)
         return p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[choice])
 
     def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> p.ChatCompletionChunk:

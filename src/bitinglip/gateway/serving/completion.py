@@ -1,80 +1,112 @@
-"""`/v1/completions`: a prompt (text, texts, or token ids) continued as it is, with `echo` and logprobs."""
+"""`/v1/completions`: a prompt (text, texts, token ids, or lists of them) continued as it is, with `echo` and logprobs.
+
+With `echo` and `logprobs`, the prompt's own tokens are scored too (the first gets null: nothing predicts it) and
+`text_offset` counts from the start of the echoed prompt; with `max_tokens: 0` as well, only the prompt is scored.
+That is how evaluation harnesses compute log-likelihoods.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bitinglip.cluster import CompletionDelta, EngineClient
+from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Finished, Prepared, Serving
+from bitinglip.gateway.serving.base import Finished, Prepared, Serving, refuse_embedding_model
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
 
 MAX_TOKEN_ID = 2**31
+MAX_PROMPTS = 2048
+PROMPT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+
+
+def _token_ids(value: list[Any], param: str) -> list[int]:
+    if not value or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_TOKEN_ID for x in value):
+        raise InvalidInput(f"`{param}` must be a non-empty list of non-negative token ids", param=param)
+    return value
 
 
 class CompletionServing(Serving):
     id_prefix = "cmpl-"
 
-    async def prepare(self, req: p.CompletionRequest, engine: EngineClient) -> Prepared:
-        prompt = req.prompt
+    async def _prompts(self, prompt: Any, engine: EngineClient) -> list[tuple[list[int], str | None]]:
         if prompt is None or prompt == "" or prompt == []:
-            raise InvalidInput(
-                "`prompt` must be a non-empty string, list of strings or list of token ids", param="prompt"
-            )
-        prompts: list[tuple[list[int], str | None]] = []
+            raise InvalidInput(f"`prompt` must be non-empty: {PROMPT_SHAPES}", param="prompt")
         if isinstance(prompt, str):
-            prompts.append((await self.encode(engine, prompt), prompt))
-        elif not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in prompt):
-            raise InvalidInput("`prompt` must be a string, a list of strings or a list of token ids", param="prompt")
-        elif all(isinstance(x, int) for x in prompt):
-            ids = [int(x) for x in prompt]
-            if any(not (0 <= x < MAX_TOKEN_ID) for x in ids):
-                raise InvalidInput("token ids in `prompt` must be non-negative", param="prompt")
-            prompts.append((ids, None))
-        else:
-            for text in prompt:
-                if not isinstance(text, str) or not text:
-                    raise InvalidInput("prompts must not be empty strings", param="prompt")
-                prompts.append((await self.encode(engine, text), text))
+            return [(await self.encode(engine, prompt), prompt)]
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
+            return [(_token_ids(prompt, "prompt"), None)]
+        if len(prompt) > MAX_PROMPTS:
+            raise InvalidInput(f"`prompt` takes at most {MAX_PROMPTS} prompts", param="prompt")
+        prompts: list[tuple[list[int], str | None]] = []
+        for i, item in enumerate(prompt):
+            if isinstance(item, str) and item:
+                prompts.append((await self.encode(engine, item), item))
+            elif isinstance(item, list):
+                prompts.append((_token_ids(item, f"prompt.{i}"), None))
+            else:
+                raise InvalidInput(f"`prompt` must be {PROMPT_SHAPES}; prompt[{i}] is not", param=f"prompt.{i}")
+        return prompts
+
+    async def prepare(self, req: p.CompletionRequest, engine: EngineClient) -> Prepared:
+        refuse_embedding_model(engine, "/v1/completions")
+        prompts = await self._prompts(req.prompt, engine)
         args = req.sampling_args(max(len(ids) for ids, _ in prompts), engine.max_model_len)
+        if req.echo:  # a prompt given as token ids is echoed as its text
+            prompts = [(ids, text if text is not None else engine.decode(ids)) for ids, text in prompts]
         return Prepared(
             model=req.model or "",
             engine=engine,
             prompts=prompts,
             params=engine.sampling_params(args, whole=not req.stream),
             n=req.n,
-            max_tokens=args["max_tokens"],
+            max_tokens=0 if req.score_only else args["max_tokens"],
             stream=req.stream,
             include_usage=req.include_usage,
             logprobs=req.logprobs,
             echo=req.echo,
+            score_only=req.score_only,
             priority=req.priority,
         )
 
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
         target = into.setdefault(index, p.CompletionLogprobs())
-        extend_completion_logprobs(target, out, prep.engine, prep.logprobs or 0, offset)
+        extend_completion_logprobs(target, out.token_ids, out.logprobs or [], prep.engine, prep.logprobs or 0, offset)
+
+    def _echo(self, prep: Prepared, index: int, prompt_logprobs: Any) -> tuple[str, p.CompletionLogprobs | None]:
+        """The echoed prompt of choice ``index`` and, when asked for, its tokens' logprobs."""
+        ids, text = prep.prompts[index // prep.n]
+        if prep.logprobs is None:
+            return text or "", None
+        lp = p.CompletionLogprobs()
+        extend_completion_logprobs(lp, ids, prompt_logprobs or [None] * len(ids), prep.engine, prep.logprobs, 0)
+        return text or "", lp
 
     def response(self, prep: Prepared, request_id: str, done: Finished) -> p.CompletionResponse:
+        choices = []
+        for i, generated in done.texts.items():
+            text, lp = "", None
+            if prep.echo:
+                text, lp = self._echo(prep, i, done.prompt_logprobs.get(i // prep.n))
+            if prep.logprobs is not None:
+                lp = lp or p.CompletionLogprobs()
+                if not prep.score_only:
+                    tail = done.logprobs.get(i, p.CompletionLogprobs())
+                    shift = len(text)
+                    lp.tokens += tail.tokens
+                    lp.token_logprobs += tail.token_logprobs
+                    lp.top_logprobs += tail.top_logprobs
+                    lp.text_offset += [offset + shift for offset in tail.text_offset]
+            if not prep.score_only:
+                text += generated
+            finish = "length" if prep.score_only else done.finish.get(i)
+            choices.append(p.CompletionChoice(index=i, text=text, logprobs=lp, finish_reason=finish))
         return p.CompletionResponse(
-            id=self.id_prefix + request_id,
-            created=done.created,
-            model=prep.model,
-            choices=[
-                p.CompletionChoice(
-                    index=i,
-                    text=(prep.prompts[i // prep.n][1] or "" if prep.echo else "") + text,
-                    logprobs=done.logprobs.get(i, p.CompletionLogprobs()) if prep.logprobs is not None else None,
-                    finish_reason=done.finish.get(i),
-                )
-                for i, text in done.texts.items()
-            ],
-            usage=done.usage,
+            id=self.id_prefix + request_id, created=done.created, model=prep.model, choices=choices, usage=done.usage
         )
 
     def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.CompletionResponse]:
-        if not prep.echo:
+        if not prep.echo or prep.logprobs is not None:  # echoed logprobs come with the engine's first output
             return []
         return [
             p.CompletionResponse(
@@ -89,13 +121,30 @@ class CompletionServing(Serving):
         ]
 
     def chunk(
-        self, prep: Prepared, chunk_id: str, created: int, index: int, out: CompletionDelta, offset: int
-    ) -> p.CompletionResponse:
-        lp = None
-        if prep.logprobs is not None and out.logprobs:
-            lp = p.CompletionLogprobs()
-            extend_completion_logprobs(lp, out, prep.engine, prep.logprobs, offset)
-        choice = p.CompletionChoice(index=index, text=out.text, logprobs=lp, finish_reason=out.finish_reason)
+        self,
+        prep: Prepared,
+        chunk_id: str,
+        created: int,
+        index: int,
+        out: CompletionDelta,
+        offset: int,
+        output: EngineOutput,
+    ) -> p.CompletionResponse | None:
+        text, lp, shift = "", None, 0
+        if prep.echo and prep.logprobs is not None:
+            shift = len(prep.prompts[index // prep.n][1] or "")
+            if index not in prep.echoed:
+                prep.echoed.add(index)
+                text, lp = self._echo(prep, index, output.prompt_logprobs)
+        if not prep.score_only:
+            text += out.text
+            if prep.logprobs is not None and out.logprobs:
+                lp = lp or p.CompletionLogprobs()
+                extend_completion_logprobs(lp, out.token_ids, out.logprobs, prep.engine, prep.logprobs, offset + shift)
+        finish = "length" if prep.score_only and out.finish_reason is not None else out.finish_reason
+        if not text and lp is None and finish is None:
+            return None
+        choice = p.CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=finish)
         return p.CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[choice], usage=None)
 
     def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> p.CompletionResponse:

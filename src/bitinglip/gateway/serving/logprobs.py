@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from bitinglip.cluster import CompletionDelta, EngineClient, TokenLogprob
 from bitinglip.gateway import protocol as p
@@ -51,18 +51,29 @@ def chat_logprobs(out: CompletionDelta, engine: EngineClient, top_k: int) -> lis
 
 
 def extend_completion_logprobs(
-    into: p.CompletionLogprobs, out: CompletionDelta, engine: EngineClient, top_k: int, text_offset: int
-) -> None:
-    """Append this delta's tokens to ``into`` in the completions shape, starting at ``text_offset``."""
-    for token_id, position in zip(out.token_ids, out.logprobs or [], strict=False):
-        if position is None:
-            continue
-        sampled = position.get(token_id)
+    into: p.CompletionLogprobs,
+    token_ids: Sequence[int],
+    positions: Sequence[Mapping[int, TokenLogprob] | None],
+    engine: EngineClient,
+    top_k: int,
+    text_offset: int,
+) -> int:
+    """Append tokens to ``into`` in the completions shape, starting at ``text_offset``; returns the offset after.
+
+    A token without a position (the prompt's first: nothing comes before it to predict it) gets null values,
+    as OpenAI and `vllm serve` give for an echoed prompt."""
+    for token_id, position in zip(token_ids, positions, strict=False):
+        sampled = position.get(token_id) if position is not None else None
         token, _, advance = token_repr(sampled, token_id, engine)
         into.tokens.append(token)
+        into.text_offset.append(text_offset)
+        text_offset += advance
+        if position is None:
+            into.token_logprobs.append(None)
+            into.top_logprobs.append(None)
+            continue
         into.token_logprobs.append(max(sampled.logprob, FLOOR) if sampled is not None else FLOOR)
         into.top_logprobs.append(
             {token_repr(lp, tid, engine)[0]: max(lp.logprob, FLOOR) for tid, lp in _ranked(position, top_k)}
         )
-        into.text_offset.append(text_offset)
-        text_offset += advance
+    return text_offset
