@@ -28,3 +28,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bitinglip.models.tiny import create_tiny_model
 
     return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny embedding model (`create-tiny --embedding`), built once per test session."""
+    from bitinglip.models.tiny import create_tiny_model
+
+    return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-embed", embedding=True)

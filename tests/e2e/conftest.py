@@ -23,6 +23,8 @@ SETTINGS_DIR = Path(__file__).resolve().parents[2] / "settings"
 READY_TIMEOUT_S = 420
 # The shared server is given this hub id: it pulls the tiny model from a hub stand-in, then serves it.
 MODEL = "org/tiny-chat"
+# Beside it, as `make run` does, the tiny embedding model (from a local directory: its name is the folder's).
+EMBEDDING_MODEL = "tiny-embed"
 
 
 def free_port() -> int:
@@ -121,13 +123,18 @@ def hub(tiny_model_dir: Path) -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, hub: Hub) -> Iterator[Server]:
-    """One engine start for the session: serving a hub id makes the server pull it first (slowed to ~6 s so
-    the progress shows in the log), then serve it."""
+def server(tmp_path_factory: pytest.TempPathFactory, hub: Hub, tiny_embedding_dir: Path) -> Iterator[Server]:
+    """One start for the session: serving a hub id makes the server pull it first (slowed to ~6 s so the
+    progress shows in the log), then serve it; the embedding model is served beside it."""
     data = tmp_path_factory.mktemp("server")
     hub.stub.throttle_bytes_per_s = 500_000
     try:
-        srv = start_server(data, MODEL, BITINGLIP_MODELS__HUB_ENDPOINT=hub.stub.url)
+        srv = start_server(
+            data,
+            MODEL,
+            BITINGLIP_MODELS__HUB_ENDPOINT=hub.stub.url,
+            BITINGLIP_CLUSTER__EMBEDDING_MODEL=str(tiny_embedding_dir),
+        )
     finally:
         hub.stub.throttle_bytes_per_s = None
     yield srv

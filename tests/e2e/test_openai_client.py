@@ -7,14 +7,14 @@ import re
 import openai
 import pytest
 
-from e2e.conftest import MODEL
+from e2e.conftest import EMBEDDING_MODEL, MODEL
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [MODEL]
+    assert [m.id for m in models] == [MODEL, EMBEDDING_MODEL]
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

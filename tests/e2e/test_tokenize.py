@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 
-from e2e.conftest import MODEL, Server
+from e2e.conftest import EMBEDDING_MODEL, MODEL, Server
 
 TEXT = "Tokenizers split text — even naïve text — into ids."
 
@@ -39,8 +39,17 @@ def test_models_say_their_context_length_and_what_they_serve(server: Server, cli
     assert card["capabilities"] == {
         "chat": True,  # the tiny model has a chat template
         "completions": True,
-        "tools": False,
+        "tools": True,  # settings/default.toml names the hermes tool parser, the tiny model's format
         "structured_outputs": True,
         "embeddings": False,
     }
-    assert [m.model_extra["capabilities"]["chat"] for m in client.models.list().data] == [True]  # type: ignore[index]
+    embedding = httpx.get(f"{server.url}/v1/models/{EMBEDDING_MODEL}").json()
+    assert embedding["capabilities"] == {
+        "chat": False,
+        "completions": False,
+        "tools": False,
+        "structured_outputs": False,
+        "embeddings": True,
+    }
+    served = {m.id: m.model_extra["capabilities"]["chat"] for m in client.models.list().data}  # type: ignore[index]
+    assert served == {MODEL: True, EMBEDDING_MODEL: False}

@@ -271,7 +271,10 @@ class _Sampling(_Request):
             )
         if max_tokens is not None:
             if max_tokens < 1:
-                raise InvalidInput(f"`max_tokens` must be at least 1, got {max_tokens}", param="max_tokens")
+                raise InvalidInput(
+                    f"`max_tokens` must be at least 1 (0 only with `echo`, to score the prompt), got {max_tokens}",
+                    param="max_tokens",
+                )
             if prompt_len + max_tokens > max_model_len:
                 raise InvalidInput(
                     f"This model's maximum context length is {max_model_len} tokens. However, you requested "

@@ -18,9 +18,9 @@ from typing import Any
 from bitinglip.cluster.protocol import ToolCall, ToolCallDelta
 from bitinglip.core import InvalidInput, SettingsError
 
-# Whitespace xgrammar lets a model put between the JSON tokens of an argument object: none, or a weak model
-# pads its arguments with blank characters until max_tokens.
-ARGUMENT_WHITESPACE = 0
+# Whitespace xgrammar lets a model put in a row between the JSON tokens of the arguments: left unbounded, a weak
+# model pads them with blank characters until max_tokens. 1 is xgrammar's least (0 is refused as "not positive").
+ARGUMENT_WHITESPACE = 1
 
 
 def tool_parser_names() -> list[str]:
