@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bitinglip.models.tiny import CHAT_TEMPLATE, VOCAB_SIZE, create_tiny_model
+from bitinglip.models.tiny import CHAT_TEMPLATE, VOCAB_SIZE, create_tiny_model, is_current
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 BUILD = (
@@ -127,3 +127,49 @@ def test_seed_0_is_the_reference_build(tiny_model_dir: Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]  # either serialisation
     vocab = sorted(bpe["vocab"].items(), key=lambda item: item[1])
     assert hashlib.sha256(json.dumps([vocab, merges]).encode()).hexdigest() == SEED0_VOCAB_AND_MERGES
+
+
+def test_the_embedding_build_is_the_same_network_read_as_a_sentence_transformers_model(
+    tiny_model_dir: Path, tiny_embedding_dir: Path
+) -> None:
+    assert digests(tiny_embedding_dir)["model.safetensors"] == digests(tiny_model_dir)["model.safetensors"]
+    modules = json.loads((tiny_embedding_dir / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[1] for m in modules] == ["Transformer", "Pooling", "Normalize"]
+    pooling = json.loads((tiny_embedding_dir / "1_Pooling" / "config.json").read_text())
+    assert pooling == {"word_embedding_dimension": 256, "pooling_mode_lasttoken": True}
+    assert json.loads((tiny_embedding_dir / "config.json").read_text())["matryoshka_dimensions"] == [64, 128, 256]
+    assert not (tiny_model_dir / "modules.json").exists()
+
+
+def test_a_model_an_older_build_made_is_not_current(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    assert is_current(tiny_model_dir) and not is_current(tiny_model_dir, embedding=True)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    config = json.loads((old / "tokenizer_config.json").read_text())
+    (old / "chat_template.jinja").unlink(missing_ok=True)
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # an older template
+    (old / "tokenizer_config.json").write_text(json.dumps(config))
+    assert not is_current(old)
+    assert not is_current(tmp_path / "missing")
+
+
+def test_the_chat_template_renders_tools_calls_and_results_in_the_hermes_format(tokenizer: Any) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|begin_of_text|><|im_start|>system\nBe brief.\n\n# Tools")
+    assert json.dumps(tools[0]) in text and text.count("Be brief.") == 1
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+        in text
+    )
+    assert "<|im_start|>tool\n<tool_response>\nsunny\n</tool_response><|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n")

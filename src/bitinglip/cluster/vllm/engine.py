@@ -20,7 +20,7 @@ from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.stats import stat_logger_factory
 from bitinglip.cluster.vllm.tokens import token_bytes
-from bitinglip.cluster.vllm.tools import VllmToolCalls
+from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
 log = get_logger(__name__)
@@ -98,6 +98,8 @@ class VllmEngine:
                     os.environ[key] = value
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        if self.tool_call_parser is not None:  # a misfit fails the start (the deployment stops what started)
+            check_parser_fits(self.tool_call_parser, self._tokenizer, self.served_name)
         self.max_model_len = int(llm.model_config.max_model_len)
         self.max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
         # vLLM picks the pooling runner itself for a sentence-transformers model (its modules.json says so).

@@ -35,6 +35,17 @@ def check_tool_parser(name: str | None, source: str) -> None:
         raise SettingsError(f"setting `{source}`: no tool parser named {name!r}; vLLM has: {', '.join(names)}")
 
 
+def check_parser_fits(name: str, tokenizer: Any, model: str) -> None:
+    """Build the parser once on the model's tokenizer, at start-up: some need tokens only their model family has
+    (llama3_json needs <|python_tag|>), and a misfit must stop the deployment, not fail every request later."""
+    from vllm.tool_parsers import ToolParserManager
+
+    try:
+        ToolParserManager.get_tool_parser(name)(tokenizer, None)
+    except Exception as exc:
+        raise SettingsError(f"tool_call_parser {name!r} does not fit model {model}: {exc}") from exc
+
+
 def _strip_whitespace(node: Any) -> None:
     if isinstance(node, dict):
         if node.get("type") == "json_schema" and "max_whitespace_cnt" in node:
