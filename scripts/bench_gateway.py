@@ -115,6 +115,7 @@ def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool, e
     env = bench.child_env(
         {
             "BITINGLIP_ENV": "production",
+            "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",  # the chat model alone, like for like
             "BITINGLIP_HOME": str(home),
             "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{home}/bitinglip.db",
             "BITINGLIP_MODELS__DIR": str(home / "models"),

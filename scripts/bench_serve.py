@@ -402,6 +402,7 @@ async def bench_bitinglip(ctx: Context) -> AsyncIterator[Runner]:
     env = child_env(
         {
             "BITINGLIP_ENV": "production",
+            "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",  # the chat model alone, like for like
             "BITINGLIP_HOME": str(ctx.workdir),
             "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{ctx.workdir}/bench.db",
             "BITINGLIP_MODELS__DIR": str(ctx.workdir / "models"),

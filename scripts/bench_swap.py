@@ -117,6 +117,7 @@ async def bitinglip_server(ctx: Context, label: str, extra_env: dict[str, str]) 
     env = bench.child_env(
         {
             "BITINGLIP_ENV": "production",
+            "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",  # the chat model alone, like for like
             "BITINGLIP_HOME": str(home),
             "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{home}/bench.db",
             "BITINGLIP_MODELS__DIR": str(home / "models"),
