@@ -86,6 +86,14 @@ def test_a_streamed_answer_gives_content_then_the_name_then_argument_fragments(t
     assert calls.called(0) and not calls.called(1)
 
 
+def test_text_held_back_as_a_possible_call_is_sent_when_the_answer_ends_without_one(tokenizer: Any) -> None:
+    calls = VllmToolCalls("hermes", tokenizer, TOOLS, "auto", parallel=True)
+    first, _ = calls.parse_delta(0, "a < b and <tool", [1], finished=False)
+    assert first is not None and "<tool" not in first  # might open a call: held back
+    last, fragments = calls.parse_delta(0, "s", [2], finished=True)
+    assert (first + (last or ""), fragments) == ("a < b and <tools", [])
+
+
 def test_a_parser_without_a_structural_tag_forces_calls_with_vllms_json_form(tokenizer: Any) -> None:
     named = VllmToolCalls("pythonic", tokenizer, TOOLS, NAMED, parallel=True)
     assert named.constraint == {"json": PARAMS, "disable_any_whitespace": True}

@@ -60,13 +60,14 @@ def _strip_whitespace(node: Any) -> None:
 class _Stream:
     """One choice's text so far and its parser (vLLM's streaming parsers keep state per response)."""
 
-    __slots__ = ("ids", "parser", "sent", "text")
+    __slots__ = ("content", "ids", "parser", "sent", "text")
 
     def __init__(self, parser: Any) -> None:
         self.parser = parser
         self.text = ""
         self.ids: list[int] = []
         self.sent = False  # a call has gone out for this choice
+        self.content = 0  # characters sent as content
 
 
 class VllmToolCalls:
@@ -184,6 +185,11 @@ class VllmToolCalls:
         if finished and (rest := stream.parser.get_remaining_unstreamed_args()):
             fragments.append(ToolCallDelta(index=len(stream.parser.prev_tool_call_arr) - 1, arguments=rest))
         stream.sent = stream.sent or bool(fragments)
+        stream.content += len(content or "")
+        if finished and not stream.sent and stream.content < len(stream.text):
+            # The parser holds back text that might open a call ("... <tool"); at the end it opened none.
+            content = (content or "") + stream.text[stream.content :]
+            stream.content = len(stream.text)
         return content, fragments
 
     def called(self, index: int) -> bool:
