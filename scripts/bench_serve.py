@@ -1,15 +1,20 @@
-"""BitingLip vs `vllm serve` vs the bare vLLM engine: the same streaming load, one target after the other.
+"""BitingLip vs `vllm serve` vs the bare vLLM engine: the same streaming load at several concurrencies.
 
-Every target gets the same prompts, the same engine arguments and the same concurrency:
+Every target gets the same prompts, the same engine arguments and the same load:
 
 - bitinglip: `bitinglip serve` in a subprocess, engine arguments as BITINGLIP_CLUSTER__ENGINE__* variables;
 - vllm:      vLLM's own OpenAI server in a subprocess, engine arguments as its CLI flags;
 - engine:    AsyncLLM in this process, no HTTP at all: the ceiling the two servers are measured against.
 
-Targets run strictly one after the other (the build machines have 2 cores; two engines at once would measure
-the contention, not the servers), each stopped with its whole process group before the next one starts.
+All targets are started (one after the other) and stay up; then, round after round, each concurrency is run on
+each target in turn, the order rotated every round, so a drift of the machine falls on every target alike.
+Every engine's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE, the same for all), so the engines that
+wait cost the one measured nothing. For the two servers the API process's own CPU time (from /proc/<pid>/stat:
+the server process, not its engine child) is read around each run: CPU seconds per 1,000 generated tokens.
+Figures are medians over the rounds.
 
-    .venv/bin/python scripts/bench_serve.py [--targets bitinglip,vllm,engine] [--requests 256] [--json out.json]
+    .venv/bin/python scripts/bench_serve.py [--targets bitinglip,vllm,engine] [--concurrency 1,16,64,256]
+        [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ FILLER = (
     "Each request waits its turn in the scheduler, shares the batch with its neighbours, and leaves when done."
 )
 READY_TIMEOUT_S = 300.0
+# Every engine's OpenMP threads sleep when idle instead of spinning (libgomp's default spins after each step):
+# with all targets up on 2 cores, a spinning idle engine would slow the one measured.
+IDLE_QUIET = {"OMP_WAIT_POLICY": "PASSIVE"}
+CONCURRENCIES = (1, 16, 64, 256)
 STOP_GRACE_S = 30.0
 WARMUP_REQUESTS = 8
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -121,6 +130,9 @@ class Figures:
     prompt_tokens_mean: float
     usage_missing: int
     error_examples: list[str]
+    concurrency: int = 0
+    api_cpu_s: float | None = None  # the server's API process over the run (None: no separate process)
+    api_cpu_per_1k_tokens: float | None = None
 
 
 def _percentile_ms(values: list[float], q: float) -> float:
@@ -366,8 +378,9 @@ def child_env(extra: dict[str, str]) -> dict[str, str]:
 class Context:
     model_dir: Path
     engine_args: dict[str, Any]
-    spec: LoadSpec
-    repeat: int
+    spec: LoadSpec  # the prompts and max_tokens; the concurrency is set per run
+    concurrencies: list[int]
+    requests: int | None  # per run; None: max(32, 4 x concurrency)
     rounds: int
     workdir: Path
     # The name BitingLip serves the model under; vLLM's server is told to use the same one.
@@ -375,6 +388,18 @@ class Context:
 
 
 Runner = Callable[[LoadSpec], Awaitable[tuple[list[Sample], float]]]
+
+
+@dataclasses.dataclass
+class Target:
+    run: Runner
+    pid: int | None = None  # the API process whose CPU time is read; None for the in-process engine
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads, not its children), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def warm_up(ctx: Context, target: str, run: Runner) -> None:
@@ -386,17 +411,31 @@ async def warm_up(ctx: Context, target: str, run: Runner) -> None:
         progress(f"{target}: WARNING {len(failed)} warm-up requests failed, e.g. {failed[0]}")
 
 
-async def measure_once(ctx: Context, target: str, run: Runner, index: int) -> Figures:
-    progress(f"{target}: measuring run {index}/{ctx.repeat}: {len(ctx.spec.prompts)} requests")
-    figures = summarize(target, *await run(ctx.spec))
+def spec_for(ctx: Context, concurrency: int) -> LoadSpec:
+    count = ctx.requests or max(32, 4 * concurrency)
+    prompts = list(itertools.islice(itertools.cycle(ctx.spec.prompts), count))
+    return LoadSpec(prompts, concurrency, ctx.spec.max_tokens)
+
+
+async def measure_once(ctx: Context, name: str, target: Target, concurrency: int, label: str) -> Figures:
+    spec = spec_for(ctx, concurrency)
+    progress(f"{name}: {label}: {len(spec.prompts)} requests, {concurrency} at once")
+    before = cpu_seconds(target.pid) if target.pid is not None else None
+    figures = summarize(name, *await target.run(spec))
+    figures.concurrency = concurrency
+    if before is not None and target.pid is not None:
+        figures.api_cpu_s = cpu_seconds(target.pid) - before
+        tokens = figures.tokens_per_s * figures.wall_s
+        figures.api_cpu_per_1k_tokens = figures.api_cpu_s * 1000 / tokens if tokens else None
     errors = f", {figures.errors} ERRORS" if figures.errors else ""
     rates = f"{figures.tokens_per_s:,.0f} tokens/s, TTFT p50 {figures.ttft_p50_ms:.0f} ms"
-    progress(f"{target}: {figures.wall_s:.2f} s, {rates}{errors}")
+    cpu = f", API CPU {figures.api_cpu_per_1k_tokens:.3f} s/1k tokens" if figures.api_cpu_per_1k_tokens else ""
+    progress(f"{name}: {figures.wall_s:.2f} s, {rates}{cpu}{errors}")
     return figures
 
 
 @contextlib.asynccontextmanager
-async def bench_bitinglip(ctx: Context) -> AsyncIterator[Runner]:
+async def bench_bitinglip(ctx: Context) -> AsyncIterator[Target]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = child_env(
@@ -406,6 +445,7 @@ async def bench_bitinglip(ctx: Context) -> AsyncIterator[Runner]:
             "BITINGLIP_HOME": str(ctx.workdir),
             "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{ctx.workdir}/bench.db",
             "BITINGLIP_MODELS__DIR": str(ctx.workdir / "models"),
+            **IDLE_QUIET,
             **{f"BITINGLIP_CLUSTER__ENGINE__{k.upper()}": toml_value(v) for k, v in ctx.engine_args.items()},
         }
     )
@@ -423,7 +463,7 @@ async def bench_bitinglip(ctx: Context) -> AsyncIterator[Runner]:
         if not names:
             raise BenchError("bitinglip is ready but /v1/models lists no model", tail(log_path))
         ctx.served_name = names[0]
-        yield lambda spec: measure_http(base_url, ctx.served_name, spec)
+        yield Target(lambda spec: measure_http(base_url, ctx.served_name, spec), proc.pid)
 
 
 def vllm_flags(engine_args: dict[str, Any]) -> list[str]:
@@ -455,7 +495,7 @@ def vllm_flags(engine_args: dict[str, Any]) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def bench_vllm(ctx: Context) -> AsyncIterator[Runner]:
+async def bench_vllm(ctx: Context) -> AsyncIterator[Target]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     cmd = [
@@ -468,13 +508,13 @@ async def bench_vllm(ctx: Context) -> AsyncIterator[Runner]:
         healthy = (await client.get(f"{base_url}/health")).status_code == 200
         return healthy and ctx.served_name in await served_models(client, base_url)
 
-    with server_process(cmd, child_env({}), log_path) as proc:
+    with server_process(cmd, child_env(IDLE_QUIET), log_path) as proc:
         progress(f"vllm: ready after {await wait_ready(proc, log_path, ready):.1f} s")
-        yield lambda spec: measure_http(base_url, ctx.served_name, spec)
+        yield Target(lambda spec: measure_http(base_url, ctx.served_name, spec), proc.pid)
 
 
 @contextlib.asynccontextmanager
-async def bench_engine(ctx: Context) -> AsyncIterator[Runner]:
+async def bench_engine(ctx: Context) -> AsyncIterator[Target]:
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
@@ -505,13 +545,13 @@ async def bench_engine(ctx: Context) -> AsyncIterator[Runner]:
         return checked(sample, ctx.spec.max_tokens)
 
     try:
-        yield lambda spec: drive(spec, one)
+        yield Target(lambda spec: drive(spec, one))
     finally:
         llm.shutdown()
         progress("engine: shut down")
 
 
-BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Runner]]] = {
+BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Target]]] = {
     "bitinglip": bench_bitinglip,
     "vllm": bench_vllm,
     "engine": bench_engine,
@@ -521,45 +561,53 @@ BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Ru
 # -- report
 
 
-def representative(runs: list[Figures]) -> Figures:
-    """With --repeat, the run with the median tokens/s: a real run, so its figures agree with each other."""
-    return sorted(runs, key=lambda f: f.tokens_per_s)[(len(runs) - 1) // 2]
+def median_of(runs: list[Figures], field: str) -> float:
+    values = [v for f in runs if (v := getattr(f, field)) is not None and math.isfinite(v)]
+    return float(statistics.median(values)) if values else math.nan
 
 
 ROWS: list[tuple[str, str, str]] = [
-    ("requests", "requests", "{:.0f}"),
-    ("errors", "errors", "{:.0f}"),
-    ("wall s", "wall_s", "{:.2f}"),
-    ("requests/s", "requests_per_s", "{:.1f}"),
     ("generated tokens/s", "tokens_per_s", "{:,.0f}"),
     ("TTFT p50 ms", "ttft_p50_ms", "{:.1f}"),
     ("TTFT p99 ms", "ttft_p99_ms", "{:.1f}"),
     ("latency p50 ms", "latency_p50_ms", "{:.1f}"),
-    ("prompt tokens (mean)", "prompt_tokens_mean", "{:.1f}"),
+    ("API CPU s / 1k tokens", "api_cpu_per_1k_tokens", "{:.3f}"),
+]
+RATIOS: list[tuple[str, str, str, str]] = [
+    ("tokens/s", "bitinglip", "vllm", "tokens_per_s"),
+    ("TTFT p50", "bitinglip", "vllm", "ttft_p50_ms"),
+    ("API CPU/token", "bitinglip", "vllm", "api_cpu_per_1k_tokens"),
+    ("tokens/s vs engine", "bitinglip", "engine", "tokens_per_s"),
 ]
 
 
-def print_report(results: dict[str, Figures], spec: LoadSpec, repeat: int) -> None:
-    """A column per measured target (those that failed to start are reported by print_problems), then ratios."""
-    if not results:
+def print_report(all_runs: dict[str, list[Figures]], ctx: Context) -> None:
+    """Per concurrency: a column per target (medians over the rounds), then BitingLip's ratios to the others."""
+    if not all_runs:
         return
-    print(f"\n{len(spec.prompts)} streaming requests, {spec.concurrency} concurrent, {spec.max_tokens} tokens each"
-          + (f"; median run of {repeat} by tokens/s" if repeat > 1 else ""))  # fmt: skip
-    label_width = max(len(label) for label, _, _ in ROWS)
-    print(f"{'':<{label_width}}" + "".join(f"{name:>14}" for name in results))
-    for label, field, fmt in ROWS:
-        cells = [fmt.format(getattr(figures, field)) for figures in results.values()]
-        print(f"{label:<{label_width}}" + "".join(f"{cell:>14}" for cell in cells))
-    print()
-    for label, num, den, field in (
-        ("tokens/s  BitingLip / vllm serve", "bitinglip", "vllm", "tokens_per_s"),
-        ("TTFT p50  BitingLip / vllm serve", "bitinglip", "vllm", "ttft_p50_ms"),
-        ("tokens/s  BitingLip / engine", "bitinglip", "engine", "tokens_per_s"),
-    ):
-        if num in results and den in results:
-            top, bottom = getattr(results[num], field), getattr(results[den], field)
-            # A target whose every request failed has 0 tokens/s and NaN percentiles: no ratio to speak of.
-            print(f"{label}: {top / bottom:.2f}" if bottom and math.isfinite(top / bottom) else f"{label}: n/a")
+    print(f"\nstreaming /v1/completions, {ctx.spec.max_tokens} tokens each (ignore_eos), the same prompts for all; "
+          f"medians of {ctx.rounds} rounds; all targets up at once, their order rotated")  # fmt: skip
+    label_width = max(len(label) for label, _, _ in ROWS) + 2
+    names = list(all_runs)
+    for concurrency in ctx.concurrencies:
+        runs = {name: [f for f in all_runs[name] if f.concurrency == concurrency] for name in names}
+        count = next((f.requests for r in runs.values() for f in r), 0)
+        print(f"\nconcurrency {concurrency} ({count} requests per run)")
+        print(f"{'':<{label_width}}" + "".join(f"{name:>12}" for name in names))
+        for label, field, fmt in ROWS:
+            cells = []
+            for name in names:
+                value = median_of(runs[name], field)
+                cells.append(fmt.format(value) if math.isfinite(value) else "-")
+            print(f"{label:<{label_width}}" + "".join(f"{cell:>12}" for cell in cells))
+        ratios = []
+        for label, num, den, field in RATIOS:
+            if num in runs and den in runs:
+                top, bottom = median_of(runs[num], field), median_of(runs[den], field)
+                ratio = top / bottom if bottom and math.isfinite(top / bottom) else math.nan
+                ratios.append(f"{label} {ratio:.2f}x" if math.isfinite(ratio) else f"{label} n/a")
+        print("BitingLip / vllm serve: " + ", ".join(r for r in ratios if "engine" not in r)
+              + "".join(f"; BitingLip / engine: {r.split(' ')[-1]}" for r in ratios if "engine" in r))  # fmt: skip
 
 
 def json_safe(figures: dict[str, Any]) -> dict[str, Any]:
@@ -605,6 +653,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_counts(text: str) -> list[int]:
+    return [positive_int(part) for part in text.split(",") if part.strip()]
+
+
 def parse_targets(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = sorted(set(names) - set(TARGETS))
@@ -616,8 +668,9 @@ def parse_targets(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "data/models/tiny", help="model directory")
-    parser.add_argument("--concurrency", type=positive_int, default=64)
-    parser.add_argument("--requests", type=positive_int, default=256)
+    parser.add_argument("--concurrency", type=parse_counts, default=list(CONCURRENCIES),
+                        help="comma-separated requests at once, each a run (default: 1,16,64,256)")  # fmt: skip
+    parser.add_argument("--requests", type=positive_int, help="per run (default: 4 x concurrency, at least 32)")
     parser.add_argument("--max-tokens", type=positive_int, default=32)
     parser.add_argument(
         "--prompt-tokens", type=positive_int, default=64, help="about this many prompt tokens per request"
@@ -625,10 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", type=parse_targets, default=list(TARGETS), help="subset of bitinglip,vllm,engine")
     parser.add_argument("--engine-arg", type=parse_engine_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="override or add a vLLM engine argument for all targets (repeatable)")  # fmt: skip
-    parser.add_argument(
-        "--repeat", type=positive_int, default=3, help="measured runs per target start, after a warm-up"
-    )
-    parser.add_argument("--rounds", type=positive_int, default=1, help="starts of each target, in A B C C B A order")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="times every concurrency runs on every target")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     return parser
 
@@ -643,29 +693,34 @@ def warn_about_machine() -> None:
         progress(f"WARNING: load average {load:.1f} on {cores} cores before starting; the figures will be noisy")
 
 
-def schedule(targets: list[str], rounds: int) -> list[str]:
-    """Target order over the rounds: forward, then backward (A B C C B A ...), so a slow drift of the machine
-    (heat, other processes) does not always fall on the target that runs last."""
-    return [t for r in range(rounds) for t in (targets if r % 2 == 0 else targets[::-1])]
+def rotated(targets: list[str], by: int) -> list[str]:
+    """The targets in turn, starting one further each time, so none is always measured first or last."""
+    by %= len(targets)
+    return targets[by:] + targets[:by]
 
 
 async def run_all(ctx: Context, targets: list[str]) -> tuple[dict[str, list[Figures]], dict[str, str]]:
-    """One target at a time: an engine left running beside the one measured costs CPU on this 2-core machine
-    (seen: load average 13 with three engines up), so each is started, warmed up, measured and stopped."""
+    """Start every target (one after the other: engines never start at once), keep them up, then run each
+    concurrency on each target in turn, round after round, the order rotated each time."""
     all_runs: dict[str, list[Figures]] = {}
     failures: dict[str, str] = {}
-    for target in schedule(targets, ctx.rounds):
-        if target in failures:
-            continue
-        progress(f"=== {target}")
-        try:
-            async with BENCHES[target](ctx) as run:
-                await warm_up(ctx, target, run)
-                for index in range(1, ctx.repeat + 1):
-                    all_runs.setdefault(target, []).append(await measure_once(ctx, target, run, index))
-        except BenchError as exc:
-            progress(f"{target}: FAILED: {exc.message}" + (f"; its output:\n{exc.output}" if exc.output else ""))
-            failures[target] = exc.summary()
+    async with contextlib.AsyncExitStack() as stack:
+        up: dict[str, Target] = {}
+        for name in targets:
+            progress(f"=== starting {name}")
+            try:
+                up[name] = await stack.enter_async_context(BENCHES[name](ctx))
+                await warm_up(ctx, name, up[name].run)
+            except BenchError as exc:
+                progress(f"{name}: FAILED: {exc.message}" + (f"; its output:\n{exc.output}" if exc.output else ""))
+                failures[name] = exc.summary()
+        turn = 0
+        for round_index in range(1, ctx.rounds + 1):
+            for concurrency in ctx.concurrencies:
+                for name in rotated(list(up), turn):
+                    label = f"round {round_index}/{ctx.rounds}"
+                    all_runs.setdefault(name, []).append(await measure_once(ctx, name, up[name], concurrency, label))
+                turn += 1
     return all_runs, failures
 
 
@@ -689,21 +744,24 @@ def main() -> int:
     warn_about_machine()
     # Only this process's own vLLM (the engine target) is quieted; the servers log as they would by default.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.update(IDLE_QUIET)  # before vLLM (and its OpenMP runtime) loads here
     if {"vllm", "engine"} & set(args.targets):
         preload_vllm()
     engine_args = {**DEFAULT_ENGINE_ARGS, **dict(args.engine_arg)}
     progress(f"engine arguments: {engine_args}")
-    spec = LoadSpec(make_prompts(model_dir, args.requests, args.prompt_tokens), args.concurrency, args.max_tokens)
+    most = args.requests or max(32, 4 * max(args.concurrency))
+    spec = LoadSpec(make_prompts(model_dir, most, args.prompt_tokens), max(args.concurrency), args.max_tokens)
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as workdir:
-        ctx = Context(model_dir, engine_args, spec, args.repeat, args.rounds, Path(workdir), served_name=model_dir.name)
+        ctx = Context(
+            model_dir, engine_args, spec, args.concurrency, args.requests, args.rounds, Path(workdir), model_dir.name
+        )
         all_runs, failures = asyncio.run(run_all(ctx, args.targets))
-    results = {name: representative(runs) for name, runs in all_runs.items()}
-    print_report(results, spec, args.repeat * args.rounds)
+    print_report(all_runs, ctx)
     print_problems(all_runs, failures)
     if args.json:
         figures = {name: [json_safe(dataclasses.asdict(f)) for f in runs] for name, runs in all_runs.items()}
-        setup = {"concurrency": spec.concurrency, "requests": len(spec.prompts), "max_tokens": spec.max_tokens,
-                 "engine_args": engine_args, "model": str(model_dir)}  # fmt: skip
+        setup = {"concurrency": args.concurrency, "requests": args.requests, "max_tokens": spec.max_tokens,
+                 "rounds": args.rounds, "engine_args": engine_args, "model": str(model_dir)}  # fmt: skip
         args.json.write_text(json.dumps({"setup": setup, "runs": figures, "failures": failures}, indent=2) + "\n")
     clean = not failures and not any(f.errors for runs in all_runs.values() for f in runs)
     return 0 if clean else 1
