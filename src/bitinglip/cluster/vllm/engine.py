@@ -18,7 +18,7 @@ from bitinglip.cluster.protocol import EngineOutput
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
-from bitinglip.cluster.vllm.stats import stat_logger_factory
+from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
 from bitinglip.cluster.vllm.tokens import token_bytes
 from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
@@ -80,13 +80,20 @@ class VllmEngine:
         spawn_in_own_group()
         # The engine processes spawned below inherit the environment (their GPUs, the Ray address); the
         # server's own is put back after, and engines start one at a time, so none sees another's.
+        # vLLM reads its VLLM_* variables from os.environ on every access (a few per generated token in this
+        # process) unless its cache is on: off while the environment changes, on again once the engine is up.
+        import vllm.envs
+
+        vllm.envs.disable_envs_cache()
         before = {key: os.environ.get(key) for key in self.env}
         os.environ.update(self.env)
         # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
         # a worker thread keeps the event loop answering /health meanwhile.
         try:
             llm = await asyncio.to_thread(
-                AsyncLLM.from_engine_args, args, stat_loggers=[stat_logger_factory(self.stats)]
+                AsyncLLM.from_engine_args,
+                args,
+                stat_loggers=[stat_logger_factory(self.stats), no_prometheus_logger()],
             )
         except Exception as exc:
             raise BitingLipError(f"engine for {self.served_name} failed to start: {exc}") from exc
@@ -96,6 +103,7 @@ class VllmEngine:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+            vllm.envs.enable_envs_cache()
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         if self.tool_call_parser is not None:  # a misfit fails the start (the deployment stops what started)

@@ -1,0 +1,155 @@
+"""Profile BitingLip's API process (cProfile, the event loop's thread) under a streaming load, and print where its
+CPU goes: the top functions by own time, and the share of each part of the hot path.
+
+    .venv/bin/python scripts/profile_api.py [--requests 512] [--concurrency 64] [--tokens 32] [--top 30]
+
+The server is `bitinglip serve` serving the tiny model alone (settings as `make bench` uses), run in a child
+process under cProfile; the load is streaming /v1/completions from this process. cProfile slows every Python
+call, so absolute times are inflated: read the shares. vLLM's own frontend work (its output handler and
+detokenizer) runs in the same process and is counted too, as it is for `vllm serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = Path(os.environ.get("BITINGLIP_HOME") or REPO / "data") / "models" / "tiny"
+CHILD = """
+import cProfile, signal, sys
+from bitinglip.cli import main
+profiler, out = cProfile.Profile(), sys.argv[1]
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+signal.signal(signal.SIGUSR2, lambda *_: (profiler.disable(), profiler.dump_stats(out)))
+sys.argv = ["bitinglip", "serve"]
+main()
+"""
+# Where each function belongs, by the file it is in (first match wins).
+PARTS = [
+    ("vLLM frontend (output handler, detokenizer)", ("vllm/",)),
+    ("BitingLip serving (chunks, loops)", ("bitinglip/gateway/serving",)),
+    ("BitingLip edge (middleware, accounting, auth)", ("bitinglip/",)),
+    ("msgspec encode/structs", ("msgspec",)),
+    ("Litestar (routing, Stream response)", ("litestar/",)),
+    ("anyio", ("anyio/",)),
+    ("uvicorn / httptools", ("uvicorn/", "httptools")),
+    ("structlog / logging", ("structlog/", "logging/")),
+    ("asyncio / uvloop", ("asyncio/", "uvloop", "selectors")),
+    ("tokenizers / transformers", ("tokenizers", "transformers/")),
+]
+
+
+async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[float, int]:
+    gate = asyncio.Semaphore(concurrency)
+    events = 0
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 8)) as client:
+
+        async def one(i: int) -> None:
+            nonlocal events
+            body = {
+                "model": MODEL.name,
+                "prompt": f"Request {i}: the quick brown fox",
+                "max_tokens": tokens,
+                "stream": True,
+                "ignore_eos": True,
+            }
+            async with gate, client.stream("POST", f"{url}/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    events += line.startswith("data: {")
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(requests)))
+        return time.perf_counter() - began, events
+
+
+def part_of(filename: str) -> str:
+    for name, needles in PARTS:
+        if any(n in filename for n in needles):
+            return name
+    return "other (builtins, C calls)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--port", type=int, default=8031)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bl-profile-"))
+    stats_path = home / "api.prof"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")} | {
+        "BITINGLIP_ENV": "production",
+        "BITINGLIP_HOME": str(home),
+        "BITINGLIP_CLUSTER__MODEL": str(MODEL),
+        "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",
+        "BITINGLIP_CLUSTER__ENGINE__MAX_NUM_SEQS": "256",
+        "BITINGLIP_SERVER__PORT": str(args.port),
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+    log = (home / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(stats_path)], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            print(f"server not ready; see {home / 'server.log'}", file=sys.stderr)
+            return 1
+        asyncio.run(load(url, 64, min(64, args.concurrency), args.tokens))  # warm up
+        cpu = _cpu(proc.pid)
+        proc.send_signal(signal.SIGUSR1)
+        seconds, events = asyncio.run(load(url, args.requests, args.concurrency, args.tokens))
+        proc.send_signal(signal.SIGUSR2)
+        used = _cpu(proc.pid) - cpu
+        time.sleep(2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    tokens = args.requests * args.tokens
+    print(
+        f"{args.requests} streaming requests of {args.tokens} tokens, {args.concurrency} at once: {seconds:.2f} s, "
+        f"{tokens / seconds:,.0f} tokens/s, {events:,} events; API process CPU under cProfile {used:.2f} s "
+        f"({used / tokens * 1e6:.0f} us per token)"
+    )
+    stats = pstats.Stats(str(stats_path))
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for (_, _, tt, _, _) in entries.values())
+    shares: dict[str, float] = {}
+    for (filename, _, _), (_, _, tt, _, _) in entries.items():
+        shares[part_of(filename)] = shares.get(part_of(filename), 0.0) + tt
+    print(f"\nown time by part of the hot path (of {total:.2f} s profiled):")
+    for name, tt in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(f"  {100 * tt / total:5.1f}%  {name}")
+    print(f"\ntop {args.top} functions by own time:")
+    ranked = sorted(entries.items(), key=lambda kv: -kv[1][2])[: args.top]
+    for (filename, line, name), (_, calls, tt, _ct, _) in ranked:
+        where = filename.split("site-packages/")[-1].split("/src/")[-1]
+        print(f"  {100 * tt / total:5.1f}%  {calls / tokens:6.2f}/token  {name} ({where}:{line})")
+    return 0
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
