@@ -72,6 +72,16 @@ class Tally:
             self.on_first()
 
 
+MAX_TOKEN_ID = 2**31
+
+
+def token_ids(value: list[Any], param: str) -> list[int]:
+    """A prompt or input given as token ids, checked (the engine checks them against its vocabulary)."""
+    if not value or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_TOKEN_ID for x in value):
+        raise InvalidInput(f"`{param}` must be a non-empty list of non-negative token ids", param=param)
+    return value
+
+
 def refuse_embedding_model(engine: EngineClient, route: str) -> None:
     if engine.embedding:
         raise InvalidInput(

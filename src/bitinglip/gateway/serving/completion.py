@@ -12,18 +12,11 @@ from typing import Any
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Finished, Prepared, Serving, refuse_embedding_model
+from bitinglip.gateway.serving.base import Finished, Prepared, Serving, refuse_embedding_model, token_ids
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
 
-MAX_TOKEN_ID = 2**31
 MAX_PROMPTS = 2048
 PROMPT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
-
-
-def _token_ids(value: list[Any], param: str) -> list[int]:
-    if not value or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_TOKEN_ID for x in value):
-        raise InvalidInput(f"`{param}` must be a non-empty list of non-negative token ids", param=param)
-    return value
 
 
 class CompletionServing(Serving):
@@ -35,7 +28,7 @@ class CompletionServing(Serving):
         if isinstance(prompt, str):
             return [(await self.encode(engine, prompt), prompt)]
         if all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
-            return [(_token_ids(prompt, "prompt"), None)]
+            return [(token_ids(prompt, "prompt"), None)]
         if len(prompt) > MAX_PROMPTS:
             raise InvalidInput(f"`prompt` takes at most {MAX_PROMPTS} prompts", param="prompt")
         prompts: list[tuple[list[int], str | None]] = []
@@ -43,7 +36,7 @@ class CompletionServing(Serving):
             if isinstance(item, str) and item:
                 prompts.append((await self.encode(engine, item), item))
             elif isinstance(item, list):
-                prompts.append((_token_ids(item, f"prompt.{i}"), None))
+                prompts.append((token_ids(item, f"prompt.{i}"), None))
             else:
                 raise InvalidInput(f"`prompt` must be {PROMPT_SHAPES}; prompt[{i}] is not", param=f"prompt.{i}")
         return prompts

@@ -14,17 +14,10 @@ from typing import Any
 from bitinglip.cluster import EngineClient
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Prepared, Serving, Tally
+from bitinglip.gateway.serving.base import Prepared, Serving, Tally, token_ids
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
-MAX_TOKEN_ID = 2**31
 INPUT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
-
-
-def _ids(value: list[Any], param: str) -> list[int]:
-    if not value or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_TOKEN_ID for x in value):
-        raise InvalidInput(f"`{param}` must be a non-empty list of non-negative token ids", param=param)
-    return value
 
 
 def as_base64(vector: list[float]) -> str:
@@ -49,7 +42,7 @@ class EmbeddingServing:
                     raise InvalidInput(f"input[{i}] is an empty string", param=f"input.{i}")
                 inputs.append((await Serving.encode(engine, item), item))
             elif isinstance(item, list):
-                inputs.append((_ids(item, f"input.{i}"), None))
+                inputs.append((token_ids(item, f"input.{i}"), None))
             else:
                 raise InvalidInput(f"`input` must be {INPUT_SHAPES}; input[{i}] is not", param=f"input.{i}")
             if len(inputs[-1][0]) > engine.max_model_len:
