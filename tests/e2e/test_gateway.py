@@ -168,7 +168,9 @@ def test_a_flood_of_ten_times_the_slots_gets_answers_or_fast_refusals(guarded: t
 
     async def one(http: httpx.AsyncClient) -> tuple[int, float, str, str | None]:
         started = time.perf_counter()
-        body = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 24, "ignore_eos": True, "stream": True}
+        # Long enough that the slots stay taken while the flood arrives (24 tokens were done before the 40th
+        # request came, on a fast moment, and nothing was refused).
+        body = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 200, "ignore_eos": True, "stream": True}
         async with http.stream("POST", f"{server.url}/v1/completions", json=body, headers=bearer(admin)) as r:
             text = "".join([line async for line in r.aiter_lines()])
             return r.status_code, time.perf_counter() - started, text, r.headers.get("retry-after")
