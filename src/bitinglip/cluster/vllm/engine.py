@@ -44,7 +44,7 @@ class VllmEngine:
         self.max_model_len = 0
         self.max_num_seqs = 0
         self.tool_call_parser: str | None = engine_args.get("tool_call_parser") or None
-        self.embedding = engine_args.get("runner") == "pooling" or engine_args.get("convert") == "embed"
+        self.embedding = False  # pools instead of generating: vLLM's model config says, once started
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self._llm: Any = None
         self._tokenizer: Any = None
@@ -273,7 +273,8 @@ class VllmEngine:
         except EngineDeadError as exc:
             raise Unavailable("the engine died; the server is restarting it or shutting down", retry_after=10) from exc
         except VLLMClientError as exc:  # a bad `dimensions`, a prompt past the context, a token outside the vocabulary
-            param = "dimensions" if "imension" in str(exc) else "input"
+            # vLLM names no parameter on these; only a request that asked for dimensions can be refused for them.
+            param = "dimensions" if dimensions is not None and "dimension" in str(exc).lower() else "input"
             raise InvalidInput(str(exc), param=param) from exc
         raise BitingLipError(f"the engine gave no embedding for request {request_id}")
 

@@ -46,15 +46,15 @@ def check_parser_fits(name: str, tokenizer: Any, model: str) -> None:
         raise SettingsError(f"tool_call_parser {name!r} does not fit model {model}: {exc}") from exc
 
 
-def _strip_whitespace(node: Any) -> None:
+def _cap_argument_whitespace(node: Any) -> None:
     if isinstance(node, dict):
         if node.get("type") == "json_schema" and "max_whitespace_cnt" in node:
             node["max_whitespace_cnt"] = ARGUMENT_WHITESPACE
         for value in node.values():
-            _strip_whitespace(value)
+            _cap_argument_whitespace(value)
     elif isinstance(node, list):
         for value in node:
-            _strip_whitespace(value)
+            _cap_argument_whitespace(value)
 
 
 class _Stream:
@@ -116,7 +116,7 @@ class VllmToolCalls:
                 if not parallel:
                     limit_to_single_tool_call(tag)
                 dumped = tag.model_dump()
-                _strip_whitespace(dumped)
+                _cap_argument_whitespace(dumped)
                 return {"structural_tag": json.dumps(dumped)}
         if not self.forced:
             return None
