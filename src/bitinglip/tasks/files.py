@@ -76,7 +76,9 @@ class FileStore:
     ) -> FileObject:
         """A file we produce (a batch's output or errors), its row added in the caller's transaction."""
         file_id = new_id("file-")
-        size = await asyncio.to_thread(self._store, file_id, lambda out: out.writelines(x + b"\n" for x in lines))
+        size = await asyncio.to_thread(
+            self._store, file_id, lambda out: out.writelines(_one_line(x) + b"\n" for x in lines)
+        )
         return await self._insert(conn, file_id, filename, purpose, size, owner, lifetime_s)
 
     def _store(self, file_id: str, fill: Callable[[IO[bytes]], object]) -> int:
@@ -168,3 +170,17 @@ class FileStore:
                 entry.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+# Characters JSON leaves unescaped that Python's str.splitlines() (and other readers) break lines at; a model's
+# text can hold them. Escaped, a JSONL line stays one line however it is read, as OpenAI's files are (all ASCII).
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def _one_line(line: bytes) -> bytes:
+    """A JSON document as one JSONL line. In UTF-8 these byte runs can only be those characters, and in JSON they
+    can only stand inside strings, where the escape means the same."""
+    for raw, escaped in _LINE_BREAKS:
+        if raw in line:
+            line = line.replace(raw, escaped)
+    return line
