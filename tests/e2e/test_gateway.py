@@ -233,6 +233,7 @@ def test_a_client_that_leaves_frees_its_slot_and_its_reservation(guarded: tuple[
     for _ in range(3):
         key = key_for(server, admin, max_concurrent=1, tpm=100_000)
         checking = httpx.Client(base_url=server.url, headers=bearer(key))  # made first: making one takes up to ~1 s
+        checking.get("/health")  # and its first request (a connection, lazy set-up) made before the race too
         leaver = hold(key)
         busy = checking.post("/v1/completions", json=long | {"max_tokens": 2})
         if busy.status_code != 200:
