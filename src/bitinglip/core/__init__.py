@@ -18,6 +18,7 @@ from bitinglip.core.errors import (
     Unavailable,
     validation_path,
 )
+from bitinglip.core.events import EventStream
 from bitinglip.core.http import (
     EVENT_STREAM,
     ErrorBody,
@@ -54,6 +55,7 @@ __all__ = [
     "DeploymentSettings",
     "ErrorBody",
     "ErrorResponse",
+    "EventStream",
     "Forbidden",
     "GatewaySettings",
     "InsufficientStorage",

@@ -26,6 +26,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Reference, Schema
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from bitinglip.core.errors import BitingLipError
+from bitinglip.core.events import SERVER_SEND
 from bitinglip.core.logging import get_logger
 
 log = get_logger("bitinglip.access")
@@ -214,6 +215,7 @@ class RequestIdMiddleware:
         request_id = given.decode() if given and _SANE_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        state[SERVER_SEND] = send  # an event stream sends its events here, past every wrapper (core/events.py)
         method = scope.get("method", "")
         started = state["started"] = time.perf_counter()
         status = 0

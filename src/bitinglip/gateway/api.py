@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
-from litestar.response import Stream
 
 from bitinglip.cluster import EngineClient
-from bitinglip.core import EVENT_STREAM, BitingLipError, NotFound, error_responses, get_logger
+from bitinglip.core import EVENT_STREAM, BitingLipError, EventStream, NotFound, error_responses, get_logger
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.serving import EmbeddingServing, OpenAIServing, Prepared, Serving, Tally
 
 log = get_logger(__name__)
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 GENERATION_ERRORS = error_responses(400, 401, 403, 404, 429, 503)
 
 
@@ -69,18 +66,13 @@ async def _respond(
         if prep.stream:
             assert isinstance(kind, Serving)
 
-            async def events() -> AsyncGenerator[bytes, None]:
-                # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
-                try:
-                    async with contextlib.aclosing(kind.stream(prep, request_id, tally)) as chunks:
-                        async for chunk in chunks:
-                            yield chunk
-                finally:
-                    lease.release()
-                    exchange.finish(tally, 200)
+            def closed() -> None:
+                lease.release()
+                exchange.finish(tally, 200)
 
+            # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
             handed_over = True
-            return Stream(content=events(), media_type="text/event-stream", headers=SSE_HEADERS)
+            return EventStream(kind.stream(prep, request_id, tally), on_close=closed)
         # A client that goes away must free its slot in the engine: race the work against the disconnect.
         work = asyncio.ensure_future(kind.complete(prep, request_id, tally))
         watcher = asyncio.ensure_future(_until_disconnect(request))

@@ -11,7 +11,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -42,6 +42,27 @@ class Prepared(msgspec.Struct, kw_only=True):
     priority: int = 0
     tools: Any = None  # the engine's ToolCalls for a chat request with tools
     echoed: set[int] = msgspec.field(default_factory=set)  # streamed choices whose echo has gone out
+
+
+class Frame:
+    """A stream's plain chunk with its constant parts encoded once: only the choice, text and finish reason vary.
+
+    The bytes are exactly those of the chunk's struct encoded (a unit test holds them to it), without building
+    three structs per token.
+    """
+
+    __slots__ = ("after_text", "head", "middle", "tail")
+
+    def __init__(self, head: bytes, middle: bytes, after_text: bytes, tail: bytes) -> None:
+        self.head = head  # `data: {...,"choices":[{"index":`
+        self.middle = middle  # from the index to the text
+        self.after_text = after_text  # from the text to the finish reason
+        self.tail = tail  # from the finish reason to the end of the event
+
+    def event(self, index: int, text: str, finish: str | None) -> bytes:
+        encode = msgspec.json.encode
+        reason = b"null" if finish is None else encode(finish)
+        return b"".join((self.head, str(index).encode(), self.middle, encode(text), self.after_text, reason, self.tail))
 
 
 class Finished(msgspec.Struct, kw_only=True):
@@ -136,13 +157,17 @@ class Serving(ABC):
     ) -> msgspec.Struct | None:
         """The chunk for one delta ``out`` of choice ``index`` (of engine ``output``); None: nothing to send yet."""
 
+    def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
+        """The frame of this stream's chunks when every one of them is plain; None: each is built as a struct."""
+        return None
+
     @abstractmethod
     def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> msgspec.Struct:
         """The usage chunk (no choices) sent last when `stream_options.include_usage` is set."""
 
     # -- the loops
 
-    def outputs(self, prep: Prepared, request_id: str) -> AsyncIterator[tuple[int, EngineOutput]]:
+    def outputs(self, prep: Prepared, request_id: str) -> AsyncGenerator[tuple[int, EngineOutput], None]:
         """(prompt index, output) pairs; one prompt is iterated directly, several are merged."""
         if len(prep.prompts) == 1:
             ids, text = prep.prompts[0]
@@ -194,23 +219,37 @@ class Serving(ABC):
         completion_tokens = 0
         offsets: dict[int, int] = {}
         ended = False
+        frame = self.frame(prep, chunk_id, created)
+        # One prompt (the usual case) is read straight from the engine, without a tagging generator per output.
+        single = len(prep.prompts) == 1
+        source: AsyncGenerator[Any, None]
+        if single:
+            ids, text = prep.prompts[0]
+            source = cast(Any, prep.engine.generate(ids, text, prep.params, request_id, prep.priority))
+        else:
+            source = cast(Any, self.outputs(prep, request_id))
         try:
             for opening in self.opening(prep, chunk_id, created):
                 yield b"data: " + encode(opening) + b"\n\n"
-            async for prompt_index, output in self.outputs(prep, request_id):
-                if tally.first_token_at is None:
-                    tally.first()
-                for out in output.outputs:
-                    index = prompt_index * prep.n + out.index
-                    completion_tokens += 0 if prep.score_only else len(out.token_ids)
-                    # A token that ends mid-character decodes to nothing yet: no empty event for it.
-                    if not out.text and out.finish_reason is None and prep.logprobs is None:
-                        continue
-                    offset = offsets.get(index, 0)
-                    offsets[index] = offset + len(out.text)
-                    chunk = self.chunk(prep, chunk_id, created, index, out, offset, output)
-                    if chunk is not None:
-                        yield b"data: " + encode(chunk) + b"\n\n"
+            async with contextlib.aclosing(source):
+                async for item in source:
+                    prompt_index, output = (0, item) if single else item
+                    if tally.first_token_at is None:
+                        tally.first()
+                    for out in output.outputs:
+                        index = prompt_index * prep.n + out.index
+                        completion_tokens += 0 if prep.score_only else len(out.token_ids)
+                        # A token that ends mid-character decodes to nothing yet: no empty event for it.
+                        if not out.text and out.finish_reason is None and prep.logprobs is None:
+                            continue
+                        if frame is not None:
+                            yield frame.event(index, out.text, out.finish_reason)
+                            continue
+                        offset = offsets.get(index, 0)
+                        offsets[index] = offset + len(out.text)
+                        chunk = self.chunk(prep, chunk_id, created, index, out, offset, output)
+                        if chunk is not None:
+                            yield b"data: " + encode(chunk) + b"\n\n"
             if prep.include_usage:
                 yield (
                     b"data: " + encode(self.closing(prep, chunk_id, created, usage(prep, completion_tokens))) + b"\n\n"
@@ -237,7 +276,9 @@ async def _tagged(
             yield index, item
 
 
-async def _merge(streams: Sequence[AsyncIterator[tuple[int, EngineOutput]]]) -> AsyncIterator[tuple[int, EngineOutput]]:
+async def _merge(
+    streams: Sequence[AsyncIterator[tuple[int, EngineOutput]]],
+) -> AsyncGenerator[tuple[int, EngineOutput], None]:
     """Interleave several streams as their items arrive; closing the merge closes them all."""
     queue: asyncio.Queue[Any] = asyncio.Queue()
     end = object()

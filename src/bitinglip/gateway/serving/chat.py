@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec.json import encode
+
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, ToolCallDelta
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Finished, Prepared, Serving, refuse_embedding_model
+from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, refuse_embedding_model
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 from bitinglip.gateway.serving.tools import check_tools, history_calls
 
@@ -151,6 +153,17 @@ class ChatServing(Serving):
     def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.ChatCompletionChunk]:
         role = [p.ChatChunkChoice(index=i, delta=p.DeltaMessage(role="assistant", content="")) for i in range(prep.n)]
         return [p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=role)]
+
+    def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
+        if prep.tools is not None or prep.logprobs is not None:
+            return None
+        envelope = b'data: {"id":%s,"created":%d,"model":%s,"choices":[{"index":'
+        return Frame(
+            head=envelope % (encode(chunk_id), created, encode(prep.model)),
+            middle=b',"delta":{"content":',
+            after_text=b'},"logprobs":null,"finish_reason":',
+            tail=b'}],"object":"chat.completion.chunk","usage":null}\n\n',
+        )
 
     def chunk(
         self,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec.json import encode
+
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Finished, Prepared, Serving, refuse_embedding_model, token_ids
+from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, refuse_embedding_model, token_ids
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
 
 MAX_PROMPTS = 2048
@@ -112,6 +114,17 @@ class CompletionServing(Serving):
             for i, (_, text) in enumerate(prep.prompts)
             for j in range(prep.n)
         ]
+
+    def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
+        if prep.echo or prep.logprobs is not None:
+            return None
+        envelope = b'data: {"id":%s,"created":%d,"model":%s,"choices":[{"index":'
+        return Frame(
+            head=envelope % (encode(chunk_id), created, encode(prep.model)),
+            middle=b',"text":',
+            after_text=b',"logprobs":null,"finish_reason":',
+            tail=b'}],"usage":null,"object":"text_completion"}\n\n',
+        )
 
     def chunk(
         self,
