@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,15 @@ from bitinglip.gateway.serving import EmbeddingServing, OpenAIServing, Prepared,
 
 log = get_logger(__name__)
 GENERATION_ERRORS = error_responses(400, 401, 403, 404, 429, 503)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Generation:
+    """What the generation routes need, as one dependency: Litestar resolves two or more in an anyio task group
+    per request, and this is the hot path."""
+
+    openai: OpenAIServing
+    accounting: Accounting
 
 
 def _engine_request_id(request: Request[Any, Any, Any]) -> str:
@@ -42,13 +52,13 @@ async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
 
 
 async def _respond(
-    openai: OpenAIServing,
-    accounting: Accounting,
+    generation: Generation,
     kind: Serving | EmbeddingServing,
     request: Request[Any, Any, Any],
     data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
 ) -> Response[Any]:
+    openai, accounting = generation.openai, generation.accounting
     # The key's model list and a cheap look at its limits come first: a refusal costs no engine work at all.
     exchange = accounting.begin(request.scope["state"], data.model)
     try:
@@ -114,13 +124,12 @@ class OpenAIController(Controller):
     )
     async def chat_completions(
         self,
-        openai: NamedDependency[OpenAIServing],
-        accounting: NamedDependency[Accounting],
+        generation: NamedDependency[Generation],
         request: Request[Any, Any, Any],
         data: JSONBody[p.ChatCompletionRequest],
     ) -> Response[p.ChatCompletionResponse]:
-        prepare = functools.partial(openai.chat.prepare, data)
-        return await _respond(openai, accounting, openai.chat, request, data, prepare)
+        prepare = functools.partial(generation.openai.chat.prepare, data)
+        return await _respond(generation, generation.openai.chat, request, data, prepare)
 
     @post(
         "/completions",
@@ -132,13 +141,12 @@ class OpenAIController(Controller):
     )
     async def completions(
         self,
-        openai: NamedDependency[OpenAIServing],
-        accounting: NamedDependency[Accounting],
+        generation: NamedDependency[Generation],
         request: Request[Any, Any, Any],
         data: JSONBody[p.CompletionRequest],
     ) -> Response[p.CompletionResponse]:
-        prepare = functools.partial(openai.completion.prepare, data)
-        return await _respond(openai, accounting, openai.completion, request, data, prepare)
+        prepare = functools.partial(generation.openai.completion.prepare, data)
+        return await _respond(generation, generation.openai.completion, request, data, prepare)
 
     @post(
         "/embeddings",
@@ -149,13 +157,12 @@ class OpenAIController(Controller):
     )
     async def embeddings(
         self,
-        openai: NamedDependency[OpenAIServing],
-        accounting: NamedDependency[Accounting],
+        generation: NamedDependency[Generation],
         request: Request[Any, Any, Any],
         data: JSONBody[p.EmbeddingRequest],
     ) -> Response[p.EmbeddingResponse]:
-        prepare = functools.partial(openai.embeddings.prepare, data)
-        return await _respond(openai, accounting, openai.embeddings, request, data, prepare)
+        prepare = functools.partial(generation.openai.embeddings.prepare, data)
+        return await _respond(generation, generation.openai.embeddings, request, data, prepare)
 
     @get("/models", operation_id="listModels", summary="The models deployed, and those that load on demand")
     async def list_models(self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any]) -> p.ModelList:

@@ -11,7 +11,7 @@ from litestar.plugins import InitPlugin
 
 from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.admin import KeysController, UsageController, metrics_route
-from bitinglip.gateway.api import OpenAIController
+from bitinglip.gateway.api import Generation, OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
 from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.serving import OpenAIServing
@@ -33,6 +33,7 @@ class GatewayPlugin(InitPlugin):
         )
         provided: dict[str, Any] = {
             "openai": self.openai,
+            "generation": Generation(self.openai, self.accounting),
             "accounting": self.accounting,
             "usage": self.accounting.usage,
             "metrics": self.accounting.metrics,

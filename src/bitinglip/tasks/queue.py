@@ -205,7 +205,7 @@ class TaskQueue:
         return min(limit, self.settings.max_in_flight) - self.per_target.get(target, 0)
 
     async def _schedule_loop(self) -> None:
-        last_tick = 0.0
+        last_tick = last_recover = 0.0
         ready: set[str] = set()  # targets with tasks ready to run, as of the last look at the table
         while True:
             with contextlib.suppress(TimeoutError):
@@ -217,8 +217,12 @@ class TaskQueue:
                     self._new_work = False
                     if now - last_tick >= TICK_S:
                         last_tick = now
-                        if recovered := await self.store.recover():
-                            log.warning("tasks.leases_expired", tasks=recovered)
+                        # A lease is long (30 s): looking for expired ones every few seconds is soon enough,
+                        # and each look is a write transaction the serving process pays for.
+                        if now - last_recover >= max(TICK_S, self.settings.lease_s / 4):
+                            last_recover = now
+                            if recovered := await self.store.recover():
+                                log.warning("tasks.leases_expired", tasks=recovered)
                         if self.on_tick is not None:
                             await self.on_tick()
                     ready = set(await self.store.waiting(time.time()))

@@ -199,9 +199,13 @@ class VllmEngine:
             # A whole answer is built from the finished output alone, as vLLM's offline LLM.generate does: no
             # per-token output objects to make, queue and iterate.
             kind = RequestOutputKind.FINAL_ONLY if whole else RequestOutputKind.DELTA
+            # Made fresh for each request: vLLM may take it as it is (a shallow copy) instead of deep-copying it
+            # on every add, as `vllm serve` does for its own requests.
             if structured is None:
-                return SamplingParams(output_kind=kind, **params)
-            made = SamplingParams(output_kind=kind, **{**params, "structured_outputs": _structured(structured)})
+                return SamplingParams(output_kind=kind, skip_clone=True, **params)
+            made = SamplingParams(
+                output_kind=kind, skip_clone=True, **{**params, "structured_outputs": _structured(structured)}
+            )
         except VLLMValidationError as exc:
             raise InvalidInput(str(exc).split(" (parameter=")[0], param=exc.parameter) from exc
         except (ValueError, TypeError) as exc:
