@@ -3,6 +3,7 @@
 Every target gets the same prompts, the same engine arguments and the same load:
 
 - bitinglip: `bitinglip serve` in a subprocess, engine arguments as BITINGLIP_CLUSTER__ENGINE__* variables;
+- bitinglip-1: the same with `gateway.stream_interval = 1` (every token its own event, as `vllm serve` sends them);
 - vllm:      vLLM's own OpenAI server in a subprocess, engine arguments as its CLI flags;
 - engine:    AsyncLLM in this process, no HTTP at all: the ceiling the two servers are measured against.
 
@@ -13,7 +14,7 @@ wait cost the one measured nothing. For the two servers the API process's own CP
 the server process, not its engine child) is read around each run: CPU seconds per 1,000 generated tokens.
 Figures are medians over the rounds.
 
-    .venv/bin/python scripts/bench_serve.py [--targets bitinglip,vllm,engine] [--concurrency 1,16,64,256]
+    .venv/bin/python scripts/bench_serve.py [--targets bitinglip,bitinglip-1,vllm,engine] [--concurrency 1,16,64,256]
         [--rounds 3] [--json out.json]
 """
 
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -43,7 +45,7 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("bitinglip", "vllm", "engine")
+TARGETS = ("bitinglip", "bitinglip-1", "vllm", "engine")
 DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "max_model_len": 2048,
     "enforce_eager": True,
@@ -435,29 +437,32 @@ async def measure_once(ctx: Context, name: str, target: Target, concurrency: int
 
 
 @contextlib.asynccontextmanager
-async def bench_bitinglip(ctx: Context) -> AsyncIterator[Target]:
+async def bench_bitinglip(ctx: Context, name: str = "bitinglip", **settings: str) -> AsyncIterator[Target]:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
+    home = ctx.workdir / name
+    home.mkdir(exist_ok=True)
     env = child_env(
         {
             "BITINGLIP_ENV": "production",
             "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",  # the chat model alone, like for like
-            "BITINGLIP_HOME": str(ctx.workdir),
-            "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{ctx.workdir}/bench.db",
-            "BITINGLIP_MODELS__DIR": str(ctx.workdir / "models"),
+            "BITINGLIP_HOME": str(home),
+            "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{home}/bench.db",
+            "BITINGLIP_MODELS__DIR": str(home / "models"),
+            **settings,
             **IDLE_QUIET,
             **{f"BITINGLIP_CLUSTER__ENGINE__{k.upper()}": toml_value(v) for k, v in ctx.engine_args.items()},
         }
     )
     executable = str(Path(sys.executable).parent / "bitinglip")
     cmd = [executable, "serve", "--host", "127.0.0.1", "--port", str(port), "--model", str(ctx.model_dir)]
-    log_path = ctx.workdir / "bitinglip.log"
+    log_path = ctx.workdir / f"{name}.log"
 
     async def ready(client: httpx.AsyncClient) -> bool:
         return (await client.get(f"{base_url}/ready")).status_code == 200
 
     with server_process(cmd, env, log_path) as proc:
-        progress(f"bitinglip: ready after {await wait_ready(proc, log_path, ready):.1f} s")
+        progress(f"{name}: ready after {await wait_ready(proc, log_path, ready):.1f} s")
         async with httpx.AsyncClient() as client:
             names = await served_models(client, base_url)
         if not names:
@@ -553,6 +558,8 @@ async def bench_engine(ctx: Context) -> AsyncIterator[Target]:
 
 BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Target]]] = {
     "bitinglip": bench_bitinglip,
+    # Like for like with `vllm serve`'s default: every token its own event, whatever the load.
+    "bitinglip-1": functools.partial(bench_bitinglip, name="bitinglip-1", BITINGLIP_GATEWAY__STREAM_INTERVAL="1"),
     "vllm": bench_vllm,
     "engine": bench_engine,
 }
@@ -573,12 +580,17 @@ ROWS: list[tuple[str, str, str]] = [
     ("latency p50 ms", "latency_p50_ms", "{:.1f}"),
     ("API CPU s / 1k tokens", "api_cpu_per_1k_tokens", "{:.3f}"),
 ]
-RATIOS: list[tuple[str, str, str, str]] = [
-    ("tokens/s", "bitinglip", "vllm", "tokens_per_s"),
-    ("TTFT p50", "bitinglip", "vllm", "ttft_p50_ms"),
-    ("API CPU/token", "bitinglip", "vllm", "api_cpu_per_1k_tokens"),
-    ("tokens/s vs engine", "bitinglip", "engine", "tokens_per_s"),
+RATIOS: list[tuple[str, str]] = [
+    ("tokens/s", "tokens_per_s"),
+    ("TTFT p50", "ttft_p50_ms"),
+    ("API CPU/token", "api_cpu_per_1k_tokens"),
 ]
+
+
+def ratio_of(runs: dict[str, list[Figures]], num: str, den: str, field: str) -> str:
+    top, bottom = median_of(runs[num], field), median_of(runs[den], field)
+    ratio = top / bottom if bottom and math.isfinite(top / bottom) else math.nan
+    return f"{ratio:.2f}x" if math.isfinite(ratio) else "n/a"
 
 
 def print_report(all_runs: dict[str, list[Figures]], ctx: Context) -> None:
@@ -600,14 +612,17 @@ def print_report(all_runs: dict[str, list[Figures]], ctx: Context) -> None:
                 value = median_of(runs[name], field)
                 cells.append(fmt.format(value) if math.isfinite(value) else "-")
             print(f"{label:<{label_width}}" + "".join(f"{cell:>12}" for cell in cells))
-        ratios = []
-        for label, num, den, field in RATIOS:
-            if num in runs and den in runs:
-                top, bottom = median_of(runs[num], field), median_of(runs[den], field)
-                ratio = top / bottom if bottom and math.isfinite(top / bottom) else math.nan
-                ratios.append(f"{label} {ratio:.2f}x" if math.isfinite(ratio) else f"{label} n/a")
-        print("BitingLip / vllm serve: " + ", ".join(r for r in ratios if "engine" not in r)
-              + "".join(f"; BitingLip / engine: {r.split(' ')[-1]}" for r in ratios if "engine" in r))  # fmt: skip
+        spread = []
+        for name in names:
+            values = [f.tokens_per_s for f in runs[name] if math.isfinite(f.tokens_per_s)]
+            spread.append(f"{min(values):,.0f}-{max(values):,.0f}" if values else "-")
+        print(f"{'  tokens/s, rounds':<{label_width}}" + "".join(f"{cell:>12}" for cell in spread))
+        for who in ("bitinglip", "bitinglip-1"):
+            if who in runs and "vllm" in runs:
+                ratios = ", ".join(f"{label} {ratio_of(runs, who, 'vllm', field)}" for label, field in RATIOS)
+                print(f"{who} / vllm serve: {ratios}")
+        if "bitinglip" in runs and "engine" in runs:
+            print(f"bitinglip / engine: tokens/s {ratio_of(runs, 'bitinglip', 'engine', 'tokens_per_s')}")
 
 
 def json_safe(figures: dict[str, Any]) -> dict[str, Any]:
@@ -675,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prompt-tokens", type=positive_int, default=64, help="about this many prompt tokens per request"
     )
-    parser.add_argument("--targets", type=parse_targets, default=list(TARGETS), help="subset of bitinglip,vllm,engine")
+    parser.add_argument("--targets", type=parse_targets, default=list(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--engine-arg", type=parse_engine_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="override or add a vLLM engine argument for all targets (repeatable)")  # fmt: skip
     parser.add_argument("--rounds", type=positive_int, default=3, help="times every concurrency runs on every target")

@@ -55,6 +55,7 @@ PARTS = [
 async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[float, int]:
     gate = asyncio.Semaphore(concurrency)
     events = 0
+    failed: list[str] = []
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 8)) as client:
 
         async def one(i: int) -> None:
@@ -66,12 +67,18 @@ async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[
                 "stream": True,
                 "ignore_eos": True,
             }
-            async with gate, client.stream("POST", f"{url}/v1/completions", json=body) as r:
-                async for line in r.aiter_lines():
-                    events += line.startswith("data: {")
+            async with gate:
+                try:
+                    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+                        async for line in r.aiter_lines():
+                            events += line.startswith("data: {")
+                except httpx.HTTPError as exc:  # counted, so one failed request does not lose the profile
+                    failed.append(f"{type(exc).__name__}: {exc}")
 
         began = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(requests)))
+        if failed:
+            print(f"{len(failed)} of {requests} requests failed, e.g. {failed[0]}", file=sys.stderr)
         return time.perf_counter() - began, events
 
 

@@ -63,7 +63,7 @@ class Components:
 
     @functools.cached_property
     def openai(self) -> OpenAIServing:
-        openai = OpenAIServing(self.cluster)
+        openai = OpenAIServing(self.cluster, stream_interval=self.settings.gateway.stream_interval)
         openai.background.record = self.usage.record  # tasks and batch lines count in their key's usage
         return openai
 

@@ -1,4 +1,4 @@
-"""A streamed plain chunk is built from pre-encoded parts; its bytes must be exactly the chunk struct's encoding."""
+"""The streaming hot path: plain chunks from pre-encoded parts (exactly the struct's bytes), and the stream interval."""
 
 from __future__ import annotations
 
@@ -11,8 +11,17 @@ from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.base import Prepared
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
+from doubles import ScriptedEngine
 
-TEXTS = ["", "Hello", ' "quoted" \\ back\\slash', "tab\tnew\nline\r\x00\x1f", "\u2028\u2029\x85", "naïve 日本 🦊", "</s>"]
+TEXTS = [
+    "",
+    "Hello",
+    ' "quoted" \\ back\\slash',
+    "tab\tnew\nline\r\x00\x1f",
+    "\u2028\u2029\x85",
+    "naïve 日本 🦊",
+    "</s>",
+]
 FINISHES = [None, "stop", "length"]
 IDS = ["cmpl-abc123", 'chatcmpl-"odd"\\id', "cmpl-ünï"]
 MODELS = ["tiny", 'org/model "v2"', "モデル"]
@@ -74,3 +83,28 @@ def test_chunks_that_are_not_plain_have_no_frame() -> None:
     assert completion.frame(_prep("tiny", echo=True), "cmpl-1", 1) is None
     assert chat.frame(_prep("tiny", logprobs=0), "chatcmpl-1", 1) is None
     assert chat.frame(_prep("tiny", tools=object()), "chatcmpl-1", 1) is None
+
+
+async def _streamed_params(serving: CompletionServing, engine: ScriptedEngine, stream: bool = True) -> dict[str, Any]:
+    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 4, "stream": stream}, p.CompletionRequest)
+    prep = await serving.prepare(req, engine)
+    assert isinstance(prep.params, dict)
+    return prep.params
+
+
+LOADS = [(0, 0, 1), (31, 0, 1), (20, 12, 2), (64, 0, 4), (300, 50, 8)]  # (running, waiting, expected interval)
+
+
+@pytest.mark.parametrize(("running", "waiting", "expected"), LOADS)
+async def test_auto_stream_interval_grows_with_the_engine_load(running: int, waiting: int, expected: int) -> None:
+    engine = ScriptedEngine()
+    engine.stats.running, engine.stats.waiting = running, waiting
+    assert (await _streamed_params(CompletionServing("auto"), engine))["stream_interval"] == expected
+
+
+async def test_a_fixed_stream_interval_holds_and_whole_answers_have_none() -> None:
+    engine = ScriptedEngine()
+    engine.stats.running = 200
+    assert (await _streamed_params(CompletionServing(1), engine))["stream_interval"] == 1
+    assert (await _streamed_params(CompletionServing(3), engine))["stream_interval"] == 3
+    assert "stream_interval" not in await _streamed_params(CompletionServing("auto"), engine, stream=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from bitinglip.cluster import EngineLookup, Lease, ServedModel
 from bitinglip.core import InvalidInput
@@ -22,10 +23,10 @@ def _capabilities(m: ServedModel) -> p.ModelCapabilities:
 
 
 class OpenAIServing:
-    def __init__(self, engines: EngineLookup) -> None:
+    def __init__(self, engines: EngineLookup, stream_interval: int | Literal["auto"] = "auto") -> None:
         self.engines = engines
-        self.chat = ChatServing()
-        self.completion = CompletionServing()
+        self.chat = ChatServing(stream_interval)
+        self.completion = CompletionServing(stream_interval)
         self.embeddings = EmbeddingServing()
         # The task kinds ("chat", "completion") the app registers with the task queue.
         self.background = Background(self.acquire, self.chat, self.completion)

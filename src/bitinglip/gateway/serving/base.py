@@ -11,7 +11,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -94,6 +94,11 @@ class Tally:
 
 
 MAX_TOKEN_ID = 2**31
+# The "auto" stream interval: 1 below AUTO_FROM requests in the engine, then one more token per event for every
+# AUTO_PER_TOKEN requests, AUTO_MAX at most (measured on the 2-core bench machine: scripts/bench_serve.py).
+AUTO_FROM = 32
+AUTO_PER_TOKEN = 16
+AUTO_MAX = 8
 
 
 def token_ids(value: list[Any], param: str) -> list[int]:
@@ -123,6 +128,21 @@ class Serving(ABC):
     """One kind of generation (chat or text). Subclasses say how to prepare a request and shape its output."""
 
     id_prefix: str  # of the response id, before the request id: "chatcmpl-" or "cmpl-"
+
+    def __init__(self, stream_interval: int | Literal["auto"] = "auto") -> None:
+        self.stream_interval = stream_interval
+
+    def interval(self, engine: EngineClient) -> int:
+        """Tokens of one choice a streamed event carries at most, for a request admitted now.
+
+        Each event costs the API process the same whatever it carries (an engine output, a chunk, a socket
+        write), and with many requests in the engine that work is what holds the engine back: "auto" sends
+        every token while the engine runs fewer than AUTO_FROM requests, then one event per up to 8 tokens.
+        """
+        if self.stream_interval != "auto":
+            return self.stream_interval
+        load = engine.stats.running + engine.stats.waiting
+        return 1 if load < AUTO_FROM else min(AUTO_MAX, load // AUTO_PER_TOKEN)
 
     @staticmethod
     async def encode(engine: EngineClient, text: str) -> list[int]:
