@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -216,54 +217,83 @@ def _completion_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]
     }
 
 
-async def stream_completion(client: httpx.AsyncClient, base_url: str, body: dict[str, Any]) -> Sample:
+class _Events:
+    """What one stream's `data:` lines say: the first text's time, usage, an error event, the end."""
+
+    def __init__(self, start: float, sample: Sample) -> None:
+        self.start, self.sample = start, sample
+        self.usage: dict[str, Any] | None = None
+        self.chunks_with_text = 0
+        self.done = False
+
+    def take(self, line: bytes) -> bool:
+        """Read one line; True when the stream is over (`[DONE]` or an error event)."""
+        if not line.startswith(b"data:"):
+            return False
+        data = line[len(b"data:") :].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return True
+        event = json.loads(data)
+        if "error" in event:
+            self.sample.error = f"error event: {json.dumps(event['error'])[:160]}"
+            return True
+        choices = event.get("choices") or []
+        if choices and choices[0].get("text"):
+            self.chunks_with_text += 1
+            if self.sample.ttft_s is None:
+                self.sample.ttft_s = time.perf_counter() - self.start
+        self.usage = event.get("usage") or self.usage
+        return False
+
+
+async def stream_completion(
+    client: aiohttp.ClientSession | httpx.AsyncClient, base_url: str, body: dict[str, Any]
+) -> Sample:
     """POST one streaming completion and time it; every failure becomes Sample.error, nothing is raised."""
     start = time.perf_counter()
     sample = Sample(latency_s=0.0)
-    usage: dict[str, Any] | None = None
-    chunks_with_text = 0
-    done = False
+    events = _Events(start, sample)
+    url = f"{base_url}/v1/completions"
     try:
-        async with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                text = (await response.aread()).decode(errors="replace")
-                sample.error = f"HTTP {response.status_code}: {text[:160]}"
-            else:
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:") :].strip()
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    event = json.loads(data)
-                    if "error" in event:
-                        sample.error = f"error event: {json.dumps(event['error'])[:160]}"
-                        break
-                    choices = event.get("choices") or []
-                    if choices and choices[0].get("text"):
-                        chunks_with_text += 1
-                        if sample.ttft_s is None:
-                            sample.ttft_s = time.perf_counter() - start
-                    usage = event.get("usage") or usage
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        if isinstance(client, httpx.AsyncClient):
+            async with client.stream("POST", url, json=body) as reply:
+                if reply.status_code != 200:
+                    text = (await reply.aread()).decode(errors="replace")
+                    sample.error = f"HTTP {reply.status_code}: {text[:160]}"
+                else:
+                    async for text_line in reply.aiter_lines():
+                        if events.take(text_line.encode()):
+                            break
+        else:
+            async with client.post(url, json=body) as response:
+                if response.status != 200:
+                    text = (await response.read()).decode(errors="replace")
+                    sample.error = f"HTTP {response.status}: {text[:160]}"
+                else:
+                    async for line in response.content:  # line by line
+                        if events.take(line):
+                            break
+    except (httpx.HTTPError, aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:200]
     sample.latency_s = time.perf_counter() - start
-    if sample.error is None and not done:
+    if sample.error is None and not events.done:
         sample.error = "stream ended without data: [DONE]"
-    if usage is not None:
-        sample.tokens = int(usage.get("completion_tokens", 0))
-        sample.prompt_tokens = usage.get("prompt_tokens")
+    if events.usage is not None:
+        sample.tokens = int(events.usage.get("completion_tokens", 0))
+        sample.prompt_tokens = events.usage.get("prompt_tokens")
     else:
-        sample.tokens, sample.counted_chunks = chunks_with_text, True
+        sample.tokens, sample.counted_chunks = events.chunks_with_text, True
     return checked(sample, body["max_tokens"])
 
 
-def http_client(concurrency: int) -> httpx.AsyncClient:
+def http_client(concurrency: int) -> aiohttp.ClientSession:
+    # aiohttp, not httpx: its C parser costs the load a fraction of the CPU, and on 2 cores the client shares the
+    # machine with the server it measures (an httpx client at 64 at once kept only 5-20 requests in flight).
     # One connection per concurrent request: a pool smaller than the concurrency would queue requests in the
     # client and hide the server's own queueing from the TTFT figures.
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-    return httpx.AsyncClient(http1=True, http2=False, limits=limits, timeout=httpx.Timeout(600.0, connect=30.0))
+    connector = aiohttp.TCPConnector(limit=concurrency + 8)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600.0, connect=30.0))
 
 
 async def measure_http(base_url: str, model: str, spec: LoadSpec) -> tuple[list[Sample], float]:
