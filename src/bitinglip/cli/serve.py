@@ -89,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.server.keep_alive_s,
     )
     server = _server_class()(config)
     log.info(

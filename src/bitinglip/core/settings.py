@@ -35,6 +35,10 @@ class ServerSettings(_Section, frozen=True):
     # "auto": readable lines in development, one JSON object per line elsewhere.
     log_format: Literal["auto", "console", "json"] = "auto"
     access_log: bool = True
+    # How long an idle keep-alive connection stays open. Longer than clients keep theirs (httpx 5 s, aiohttp
+    # 15 s): when both give up at once, a client may send its next request on a connection the server is
+    # closing, and that request fails with "server disconnected".
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1)] = 75
 
 
 class DbSettings(_Section, frozen=True):
