@@ -59,6 +59,16 @@ class Frame:
         self.after_text = after_text  # from the text to the finish reason
         self.tail = tail  # from the finish reason to the end of the event
 
+    @classmethod
+    def of(cls, chunk_id: str, created: int, model: str, middle: bytes, after_text: bytes, tail: bytes) -> Frame:
+        """The frame of one stream's chunks: the envelope (id, created, model) is the same for every kind."""
+        head = b'data: {"id":%s,"created":%d,"model":%s,"choices":[{"index":' % (
+            msgspec.json.encode(chunk_id),
+            created,
+            msgspec.json.encode(model),
+        )
+        return cls(head, middle, after_text, tail)
+
     def event(self, index: int, text: str, finish: str | None) -> bytes:
         encode = msgspec.json.encode
         reason = b"null" if finish is None else encode(finish)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from msgspec.json import encode
-
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, ToolCallDelta
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
@@ -159,9 +157,10 @@ class ChatServing(Serving):
     def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
         if prep.tools is not None or prep.logprobs is not None:
             return None
-        envelope = b'data: {"id":%s,"created":%d,"model":%s,"choices":[{"index":'
-        return Frame(
-            head=envelope % (encode(chunk_id), created, encode(prep.model)),
+        return Frame.of(
+            chunk_id,
+            created,
+            prep.model,
             middle=b',"delta":{"content":',
             after_text=b'},"logprobs":null,"finish_reason":',
             tail=b'}],"object":"chat.completion.chunk","usage":null}\n\n',

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from msgspec.json import encode
-
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import InvalidInput
 from bitinglip.gateway import protocol as p
@@ -120,9 +118,10 @@ class CompletionServing(Serving):
     def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
         if prep.echo or prep.logprobs is not None:
             return None
-        envelope = b'data: {"id":%s,"created":%d,"model":%s,"choices":[{"index":'
-        return Frame(
-            head=envelope % (encode(chunk_id), created, encode(prep.model)),
+        return Frame.of(
+            chunk_id,
+            created,
+            prep.model,
             middle=b',"text":',
             after_text=b',"logprobs":null,"finish_reason":',
             tail=b'}],"usage":null,"object":"text_completion"}\n\n',
