@@ -143,7 +143,7 @@ class GatewaySettings(_Section, frozen=True):
     # Tokens of one choice a streamed event carries at most (vLLM's stream interval). 1: each token as it is made.
     # "auto": each token while the engine runs few requests; up to 8 per event when it runs many, when the API
     # process's work per event is what holds the engine back. The first token always goes at once.
-    stream_interval: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
+    stream_interval: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = 1
     # Per-model limits over all keys, by the name clients send: [gateway.model_limits.tiny] rpm = 600
     model_limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
 
