@@ -35,11 +35,10 @@ class ServerSettings(_Section, frozen=True):
     # "auto": readable lines in development, one JSON object per line elsewhere.
     log_format: Literal["auto", "console", "json"] = "auto"
     access_log: bool = True
-    # How long an idle keep-alive connection stays open (uvicorn's 5 s). Longer than clients keep theirs (httpx
-    # 5 s, aiohttp 15 s) avoids a client sending on a connection the server is closing ("server disconnected" in
-    # the bench at 256 at once); 75 s made the e2e departed-client test fail after the flood test, not understood
-    # yet, so the default stays 5 s.
-    keep_alive_s: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # How long an idle keep-alive connection stays open. Longer than clients keep theirs (httpx 5 s, aiohttp
+    # 15 s): when both give up at once, a client may send its next request on a connection the server is
+    # closing, and that request fails with "server disconnected".
+    keep_alive_s: Annotated[int, msgspec.Meta(ge=1)] = 75
 
 
 class DbSettings(_Section, frozen=True):
@@ -143,7 +142,7 @@ class GatewaySettings(_Section, frozen=True):
     # Tokens of one choice a streamed event carries at most (vLLM's stream interval). 1: each token as it is made.
     # "auto": each token while the engine runs few requests; up to 8 per event when it runs many, when the API
     # process's work per event is what holds the engine back. The first token always goes at once.
-    stream_interval: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = 1
+    stream_interval: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
     # Per-model limits over all keys, by the name clients send: [gateway.model_limits.tiny] rpm = 600
     model_limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
 
