@@ -71,8 +71,10 @@ def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
     log_path = data / "server.log"
     with log_path.open("wb") as log:
         # Its own process group, as a shell gives a job: a signal to the group reaches what the server started too.
+        # Not its own session: Linux's autogroup schedules each session as one CPU group, and the tests (another
+        # group) were kept off the CPU for 1.4 s right after a burst of requests, runnable but not run.
         proc = subprocess.Popen(
-            [str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data, start_new_session=True
+            [str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data, process_group=0
         )
     server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, env=env)
     deadline = time.monotonic() + READY_TIMEOUT_S
