@@ -2,6 +2,7 @@
 CPU goes: the top functions by own time, and the share of each part of the hot path.
 
     .venv/bin/python scripts/profile_api.py [--requests 512] [--concurrency 64] [--tokens 32] [--top 30]
+        [--save api.prof]
 
 The server is `bitinglip serve` serving the tiny model alone (settings as `make bench` uses), run in a child
 process under cProfile; the load is streaming /v1/completions from this process. cProfile slows every Python
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import os
 import pstats
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,10 +56,12 @@ PARTS = [
 
 
 async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[float, int]:
+    # aiohttp, as make bench's load: an httpx client kept only 5-20 requests in flight at "64 at once" here.
     gate = asyncio.Semaphore(concurrency)
     events = 0
     failed: list[str] = []
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 8)) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency + 8)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
 
         async def one(i: int) -> None:
             nonlocal events
@@ -69,10 +74,10 @@ async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[
             }
             async with gate:
                 try:
-                    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
-                        async for line in r.aiter_lines():
-                            events += line.startswith("data: {")
-                except httpx.HTTPError as exc:  # counted, so one failed request does not lose the profile
+                    async with client.post(f"{url}/v1/completions", json=body) as r:
+                        async for line in r.content:
+                            events += line.startswith(b"data: {")
+                except (aiohttp.ClientError, TimeoutError) as exc:  # counted: one failure does not lose the profile
                     failed.append(f"{type(exc).__name__}: {exc}")
 
         began = time.perf_counter()
@@ -96,6 +101,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--port", type=int, default=8031)
+    parser.add_argument("--save", type=Path, help="keep the raw profile here (pstats), e.g. for cumulative times")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bl-profile-"))
     stats_path = home / "api.prof"
@@ -138,6 +144,8 @@ def main() -> int:
         f"{tokens / seconds:,.0f} tokens/s, {events:,} events; API process CPU under cProfile {used:.2f} s "
         f"({used / tokens * 1e6:.0f} us per token)"
     )
+    if args.save:
+        shutil.copyfile(stats_path, args.save)
     stats = pstats.Stats(str(stats_path))
     entries = stats.stats  # type: ignore[attr-defined]
     total = sum(tt for (_, _, tt, _, _) in entries.values())

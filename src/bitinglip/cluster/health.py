@@ -19,7 +19,7 @@ from bitinglip.cluster.devices import Device
 from bitinglip.cluster.placement import size
 from bitinglip.cluster.protocol import ManagedEngine
 from bitinglip.cluster.reaper import EngineRecords
-from bitinglip.core import ClusterSettings, get_logger
+from bitinglip.core import ClusterSettings, get_logger, settle_heap
 
 log = get_logger(__name__)
 
@@ -116,7 +116,9 @@ class Supervision:
         await self._after_change()
 
     async def _after_change(self) -> None:
-        """Engines came or went: rewrite the record of our engine processes (the reaper reads it)."""
+        """Engines came or went: rewrite the record of our engine processes (the reaper reads it), and settle the
+        heap (a full collection, then what stays is frozen: core/heap.py)."""
+        settle_heap()
         groups = {
             d.name: [pid for r in d.replicas if r.engine for pid in r.engine.pids] for d in self.deployments.values()
         }

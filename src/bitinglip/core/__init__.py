@@ -19,6 +19,7 @@ from bitinglip.core.errors import (
     validation_path,
 )
 from bitinglip.core.events import EventStream
+from bitinglip.core.heap import settle as settle_heap
 from bitinglip.core.http import (
     EVENT_STREAM,
     ErrorBody,
@@ -81,5 +82,6 @@ __all__ = [
     "metadata",
     "migration",
     "parse_duration",
+    "settle_heap",
     "validation_path",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
 
 from bitinglip.gateway import protocol as p
-from bitinglip.gateway.serving.base import Prepared
+from bitinglip.gateway.serving.base import Prepared, Serving
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from doubles import ScriptedEngine
@@ -92,19 +93,39 @@ async def _streamed_params(serving: CompletionServing, engine: ScriptedEngine, s
     return prep.params
 
 
-LOADS = [(0, 0, 1), (31, 0, 1), (20, 12, 2), (64, 0, 4), (300, 50, 8)]  # (running, waiting, expected interval)
+LOADS = [(0, 1), (31, 1), (32, 4), (48, 6), (64, 8), (300, 8)]  # (open streams, expected interval)
 
 
-@pytest.mark.parametrize(("running", "waiting", "expected"), LOADS)
-async def test_auto_stream_interval_grows_with_the_engine_load(running: int, waiting: int, expected: int) -> None:
+@pytest.fixture
+def open_streams(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    return lambda n: monkeypatch.setattr(Serving, "open_streams", n)
+
+
+@pytest.mark.parametrize(("streams", "expected"), LOADS)
+async def test_auto_stream_interval_grows_with_the_streams_open(
+    open_streams: Callable[[int], None], streams: int, expected: int
+) -> None:
+    open_streams(streams)
+    assert (await _streamed_params(CompletionServing("auto"), ScriptedEngine()))["stream_interval"] == expected
+
+
+async def test_streams_are_counted_while_they_send_and_not_after() -> None:
     engine = ScriptedEngine()
-    engine.stats.running, engine.stats.waiting = running, waiting
-    assert (await _streamed_params(CompletionServing("auto"), engine))["stream_interval"] == expected
+    serving = CompletionServing("auto")
+    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 4, "stream": True}, p.CompletionRequest)
+    before = Serving.open_streams
+    events = serving.stream(await serving.prepare(req, engine), "r1")
+    await anext(events)
+    assert Serving.open_streams == before + 1
+    await events.aclose()  # a client that leaves mid-stream
+    assert Serving.open_streams == before
+    assert [e async for e in serving.stream(await serving.prepare(req, engine), "r2")][-1] == b"data: [DONE]\n\n"
+    assert Serving.open_streams == before
 
 
-async def test_a_fixed_stream_interval_holds_and_whole_answers_have_none() -> None:
+async def test_a_fixed_stream_interval_holds_and_whole_answers_have_none(open_streams: Callable[[int], None]) -> None:
     engine = ScriptedEngine()
-    engine.stats.running = 200
+    open_streams(200)
     assert (await _streamed_params(CompletionServing(1), engine))["stream_interval"] == 1
     assert (await _streamed_params(CompletionServing(3), engine))["stream_interval"] == 3
     assert "stream_interval" not in await _streamed_params(CompletionServing("auto"), engine, stream=False)

@@ -11,7 +11,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import msgspec
 
@@ -104,10 +104,12 @@ class Tally:
 
 
 MAX_TOKEN_ID = 2**31
-# The "auto" stream interval: 1 below AUTO_FROM requests in the engine, then one more token per event for every
-# AUTO_PER_TOKEN requests, AUTO_MAX at most (measured on the 2-core bench machine: scripts/bench_serve.py).
+# The "auto" stream interval: 1 while this process sends fewer than AUTO_FROM streams, then one more token per
+# event for every AUTO_PER_TOKEN streams, AUTO_MAX at most (measured on the 2-core bench machine with
+# scripts/bench_serve.py: at 64 streams an event per 8 tokens cost the API process 54-65 us of CPU per token, an
+# event per 4 70-75, one per token ~95).
 AUTO_FROM = 32
-AUTO_PER_TOKEN = 16
+AUTO_PER_TOKEN = 8
 AUTO_MAX = 8
 
 
@@ -138,21 +140,24 @@ class Serving(ABC):
     """One kind of generation (chat or text). Subclasses say how to prepare a request and shape its output."""
 
     id_prefix: str  # of the response id, before the request id: "chatcmpl-" or "cmpl-"
+    # Streams this process is sending now, over every model and both kinds: what the "auto" interval reads. Not
+    # the engines' own counts: those are a step old, and miss requests the process holds before and after them.
+    open_streams: ClassVar[int] = 0
 
     def __init__(self, stream_interval: int | Literal["auto"] = "auto") -> None:
         self.stream_interval = stream_interval
 
-    def interval(self, engine: EngineClient) -> int:
+    def interval(self) -> int:
         """Tokens of one choice a streamed event carries at most, for a request admitted now.
 
         Each event costs the API process the same whatever it carries (an engine output, a chunk, a socket
-        write), and with many requests in the engine that work is what holds the engine back: "auto" sends
-        every token while the engine runs fewer than AUTO_FROM requests, then one event per up to 8 tokens.
+        write), and with many streams open that work is what holds the engines back: "auto" sends every token
+        while fewer than AUTO_FROM streams are open, then one event per up to AUTO_MAX tokens.
         """
         if self.stream_interval != "auto":
             return self.stream_interval
-        load = engine.stats.running + engine.stats.waiting
-        return 1 if load < AUTO_FROM else min(AUTO_MAX, load // AUTO_PER_TOKEN)
+        streams = Serving.open_streams
+        return 1 if streams < AUTO_FROM else min(AUTO_MAX, streams // AUTO_PER_TOKEN)
 
     @staticmethod
     async def encode(engine: EngineClient, text: str) -> list[int]:
@@ -258,6 +263,7 @@ class Serving(ABC):
             source = cast(Any, prep.engine.generate(ids, text, prep.params, request_id, prep.priority))
         else:
             source = cast(Any, self.outputs(prep, request_id))
+        Serving.open_streams += 1
         try:
             for opening in self.opening(prep, chunk_id, created):
                 yield b"data: " + encode(opening) + b"\n\n"
@@ -291,6 +297,7 @@ class Serving(ABC):
             # Headers are gone already: the error travels as one more event, in OpenAI's envelope.
             yield b"data: " + encode(error_response(exc.message, exc.type, exc.param, exc.code)) + b"\n\n"
         finally:
+            Serving.open_streams -= 1
             tally.completion_tokens = completion_tokens
             if not ended:  # closed early: the client went away (its engine request is aborted on the way out)
                 log.info("request.client_gone", engine_request_id=request_id, completion_tokens=completion_tokens)

@@ -95,7 +95,7 @@ class ChatServing(Serving):
         ids, text = await self.render(req.messages, engine, tools.tools if tools is not None else None)
         args = req.sampling_args(len(ids), engine.max_model_len)
         if req.stream:
-            args["stream_interval"] = self.interval(engine)
+            args["stream_interval"] = self.interval()
         if calls is not None:
             if calls.constraint is not None:
                 args["structured_outputs"] = calls.constraint

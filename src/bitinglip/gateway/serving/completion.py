@@ -46,7 +46,7 @@ class CompletionServing(Serving):
         prompts = await self._prompts(req.prompt, engine)
         args = req.sampling_args(max(len(ids) for ids, _ in prompts), engine.max_model_len)
         if req.stream:
-            args["stream_interval"] = self.interval(engine)
+            args["stream_interval"] = self.interval()
         if req.echo:  # a prompt given as token ids is echoed as its text
             prompts = [(ids, text if text is not None else engine.decode(ids)) for ids, text in prompts]
         return Prepared(
