@@ -140,8 +140,8 @@ class GatewaySettings(_Section, frozen=True):
     # Usage is counted in memory and written this often (and at a clean stop).
     usage_flush_s: float = 2.0
     # Tokens of one choice a streamed event carries at most (vLLM's stream interval). 1: each token as it is made.
-    # "auto": each token while the engine runs few requests; up to 8 per event when it runs many, when the API
-    # process's work per event is what holds the engine back. The first token always goes at once.
+    # "auto": each token while the server sends few streams; up to 8 per event when it sends many, when the API
+    # process's work per event is what holds the engines back. The first token always goes at once.
     stream_interval: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
     # Per-model limits over all keys, by the name clients send: [gateway.model_limits.tiny] rpm = 600
     model_limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
