@@ -201,7 +201,7 @@ class Cluster(Supervision):
                 d.set_state("loading", "starting the engine" if d.spec.replicas == 1 else "starting the engines")
                 await d.start_engines()
             d.set_state("ready")
-            await self._after_change()
+            await self._after_change(went=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -317,7 +317,15 @@ class Cluster(Supervision):
             if d.state in ("stopped", "sleeping") and loaded:  # the load this request waited for did not work
                 raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=30, code="model_not_loaded")
             if d.state in ("stopped", "sleeping"):
-                self._begin_load(d)
+                finishing = d.task is not None and not d.task.done()
+                task = self._begin_load(d)
+                if finishing:  # the put-away that got it here is still finishing (its bookkeeping): load after it
+                    if deadline - time.monotonic() <= 0:
+                        raise Unavailable(
+                            f"model {model} is {d.state}: {d.reason}", retry_after=5, code="model_loading"
+                        )
+                    await asyncio.wait({task}, timeout=deadline - time.monotonic())
+                    continue
                 loaded = True
             elif d.state != "loading" or d.restarting:
                 raise d.unavailable()
@@ -382,7 +390,7 @@ class Cluster(Supervision):
         self.deployments.pop(d.name, None)
         d.placement = None
         d.set_state("stopped", "removed")
-        await self._after_change()
+        await self._after_change(went=True)
 
     def status(self) -> list[DeploymentStatus]:
         return [deployment_status(d) for d in self.deployments.values()]

@@ -102,7 +102,7 @@ class Supervision:
             replica.restarts += 1
             if d.state != "ready":
                 d.set_state("ready")
-            await self._after_change()
+            await self._after_change(went=True)  # the engine it replaced went
             return
         replica.state, replica.error = "failed", last
         if not any(r.serving for r in d.replicas):
@@ -113,12 +113,12 @@ class Supervision:
             if d.state != "ready" or d.in_flight:
                 return
             await d.sleep_or_stop(reason)
-        await self._after_change()
+        await self._after_change(went=True)
 
-    async def _after_change(self) -> None:
+    async def _after_change(self, *, went: bool) -> None:
         """Engines came or went: rewrite the record of our engine processes (the reaper reads it), and settle the
-        heap (a full collection, then what stays is frozen: core/heap.py)."""
-        settle_heap()
+        heap (what stays is frozen, after a full collection when engines went: core/heap.py)."""
+        settle_heap(collect=went)
         groups = {
             d.name: [pid for r in d.replicas if r.engine for pid in r.engine.pids] for d in self.deployments.values()
         }

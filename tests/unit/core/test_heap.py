@@ -1,4 +1,5 @@
-"""Settling the heap: what stays is frozen (full collections skip it), what went in cycles is collected first."""
+"""Settling the heap: what stays is frozen (full collections skip it); when engines went, what they left in
+cycles is collected first."""
 
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def cycle() -> Node:
 
 
 @pytest.mark.usefixtures("restored")
-def test_what_stays_is_frozen_and_a_cycle_that_went_is_collected_on_the_next_settle() -> None:
+def test_what_stays_is_frozen_and_a_cycle_that_went_is_collected_when_engines_go() -> None:
     kept = [Node() for _ in range(100)]
-    settle_heap()
+    settle_heap(collect=False)
     assert gc.get_freeze_count() >= len(kept)
     assert not any(o is kept[0] for g in range(3) for o in gc.get_objects(g))  # no generation lists it now
     assert gc.get_threshold()[0] == 10_000
@@ -43,9 +44,12 @@ def test_what_stays_is_frozen_and_a_cycle_that_went_is_collected_on_the_next_set
     assert gone() is None
 
     held = [cycle()]
-    settle_heap()  # frozen while held
+    settle_heap(collect=False)  # an engine came: frozen while held
     frozen = weakref.ref(held.pop())  # then let go: garbage, but in the frozen heap
     gc.collect()
     assert frozen() is not None, "a full collection does not look at frozen objects"
-    settle_heap()  # the next settle (an engine came or went) unfreezes and collects first
+    settle_heap(collect=False)  # another engine came: still frozen
+    assert frozen() is not None
+    settle_heap(collect=True)  # an engine went: unfrozen and collected first
     assert frozen() is None
+    assert gc.get_freeze_count() >= len(kept)
