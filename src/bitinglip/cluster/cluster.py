@@ -317,15 +317,12 @@ class Cluster(Supervision):
             if d.state in ("stopped", "sleeping") and loaded:  # the load this request waited for did not work
                 raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=30, code="model_not_loaded")
             if d.state in ("stopped", "sleeping"):
-                finishing = d.task is not None and not d.task.done()
-                task = self._begin_load(d)
-                if finishing:  # the put-away that got it here is still finishing (its bookkeeping): load after it
-                    if deadline - time.monotonic() <= 0:
-                        raise Unavailable(
-                            f"model {model} is {d.state}: {d.reason}", retry_after=5, code="model_loading"
-                        )
-                    await asyncio.wait({task}, timeout=deadline - time.monotonic())
-                    continue
+                if (task := d.task) is not None and not task.done():  # its put-away is still finishing: then load
+                    await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+                    if task.done():
+                        continue
+                    raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=5, code="model_loading")
+                self._begin_load(d)
                 loaded = True
             elif d.state != "loading" or d.restarting:
                 raise d.unavailable()
