@@ -5,9 +5,9 @@ tracks. Python runs a full collection once the objects that survived since the l
 heap, and each one walks all of it: measured at 400 ms of the event loop's CPU, once or twice per thousand
 streamed requests at 256 at once (a fifth of the API process's CPU there, and a 400 ms stall for every client).
 Freezing the heap once the engines are up leaves the collector only what requests make, as vLLM's engine core
-does for its own process. And the youngest generation is collected every 10,000 new objects rather than 700:
-most of what a request makes is freed by its reference count long before that, and the API process's CPU per
-streamed token fell by 5-25% (64 and 256 at once).
+does for its own process. Python's thresholds for the younger generations stay as they are: collecting the
+youngest every 10,000 new objects instead of 700 saved CPU per token, but its middle-generation passes then
+walked up to 100,000 objects and stalled the loop for 80 ms (503 refusals in a flood took 100 ms, not 25).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import time
 from bitinglip.core.logging import get_logger
 
 log = get_logger(__name__)
-YOUNG_THRESHOLD = 10_000  # new objects between collections of the youngest generation (Python's default: 700)
 
 
 def settle(*, collect: bool) -> None:
@@ -26,7 +25,6 @@ def settle(*, collect: bool) -> None:
     collection first, so what a removed engine left in cycles is freed, then the freeze: one ~400 ms pause of the
     event loop, when an engine is put away or removed, instead of one every few hundred requests)."""
     began = time.perf_counter()
-    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     collected = 0
     if collect:
         gc.unfreeze()
