@@ -99,11 +99,6 @@ class EngineClient(Protocol):
     """One running engine serving one model."""
 
     @property
-    def stats(self) -> EngineStats:
-        """Its latest step's numbers: requests running and waiting, KV cache use, tokens made."""
-        ...
-
-    @property
     def served_name(self) -> str: ...
     @property
     def model_path(self) -> Path: ...
@@ -171,6 +166,11 @@ class EngineClient(Protocol):
 
 class ManagedEngine(EngineClient, Protocol):
     """An engine the cluster starts, watches, puts to sleep and stops: the vLLM one, or a test double."""
+
+    @property
+    def stats(self) -> EngineStats:
+        """Its latest step's numbers: requests running and waiting, KV cache use, tokens made."""
+        ...
 
     @property
     def alive(self) -> bool:
