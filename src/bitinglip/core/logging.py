@@ -1,7 +1,8 @@
 """structlog set-up: one event per line, readable in development, JSON elsewhere.
 
 Standard-library loggers (uvicorn, vLLM, SQLAlchemy) go through the same renderer, so every line of the
-process has one shape. The request id lives in a context variable bound by the gateway's middleware, so
+process has one shape. Our own events skip the standard library's records, handlers and caller lookup: they are
+rendered by structlog and written as one line (the access line is logged once per request, on the hot path). The request id lives in a context variable bound by the gateway's middleware, so
 every line logged while serving a request carries it.
 """
 
@@ -33,8 +34,9 @@ def configure_logging(server: ServerSettings, env: str) -> None:
     )
     level = getattr(logging, server.log_level.upper())
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        # The console renderer formats exceptions itself (and warns when they come formatted already).
+        processors=[*shared, *([] if fmt == "console" else [structlog.processors.format_exc_info]), renderer],
+        logger_factory=_LineLogger,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
@@ -58,6 +60,25 @@ def configure_logging(server: ServerSettings, env: str) -> None:
         lib.propagate = True
     # Our middleware writes one access line per request with its id; uvicorn's would be a second, bare one.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class _LineLogger:
+    """structlog's final logger: writes the rendered event as one line to the current standard error.
+
+    One ``write`` call per line, as the standard library's handler does, so lines from threads do not interleave.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "", *_: Any) -> None:
+        self.name = name  # structlog's add_logger_name reads it
+
+    def msg(self, line: str) -> None:
+        stream = sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = fatal = exception = log = msg
 
 
 def get_logger(name: str) -> Any:

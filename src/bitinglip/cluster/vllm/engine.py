@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
-from bitinglip.cluster.vllm.tokens import token_bytes
+from bitinglip.cluster.vllm.tokens import fast_encoder, token_bytes
 from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
@@ -48,6 +48,7 @@ class VllmEngine:
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._encode: Callable[[str], list[int]] | None = None
 
     @property
     def can_sleep(self) -> bool:
@@ -106,6 +107,7 @@ class VllmEngine:
             vllm.envs.enable_envs_cache()
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        self._encode = fast_encoder(self._tokenizer)
         if self.tool_call_parser is not None:  # a misfit fails the start (the deployment stops what started)
             check_parser_fits(self.tool_call_parser, self._tokenizer, self.served_name)
         self.max_model_len = int(llm.model_config.max_model_len)
@@ -152,7 +154,9 @@ class VllmEngine:
     # Tokenizer helpers: the gateway counts and checks tokens before it asks the engine.
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        if self._encode is None:
+            raise Unavailable(f"engine for {self.served_name} is not running")
+        return self._encode(text)
 
     @property
     def chat(self) -> bool:
