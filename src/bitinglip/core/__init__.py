@@ -18,7 +18,7 @@ from bitinglip.core.errors import (
     Unavailable,
     validation_path,
 )
-from bitinglip.core.events import EventStream
+from bitinglip.core.events import EventStream, FinalEvent
 from bitinglip.core.heap import settle as settle_heap
 from bitinglip.core.http import (
     EVENT_STREAM,
@@ -57,6 +57,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "EventStream",
+    "FinalEvent",
     "Forbidden",
     "GatewaySettings",
     "InsufficientStorage",

@@ -31,8 +31,17 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+class FinalEvent(bytes):
+    """A stream's last event (or events): sent with the end of the body, one write instead of two."""
+
+    __slots__ = ()
+
+
 class EventStream(Stream):
-    """Server-sent events from an async generator of encoded events; ``on_close`` runs once when it ends."""
+    """Server-sent events from an async generator of encoded events; ``on_close`` runs once when it ends.
+
+    A `FinalEvent` ends the body (the generator is closed after it); without one the body ends with the generator.
+    """
 
     __slots__ = ("on_close",)
 
@@ -91,9 +100,14 @@ class _ASGIEventStream(ASGIStreamingResponse):
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
             async for event in events:
+                if type(event) is FinalEvent:
+                    streaming = False
+                    await out({"type": "http.response.body", "body": event, "more_body": False})
+                    break
                 await out({"type": "http.response.body", "body": event, "more_body": True})
-            streaming = False
-            await out(_END)
+            else:
+                streaming = False
+                await out(_END)
         except asyncio.CancelledError:
             if streaming and watcher.done() and this is not None and this.uncancel() == 0:
                 return  # the client left: the generator was closed where it stood; nothing more to send

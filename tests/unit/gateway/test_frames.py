@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from bitinglip.core import FinalEvent
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.serving.base import Prepared, Serving
 from bitinglip.gateway.serving.chat import ChatServing
@@ -119,8 +120,12 @@ async def test_streams_are_counted_while_they_send_and_not_after() -> None:
     assert Serving.open_streams == before + 1
     await events.aclose()  # a client that leaves mid-stream
     assert Serving.open_streams == before
-    assert [e async for e in serving.stream(await serving.prepare(req, engine), "r2")][-1] == b"data: [DONE]\n\n"
+    events_out = [e async for e in serving.stream(await serving.prepare(req, engine), "r2")]
     assert Serving.open_streams == before
+    # The finishing event and [DONE] leave together, as the body's last write.
+    last = events_out[-1]
+    assert isinstance(last, FinalEvent) and last.endswith(b"data: [DONE]\n\n")
+    assert b'"finish_reason":"stop"' in last and not any(b'"finish_reason":"' in e for e in events_out[:-1])
 
 
 async def test_a_fixed_stream_interval_holds_and_whole_answers_have_none(open_streams: Callable[[int], None]) -> None:

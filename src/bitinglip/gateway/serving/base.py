@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, cast
 import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
-from bitinglip.core import BitingLipError, InvalidInput, error_response, get_logger
+from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, error_response, get_logger
 from bitinglip.gateway import protocol as p
 
 log = get_logger(__name__)
@@ -255,6 +255,9 @@ class Serving(ABC):
         offsets: dict[int, int] = {}
         ended = False
         frame = self.frame(prep, chunk_id, created)
+        # The last choice's final event leaves with what follows it ([DONE], usage) in one write.
+        unfinished = len(prep.prompts) * prep.n
+        held: list[bytes] = []
         # One prompt (the usual case) is read straight from the engine, without a tagging generator per output.
         single = len(prep.prompts) == 1
         source: AsyncGenerator[Any, None]
@@ -279,29 +282,35 @@ class Serving(ABC):
                         if not out.text and out.finish_reason is None and prep.logprobs is None:
                             continue
                         if frame is not None:
-                            yield frame.event(index, out.text, out.finish_reason)
-                            continue
-                        offset = offsets.get(index, 0)
-                        offsets[index] = offset + len(out.text)
-                        chunk = self.chunk(prep, chunk_id, created, index, out, offset, output)
-                        if chunk is not None:
-                            yield b"data: " + encode(chunk) + b"\n\n"
+                            event = frame.event(index, out.text, out.finish_reason)
+                        else:
+                            offset = offsets.get(index, 0)
+                            offsets[index] = offset + len(out.text)
+                            chunk = self.chunk(prep, chunk_id, created, index, out, offset, output)
+                            if chunk is None:
+                                continue
+                            event = b"data: " + encode(chunk) + b"\n\n"
+                        if out.finish_reason is not None:
+                            unfinished -= 1
+                        if unfinished:
+                            yield event
+                        else:
+                            held.append(event)
             if prep.include_usage:
-                yield (
-                    b"data: " + encode(self.closing(prep, chunk_id, created, usage(prep, completion_tokens))) + b"\n\n"
-                )
+                usage_chunk = self.closing(prep, chunk_id, created, usage(prep, completion_tokens))
+                held.append(b"data: " + encode(usage_chunk) + b"\n\n")
             ended = True
         except BitingLipError as exc:
             ended = True
             tally.error = True
             # Headers are gone already: the error travels as one more event, in OpenAI's envelope.
-            yield b"data: " + encode(error_response(exc.message, exc.type, exc.param, exc.code)) + b"\n\n"
+            held.append(b"data: " + encode(error_response(exc.message, exc.type, exc.param, exc.code)) + b"\n\n")
         finally:
             Serving.open_streams -= 1
             tally.completion_tokens = completion_tokens
             if not ended:  # closed early: the client went away (its engine request is aborted on the way out)
                 log.info("request.client_gone", engine_request_id=request_id, completion_tokens=completion_tokens)
-        yield DONE
+        yield FinalEvent(b"".join(held) + DONE)
 
 
 async def _tagged(
