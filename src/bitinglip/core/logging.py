@@ -1,9 +1,10 @@
 """structlog set-up: one event per line, readable in development, JSON elsewhere.
 
 Standard-library loggers (uvicorn, vLLM, SQLAlchemy) go through the same renderer, so every line of the
-process has one shape. Our own events skip the standard library's records, handlers and caller lookup: they are
-rendered by structlog and written as one line (the access line is logged once per request, on the hot path). The request id lives in a context variable bound by the gateway's middleware, so
-every line logged while serving a request carries it.
+process has one shape. Our own events skip the standard library's records, handlers and caller lookup: they
+are rendered by structlog and written as one line (the access line is logged once per request, on the hot
+path). The request id lives in a context variable bound by the gateway's middleware, so every line logged
+while serving a request carries it.
 """
 
 from __future__ import annotations

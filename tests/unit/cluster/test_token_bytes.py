@@ -36,7 +36,7 @@ TEXTS = [
     "  leading and trailing spaces  ",
     "naïve café — 日本語 ✓ 🙂 def f(x):\n\treturn x\r\n",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "<tool_call>{\"name\": \"f\"}</tool_call> 1234567890 3.14159",
+    '<tool_call>{"name": "f"}</tool_call> 1234567890 3.14159',
     "a" * 500,
 ]
 
