@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletionChunk
 
-from e2e.conftest import MODEL, Server
+from e2e.conftest import MODEL, Server, start_server, stop_server
 
 
 def events(server: Server, path: str, body: dict[str, Any]) -> list[Any]:
@@ -74,3 +78,42 @@ def test_completion_chunks_have_openais_shape(server: Server) -> None:
         assert set(choice["logprobs"]) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
     assert sum(len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks) == 5
+
+
+@pytest.fixture(scope="module")
+def coalescing(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    """A server that sends 8 tokens per event, whatever the load (the default does so from 64 streams on)."""
+    srv = start_server(tmp_path_factory.mktemp("coalescing"), tiny_model_dir, BITINGLIP_GATEWAY__STREAM_INTERVAL="8")
+    yield srv
+    stop_server(srv)
+
+
+async def _stream_tokens(http: httpx.AsyncClient, server: Server, prompt: str) -> tuple[list[tuple[int, str]], int]:
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 24, "ignore_eos": True, "logprobs": 0, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    r = await http.post(f"{server.url}/v1/completions", json=body)
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    chunks = [json.loads(f[len("data: ") :]) for f in r.text.split("\n\n") if f and f != "data: [DONE]"]
+    per_event = [(len(c["choices"][0]["logprobs"]["tokens"]), c["choices"][0]["text"]) for c in chunks if c["choices"]]
+    return per_event, chunks[-1]["usage"]["completion_tokens"]
+
+
+def test_events_of_several_tokens_lose_and_repeat_none_and_the_first_text_is_not_held(coalescing: Server) -> None:
+    """Every token is sent exactly once, at most 8 to an event; and a first token that decodes to no text yet
+    (part of a character: common with random weights) does not hold the first text back a whole interval."""
+
+    async def run() -> list[tuple[list[tuple[int, str]], int]]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*(_stream_tokens(http, coalescing, f"Request {i}: once") for i in range(24)))
+
+    for per_event, usage in asyncio.run(run()):
+        assert usage == 24
+        assert sum(n for n, _ in per_event) == 24, per_event  # none lost, none repeated
+        assert all(n <= 8 for n, _ in per_event), per_event
+        through_first_text = 0
+        for n, text in per_event:
+            through_first_text += n
+            if text:
+                break
+        # Without the hurry, an empty first token (sent alone, at once) was followed by the next 8 in one event.
+        assert through_first_text <= 8, per_event

@@ -1,4 +1,4 @@
-"""FirstText: a request's stream interval in vLLM's output processor drops to 1 until its first text, then returns.
+"""FirstText: a request's stream interval in vLLM's output processor drops to 2 until its first text, then returns.
 
 The stand-ins have the shape of vLLM 0.32's `OutputProcessor` (`external_req_ids`, `request_states`) and
 `RequestState.stream_interval`; the real engine runs it in the e2e streaming tests.
@@ -34,9 +34,9 @@ def test_an_empty_first_token_drops_the_interval_until_text_comes() -> None:
     first = FirstText(llm, "r1", 8)
     assert first.waiting
     first.see(_out(""))  # the first token is half a character
-    assert _interval(llm, "r1") == 1 and first.waiting
+    assert _interval(llm, "r1") == 2 and first.waiting
     first.see(_out(""))
-    assert _interval(llm, "r1") == 1
+    assert _interval(llm, "r1") == 2
     first.see(_out("é"))
     assert _interval(llm, "r1") == 8 and not first.waiting
     assert _interval(llm, "r2") == 8  # other requests are left alone
@@ -49,8 +49,9 @@ def test_a_first_token_with_text_changes_nothing() -> None:
     assert not first.waiting and _interval(llm, "r1") == 8
 
 
-def test_every_token_at_once_already_needs_nothing() -> None:
+def test_small_intervals_need_nothing() -> None:
     assert not FirstText(_llm(r1=1), "r1", 1).waiting
+    assert not FirstText(_llm(r1=2), "r1", 2).waiting
 
 
 def test_a_finished_request_and_an_engine_without_that_state_are_left_alone() -> None:

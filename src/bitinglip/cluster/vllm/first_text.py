@@ -4,7 +4,8 @@ With a stream interval of N, vLLM sends a request's first token at once and then
 first token that decodes to no text yet (part of a UTF-8 character, a special token that is skipped) is sent
 empty, so the client's first text waited N more tokens: with random weights, a quarter of the requests at 64
 streams waited about 100 ms for it. Until a request's first text, `FirstText` puts its interval in vLLM's
-output processor down to 1, and back once the text is out.
+output processor down to 2, and back once the text is out. Not 1: vLLM sends each step's tokens as they come
+at 1 and counts from what it has sent only above 1, so a switch to 1 and back would lose or repeat tokens.
 
 That state is vLLM's (`OutputProcessor.external_req_ids`, `RequestState.stream_interval`, vLLM 0.32); where a
 release lacks it this does nothing, and the stream is only as slow to start as before.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+HURRIED = 2  # the smallest interval at which vLLM still sends from its count of the tokens it has sent
+
 
 class FirstText:
     __slots__ = ("_llm", "_lowered", "_request_id", "waiting")
@@ -22,7 +25,7 @@ class FirstText:
         self._llm = llm
         self._request_id = request_id
         self._lowered: list[tuple[Any, int]] = []
-        self.waiting = interval > 1  # nothing to do for a request that gets every token at once anyway
+        self.waiting = interval > HURRIED  # nothing to do for a request whose events are that small anyway
 
     def see(self, output: Any) -> None:
         """Called with each output while `waiting`: the first with text ends the wait."""
@@ -37,6 +40,6 @@ class FirstText:
             for internal_id in getattr(processor, "external_req_ids", {}).get(self._request_id, ()):
                 state = states.get(internal_id)
                 interval = getattr(state, "stream_interval", 1)
-                if state is not None and interval > 1:
+                if state is not None and interval > HURRIED:
                     self._lowered.append((state, interval))
-                    state.stream_interval = 1
+                    state.stream_interval = HURRIED
