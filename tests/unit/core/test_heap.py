@@ -14,8 +14,10 @@ from bitinglip.core import settle_heap
 
 @pytest.fixture
 def restored() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 class Node:
@@ -34,6 +36,7 @@ def test_what_stays_is_frozen_and_a_cycle_that_went_is_collected_when_engines_go
     kept = [Node() for _ in range(100)]
     settle_heap(collect=False)
     assert gc.get_freeze_count() >= len(kept)
+    assert gc.get_threshold()[0] == 2000  # the youngest generation is collected less often once engines are up
     assert not any(o is kept[0] for g in range(3) for o in gc.get_objects(g))  # no generation lists it now
 
     gone = weakref.ref(cycle())  # made after the freeze, unreachable at once: young garbage, collected as usual
