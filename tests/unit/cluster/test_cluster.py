@@ -393,3 +393,28 @@ async def test_on_gpus_the_engine_sees_only_the_gpus_placement_chose(tmp_path: P
         assert c.status()[2].memory is not None and c.status()[2].memory.estimate_bytes == 2 * 2 * GIB
     finally:
         await c.stop()
+
+
+async def test_memory_is_measured_while_engines_are_idle_and_seldom_while_they_serve(
+    running: Callable[..., Any], factory: ScriptedFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A measurement of a CPU engine costs the API process ~40 ms of page-table walking: not while it serves.
+    monkeypatch.setattr(health, "MEASURE_EVERY", 2)
+    monkeypatch.setattr(health, "MEASURE_BUSY_EVERY", 1000)
+    c = await running(deployments=[DeploymentSettings(model="a")])
+    await until(lambda: c.ready)
+    measured: list[int] = []
+
+    async def measure() -> None:
+        measured.append(c._ticks)
+
+    monkeypatch.setattr(c, "_measure", measure)
+    await until(lambda: len(measured) >= 2)
+    assert measured[1] - measured[0] == 2  # idle: every MEASURE_EVERY ticks
+    factory.made[0].running.add("r1")  # serving now
+    await asyncio.sleep(0.05)  # a round already under way may still measure
+    count, ticks = len(measured), c._ticks
+    await until(lambda: c._ticks >= ticks + 10)
+    assert len(measured) == count
+    factory.made[0].running.clear()
+    await until(lambda: len(measured) > count)
