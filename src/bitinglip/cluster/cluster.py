@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from bitinglip.cluster.deployment import Deployment, error_text, keep_alive_seconds
 from bitinglip.cluster.devices import Device, list_devices
-from bitinglip.cluster.health import MEASURE_EVERY, Supervision
+from bitinglip.cluster.health import MEASURE_BUSY_EVERY, Supervision
 from bitinglip.cluster.placement import (
     DEFAULT_OVERHEAD_GIB,
     GIB,
@@ -88,7 +88,7 @@ class Cluster(Supervision):
         self._lock = asyncio.Lock()  # engine starts, stops, sleeps, wakes: one at a time
         self._tasks: set[asyncio.Task[Any]] = set()
         self._overhead_seen: int = 0  # the largest overhead an engine was measured to hold, per device
-        self._ticks, self._measured_tick = 0, -MEASURE_EVERY  # the first watch tick measures
+        self._ticks, self._measured_tick = 0, -MEASURE_BUSY_EVERY  # the first watch tick measures
 
     # -- settings
 

@@ -24,10 +24,11 @@ from bitinglip.core import ClusterSettings, get_logger, settle_heap
 log = get_logger(__name__)
 
 WATCH_INTERVAL_S = 1.0
-MEASURE_EVERY = 10  # watch ticks between memory measurements while no engine has requests
-# ... and at most this many while one has: on the CPU a measurement reads the engine processes' proportional set
-# size, which makes the kernel walk their page tables in our process's time: ~40 ms of the API process's CPU
-# for the tiny model's 2.7 GB, taken from serving (and from one round in seven of a benchmark at 64 at once).
+# On the CPU a measurement reads the engine processes' proportional set size, which makes the kernel walk their
+# page tables in our process's time: ~40 ms of the API process's CPU for the tiny model's 2.7 GB. So: at the
+# first watch tick after engines came or went, then every minute while no engine has requests, and at most every
+# 5 minutes while one has (it was every 10 s, taken from serving and from one round in seven of a benchmark).
+MEASURE_EVERY = 60  # watch ticks
 MEASURE_BUSY_EVERY = 300
 
 
@@ -129,6 +130,7 @@ class Supervision:
         """Engines came or went: rewrite the record of our engine processes (the reaper reads it), and settle the
         heap (what stays is frozen, after a full collection when engines went: core/heap.py)."""
         settle_heap(collect=went)
+        self._measured_tick = self._ticks - MEASURE_BUSY_EVERY  # measure at the next watch tick, busy or not
         groups = {
             d.name: [pid for r in d.replicas if r.engine for pid in r.engine.pids] for d in self.deployments.values()
         }
