@@ -731,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", type=parse_targets, default=list(TARGETS), help=f"subset of {','.join(TARGETS)}")
     parser.add_argument("--engine-arg", type=parse_engine_arg, action="append", default=[], metavar="KEY=VALUE",
                         help="override or add a vLLM engine argument for all targets (repeatable)")  # fmt: skip
-    parser.add_argument("--rounds", type=positive_int, default=3, help="times every concurrency runs on every target")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="times every concurrency runs on every target")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     return parser
 
