@@ -71,7 +71,6 @@ class ScriptedEngine:
     fail_start: str | None = None
     pids: list[int] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
-    paced: list[tuple[str, int]] = field(default_factory=list)  # pace() calls: (request id, interval)
     started: bool = False
     died: bool = False
     sleeping: bool = False
@@ -193,9 +192,6 @@ class ScriptedEngine:
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         self.aborted.extend(request_ids)
-
-    def pace(self, request_id: str, interval: int) -> None:
-        self.paced.append((request_id, interval))
 
 
 class _Lease:

@@ -154,11 +154,6 @@ class EngineClient(Protocol):
         """Deltas until the request finishes. Closing or cancelling the iterator aborts the request."""
         ...
 
-    def pace(self, request_id: str, interval: int) -> None:
-        """From now on send the streamed request's tokens ``interval`` at a time (a request being generated; others
-        are ignored)."""
-        ...
-
     async def embed(self, prompt_ids: list[int], dimensions: int | None, request_id: str) -> list[float]:
         """The embedding of one prompt (an embedding engine only), normalized; ``dimensions`` shortens it where the
         model allows (Matryoshka), else InvalidInput. Cancelling the call aborts the request."""

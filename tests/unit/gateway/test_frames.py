@@ -134,20 +134,3 @@ async def test_a_fixed_stream_interval_holds_and_whole_answers_have_none(open_st
     assert (await _streamed_params(CompletionServing(1), engine))["stream_interval"] == 1
     assert (await _streamed_params(CompletionServing(3), engine))["stream_interval"] == 3
     assert "stream_interval" not in await _streamed_params(CompletionServing("auto"), engine, stream=False)
-
-
-async def test_auto_paces_a_stream_by_the_streams_open_while_it_streams(open_streams: Callable[[int], None]) -> None:
-    engine = ScriptedEngine()
-    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 6, "stream": True}, p.CompletionRequest)
-    open_streams(40)  # 5 tokens per event when it was admitted
-    serving = CompletionServing("auto")
-    events = serving.stream(await serving.prepare(req, engine), "r1")
-    await anext(events)
-    open_streams(100)  # more streams open now: 8
-    assert [e async for e in events][-1].endswith(b"data: [DONE]\n\n")
-    assert engine.paced == [("r1", 8)]
-    fixed = ScriptedEngine()
-    open_streams(40)
-    assert [e async for e in CompletionServing(3).stream(await serving.prepare(req, fixed), "r2")]
-    open_streams(100)
-    assert fixed.paced == []  # a fixed interval stays as set

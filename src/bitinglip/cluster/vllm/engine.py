@@ -17,7 +17,7 @@ from typing import Any
 from bitinglip.cluster.protocol import EngineOutput
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
-from bitinglip.cluster.vllm.pacing import Pacing
+from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
 from bitinglip.cluster.vllm.tokens import fast_encoder, token_bytes
@@ -50,7 +50,6 @@ class VllmEngine:
         self._llm: Any = None
         self._tokenizer: Any = None
         self._encode: Callable[[str], list[int]] | None = None
-        self._pacing: dict[str, Pacing] = {}  # the streams being generated, by request id
 
     @property
     def can_sleep(self) -> bool:
@@ -250,14 +249,14 @@ class VllmEngine:
         if self._llm is None:
             raise Unavailable("the engine is not running", retry_after=5)
         stream = self._llm.generate(tokens_input(prompt_ids, prompt=prompt_text), params, request_id, priority=priority)
-        pacing = self._pacing[request_id] = Pacing(self._llm, request_id, getattr(params, "stream_interval", None) or 1)
+        first = FirstText(self._llm, request_id, getattr(params, "stream_interval", None) or 1)
         try:
             # aclosing: when our consumer stops early (client gone), vLLM's generator is closed at once,
             # which aborts the request in the engine instead of whenever it is garbage collected.
             async with contextlib.aclosing(stream):
                 async for output in stream:
-                    if not pacing.texted:
-                        pacing.see(output)
+                    if first.waiting:
+                        first.see(output)
                     yield output
         except EngineDeadError as exc:
             raise Unavailable("the engine died; the server is restarting it or shutting down", retry_after=10) from exc
@@ -267,12 +266,6 @@ class VllmEngine:
             raise InvalidInput(str(exc), param=exc.parameter) from exc
         except VLLMClientError as exc:
             raise InvalidInput(str(exc)) from exc
-        finally:
-            self._pacing.pop(request_id, None)
-
-    def pace(self, request_id: str, interval: int) -> None:
-        if (pacing := self._pacing.get(request_id)) is not None:
-            pacing.set(interval)
 
     async def embed(self, prompt_ids: list[int], dimensions: int | None, request_id: str) -> list[float]:
         from vllm.exceptions import VLLMClientError

@@ -266,8 +266,6 @@ class Serving(ABC):
             source = cast(Any, prep.engine.generate(ids, text, prep.params, request_id, prep.priority))
         else:
             source = cast(Any, self.outputs(prep, request_id))
-        # "auto" follows the streams open while this one streams, not only when it was admitted.
-        told = self.interval() if single and self.stream_interval == "auto" and not prep.score_only else 0
         Serving.open_streams += 1
         try:
             for opening in self.opening(prep, chunk_id, created):
@@ -277,9 +275,6 @@ class Serving(ABC):
                     prompt_index, output = (0, item) if single else item
                     if tally.first_token_at is None:
                         tally.first()
-                    if told and (wanted := self.interval()) != told:
-                        told = wanted
-                        prep.engine.pace(request_id, wanted)
                     for out in output.outputs:
                         index = prompt_index * prep.n + out.index
                         completion_tokens += 0 if prep.score_only else len(out.token_ids)

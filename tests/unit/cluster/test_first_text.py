@@ -1,0 +1,62 @@
+"""FirstText: a request's stream interval in vLLM's output processor drops to 2 until its first text, then returns.
+
+The stand-ins have the shape of vLLM 0.32's `OutputProcessor` (`external_req_ids`, `request_states`) and
+`RequestState.stream_interval`; the real engine runs it in the e2e streaming tests.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+from bitinglip.cluster.vllm.first_text import FirstText
+
+
+def _llm(**intervals: int) -> Any:
+    states = {f"{rid}-abcd1234": SimpleNamespace(stream_interval=n) for rid, n in intervals.items()}
+    external: defaultdict[str, list[str]] = defaultdict(list)
+    for internal in states:
+        external[internal.rsplit("-", 1)[0]].append(internal)
+    return SimpleNamespace(output_processor=SimpleNamespace(request_states=states, external_req_ids=external))
+
+
+def _out(*texts: str, finished: bool = False) -> Any:
+    return SimpleNamespace(outputs=[SimpleNamespace(text=t) for t in texts], finished=finished)
+
+
+def _interval(llm: Any, rid: str) -> int:
+    return int(llm.output_processor.request_states[f"{rid}-abcd1234"].stream_interval)
+
+
+def test_an_empty_first_token_drops_the_interval_until_text_comes() -> None:
+    llm = _llm(r1=8, r2=8)
+    first = FirstText(llm, "r1", 8)
+    assert first.waiting
+    first.see(_out(""))  # the first token is half a character
+    assert _interval(llm, "r1") == 2 and first.waiting
+    first.see(_out(""))
+    assert _interval(llm, "r1") == 2
+    first.see(_out("é"))
+    assert _interval(llm, "r1") == 8 and not first.waiting
+    assert _interval(llm, "r2") == 8  # other requests are left alone
+
+
+def test_a_first_token_with_text_changes_nothing() -> None:
+    llm = _llm(r1=8)
+    first = FirstText(llm, "r1", 8)
+    first.see(_out("Hello"))
+    assert not first.waiting and _interval(llm, "r1") == 8
+
+
+def test_small_intervals_need_nothing() -> None:
+    assert not FirstText(_llm(r1=1), "r1", 1).waiting
+    assert not FirstText(_llm(r1=2), "r1", 2).waiting
+
+
+def test_a_finished_request_and_an_engine_without_that_state_are_left_alone() -> None:
+    llm = _llm(r1=8)
+    FirstText(llm, "r1", 8).see(_out("", finished=True))
+    assert _interval(llm, "r1") == 8
+    FirstText(SimpleNamespace(), "r1", 8).see(_out(""))  # a vLLM without an output processor: no error
+    FirstText(_llm(), "gone", 8).see(_out(""))  # a request the processor no longer knows
