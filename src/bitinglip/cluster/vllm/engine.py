@@ -19,8 +19,8 @@ from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
-from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
-from bitinglip.cluster.vllm.tokens import fast_encoder, token_bytes
+from bitinglip.cluster.vllm.stats import no_prometheus_logger, quiet_iteration_stats, stat_logger_factory
+from bitinglip.cluster.vllm.tokens import fast_encoder, fix_eos_lookup, token_bytes
 from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
@@ -106,6 +106,8 @@ class VllmEngine:
                 else:
                     os.environ[key] = value
             vllm.envs.enable_envs_cache()
+        quiet_iteration_stats(llm)
+        fix_eos_lookup(llm)
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._encode = fast_encoder(self._tokenizer)
@@ -250,6 +252,7 @@ class VllmEngine:
             raise Unavailable("the engine is not running", retry_after=5)
         stream = self._llm.generate(tokens_input(prompt_ids, prompt=prompt_text), params, request_id, priority=priority)
         first = FirstText(self._llm, request_id, getattr(params, "stream_interval", None) or 1)
+        stats = self.stats
         try:
             # aclosing: when our consumer stops early (client gone), vLLM's generator is closed at once,
             # which aborts the request in the engine instead of whenever it is garbage collected.
@@ -257,6 +260,8 @@ class VllmEngine:
                 async for output in stream:
                     if first.waiting:
                         first.see(output)
+                    for choice in output.outputs:  # new tokens (a delta), or all of them (a final output)
+                        stats.tokens_generated += len(choice.token_ids)
                     yield output
         except EngineDeadError as exc:
             raise Unavailable("the engine died; the server is restarting it or shutting down", retry_after=10) from exc
