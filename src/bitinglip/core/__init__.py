@@ -26,6 +26,7 @@ from bitinglip.core.http import (
     ErrorResponse,
     error_response,
     error_responses,
+    handle_error,
 )
 from bitinglip.core.logging import configure_logging, get_logger
 from bitinglip.core.plugin import CorePlugin
@@ -78,6 +79,7 @@ __all__ = [
     "error_response",
     "error_responses",
     "get_logger",
+    "handle_error",
     "is_secret",
     "load_settings",
     "metadata",

@@ -24,10 +24,15 @@ if TYPE_CHECKING:
     from litestar.background_tasks import BackgroundTask, BackgroundTasks
     from litestar.datastructures import Cookie
     from litestar.response.base import ASGIResponse
-    from litestar.types import Receive, Send, TypeEncodersMap
+    from litestar.types import Receive, Scope, Send, TypeEncodersMap
 
 SERVER_SEND = "server_send"  # the key in scope["state"] under which the server's own `send` is kept
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# What Litestar sends as the start of an `EventStream` response, encoded once.
+SSE_START_HEADERS = [
+    *((name.lower().encode(), value.encode()) for name, value in SSE_HEADERS.items()),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
 _END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -48,6 +53,12 @@ class EventStream(Stream):
     def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None] | None = None) -> None:
         super().__init__(content=events, media_type="text/event-stream", headers=SSE_HEADERS)
         self.on_close = on_close
+
+    async def send(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The whole response, sent straight to ASGI (for a caller outside Litestar's handler machinery): the same
+        start as `to_asgi_response`'s (status 200, `SSE_START_HEADERS`), then the events."""
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_START_HEADERS})
+        await send_events(self.iterator, scope["state"].get(SERVER_SEND) or send, receive, self.on_close)  # type: ignore[arg-type]
 
     def to_asgi_response(
         self,
@@ -85,37 +96,42 @@ class _ASGIEventStream(ASGIStreamingResponse):
         self.on_close = on_close
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        events: AsyncGenerator[bytes, None] = self.iterator  # type: ignore[assignment]
-        out = self.server_send or send
-        this = asyncio.current_task()
-        streaming = True
+        await send_events(self.iterator, self.server_send or send, receive, self.on_close)  # type: ignore[arg-type]
 
-        async def watch() -> None:
-            # After the last event the server answers `receive` with a disconnect too: only one while streaming counts.
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if streaming and this is not None:
-                this.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
-        try:
-            async for event in events:
-                if type(event) is FinalEvent:
-                    streaming = False
-                    await out({"type": "http.response.body", "body": event, "more_body": False})
-                    break
-                await out({"type": "http.response.body", "body": event, "more_body": True})
-            else:
+async def send_events(
+    events: AsyncGenerator[bytes, None], out: Send, receive: Receive, on_close: Callable[[], None] | None
+) -> None:
+    """Send each event as a body part (the response's start has gone), then end the body; `on_close` last."""
+    this = asyncio.current_task()
+    streaming = True
+
+    async def watch() -> None:
+        # After the last event the server answers `receive` with a disconnect too: only one while streaming counts.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if streaming and this is not None:
+            this.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        async for event in events:
+            if type(event) is FinalEvent:
                 streaming = False
-                await out(_END)
-        except asyncio.CancelledError:
-            if streaming and watcher.done() and this is not None and this.uncancel() == 0:
-                return  # the client left: the generator was closed where it stood; nothing more to send
-            raise
-        finally:
+                await out({"type": "http.response.body", "body": event, "more_body": False})
+                break
+            await out({"type": "http.response.body", "body": event, "more_body": True})
+        else:
             streaming = False
-            watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await events.aclose()
-            if self.on_close is not None:
-                self.on_close()
+            await out(_END)
+    except asyncio.CancelledError:
+        if streaming and watcher.done() and this is not None and this.uncancel() == 0:
+            return  # the client left: the generator was closed where it stood; nothing more to send
+        raise
+    finally:
+        streaming = False
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await events.aclose()
+        if on_close is not None:
+            on_close()

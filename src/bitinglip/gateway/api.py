@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
+from litestar.types import Receive, Scope
 
 from bitinglip.cluster import EngineClient
 from bitinglip.core import EVENT_STREAM, BitingLipError, EventStream, NotFound, error_responses, get_logger
@@ -32,10 +34,11 @@ class Generation:
     accounting: Accounting
 
 
-def _engine_request_id(request: Request[Any, Any, Any]) -> str:
-    request_id: str = request.scope["state"]["request_id"]
+def _engine_request_id(scope: Scope) -> str:
+    request_id: str = scope["state"]["request_id"]
     # A client may reuse its own X-Request-ID; the engine needs ids unique among requests in flight.
-    return request_id if "x-request-id" not in request.headers else f"{request_id}-{uuid.uuid4().hex[:8]}"
+    given = any(name == b"x-request-id" for name, _ in scope["headers"])
+    return f"{request_id}-{uuid.uuid4().hex[:8]}" if given else request_id
 
 
 def _visible(models: p.ModelList, request: Request[Any, Any, Any]) -> p.ModelList:
@@ -46,21 +49,26 @@ def _visible(models: p.ModelList, request: Request[Any, Any, Any]) -> p.ModelLis
     return models
 
 
-async def _until_disconnect(request: Request[Any, Any, Any]) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def _respond(
+CLIENT_GONE = None  # what `generate` returns when the client left before a whole response was ready
+
+
+async def generate(
     generation: Generation,
     kind: Serving | EmbeddingServing,
-    request: Request[Any, Any, Any],
+    scope: Scope,
+    receive: Receive,
     data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
-) -> Response[Any]:
+) -> EventStream | msgspec.Struct | None:
+    """One generation request, parsed: an event stream, a whole response, or `CLIENT_GONE`. Errors are raised."""
     openai, accounting = generation.openai, generation.accounting
     # The key's model list and a cheap look at its limits come first: a refusal costs no engine work at all.
-    exchange = accounting.begin(request.scope["state"], data.model)
+    exchange = accounting.begin(scope["state"], data.model)
     try:
         # Bounded: may wait for the model to load; a deployment at its bounds refuses here, before tokenizing.
         lease = await openai.acquire(data.model, data.keep_alive)
@@ -72,7 +80,7 @@ async def _respond(
         prep = await prepare(lease.engine)
         exchange.admit(prep)  # reserves prompt + max_tokens against the limits: 429 if it does not fit
         lease.queue_prompt(exchange.prompt_tokens)
-        request_id = _engine_request_id(request)
+        request_id = _engine_request_id(scope)
         if prep.stream:
             assert isinstance(kind, Serving)
 
@@ -85,7 +93,7 @@ async def _respond(
             return EventStream(kind.stream(prep, request_id, tally), on_close=closed)
         # A client that goes away must free its slot in the engine: race the work against the disconnect.
         work = asyncio.ensure_future(kind.complete(prep, request_id, tally))
-        watcher = asyncio.ensure_future(_until_disconnect(request))
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -96,10 +104,10 @@ async def _respond(
         if work.cancelled():
             log.info("request.client_gone", engine_request_id=request_id)
             exchange.finish(tally, 499)
-            return Response(content=b"", status_code=499)
+            return CLIENT_GONE
         body = work.result()
         exchange.finish(tally, 200)
-        return Response(body)
+        return body
     except BitingLipError as exc:
         exchange.fail(exc, tally)
     except BaseException:
@@ -108,6 +116,19 @@ async def _respond(
     finally:
         if not handed_over:
             lease.release()
+
+
+async def _respond(
+    generation: Generation,
+    kind: Serving | EmbeddingServing,
+    request: Request[Any, Any, Any],
+    data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
+    prepare: Callable[[EngineClient], Awaitable[Prepared]],
+) -> Response[Any]:
+    result = await generate(generation, kind, request.scope, request.receive, data, prepare)
+    if result is CLIENT_GONE:
+        return Response(content=b"", status_code=499)
+    return result if isinstance(result, EventStream) else Response(result)
 
 
 class OpenAIController(Controller):

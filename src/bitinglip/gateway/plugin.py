@@ -13,6 +13,7 @@ from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.admin import KeysController, UsageController, metrics_route
 from bitinglip.gateway.api import Generation, OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
+from bitinglip.gateway.fast import FastGeneration
 from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.tokenize import TokenizeController
@@ -31,9 +32,10 @@ class GatewayPlugin(InitPlugin):
         app_config.route_handlers.extend(
             [OpenAIController, TokenizeController, KeysController, UsageController, metrics_route]
         )
+        generation = Generation(self.openai, self.accounting)
         provided: dict[str, Any] = {
             "openai": self.openai,
-            "generation": Generation(self.openai, self.accounting),
+            "generation": generation,
             "accounting": self.accounting,
             "usage": self.accounting.usage,
             "metrics": self.accounting.metrics,
@@ -47,6 +49,8 @@ class GatewayPlugin(InitPlugin):
             app_config.middleware.append(
                 DefineMiddleware(AuthMiddleware, auth=self.auth, rate_headers=self.accounting.rate_headers)
             )
+        # Inside the key check (its rate-limit headers reach these responses too): the generation routes' hot path.
+        app_config.middleware.append(DefineMiddleware(FastGeneration, generation=generation))
         return app_config
 
 

@@ -42,7 +42,7 @@ def quiet_iteration_stats(llm: Any) -> bool:
     vLLM 0.32's handler reads the flag once, when it starts (at the first request): called before that, it
     takes. Where a release lacks these attributes, or the handler runs already, nothing changes (False).
     """
-    processor = getattr(llm, "output_processor", None)
+    processor: Any = getattr(llm, "output_processor", None)
     if getattr(llm, "output_handler", True) is not None or not hasattr(processor, "log_stats"):
         return False
     if not hasattr(llm, "log_stats"):

@@ -87,7 +87,7 @@ def fix_eos_lookup(llm: Any) -> bool:
     the engine runs, so the renderer is given a method that returns it. Where a release lacks the method this
     does nothing (False).
     """
-    renderer = getattr(llm, "renderer", None)
+    renderer: Any = getattr(llm, "renderer", None)
     lookup = getattr(renderer, "get_eos_token_id", None)
     if lookup is None or getattr(renderer, "tokenizer", None) is None:
         return False
