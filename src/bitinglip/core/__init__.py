@@ -18,7 +18,7 @@ from bitinglip.core.errors import (
     Unavailable,
     validation_path,
 )
-from bitinglip.core.events import EventStream, FinalEvent
+from bitinglip.core.events import Events, EventStream, FinalEvent
 from bitinglip.core.heap import settle as settle_heap
 from bitinglip.core.http import (
     EVENT_STREAM,
@@ -58,6 +58,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "EventStream",
+    "Events",
     "FinalEvent",
     "Forbidden",
     "GatewaySettings",

@@ -6,6 +6,9 @@ the response's start (its status and headers), so this response sends the start 
 event straight to the server's own `send`, which `RequestIdMiddleware` keeps in ``scope["state"]``.
 A client that leaves is noticed by one plain task waiting on `receive`; it cancels the stream, whose
 generator is closed there (that aborts the engine request), and the response ends quietly.
+
+A route's work returns `Events` (the generator and what to run when it ends); the gateway's hot path sends them
+itself (`Events.send`), a Litestar handler returns them as an `EventStream`: the same bytes either way.
 """
 
 from __future__ import annotations
@@ -42,6 +45,22 @@ class FinalEvent(bytes):
     __slots__ = ()
 
 
+class Events:
+    """Encoded events to send as a response, and what to run once when they end: what a route's work returns,
+    sent straight to ASGI by `send`, or as a Litestar response by `EventStream.of`."""
+
+    __slots__ = ("iterator", "on_close")
+
+    def __init__(self, iterator: AsyncGenerator[bytes, None], on_close: Callable[[], None] | None = None) -> None:
+        self.iterator = iterator
+        self.on_close = on_close
+
+    async def send(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The whole response: the start `EventStream` sends (status 200, `SSE_START_HEADERS`), then the events."""
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_START_HEADERS})
+        await send_events(self.iterator, scope["state"].get(SERVER_SEND) or send, receive, self.on_close)
+
+
 class EventStream(Stream):
     """Server-sent events from an async generator of encoded events; ``on_close`` runs once when it ends.
 
@@ -54,11 +73,9 @@ class EventStream(Stream):
         super().__init__(content=events, media_type="text/event-stream", headers=SSE_HEADERS)
         self.on_close = on_close
 
-    async def send(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The whole response, sent straight to ASGI (for a caller outside Litestar's handler machinery): the same
-        start as `to_asgi_response`'s (status 200, `SSE_START_HEADERS`), then the events."""
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_START_HEADERS})
-        await send_events(self.iterator, scope["state"].get(SERVER_SEND) or send, receive, self.on_close)  # type: ignore[arg-type]
+    @classmethod
+    def of(cls, events: Events) -> EventStream:
+        return cls(events.iterator, on_close=events.on_close)
 
     def to_asgi_response(
         self,

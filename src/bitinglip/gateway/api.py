@@ -16,7 +16,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.types import Receive, Scope
 
 from bitinglip.cluster import EngineClient
-from bitinglip.core import EVENT_STREAM, BitingLipError, EventStream, NotFound, error_responses, get_logger
+from bitinglip.core import EVENT_STREAM, BitingLipError, Events, EventStream, NotFound, error_responses, get_logger
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.serving import EmbeddingServing, OpenAIServing, Prepared, Serving, Tally
@@ -64,7 +64,7 @@ async def generate(
     receive: Receive,
     data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
-) -> EventStream | msgspec.Struct | None:
+) -> Events | msgspec.Struct | None:
     """One generation request, parsed: an event stream, a whole response, or `CLIENT_GONE`. Errors are raised."""
     openai, accounting = generation.openai, generation.accounting
     # The key's model list and a cheap look at its limits come first: a refusal costs no engine work at all.
@@ -90,7 +90,7 @@ async def generate(
 
             # Closed at once when the client goes away, so the engine request is aborted then, not at collection.
             handed_over = True
-            return EventStream(kind.stream(prep, request_id, tally), on_close=closed)
+            return Events(kind.stream(prep, request_id, tally), on_close=closed)
         # A client that goes away must free its slot in the engine: race the work against the disconnect.
         work = asyncio.ensure_future(kind.complete(prep, request_id, tally))
         watcher = asyncio.ensure_future(_until_disconnect(receive))
@@ -128,7 +128,7 @@ async def _respond(
     result = await generate(generation, kind, request.scope, request.receive, data, prepare)
     if result is CLIENT_GONE:
         return Response(content=b"", status_code=499)
-    return result if isinstance(result, EventStream) else Response(result)
+    return EventStream.of(result) if isinstance(result, Events) else Response(result)
 
 
 class OpenAIController(Controller):

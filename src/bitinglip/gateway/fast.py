@@ -29,7 +29,7 @@ from litestar.types import (
     Send,
 )
 
-from bitinglip.core import EventStream, handle_error
+from bitinglip.core import Events, handle_error
 from bitinglip.gateway import protocol as p
 from bitinglip.gateway.api import CLIENT_GONE, Generation, generate
 
@@ -72,7 +72,7 @@ class FastGeneration:
         kind = route[1]
         try:
             result = await generate(self.generation, kind, scope, receive, data, functools.partial(kind.prepare, data))
-            if isinstance(result, EventStream):
+            if isinstance(result, Events):
                 await result.send(scope, receive, sending)
             else:
                 body = b"" if result is CLIENT_GONE else msgspec.json.encode(result)
