@@ -1,4 +1,4 @@
-"""FirstText: a request's stream interval in vLLM's output processor drops to 2 until its first text, then returns.
+"""FirstText: a request's stream interval in vLLM's output processor drops to 1 until its first text, then returns.
 
 The stand-ins have the shape of vLLM 0.32's `OutputProcessor` (`external_req_ids`, `request_states`) and
 `RequestState.stream_interval`; the real engine runs it in the e2e streaming tests.
@@ -13,8 +13,18 @@ from typing import Any
 from bitinglip.cluster.vllm.first_text import FirstText
 
 
+def _state(interval: int) -> Any:
+    tokens: list[int] = []
+    return SimpleNamespace(
+        stream_interval=interval,
+        sent_tokens_offset=1,
+        tokens=tokens,
+        detokenizer=SimpleNamespace(num_output_tokens=lambda: len(tokens)),
+    )
+
+
 def _llm(**intervals: int) -> Any:
-    states = {f"{rid}-abcd1234": SimpleNamespace(stream_interval=n) for rid, n in intervals.items()}
+    states = {f"{rid}-abcd1234": _state(n) for rid, n in intervals.items()}
     external: defaultdict[str, list[str]] = defaultdict(list)
     for internal in states:
         external[internal.rsplit("-", 1)[0]].append(internal)
@@ -33,12 +43,17 @@ def test_an_empty_first_token_drops_the_interval_until_text_comes() -> None:
     llm = _llm(r1=8, r2=8)
     first = FirstText(llm, "r1", 8)
     assert first.waiting
+    state = llm.output_processor.request_states["r1-abcd1234"]
+    state.tokens[:] = [5]
     first.see(_out(""))  # the first token is half a character
-    assert _interval(llm, "r1") == 2 and first.waiting
+    assert _interval(llm, "r1") == 1 and first.waiting
+    state.tokens.append(6)
     first.see(_out(""))
-    assert _interval(llm, "r1") == 2
+    assert _interval(llm, "r1") == 1
+    state.tokens.extend([7, 8])  # sent at 1, one step at a time
     first.see(_out("é"))
     assert _interval(llm, "r1") == 8 and not first.waiting
+    assert state.sent_tokens_offset == 4  # the tokens sent at 1 count as sent: none goes out again
     assert _interval(llm, "r2") == 8  # other requests are left alone
 
 
@@ -49,9 +64,9 @@ def test_a_first_token_with_text_changes_nothing() -> None:
     assert not first.waiting and _interval(llm, "r1") == 8
 
 
-def test_small_intervals_need_nothing() -> None:
+def test_every_token_sent_anyway_needs_nothing() -> None:
     assert not FirstText(_llm(r1=1), "r1", 1).waiting
-    assert not FirstText(_llm(r1=2), "r1", 2).waiting
+    assert FirstText(_llm(r1=2), "r1", 2).waiting
 
 
 def test_a_finished_request_and_an_engine_without_that_state_are_left_alone() -> None:
@@ -60,3 +75,7 @@ def test_a_finished_request_and_an_engine_without_that_state_are_left_alone() ->
     assert _interval(llm, "r1") == 8
     FirstText(SimpleNamespace(), "r1", 8).see(_out(""))  # a vLLM without an output processor: no error
     FirstText(_llm(), "gone", 8).see(_out(""))  # a request the processor no longer knows
+    bare = _llm(r1=8)
+    del bare.output_processor.request_states["r1-abcd1234"].sent_tokens_offset
+    FirstText(bare, "r1", 8).see(_out(""))  # no count of sent tokens: not lowered (it could not be put back)
+    assert _interval(bare, "r1") == 8

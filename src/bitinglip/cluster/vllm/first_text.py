@@ -4,18 +4,22 @@ With a stream interval of N, vLLM sends a request's first token at once and then
 first token that decodes to no text yet (part of a UTF-8 character, a special token that is skipped) is sent
 empty, so the client's first text waited N more tokens: with random weights, a quarter of the requests at 64
 streams waited about 100 ms for it. Until a request's first text, `FirstText` puts its interval in vLLM's
-output processor down to 2, and back once the text is out. Not 1: vLLM sends each step's tokens as they come
-at 1 and counts from what it has sent only above 1, so a switch to 1 and back would lose or repeat tokens.
+output processor down to 1 (every token sent as it comes), and back once the text is out.
 
-That state is vLLM's (`OutputProcessor.external_req_ids`, `RequestState.stream_interval`, vLLM 0.32); where a
-release lacks it this does nothing, and the stream is only as slow to start as before.
+At 1, vLLM sends each step's new tokens and does not count what it has sent; above 1 it sends the tokens past
+that count (`sent_tokens_offset`). So on the way back the count is set to every token the request has: each of
+them went out at 1. Without that, the next output would send again the tokens sent at 1.
+
+That state is vLLM's (`OutputProcessor.external_req_ids`, `RequestState.stream_interval`, `sent_tokens_offset`
+and `detokenizer`, vLLM 0.32); where a release lacks it this does nothing, and the stream is only as slow to start
+as before.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-HURRIED = 2  # the smallest interval at which vLLM still sends from its count of the tokens it has sent
+HURRIED = 1
 
 
 class FirstText:
@@ -25,13 +29,14 @@ class FirstText:
         self._llm = llm
         self._request_id = request_id
         self._lowered: list[tuple[Any, int]] = []
-        self.waiting = interval > HURRIED  # nothing to do for a request whose events are that small anyway
+        self.waiting = interval > HURRIED  # nothing to do for a request that sends every token anyway
 
     def see(self, output: Any) -> None:
         """Called with each output while `waiting`: the first with text ends the wait."""
         if any(choice.text for choice in output.outputs):
             self.waiting = False
             for state, interval in self._lowered:
+                state.sent_tokens_offset = state.detokenizer.num_output_tokens()  # all sent, at 1
                 state.stream_interval = interval
             self._lowered = []
         elif not self._lowered and not output.finished:
@@ -40,6 +45,7 @@ class FirstText:
             for internal_id in getattr(processor, "external_req_ids", {}).get(self._request_id, ()):
                 state = states.get(internal_id)
                 interval = getattr(state, "stream_interval", 1)
-                if state is not None and interval > HURRIED:
+                counts = hasattr(state, "sent_tokens_offset") and hasattr(state, "detokenizer")
+                if state is not None and interval > HURRIED and counts:
                     self._lowered.append((state, interval))
                     state.stream_interval = HURRIED
