@@ -44,7 +44,7 @@ def test_an_empty_first_token_drops_the_interval_until_text_comes() -> None:
     first = FirstText(llm, "r1", 8)
     assert first.waiting
     state = llm.output_processor.request_states["r1-abcd1234"]
-    state.tokens[:] = [5]
+    state.tokens[:] = [5]  # sent (the count says 1)
     first.see(_out(""))  # the first token is half a character
     assert _interval(llm, "r1") == 1 and first.waiting
     state.tokens.append(6)
@@ -55,6 +55,34 @@ def test_an_empty_first_token_drops_the_interval_until_text_comes() -> None:
     assert _interval(llm, "r1") == 8 and not first.waiting
     assert state.sent_tokens_offset == 4  # the tokens sent at 1 count as sent: none goes out again
     assert _interval(llm, "r2") == 8  # other requests are left alone
+
+
+def test_a_token_held_back_goes_out_before_every_token_is_sent_as_it_comes() -> None:
+    llm = _llm(r1=8)
+    first = FirstText(llm, "r1", 8)
+    state = llm.output_processor.request_states["r1-abcd1234"]
+    state.tokens[:] = [5, 6]  # 5 sent; 6 taken since and held for the interval when this output is seen
+    first.see(_out(""))
+    assert _interval(llm, "r1") == 2  # 6 goes with the next token, from the count
+    state.tokens.append(7)
+    state.sent_tokens_offset = 3  # vLLM sent 6 and 7 and counted them
+    first.see(_out(""))
+    assert _interval(llm, "r1") == 1  # nothing held now
+    state.tokens.append(8)  # sent at 1
+    first.see(_out("x"))
+    assert _interval(llm, "r1") == 8 and state.sent_tokens_offset == 4
+
+
+def test_text_seen_at_2_leaves_vllms_own_count() -> None:
+    llm = _llm(r1=8)
+    first = FirstText(llm, "r1", 8)
+    state = llm.output_processor.request_states["r1-abcd1234"]
+    state.tokens[:] = [5, 6]
+    first.see(_out(""))
+    state.tokens.append(7)
+    state.sent_tokens_offset = 3
+    first.see(_out("é"))
+    assert _interval(llm, "r1") == 8 and state.sent_tokens_offset == 3
 
 
 def test_a_first_token_with_text_changes_nothing() -> None:

@@ -7,8 +7,11 @@ streams waited about 100 ms for it. Until a request's first text, `FirstText` pu
 output processor down to 1 (every token sent as it comes), and back once the text is out.
 
 At 1, vLLM sends each step's new tokens and does not count what it has sent; above 1 it sends the tokens past
-that count (`sent_tokens_offset`). So on the way back the count is set to every token the request has: each of
-them went out at 1. Without that, the next output would send again the tokens sent at 1.
+that count (`sent_tokens_offset`). Hence two rules. The interval goes to 1 only when every token so far has been
+sent: the output this sees may be a step old, and a token taken since but held for the interval would never go
+out at 1 (its text would, with the next; its id would not). With such a token held, the interval goes to 2 first,
+which sends it with the next token, and to 1 at the next output. And on the way back the count is set to every
+token the request has, each of which went out at 1: without that, the next output would send them again.
 
 That state is vLLM's (`OutputProcessor.external_req_ids`, `RequestState.stream_interval`, `sent_tokens_offset`
 and `detokenizer`, vLLM 0.32); where a release lacks it this does nothing, and the stream is only as slow to start
@@ -36,10 +39,14 @@ class FirstText:
         if any(choice.text for choice in output.outputs):
             self.waiting = False
             for state, interval in self._lowered:
-                state.sent_tokens_offset = state.detokenizer.num_output_tokens()  # all sent, at 1
+                if state.stream_interval == 1:
+                    state.sent_tokens_offset = state.detokenizer.num_output_tokens()  # all sent, at 1
                 state.stream_interval = interval
             self._lowered = []
-        elif not self._lowered and not output.finished:
+            return
+        if output.finished:
+            return
+        if not self._lowered:
             processor = getattr(self._llm, "output_processor", None)
             states = getattr(processor, "request_states", {})
             for internal_id in getattr(processor, "external_req_ids", {}).get(self._request_id, ()):
@@ -48,4 +55,7 @@ class FirstText:
                 counts = hasattr(state, "sent_tokens_offset") and hasattr(state, "detokenizer")
                 if state is not None and interval > HURRIED and counts:
                     self._lowered.append((state, interval))
-                    state.stream_interval = HURRIED
+        for state, _ in self._lowered:
+            if state.stream_interval != 1:  # at 1 its count of sent tokens stands still: nothing to read there
+                held = state.detokenizer.num_output_tokens() - state.sent_tokens_offset
+                state.stream_interval = 1 if held == 0 else 2
