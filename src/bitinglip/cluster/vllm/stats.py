@@ -43,9 +43,8 @@ def quiet_iteration_stats(llm: Any) -> bool:
     takes. Where a release lacks these attributes, or the handler runs already, nothing changes (False).
     """
     processor: Any = getattr(llm, "output_processor", None)
-    if getattr(llm, "output_handler", True) is not None or not hasattr(processor, "log_stats"):
-        return False
-    if not hasattr(llm, "log_stats"):
+    started = getattr(llm, "output_handler", True) is not None
+    if started or not hasattr(processor, "log_stats") or not hasattr(llm, "log_stats"):
         return False
     llm.log_stats = False  # read by the output handler when it starts: no IterationStats per step
     processor.log_stats = False  # no per-request RequestStateStats for requests added from now on
