@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-HURRIED = 1
-
 
 class FirstText:
     __slots__ = ("_llm", "_lowered", "_request_id", "waiting")
@@ -32,7 +30,7 @@ class FirstText:
         self._llm = llm
         self._request_id = request_id
         self._lowered: list[tuple[Any, int]] = []
-        self.waiting = interval > HURRIED  # nothing to do for a request that sends every token anyway
+        self.waiting = interval > 1  # nothing to do for a request that sends every token anyway
 
     def see(self, output: Any) -> None:
         """Called with each output while `waiting`: the first with text ends the wait."""
@@ -53,7 +51,7 @@ class FirstText:
                 state = states.get(internal_id)
                 interval = getattr(state, "stream_interval", 1)
                 counts = hasattr(state, "sent_tokens_offset") and hasattr(state, "detokenizer")
-                if state is not None and interval > HURRIED and counts:
+                if state is not None and interval > 1 and counts:
                     self._lowered.append((state, interval))
         for state, _ in self._lowered:
             if state.stream_interval != 1:  # at 1 its count of sent tokens stands still: nothing to read there
