@@ -17,8 +17,11 @@ from litestar.types import Receive, Scope
 
 from bitinglip.cluster import EngineClient
 from bitinglip.core import EVENT_STREAM, BitingLipError, Events, EventStream, NotFound, error_responses, get_logger
-from bitinglip.gateway import protocol as p
 from bitinglip.gateway.accounting import Accounting
+from bitinglip.gateway.protocol.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
+from bitinglip.gateway.protocol.completion import CompletionRequest, CompletionResponse
+from bitinglip.gateway.protocol.embeddings import EmbeddingRequest, EmbeddingResponse
+from bitinglip.gateway.protocol.models import ModelCard, ModelList
 from bitinglip.gateway.serving import EmbeddingServing, OpenAIServing, Prepared, Serving, Tally
 
 log = get_logger(__name__)
@@ -41,7 +44,7 @@ def _engine_request_id(scope: Scope) -> str:
     return f"{request_id}-{uuid.uuid4().hex[:8]}" if given else request_id
 
 
-def _visible(models: p.ModelList, request: Request[Any, Any, Any]) -> p.ModelList:
+def _visible(models: ModelList, request: Request[Any, Any, Any]) -> ModelList:
     """Only the models the request's key may use (all of them for a key without a list, or with auth off)."""
     allowed = request.scope["state"].get("models")
     if allowed is not None:
@@ -62,7 +65,7 @@ async def generate(
     kind: Serving | EmbeddingServing,
     scope: Scope,
     receive: Receive,
-    data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
+    data: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
 ) -> Events | msgspec.Struct | None:
     """One generation request, parsed: an event stream, a whole response, or `CLIENT_GONE`. Errors are raised."""
@@ -122,7 +125,7 @@ async def _respond(
     generation: Generation,
     kind: Serving | EmbeddingServing,
     request: Request[Any, Any, Any],
-    data: p.ChatCompletionRequest | p.CompletionRequest | p.EmbeddingRequest,
+    data: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
     prepare: Callable[[EngineClient], Awaitable[Prepared]],
 ) -> Response[Any]:
     result = await generate(generation, kind, request.scope, request.receive, data, prepare)
@@ -141,14 +144,14 @@ class OpenAIController(Controller):
         summary="A chat completion; server-sent ChatCompletionChunk events with `stream: true`",
         status_code=200,
         responses=GENERATION_ERRORS,
-        opt={EVENT_STREAM: p.ChatCompletionChunk},
+        opt={EVENT_STREAM: ChatCompletionChunk},
     )
     async def chat_completions(
         self,
         generation: NamedDependency[Generation],
         request: Request[Any, Any, Any],
-        data: JSONBody[p.ChatCompletionRequest],
-    ) -> Response[p.ChatCompletionResponse]:
+        data: JSONBody[ChatCompletionRequest],
+    ) -> Response[ChatCompletionResponse]:
         prepare = functools.partial(generation.openai.chat.prepare, data)
         return await _respond(generation, generation.openai.chat, request, data, prepare)
 
@@ -158,14 +161,14 @@ class OpenAIController(Controller):
         summary="A text completion; server-sent CompletionResponse events with `stream: true`",
         status_code=200,
         responses=GENERATION_ERRORS,
-        opt={EVENT_STREAM: p.CompletionResponse},
+        opt={EVENT_STREAM: CompletionResponse},
     )
     async def completions(
         self,
         generation: NamedDependency[Generation],
         request: Request[Any, Any, Any],
-        data: JSONBody[p.CompletionRequest],
-    ) -> Response[p.CompletionResponse]:
+        data: JSONBody[CompletionRequest],
+    ) -> Response[CompletionResponse]:
         prepare = functools.partial(generation.openai.completion.prepare, data)
         return await _respond(generation, generation.openai.completion, request, data, prepare)
 
@@ -180,13 +183,13 @@ class OpenAIController(Controller):
         self,
         generation: NamedDependency[Generation],
         request: Request[Any, Any, Any],
-        data: JSONBody[p.EmbeddingRequest],
-    ) -> Response[p.EmbeddingResponse]:
+        data: JSONBody[EmbeddingRequest],
+    ) -> Response[EmbeddingResponse]:
         prepare = functools.partial(generation.openai.embeddings.prepare, data)
         return await _respond(generation, generation.openai.embeddings, request, data, prepare)
 
     @get("/models", operation_id="listModels", summary="The models deployed, and those that load on demand")
-    async def list_models(self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any]) -> p.ModelList:
+    async def list_models(self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any]) -> ModelList:
         return _visible(await openai.list_models(), request)
 
     @get(
@@ -194,7 +197,7 @@ class OpenAIController(Controller):
     )
     async def retrieve_model(
         self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any], model: FromPath[str]
-    ) -> p.ModelCard:
+    ) -> ModelCard:
         name = model.lstrip("/")
         for card in _visible(await openai.list_models(), request).data:
             if card.id == name:

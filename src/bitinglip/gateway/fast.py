@@ -30,8 +30,9 @@ from litestar.types import (
 )
 
 from bitinglip.core import Events, handle_error
-from bitinglip.gateway import protocol as p
 from bitinglip.gateway.api import CLIENT_GONE, Generation, generate
+from bitinglip.gateway.protocol.chat import ChatCompletionRequest
+from bitinglip.gateway.protocol.completion import CompletionRequest
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -45,10 +46,10 @@ class FastGeneration:
         # Lax as Litestar's handlers are (`strict=False`: "5" is taken for 5), so nothing it takes is refused here.
         self.routes: dict[str, tuple[msgspec.json.Decoder[Any], Any]] = {
             "/v1/chat/completions": (
-                msgspec.json.Decoder(p.ChatCompletionRequest, strict=False),
+                msgspec.json.Decoder(ChatCompletionRequest, strict=False),
                 generation.openai.chat,
             ),
-            "/v1/completions": (msgspec.json.Decoder(p.CompletionRequest, strict=False), generation.openai.completion),
+            "/v1/completions": (msgspec.json.Decoder(CompletionRequest, strict=False), generation.openai.completion),
         }
         self.limits: dict[str, int | None] = {}  # the request body limit of each route's handler
 

@@ -12,8 +12,8 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from bitinglip.core import InvalidInput, error_responses
-from bitinglip.gateway import protocol as p
 from bitinglip.gateway.keys import ApiKey
+from bitinglip.gateway.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from bitinglip.gateway.serving import ChatServing, OpenAIServing
 from bitinglip.gateway.serving.base import Serving
 
@@ -36,8 +36,8 @@ class TokenizeController(Controller):
         responses=error_responses(400, 401, 403, 404, 503),
     )
     async def tokenize(
-        self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any], data: JSONBody[p.TokenizeRequest]
-    ) -> p.TokenizeResponse:
+        self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any], data: JSONBody[TokenizeRequest]
+    ) -> TokenizeResponse:
         if (data.prompt is None) == (data.messages is None):
             raise InvalidInput("send exactly one of `prompt` and `messages`", param="prompt")
         if data.tools and data.messages is None:
@@ -52,7 +52,7 @@ class TokenizeController(Controller):
             else:
                 ids = await Serving.encode(engine, data.prompt or "")
             strs = [engine.decode_token(t) for t in ids] if data.return_token_strs else None
-            return p.TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids, token_strs=strs)
+            return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids, token_strs=strs)
         finally:
             lease.release()
 
@@ -67,11 +67,11 @@ class TokenizeController(Controller):
         self,
         openai: NamedDependency[OpenAIServing],
         request: Request[Any, Any, Any],
-        data: JSONBody[p.DetokenizeRequest],
-    ) -> p.DetokenizeResponse:
+        data: JSONBody[DetokenizeRequest],
+    ) -> DetokenizeResponse:
         _allowed(request, data.model)
         lease = await openai.acquire(data.model, None)
         try:
-            return p.DetokenizeResponse(prompt=lease.engine.decode(data.tokens))
+            return DetokenizeResponse(prompt=lease.engine.decode(data.tokens))
         finally:
             lease.release()

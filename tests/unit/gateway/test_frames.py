@@ -9,7 +9,8 @@ import msgspec
 import pytest
 
 from bitinglip.core import FinalEvent
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.chat import ChatChunkChoice, ChatCompletionChunk, DeltaMessage
+from bitinglip.gateway.protocol.completion import CompletionChoice, CompletionRequest, CompletionResponse
 from bitinglip.gateway.serving.base import Prepared, Serving
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
@@ -56,8 +57,8 @@ def test_completion_frame_is_the_struct_encoding(chunk_id: str, model: str) -> N
     for text in TEXTS:
         for finish in FINISHES:
             for index in (0, 7, 123):
-                choice = p.CompletionChoice(index=index, text=text, logprobs=None, finish_reason=finish)
-                struct = p.CompletionResponse(
+                choice = CompletionChoice(index=index, text=text, logprobs=None, finish_reason=finish)
+                struct = CompletionResponse(
                     id=chunk_id, created=1_732_000_000, model=model, choices=[choice], usage=None
                 )
                 got = frame.event(index, text, finish)
@@ -73,8 +74,8 @@ def test_chat_frame_is_the_struct_encoding(chunk_id: str, model: str) -> None:
     for text in TEXTS:
         for finish in FINISHES:
             for index in (0, 3):
-                choice = p.ChatChunkChoice(index=index, delta=p.DeltaMessage(content=text), finish_reason=finish)
-                struct = p.ChatCompletionChunk(id=chunk_id, created=42, model=model, choices=[choice])
+                choice = ChatChunkChoice(index=index, delta=DeltaMessage(content=text), finish_reason=finish)
+                struct = ChatCompletionChunk(id=chunk_id, created=42, model=model, choices=[choice])
                 assert frame.event(index, text, finish) == _event(struct)
 
 
@@ -88,7 +89,7 @@ def test_chunks_that_are_not_plain_have_no_frame() -> None:
 
 
 async def _streamed_params(serving: CompletionServing, engine: ScriptedEngine, stream: bool = True) -> dict[str, Any]:
-    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 4, "stream": stream}, p.CompletionRequest)
+    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 4, "stream": stream}, CompletionRequest)
     prep = await serving.prepare(req, engine)
     assert isinstance(prep.params, dict)
     return prep.params
@@ -113,7 +114,7 @@ async def test_auto_stream_interval_grows_with_the_streams_open(
 async def test_streams_are_counted_while_they_send_and_not_after() -> None:
     engine = ScriptedEngine()
     serving = CompletionServing("auto")
-    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 4, "stream": True}, p.CompletionRequest)
+    req = msgspec.convert({"model": "fake", "prompt": "hi", "max_tokens": 4, "stream": True}, CompletionRequest)
     before = Serving.open_streams
     events = serving.stream(await serving.prepare(req, engine), "r1")
     await anext(events)

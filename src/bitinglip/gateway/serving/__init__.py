@@ -7,7 +7,7 @@ from typing import Literal
 
 from bitinglip.cluster import EngineLookup, Lease, ServedModel
 from bitinglip.core import InvalidInput
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.models import ModelCapabilities, ModelCard, ModelList
 from bitinglip.gateway.serving.background import Background
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
@@ -15,9 +15,9 @@ from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.gateway.serving.embeddings import EmbeddingServing
 
 
-def _capabilities(m: ServedModel) -> p.ModelCapabilities:
+def _capabilities(m: ServedModel) -> ModelCapabilities:
     generates = None if m.embedding is None else not m.embedding
-    return p.ModelCapabilities(
+    return ModelCapabilities(
         chat=m.chat, completions=generates, tools=m.tools, structured_outputs=generates, embeddings=m.embedding
     )
 
@@ -37,11 +37,11 @@ class OpenAIServing:
             raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
         return await self.engines.acquire(model, keep_alive, background=background)
 
-    async def list_models(self) -> p.ModelList:
+    async def list_models(self) -> ModelList:
         created = int(time.time())
-        return p.ModelList(
+        return ModelList(
             data=[
-                p.ModelCard(
+                ModelCard(
                     id=m.name,
                     created=created,
                     max_model_len=m.max_model_len,

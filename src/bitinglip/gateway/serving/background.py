@@ -15,13 +15,14 @@ import msgspec
 
 from bitinglip.cluster import EngineClient, Lease
 from bitinglip.core import InvalidInput, validation_path
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.chat import ChatCompletionRequest
+from bitinglip.gateway.protocol.completion import CompletionRequest
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.tasks import TaskKind
 
-R = TypeVar("R", p.ChatCompletionRequest, p.CompletionRequest)
+R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 
 
 def model_of(payload: dict[str, Any]) -> str:
@@ -65,18 +66,18 @@ class Background:
         }
 
     async def chat(self, payload: dict[str, Any], request_id: str, owner: str = "") -> msgspec.Struct:
-        req = decode(payload, p.ChatCompletionRequest)
+        req = decode(payload, ChatCompletionRequest)
         serving = self.chat_serving
         return await self._run(req, request_id, owner, serving, lambda engine: serving.prepare(req, engine))
 
     async def completion(self, payload: dict[str, Any], request_id: str, owner: str = "") -> msgspec.Struct:
-        req = decode(payload, p.CompletionRequest)
+        req = decode(payload, CompletionRequest)
         serving = self.completion_serving
         return await self._run(req, request_id, owner, serving, lambda engine: serving.prepare(req, engine))
 
     async def _run(
         self,
-        req: p.ChatCompletionRequest | p.CompletionRequest,
+        req: ChatCompletionRequest | CompletionRequest,
         request_id: str,
         owner: str,
         serving: Serving,

@@ -17,7 +17,7 @@ import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, error_response, get_logger
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.sampling import Usage
 
 log = get_logger(__name__)
 
@@ -82,7 +82,7 @@ class Finished(msgspec.Struct, kw_only=True):
     texts: dict[int, str]
     finish: dict[int, str | None]
     logprobs: dict[int, Any]  # each kind's own logprobs shape
-    usage: p.Usage
+    usage: Usage
     prompt_logprobs: dict[int, Any] = msgspec.field(default_factory=dict)  # per prompt, when asked for
 
 
@@ -129,9 +129,9 @@ def refuse_embedding_model(engine: EngineClient, route: str) -> None:
         )
 
 
-def usage(prep: Prepared, completion_tokens: int) -> p.Usage:
+def usage(prep: Prepared, completion_tokens: int) -> Usage:
     prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
-    return p.Usage(
+    return Usage(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
 
@@ -197,7 +197,7 @@ class Serving(ABC):
         return None
 
     @abstractmethod
-    def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> msgspec.Struct:
+    def closing(self, prep: Prepared, chunk_id: str, created: int, used: Usage) -> msgspec.Struct:
         """The usage chunk (no choices) sent last when `stream_options.include_usage` is set."""
 
     # -- the loops

@@ -10,7 +10,22 @@ from typing import Any
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, ToolCallDelta
 from bitinglip.core import InvalidInput
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.chat import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatMessage,
+    DeltaFunction,
+    DeltaMessage,
+    DeltaToolCall,
+    FunctionCallOut,
+    ToolCallOut,
+)
+from bitinglip.gateway.protocol.sampling import Usage
 from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, refuse_embedding_model
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 from bitinglip.gateway.serving.tools import check_tools, history_calls
@@ -18,7 +33,7 @@ from bitinglip.gateway.serving.tools import check_tools, history_calls
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
-def message_text(message: p.ChatMessage, index: int) -> str:
+def message_text(message: ChatMessage, index: int) -> str:
     if message.role not in CHAT_ROLES:
         raise InvalidInput(
             f"messages[{index}].role must be one of {sorted(CHAT_ROLES)}, got {message.role!r}",
@@ -40,7 +55,7 @@ def message_text(message: p.ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def message_dict(message: p.ChatMessage, index: int) -> dict[str, Any]:
+def message_dict(message: ChatMessage, index: int) -> dict[str, Any]:
     """One message as chat templates take it (a call's arguments as an object, a tool turn with its call id)."""
     out: dict[str, Any] = {"role": message.role, "content": message_text(message, index)}
     if message.name is not None:
@@ -61,13 +76,13 @@ def message_dict(message: p.ChatMessage, index: int) -> dict[str, Any]:
     return out
 
 
-def _delta_calls(fragments: list[ToolCallDelta]) -> list[p.DeltaToolCall]:
+def _delta_calls(fragments: list[ToolCallDelta]) -> list[DeltaToolCall]:
     return [
-        p.DeltaToolCall(
+        DeltaToolCall(
             index=f.index,
             id=f.id,
             type="function" if f.id is not None else None,
-            function=p.DeltaFunction(name=f.name, arguments=f.arguments) if f.name or f.arguments is not None else None,
+            function=DeltaFunction(name=f.name, arguments=f.arguments) if f.name or f.arguments is not None else None,
         )
         for f in fragments
     ]
@@ -78,7 +93,7 @@ class ChatServing(Serving):
 
     @classmethod
     async def render(
-        cls, messages: list[p.ChatMessage] | None, engine: EngineClient, tools: list[dict[str, Any]] | None = None
+        cls, messages: list[ChatMessage] | None, engine: EngineClient, tools: list[dict[str, Any]] | None = None
     ) -> tuple[list[int], str]:
         """The prompt (token ids and text) the model's chat template makes of ``messages`` (and ``tools``)."""
         if not messages:
@@ -86,7 +101,7 @@ class ChatServing(Serving):
         text = engine.render_chat([message_dict(m, i) for i, m in enumerate(messages)], tools)
         return await cls.encode(engine, text), text
 
-    async def prepare(self, req: p.ChatCompletionRequest, engine: EngineClient) -> Prepared:
+    async def prepare(self, req: ChatCompletionRequest, engine: EngineClient) -> Prepared:
         refuse_embedding_model(engine, "/v1/chat/completions")
         tools = check_tools(req)
         calls = None
@@ -126,23 +141,22 @@ class ChatServing(Serving):
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
         into.setdefault(index, []).extend(chat_logprobs(out, prep.engine, prep.logprobs or 0))
 
-    def _choice(self, prep: Prepared, done: Finished, index: int, text: str) -> p.ChatChoice:
+    def _choice(self, prep: Prepared, done: Finished, index: int, text: str) -> ChatChoice:
         finish = done.finish.get(index)
-        message = p.AssistantMessage(role="assistant", content=text)
+        message = AssistantMessage(role="assistant", content=text)
         if prep.tools is not None:
             content, calls = prep.tools.parse(text)
             message.content = content
             if calls:
                 message.tool_calls = [
-                    p.ToolCallOut(id=c.id, function=p.FunctionCallOut(name=c.name, arguments=c.arguments))
-                    for c in calls
+                    ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls
                 ]
                 finish = "tool_calls" if finish == "stop" else finish
-        logprobs = p.ChatLogprobs(content=done.logprobs.get(index, [])) if prep.logprobs is not None else None
-        return p.ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
+        logprobs = ChatLogprobs(content=done.logprobs.get(index, [])) if prep.logprobs is not None else None
+        return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
 
-    def response(self, prep: Prepared, request_id: str, done: Finished) -> p.ChatCompletionResponse:
-        return p.ChatCompletionResponse(
+    def response(self, prep: Prepared, request_id: str, done: Finished) -> ChatCompletionResponse:
+        return ChatCompletionResponse(
             id=self.id_prefix + request_id,
             created=done.created,
             model=prep.model,
@@ -150,9 +164,9 @@ class ChatServing(Serving):
             usage=done.usage,
         )
 
-    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.ChatCompletionChunk]:
-        role = [p.ChatChunkChoice(index=i, delta=p.DeltaMessage(role="assistant", content="")) for i in range(prep.n)]
-        return [p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=role)]
+    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[ChatCompletionChunk]:
+        role = [ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(prep.n)]
+        return [ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=role)]
 
     def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
         if prep.tools is not None or prep.logprobs is not None:
@@ -175,21 +189,21 @@ class ChatServing(Serving):
         out: CompletionDelta,
         offset: int,
         output: EngineOutput,
-    ) -> p.ChatCompletionChunk | None:
+    ) -> ChatCompletionChunk | None:
         lp = None
         if prep.logprobs is not None and out.logprobs:
-            lp = p.ChatLogprobs(content=chat_logprobs(out, prep.engine, prep.logprobs))
+            lp = ChatLogprobs(content=chat_logprobs(out, prep.engine, prep.logprobs))
         finish = out.finish_reason
-        delta = p.DeltaMessage(content=out.text)
+        delta = DeltaMessage(content=out.text)
         if prep.tools is not None:
             content, fragments = prep.tools.parse_delta(index, out.text, out.token_ids, finish is not None)
-            delta = p.DeltaMessage(content=content, tool_calls=_delta_calls(fragments) or None)
+            delta = DeltaMessage(content=content, tool_calls=_delta_calls(fragments) or None)
             if finish == "stop" and prep.tools.called(index):
                 finish = "tool_calls"
             if content is None and not fragments and finish is None and lp is None:
                 return None  # held back: may be the start of a call
-        choice = p.ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=finish)
-        return p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[choice])
+        choice = ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=finish)
+        return ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[choice])
 
-    def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> p.ChatCompletionChunk:
-        return p.ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)
+    def closing(self, prep: Prepared, chunk_id: str, created: int, used: Usage) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)

@@ -11,7 +11,13 @@ from typing import Any
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import InvalidInput
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.completion import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
+from bitinglip.gateway.protocol.sampling import Usage
 from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, refuse_embedding_model, token_ids
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
 
@@ -41,7 +47,7 @@ class CompletionServing(Serving):
                 raise InvalidInput(f"`prompt` must be {PROMPT_SHAPES}; prompt[{i}] is not", param=f"prompt.{i}")
         return prompts
 
-    async def prepare(self, req: p.CompletionRequest, engine: EngineClient) -> Prepared:
+    async def prepare(self, req: CompletionRequest, engine: EngineClient) -> Prepared:
         refuse_embedding_model(engine, "/v1/completions")
         prompts = await self._prompts(req.prompt, engine)
         args = req.sampling_args(max(len(ids) for ids, _ in prompts), engine.max_model_len)
@@ -65,28 +71,28 @@ class CompletionServing(Serving):
         )
 
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
-        target = into.setdefault(index, p.CompletionLogprobs())
+        target = into.setdefault(index, CompletionLogprobs())
         extend_completion_logprobs(target, out.token_ids, out.logprobs or [], prep.engine, prep.logprobs or 0, offset)
 
-    def _echo(self, prep: Prepared, index: int, prompt_logprobs: Any) -> tuple[str, p.CompletionLogprobs | None]:
+    def _echo(self, prep: Prepared, index: int, prompt_logprobs: Any) -> tuple[str, CompletionLogprobs | None]:
         """The echoed prompt of choice ``index`` and, when asked for, its tokens' logprobs."""
         ids, text = prep.prompts[index // prep.n]
         if prep.logprobs is None:
             return text or "", None
-        lp = p.CompletionLogprobs()
+        lp = CompletionLogprobs()
         extend_completion_logprobs(lp, ids, prompt_logprobs or [None] * len(ids), prep.engine, prep.logprobs, 0)
         return text or "", lp
 
-    def response(self, prep: Prepared, request_id: str, done: Finished) -> p.CompletionResponse:
+    def response(self, prep: Prepared, request_id: str, done: Finished) -> CompletionResponse:
         choices = []
         for i, generated in done.texts.items():
             text, lp = "", None
             if prep.echo:
                 text, lp = self._echo(prep, i, done.prompt_logprobs.get(i // prep.n))
             if prep.logprobs is not None:
-                lp = lp or p.CompletionLogprobs()
+                lp = lp or CompletionLogprobs()
                 if not prep.score_only:
-                    tail = done.logprobs.get(i, p.CompletionLogprobs())
+                    tail = done.logprobs.get(i, CompletionLogprobs())
                     shift = len(text)
                     lp.tokens += tail.tokens
                     lp.token_logprobs += tail.token_logprobs
@@ -95,20 +101,20 @@ class CompletionServing(Serving):
             if not prep.score_only:
                 text += generated
             finish = "length" if prep.score_only else done.finish.get(i)
-            choices.append(p.CompletionChoice(index=i, text=text, logprobs=lp, finish_reason=finish))
-        return p.CompletionResponse(
+            choices.append(CompletionChoice(index=i, text=text, logprobs=lp, finish_reason=finish))
+        return CompletionResponse(
             id=self.id_prefix + request_id, created=done.created, model=prep.model, choices=choices, usage=done.usage
         )
 
-    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[p.CompletionResponse]:
+    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[CompletionResponse]:
         if not prep.echo or prep.logprobs is not None:  # echoed logprobs come with the engine's first output
             return []
         return [
-            p.CompletionResponse(
+            CompletionResponse(
                 id=chunk_id,
                 created=created,
                 model=prep.model,
-                choices=[p.CompletionChoice(index=i * prep.n + j, text=text or "")],
+                choices=[CompletionChoice(index=i * prep.n + j, text=text or "")],
                 usage=None,
             )
             for i, (_, text) in enumerate(prep.prompts)
@@ -136,7 +142,7 @@ class CompletionServing(Serving):
         out: CompletionDelta,
         offset: int,
         output: EngineOutput,
-    ) -> p.CompletionResponse | None:
+    ) -> CompletionResponse | None:
         text, lp, shift = "", None, 0
         if prep.echo and prep.logprobs is not None:
             shift = len(prep.prompts[index // prep.n][1] or "")
@@ -146,13 +152,13 @@ class CompletionServing(Serving):
         if not prep.score_only:
             text += out.text
             if prep.logprobs is not None and out.logprobs:
-                lp = lp or p.CompletionLogprobs()
+                lp = lp or CompletionLogprobs()
                 extend_completion_logprobs(lp, out.token_ids, out.logprobs, prep.engine, prep.logprobs, offset + shift)
         finish = "length" if prep.score_only and out.finish_reason is not None else out.finish_reason
         if not text and lp is None and finish is None:
             return None
-        choice = p.CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=finish)
-        return p.CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[choice], usage=None)
+        choice = CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=finish)
+        return CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[choice], usage=None)
 
-    def closing(self, prep: Prepared, chunk_id: str, created: int, used: p.Usage) -> p.CompletionResponse:
-        return p.CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)
+    def closing(self, prep: Prepared, chunk_id: str, created: int, used: Usage) -> CompletionResponse:
+        return CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bitinglip.cluster import EngineClient
 from bitinglip.core import InvalidInput
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally, token_ids
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
@@ -54,7 +54,7 @@ class EmbeddingServing:
                 )
         return inputs
 
-    async def prepare(self, req: p.EmbeddingRequest, engine: EngineClient) -> Prepared:
+    async def prepare(self, req: EmbeddingRequest, engine: EngineClient) -> Prepared:
         if not engine.embedding:
             raise InvalidInput(
                 f"model {engine.served_name} does not serve embeddings (see `capabilities` in /v1/models)",
@@ -76,18 +76,18 @@ class EmbeddingServing:
             priority=req.priority,
         )
 
-    async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> p.EmbeddingResponse:
+    async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> EmbeddingResponse:
         req = prep.params
-        assert isinstance(req, p.EmbeddingRequest)
+        assert isinstance(req, EmbeddingRequest)
         # Cancelled (the client left): gather cancels every input's engine request, which aborts it.
         vectors = await asyncio.gather(
             *(prep.engine.embed(ids, req.dimensions, f"{request_id}-{i}") for i, (ids, _) in enumerate(prep.prompts))
         )
         tokens = sum(len(ids) for ids, _ in prep.prompts)
         data = [
-            p.Embedding(index=i, embedding=as_base64(v) if req.encoding_format == "base64" else v)
+            Embedding(index=i, embedding=as_base64(v) if req.encoding_format == "base64" else v)
             for i, v in enumerate(vectors)
         ]
-        return p.EmbeddingResponse(
-            data=data, model=prep.model, usage=p.EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+        return EmbeddingResponse(
+            data=data, model=prep.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from bitinglip.cluster import CompletionDelta, EngineClient, TokenLogprob
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.chat import ChatTokenLogprob
+from bitinglip.gateway.protocol.completion import CompletionLogprobs
+from bitinglip.gateway.protocol.sampling import TopLogprob
 
 FLOOR = -9999.0  # OpenAI's value for "impossible"; -inf is not JSON
 
@@ -33,9 +35,9 @@ def _ranked(position: Mapping[int, TokenLogprob], top_k: int) -> list[tuple[int,
     return sorted(position.items(), key=lambda kv: kv[1].rank if kv[1].rank is not None else 1 << 30)[:top_k]
 
 
-def chat_logprobs(out: CompletionDelta, engine: EngineClient, top_k: int) -> list[p.ChatTokenLogprob]:
+def chat_logprobs(out: CompletionDelta, engine: EngineClient, top_k: int) -> list[ChatTokenLogprob]:
     """This delta's tokens in the chat shape."""
-    tokens: list[p.ChatTokenLogprob] = []
+    tokens: list[ChatTokenLogprob] = []
     for token_id, position in zip(out.token_ids, out.logprobs or [], strict=False):
         if position is None:
             continue
@@ -44,14 +46,14 @@ def chat_logprobs(out: CompletionDelta, engine: EngineClient, top_k: int) -> lis
         tops = []
         for tid, lp in _ranked(position, top_k):
             text, raw_top, _ = token_repr(lp, tid, engine)
-            tops.append(p.TopLogprob(token=text, logprob=max(lp.logprob, FLOOR), bytes=raw_top))
+            tops.append(TopLogprob(token=text, logprob=max(lp.logprob, FLOOR), bytes=raw_top))
         value = max(sampled.logprob, FLOOR) if sampled is not None else FLOOR
-        tokens.append(p.ChatTokenLogprob(token=token, logprob=value, bytes=raw, top_logprobs=tops))
+        tokens.append(ChatTokenLogprob(token=token, logprob=value, bytes=raw, top_logprobs=tops))
     return tokens
 
 
 def extend_completion_logprobs(
-    into: p.CompletionLogprobs,
+    into: CompletionLogprobs,
     token_ids: Sequence[int],
     positions: Sequence[Mapping[int, TokenLogprob] | None],
     engine: EngineClient,

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from bitinglip.core import InvalidInput
-from bitinglip.gateway import protocol as p
+from bitinglip.gateway.protocol.chat import ChatCompletionRequest, ChatMessage, NamedToolChoice
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 MAX_TOOLS = 128  # OpenAI's limit
@@ -28,7 +28,7 @@ class ToolRequest(msgspec.Struct, kw_only=True):
     parallel: bool
 
 
-def check_tools(req: p.ChatCompletionRequest) -> ToolRequest | None:
+def check_tools(req: ChatCompletionRequest) -> ToolRequest | None:
     """The request's tools, checked; None when it sends none."""
     if not req.tools:
         if req.tools is not None:
@@ -52,7 +52,7 @@ def check_tools(req: p.ChatCompletionRequest) -> ToolRequest | None:
         if function.parameters is not None:
             _check_schema(function.parameters, f"tools.{i}.function.parameters")
     choice: str | dict[str, Any] = "auto"
-    if isinstance(req.tool_choice, p.NamedToolChoice):
+    if isinstance(req.tool_choice, NamedToolChoice):
         if req.tool_choice.function.name not in names:
             raise InvalidInput(
                 f"`tool_choice` names {req.tool_choice.function.name!r}, which is not among `tools` "
@@ -89,7 +89,7 @@ def _check_schema(schema: dict[str, Any], param: str) -> None:
         raise InvalidInput(f"`{param}` must describe an object (type: object), got {schema['type']!r}", param=param)
 
 
-def history_calls(message: p.ChatMessage, index: int) -> list[dict[str, Any]]:
+def history_calls(message: ChatMessage, index: int) -> list[dict[str, Any]]:
     """An assistant turn's calls for the chat template, with their arguments as objects (as templates expect)."""
     if message.role != "assistant":
         raise InvalidInput(

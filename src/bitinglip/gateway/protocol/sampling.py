@@ -1,9 +1,5 @@
-"""OpenAI wire types as msgspec structs, named as OpenAI and vLLM name them.
-
-A request field BitingLip does not serve is refused (400 naming it), and every field it reads is typed, so a
-wrong type is a 400 naming the field. Each request maps itself to the engine's sampling arguments
-(`sampling_args`), checking every value on the way, so serving code never reads sampling fields one by one.
-"""
+"""Sampling parameters every generation request shares, checked and mapped to the engine's arguments; the
+usage and logprob shapes every response shares."""
 
 from __future__ import annotations
 
@@ -13,79 +9,10 @@ import msgspec
 
 from bitinglip.core import InvalidInput
 
-# The response shapes live in `responses`; re-exported so every wire type is `protocol.X`.
-from bitinglip.gateway.responses import (
-    AssistantMessage as AssistantMessage,
-)
-from bitinglip.gateway.responses import (
-    ChatChoice as ChatChoice,
-)
-from bitinglip.gateway.responses import (
-    ChatChunkChoice as ChatChunkChoice,
-)
-from bitinglip.gateway.responses import (
-    ChatCompletionChunk as ChatCompletionChunk,
-)
-from bitinglip.gateway.responses import (
-    ChatCompletionResponse as ChatCompletionResponse,
-)
-from bitinglip.gateway.responses import (
-    ChatLogprobs as ChatLogprobs,
-)
-from bitinglip.gateway.responses import (
-    ChatTokenLogprob as ChatTokenLogprob,
-)
-from bitinglip.gateway.responses import (
-    CompletionChoice as CompletionChoice,
-)
-from bitinglip.gateway.responses import (
-    CompletionLogprobs as CompletionLogprobs,
-)
-from bitinglip.gateway.responses import (
-    CompletionResponse as CompletionResponse,
-)
-from bitinglip.gateway.responses import (
-    DeltaFunction as DeltaFunction,
-)
-from bitinglip.gateway.responses import (
-    DeltaMessage as DeltaMessage,
-)
-from bitinglip.gateway.responses import (
-    DeltaToolCall as DeltaToolCall,
-)
-from bitinglip.gateway.responses import (
-    Embedding as Embedding,
-)
-from bitinglip.gateway.responses import (
-    EmbeddingResponse as EmbeddingResponse,
-)
-from bitinglip.gateway.responses import (
-    EmbeddingUsage as EmbeddingUsage,
-)
-from bitinglip.gateway.responses import (
-    FunctionCallOut as FunctionCallOut,
-)
-from bitinglip.gateway.responses import (
-    ModelCapabilities as ModelCapabilities,
-)
-from bitinglip.gateway.responses import (
-    ModelCard as ModelCard,
-)
-from bitinglip.gateway.responses import (
-    ModelList as ModelList,
-)
-from bitinglip.gateway.responses import (
-    ToolCallOut as ToolCallOut,
-)
-from bitinglip.gateway.responses import (
-    TopLogprob as TopLogprob,
-)
-from bitinglip.gateway.responses import (
-    Usage as Usage,
-)
-
 MAX_N = 128
+
 MAX_LOGPROBS = 20
+
 MAX_STOP = 16
 
 
@@ -94,7 +21,7 @@ def check_range(name: str, value: float | None, low: float, high: float) -> None
         raise InvalidInput(f"`{name}` must be between {low:g} and {high:g}, got {value}", param=name)
 
 
-class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class StrictRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A request field BitingLip does not serve is refused (400 naming it), never accepted and dropped: a client
     that asks for tools or a setting we ignore would otherwise fail later, on an answer it did not ask for."""
 
@@ -104,56 +31,9 @@ class StreamOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     continuous_usage_stats: bool = False
 
 
-class ContentPart(msgspec.Struct, kw_only=True):
-    type: str
-    text: str | None = None
-
-
-class FunctionCallIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    arguments: str  # a JSON text, as the model's answer gave it
-
-
-class MessageToolCall(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A call an earlier assistant turn made, sent back in the history."""
-
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCallIn
-
-
-class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    role: str
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[MessageToolCall] | None = None  # an assistant turn's calls
-    tool_call_id: str | None = None  # a tool turn: the call it answers
-    refusal: str | None = None  # an assistant turn that refused (the client sends back what it got)
-
-
-class FunctionDefinition(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
-    strict: bool | None = None
-
-
-class Tool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    name: str
-
-
-class NamedToolChoice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    type: Literal["function"]
-    function: NamedFunction
-
-
 # vLLM's structured outputs (`extra_body={"structured_outputs": {...}}`): one constraint, and options.
 CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
+
 STRUCTURED_OPTIONS = frozenset({"disable_any_whitespace", "disable_additional_properties", "whitespace_pattern"})
 
 
@@ -214,7 +94,7 @@ def structured_outputs(given: dict[str, Any] | None, response_format: ResponseFo
     return given
 
 
-class _Sampling(_Request):
+class SamplingRequest(StrictRequest):
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -304,97 +184,13 @@ class _Sampling(_Request):
         return args
 
 
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] | None = None
-    max_completion_tokens: int | None = None
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    response_format: ResponseFormat | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-
-    def top_logprobs_asked(self) -> int | None:
-        """How many alternatives per token to return; None for no logprobs at all."""
-        if self.logprobs:
-            top = self.top_logprobs or 0
-            check_range("top_logprobs", top, 0, MAX_LOGPROBS)
-            return top
-        if self.top_logprobs:
-            raise InvalidInput("`top_logprobs` needs `logprobs` set to true", param="top_logprobs")
-        return None
-
-    def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
-        top = self.top_logprobs_asked()
-        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        args = self._sampling_args(max_tokens, prompt_len, max_model_len, "messages")
-        if top is not None:
-            args["logprobs"] = top
-        if (structured := structured_outputs(self.structured_outputs, self.response_format)) is not None:
-            args["structured_outputs"] = structured
-        return args
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
 
 
-class CompletionRequest(_Sampling):
-    # str, list of str, or list of token ids: msgspec cannot type a union of two list types; serving checks it.
-    prompt: str | list[Any] | None = None
-    logprobs: int | None = None
-    echo: bool = False
-
-    @property
-    def score_only(self) -> bool:
-        """`echo` with `max_tokens: 0`: the prompt scored (its logprobs), nothing generated, as evaluation
-        harnesses ask for log-likelihoods."""
-        return self.echo and self.max_tokens == 0
-
-    def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
-        check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
-        max_tokens = self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
-        # The engine cannot generate nothing: scoring asks it for one token, which nobody sees or pays for.
-        args = self._sampling_args(1 if self.score_only else max_tokens, prompt_len, max_model_len, "prompt")
-        if self.logprobs is not None:
-            args["logprobs"] = self.logprobs
-            if self.echo:  # the prompt's tokens get theirs too (the first has none: nothing predicts it)
-                args["prompt_logprobs"] = self.logprobs
-        if (structured := structured_outputs(self.structured_outputs, None)) is not None:
-            args["structured_outputs"] = structured
-        return args
-
-
-class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /tokenize` as `vllm serve` takes it: a `prompt` (as /v1/completions tokenizes it) or `messages`
-    (through the chat template, as /v1/chat/completions does), so `count` is the `prompt_tokens` a request gets."""
-
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[Tool] | None = None  # with messages: rendered into the prompt as a chat request's tools are
-    return_token_strs: bool = False
-
-
-class TokenizeResponse(msgspec.Struct, kw_only=True):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: list[str] | None = None
-
-
-class DetokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    model: str | None = None
-    tokens: list[int]
-
-
-class DetokenizeResponse(msgspec.Struct, kw_only=True):
-    prompt: str
-
-
-class EmbeddingRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`POST /v1/embeddings`: a string, a list of strings, token ids, or lists of token ids."""
-
-    model: str | None = None
-    input: str | list[Any]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
-    priority: int = 0
-    keep_alive: float | str | None = None
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
