@@ -14,16 +14,18 @@ from typing import Any
 
 from litestar import Litestar
 
-from bitinglip.cluster import Cluster, ClusterPlugin, supported_architectures
+from bitinglip.cluster import Cluster, ClusterPlugin, EngineLookup, supported_architectures
 from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
 from bitinglip.gateway import (
     Accounting,
     Authenticator,
+    Background,
     GatewayPlugin,
     KeyStore,
     MemoryLimitStore,
     Metrics,
     OpenAIServing,
+    Pipeline,
     UsageRecorder,
     auth_enabled,
     deployment_families,
@@ -37,11 +39,15 @@ log = get_logger(__name__)
 
 
 class Components:
-    """Everything the app is made of, built without I/O; the CLI and tests reach the services here."""
+    """Everything the app is made of, built without I/O; the CLI and tests reach the services here.
 
-    def __init__(self, loaded: LoadedSettings) -> None:
+    ``engines``: where requests find their engines, in place of the cluster's vLLM engines (tests give a scripted
+    stand-in; the cluster is still built and mounted, with whatever deployments the settings declare)."""
+
+    def __init__(self, loaded: LoadedSettings, *, engines: EngineLookup | None = None) -> None:
         settings = loaded.settings
         self.loaded = loaded
+        self._engines = engines
         self.settings = settings
         self.db = Database(settings.db)
         models_dir = Path(settings.models.dir)
@@ -61,11 +67,17 @@ class Components:
     def cluster(self) -> Cluster:
         return Cluster(self.settings.cluster, _Catalog(self.models), run_dir=self.loaded.home / "run")
 
+    @property
+    def engines(self) -> EngineLookup:
+        return self._engines if self._engines is not None else self.cluster
+
     @functools.cached_property
     def openai(self) -> OpenAIServing:
-        openai = OpenAIServing(self.cluster, stream_interval=self.settings.gateway.stream_interval)
-        openai.background.record = self.usage.record  # tasks and batch lines count in their key's usage
-        return openai
+        return OpenAIServing(self.engines, stream_interval=self.settings.gateway.stream_interval)
+
+    @functools.cached_property
+    def pipeline(self) -> Pipeline:
+        return Pipeline(self.engines, self.accounting)
 
     def authenticator(self) -> Authenticator | None:
         """The key check when auth is on (None when off); SettingsError for a public address without it."""
@@ -76,7 +88,8 @@ class Components:
     @functools.cached_property
     def queue(self) -> TaskQueue:
         queue = TaskQueue(TaskStore(self.db), self.settings.tasks, _Capacity(self.cluster))
-        for kind, handler in self.openai.background.kinds().items():
+        background = Background(self.pipeline, self.openai.chat, self.openai.completion)
+        for kind, handler in background.kinds().items():
             queue.register(kind, handler)
         return queue
 
@@ -162,9 +175,10 @@ class _Capacity:
         return {m.name for m in await self.cluster.served_models()}
 
 
-def create_app(loaded: LoadedSettings | None = None) -> Litestar:
-    loaded = loaded or load_settings()
-    components = Components(loaded)
+def create_app(loaded: LoadedSettings | None = None, *, components: Components | None = None) -> Litestar:
+    """The app; ``components`` when the caller built them (tests, to reach the services), else from ``loaded``."""
+    components = components or Components(loaded or load_settings())
+    loaded = components.loaded
     auth = components.authenticator()
     components.cluster.check()
 
@@ -178,7 +192,7 @@ def create_app(loaded: LoadedSettings | None = None) -> Litestar:
             CorePlugin(access_log=loaded.settings.server.access_log, observers=[components.metrics.observe_http]),
             ModelsPlugin(components.models),
             ClusterPlugin(components.cluster),
-            GatewayPlugin(components.openai, components.accounting, components.keys, auth),
+            GatewayPlugin(components.openai, components.pipeline, components.keys, auth),
             TasksPlugin(components.batches),
         ],
         lifespan=[lifespan],

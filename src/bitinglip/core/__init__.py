@@ -18,7 +18,7 @@ from bitinglip.core.errors import (
     Unavailable,
     validation_path,
 )
-from bitinglip.core.events import Events, EventStream, FinalEvent
+from bitinglip.core.events import Events, FinalEvent
 from bitinglip.core.heap import settle as settle_heap
 from bitinglip.core.http import (
     EVENT_STREAM,
@@ -27,6 +27,13 @@ from bitinglip.core.http import (
     error_response,
     error_responses,
     handle_error,
+)
+from bitinglip.core.litestar_internals import (
+    EventStream,
+    handler_body_limit,
+    route_handler_of,
+    send_error,
+    skipped_by_bypass,
 )
 from bitinglip.core.logging import configure_logging, get_logger
 from bitinglip.core.plugin import CorePlugin
@@ -81,11 +88,15 @@ __all__ = [
     "error_responses",
     "get_logger",
     "handle_error",
+    "handler_body_limit",
     "is_secret",
     "load_settings",
     "metadata",
     "migration",
     "parse_duration",
+    "route_handler_of",
+    "send_error",
     "settle_heap",
+    "skipped_by_bypass",
     "validation_path",
 ]

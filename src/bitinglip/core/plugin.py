@@ -11,6 +11,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPlugin
 
 from bitinglip.core.http import Observer, RequestIdMiddleware, complete_openapi, handle_error, health
+from bitinglip.core.litestar_internals import check as check_litestar
+from bitinglip.core.litestar_internals import wrap_whole_app
 
 
 class CorePlugin(InitPlugin):
@@ -32,9 +34,9 @@ class CorePlugin(InitPlugin):
 
     def _wrap_whole_app(self, app: Litestar) -> None:
         # Litestar runs middleware only on matched routes; request ids and the access log are for every
-        # request, a 404 or a 405 too, so they wrap the app's ASGI handler (the way Litestar's own
-        # OpenTelemetry plugin does). The exception handler sits inside: its log lines carry the id.
-        if not isinstance(app.asgi_handler, RequestIdMiddleware):
-            app.asgi_handler = RequestIdMiddleware(
-                app.asgi_handler, access_log=self.access_log, observers=self.observers
-            )
+        # request, a 404 or a 405 too, so they wrap the app's ASGI handler. The exception handler sits inside:
+        # its log lines carry the id.
+        check_litestar()
+        wrap_whole_app(
+            app, lambda inner: RequestIdMiddleware(inner, access_log=self.access_log, observers=self.observers)
+        )

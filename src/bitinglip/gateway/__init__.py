@@ -1,11 +1,13 @@
-"""The OpenAI-compatible edge: wire types, serving (chat, completions, logprobs), routes; API keys, limits,
-usage and metrics."""
+"""The OpenAI-compatible edge: the generation pipeline every request goes through, wire types, codecs (chat,
+completions, embeddings), routes; API keys, limits, usage and metrics."""
 
 from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.auth import Authenticator, auth_enabled
+from bitinglip.gateway.background import Background
 from bitinglip.gateway.keys import ApiKey, KeyCreate, KeyStore, KeyView, NewKey, view
 from bitinglip.gateway.limits import LimitStore, MemoryLimitStore
 from bitinglip.gateway.metrics import Metrics, deployment_families, pull_families, task_families
+from bitinglip.gateway.pipeline import Call, Pipeline
 from bitinglip.gateway.plugin import GatewayPlugin
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.usage import UsageRecorder, UsageReport, UsageRow
@@ -14,6 +16,8 @@ __all__ = [
     "Accounting",
     "ApiKey",
     "Authenticator",
+    "Background",
+    "Call",
     "GatewayPlugin",
     "KeyCreate",
     "KeyStore",
@@ -23,6 +27,7 @@ __all__ = [
     "Metrics",
     "NewKey",
     "OpenAIServing",
+    "Pipeline",
     "UsageRecorder",
     "UsageReport",
     "UsageRow",

@@ -37,11 +37,16 @@ class Accounting:
     def rate_headers(self, key: ApiKey) -> list[tuple[bytes, bytes]]:
         return rate_headers(self.limits, key_bucket(key))
 
-    def begin(self, state: MutableMapping[str, Any], model: str | None) -> Exchange:
-        """Open the books of a request for ``model`` made with the key in ``state`` (none while auth is off)."""
+    def begin(self, state: MutableMapping[str, Any], model: str | None, *, owner: str | None = None) -> Exchange:
+        """Open the books of a request for ``model`` made with the key in ``state`` (none while auth is off).
+
+        ``owner``: background work queued by that key (its model list was checked when it was queued): counted
+        in its usage and the metrics as a live request is, its per-minute limits not applied."""
         model = model or ""
-        key: ApiKey | None = state.get("key")
         state["model"] = model
+        if owner is not None:
+            return Exchange(self, state, owner, model)
+        key: ApiKey | None = state.get("key")
         exchange = Exchange(self, state, key.id if key is not None else "", model)
         if key is not None:
             try:

@@ -9,22 +9,22 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPlugin
 
-from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.admin import KeysController, UsageController, metrics_route
-from bitinglip.gateway.api import Generation, OpenAIController
+from bitinglip.gateway.api import OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
 from bitinglip.gateway.fast import FastGeneration
+from bitinglip.gateway.generation import Generation
 from bitinglip.gateway.keys import KeyStore
+from bitinglip.gateway.pipeline import Pipeline
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.tokenize import TokenizeController
 
 
 class GatewayPlugin(InitPlugin):
-    def __init__(
-        self, openai: OpenAIServing, accounting: Accounting, keys: KeyStore, auth: Authenticator | None
-    ) -> None:
+    def __init__(self, openai: OpenAIServing, pipeline: Pipeline, keys: KeyStore, auth: Authenticator | None) -> None:
         self.openai = openai
-        self.accounting = accounting
+        self.pipeline = pipeline
+        self.accounting = pipeline.accounting
         self.keys = keys
         self.auth = auth  # None: auth is off
 
@@ -32,9 +32,10 @@ class GatewayPlugin(InitPlugin):
         app_config.route_handlers.extend(
             [OpenAIController, TokenizeController, KeysController, UsageController, metrics_route]
         )
-        generation = Generation(self.openai, self.accounting)
+        generation = Generation(self.pipeline, self.openai.codecs())
         provided: dict[str, Any] = {
             "openai": self.openai,
+            "pipeline": self.pipeline,
             "generation": generation,
             "accounting": self.accounting,
             "usage": self.accounting.usage,

@@ -12,16 +12,10 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from bitinglip.core import InvalidInput, error_responses
-from bitinglip.gateway.keys import ApiKey
+from bitinglip.gateway.pipeline import Pipeline
 from bitinglip.gateway.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from bitinglip.gateway.serving import ChatServing, OpenAIServing
+from bitinglip.gateway.serving import ChatServing
 from bitinglip.gateway.serving.base import Serving
-
-
-def _allowed(request: Request[Any, Any, Any], model: str | None) -> None:
-    key: ApiKey | None = request.scope["state"].get("key")
-    if key is not None:
-        key.check_model(model)
 
 
 class TokenizeController(Controller):
@@ -36,14 +30,13 @@ class TokenizeController(Controller):
         responses=error_responses(400, 401, 403, 404, 503),
     )
     async def tokenize(
-        self, openai: NamedDependency[OpenAIServing], request: Request[Any, Any, Any], data: JSONBody[TokenizeRequest]
+        self, pipeline: NamedDependency[Pipeline], request: Request[Any, Any, Any], data: JSONBody[TokenizeRequest]
     ) -> TokenizeResponse:
         if (data.prompt is None) == (data.messages is None):
             raise InvalidInput("send exactly one of `prompt` and `messages`", param="prompt")
         if data.tools and data.messages is None:
             raise InvalidInput("`tools` go with `messages`", param="tools")
-        _allowed(request, data.model)
-        lease = await openai.acquire(data.model, None)
+        lease = await pipeline.lease(request.scope["state"], data.model)
         try:
             engine = lease.engine
             if data.messages is not None:
@@ -65,12 +58,11 @@ class TokenizeController(Controller):
     )
     async def detokenize(
         self,
-        openai: NamedDependency[OpenAIServing],
+        pipeline: NamedDependency[Pipeline],
         request: Request[Any, Any, Any],
         data: JSONBody[DetokenizeRequest],
     ) -> DetokenizeResponse:
-        _allowed(request, data.model)
-        lease = await openai.acquire(data.model, None)
+        lease = await pipeline.lease(request.scope["state"], data.model)
         try:
             return DetokenizeResponse(prompt=lease.engine.decode(data.tokens))
         finally:

@@ -3,8 +3,6 @@ SQLite file: what the gateway's unit tests run against."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,17 +10,9 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 
-from bitinglip.core import CorePlugin, Database, DbSettings, GatewaySettings
-from bitinglip.gateway import (
-    Accounting,
-    Authenticator,
-    GatewayPlugin,
-    KeyStore,
-    MemoryLimitStore,
-    Metrics,
-    OpenAIServing,
-    UsageRecorder,
-)
+from bitinglip.app import Components, create_app
+from bitinglip.core import Database, LoadedSettings, Settings
+from bitinglip.gateway import KeyStore, LimitStore, Metrics, OpenAIServing, Pipeline, UsageRecorder
 from doubles import FakeEngines, ScriptedEngine
 
 
@@ -30,39 +20,35 @@ from doubles import FakeEngines, ScriptedEngine
 class Gateway:
     app: Litestar
     serving: OpenAIServing
+    pipeline: Pipeline
     db: Database
     keys: KeyStore
     usage: UsageRecorder
     metrics: Metrics
-    limits: MemoryLimitStore
+    limits: LimitStore
 
 
-def build_gateway(engine: ScriptedEngine, data: Path, *, auth: bool = False, **settings: Any) -> Gateway:
-    gateway_settings = msgspec.convert(settings, GatewaySettings)
-    db = Database(DbSettings(url=f"sqlite+aiosqlite:///{data / 'gateway.db'}"))
-    serving = OpenAIServing(FakeEngines(engine))
-    keys = KeyStore(db)
-    usage = UsageRecorder(db, flush_s=3600)  # the tests flush when they want to read
-    metrics = Metrics()
-    limits = MemoryLimitStore()
-    accounting = Accounting(limits, usage, metrics, gateway_settings)
-
-    @asynccontextmanager
-    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
-        await db.start()
-        await usage.start()
-        try:
-            yield
-        finally:
-            await usage.stop()
-            await db.stop()
-
-    app = Litestar(
-        plugins=[
-            CorePlugin(observers=[metrics.observe_http]),
-            GatewayPlugin(serving, accounting, keys, Authenticator(keys, gateway_settings) if auth else None),
-        ],
-        lifespan=[lifespan],
-        logging_config=None,
+def build_gateway(engine: ScriptedEngine, data: Path, *, auth: bool = False, **gateway: Any) -> Gateway:
+    """The app as `create_app` builds it, its engines one scripted engine, no deployment declared."""
+    tree = {
+        "db": {"url": f"sqlite+aiosqlite:///{data / 'gateway.db'}"},
+        "models": {"dir": str(data / "models"), "offline": True},
+        "tasks": {"files_dir": str(data / "files")},
+        "cluster": {"model": "", "embedding_model": ""},
+        # The tests flush usage when they want to read it.
+        "gateway": {"auth": auth, "usage_flush_s": 3600, **gateway},
+        "server": {"access_log": True},
+    }
+    loaded = LoadedSettings(settings=msgspec.convert(tree, Settings), sources={}, home=data, settings_dir=None)
+    components = Components(loaded, engines=FakeEngines(engine))
+    app = create_app(components=components)
+    return Gateway(
+        app,
+        components.openai,
+        components.pipeline,
+        components.db,
+        components.keys,
+        components.usage,
+        components.metrics,
+        components.accounting.limits,
     )
-    return Gateway(app, serving, db, keys, usage, metrics, limits)

@@ -1,15 +1,14 @@
-"""OpenAI chat and text completions over the engines (no Litestar here); `OpenAIServing` is what the routes call."""
+"""OpenAI's codecs (chat, text completions, embeddings: how each prepares its request and renders the engine's
+output) and its model list; no Litestar here. The pipeline (pipeline.py) runs them."""
 
 from __future__ import annotations
 
 import time
 from typing import Literal
 
-from bitinglip.cluster import EngineLookup, Lease, ServedModel
-from bitinglip.core import InvalidInput
+from bitinglip.cluster import EngineLookup, ServedModel
 from bitinglip.gateway.protocol.models import ModelCapabilities, ModelCard, ModelList
-from bitinglip.gateway.serving.background import Background
-from bitinglip.gateway.serving.base import Prepared, Serving, Tally
+from bitinglip.gateway.serving.base import Codec, Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.gateway.serving.embeddings import EmbeddingServing
@@ -28,14 +27,10 @@ class OpenAIServing:
         self.chat = ChatServing(stream_interval)
         self.completion = CompletionServing(stream_interval)
         self.embeddings = EmbeddingServing()
-        # The task kinds ("chat", "completion") the app registers with the task queue.
-        self.background = Background(self.acquire, self.chat, self.completion)
 
-    async def acquire(self, model: str | None, keep_alive: float | str | None, *, background: bool = False) -> Lease:
-        """A hold on an engine serving ``model`` (loading it first if need be); release it when the response ends."""
-        if not model:
-            raise InvalidInput("you must provide a model parameter", param="model", code="missing_model")
-        return await self.engines.acquire(model, keep_alive, background=background)
+    def codecs(self) -> dict[str, Codec]:
+        """The OpenAI codecs by the name their routes declare (`generation_post`)."""
+        return {"chat": self.chat, "completion": self.completion, "embeddings": self.embeddings}
 
     async def list_models(self) -> ModelList:
         created = int(time.time())
@@ -55,8 +50,8 @@ class OpenAIServing:
 
 
 __all__ = [
-    "Background",
     "ChatServing",
+    "Codec",
     "CompletionServing",
     "EmbeddingServing",
     "OpenAIServing",

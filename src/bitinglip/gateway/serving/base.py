@@ -11,7 +11,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, Protocol, cast
 
 import msgspec
 
@@ -42,6 +42,16 @@ class Prepared(msgspec.Struct, kw_only=True):
     priority: int = 0
     tools: Any = None  # the engine's ToolCalls for a chat request with tools
     echoed: set[int] = msgspec.field(default_factory=set)  # streamed choices whose echo has gone out
+
+
+class Codec(Protocol):
+    """A wire format's half of a generation: its request prepared for the engine, the engine's output rendered."""
+
+    async def prepare(self, req: Any, engine: EngineClient) -> Prepared: ...
+
+    async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> msgspec.Struct: ...
+
+    # A codec that streams also has `stream(prep, request_id, tally) -> AsyncGenerator[bytes, None]` (its events).
 
 
 class Frame:
