@@ -11,7 +11,7 @@ import pytest
 from bitinglip.core import FinalEvent
 from bitinglip.gateway.protocol.chat import ChatChunkChoice, ChatCompletionChunk, DeltaMessage
 from bitinglip.gateway.protocol.completion import CompletionChoice, CompletionRequest, CompletionResponse
-from bitinglip.gateway.serving.base import Prepared, Serving
+from bitinglip.gateway.serving.base import Prepared, Serving, StreamContext
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from doubles import ScriptedEngine
@@ -52,7 +52,7 @@ def _event(struct: msgspec.Struct) -> bytes:
 @pytest.mark.parametrize("chunk_id", IDS)
 @pytest.mark.parametrize("model", MODELS)
 def test_completion_frame_is_the_struct_encoding(chunk_id: str, model: str) -> None:
-    frame = CompletionServing().frame(_prep(model), chunk_id, 1_732_000_000)
+    frame = CompletionServing().frame(StreamContext(_prep(model), chunk_id, 1_732_000_000))
     assert frame is not None
     for text in TEXTS:
         for finish in FINISHES:
@@ -69,7 +69,7 @@ def test_completion_frame_is_the_struct_encoding(chunk_id: str, model: str) -> N
 @pytest.mark.parametrize("chunk_id", IDS)
 @pytest.mark.parametrize("model", MODELS)
 def test_chat_frame_is_the_struct_encoding(chunk_id: str, model: str) -> None:
-    frame = ChatServing().frame(_prep(model), chunk_id, 42)
+    frame = ChatServing().frame(StreamContext(_prep(model), chunk_id, 42))
     assert frame is not None
     for text in TEXTS:
         for finish in FINISHES:
@@ -82,10 +82,10 @@ def test_chat_frame_is_the_struct_encoding(chunk_id: str, model: str) -> None:
 def test_chunks_that_are_not_plain_have_no_frame() -> None:
     """Logprobs, echo and tools change a chunk's shape: those go through the structs."""
     completion, chat = CompletionServing(), ChatServing()
-    assert completion.frame(_prep("tiny", logprobs=2), "cmpl-1", 1) is None
-    assert completion.frame(_prep("tiny", echo=True), "cmpl-1", 1) is None
-    assert chat.frame(_prep("tiny", logprobs=0), "chatcmpl-1", 1) is None
-    assert chat.frame(_prep("tiny", tools=object()), "chatcmpl-1", 1) is None
+    assert completion.frame(StreamContext(_prep("tiny", logprobs=2), "cmpl-1", 1)) is None
+    assert completion.frame(StreamContext(_prep("tiny", echo=True), "cmpl-1", 1)) is None
+    assert chat.frame(StreamContext(_prep("tiny", logprobs=0), "chatcmpl-1", 1)) is None
+    assert chat.frame(StreamContext(_prep("tiny", tools=object()), "chatcmpl-1", 1)) is None
 
 
 async def _streamed_params(serving: CompletionServing, engine: ScriptedEngine, stream: bool = True) -> dict[str, Any]:

@@ -41,7 +41,6 @@ class Prepared(msgspec.Struct, kw_only=True):
     score_only: bool = False  # echo with max_tokens 0: the one token the engine makes is dropped
     priority: int = 0
     tools: Any = None  # the engine's ToolCalls for a chat request with tools
-    echoed: set[int] = msgspec.field(default_factory=set)  # streamed choices whose echo has gone out
 
 
 class Codec(Protocol):
@@ -52,6 +51,24 @@ class Codec(Protocol):
     async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> msgspec.Struct: ...
 
     # A codec that streams also has `stream(prep, request_id, tally) -> AsyncGenerator[bytes, None]` (its events).
+
+
+class StreamContext:
+    """One streamed response: its constants (the request prepared, the chunk id, the creation time) and what it
+    has sent so far, handed to each of a codec's stream hooks."""
+
+    __slots__ = ("chunk_id", "created", "echoed", "offsets", "prep")
+
+    def __init__(self, prep: Prepared, chunk_id: str, created: int) -> None:
+        self.prep = prep
+        self.chunk_id = chunk_id
+        self.created = created
+        self.offsets: dict[int, int] = {}  # per choice: the length of the text sent so far
+        self.echoed: set[int] = set()  # choices whose echoed prompt has gone out
+
+    def offset(self, index: int) -> int:
+        """How much text choice ``index`` has sent before the delta being rendered."""
+        return self.offsets.get(index, 0)
 
 
 class Frame:
@@ -186,28 +203,21 @@ class Serving(ABC):
         """Accumulate one delta's logprobs for choice ``index`` (whose text so far is ``offset`` long)."""
 
     @abstractmethod
-    def opening(self, prep: Prepared, chunk_id: str, created: int) -> Sequence[msgspec.Struct]:
+    def opening(self, ctx: StreamContext) -> Sequence[msgspec.Struct]:
         """Chunks sent before the first token (chat: the role; completions: the echoed prompt)."""
 
     @abstractmethod
     def chunk(
-        self,
-        prep: Prepared,
-        chunk_id: str,
-        created: int,
-        index: int,
-        out: CompletionDelta,
-        offset: int,
-        output: EngineOutput,
+        self, ctx: StreamContext, index: int, out: CompletionDelta, output: EngineOutput
     ) -> msgspec.Struct | None:
         """The chunk for one delta ``out`` of choice ``index`` (of engine ``output``); None: nothing to send yet."""
 
-    def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
+    def frame(self, ctx: StreamContext) -> Frame | None:
         """The frame of this stream's chunks when every one of them is plain; None: each is built as a struct."""
         return None
 
     @abstractmethod
-    def closing(self, prep: Prepared, chunk_id: str, created: int, used: Usage) -> msgspec.Struct:
+    def closing(self, ctx: StreamContext, used: Usage) -> msgspec.Struct:
         """The usage chunk (no choices) sent last when `stream_options.include_usage` is set."""
 
     # -- the loops
@@ -262,9 +272,10 @@ class Serving(ABC):
         encode = msgspec.json.encode
         chunk_id = self.id_prefix + request_id
         completion_tokens = 0
-        offsets: dict[int, int] = {}
+        ctx = StreamContext(prep, chunk_id, created)
+        offsets = ctx.offsets
         ended = False
-        frame = self.frame(prep, chunk_id, created)
+        frame = self.frame(ctx)
         # The last choice's final event leaves with what follows it ([DONE], usage) in one write.
         unfinished = len(prep.prompts) * prep.n
         held: list[bytes] = []
@@ -278,7 +289,7 @@ class Serving(ABC):
             source = cast(Any, self.outputs(prep, request_id))
         Serving.open_streams += 1
         try:
-            for opening in self.opening(prep, chunk_id, created):
+            for opening in self.opening(ctx):
                 yield b"data: " + encode(opening) + b"\n\n"
             async with contextlib.aclosing(source):
                 async for item in source:
@@ -294,9 +305,8 @@ class Serving(ABC):
                         if frame is not None:
                             event = frame.event(index, out.text, out.finish_reason)
                         else:
-                            offset = offsets.get(index, 0)
-                            offsets[index] = offset + len(out.text)
-                            chunk = self.chunk(prep, chunk_id, created, index, out, offset, output)
+                            chunk = self.chunk(ctx, index, out, output)
+                            offsets[index] = offsets.get(index, 0) + len(out.text)
                             if chunk is None:
                                 continue
                             event = b"data: " + encode(chunk) + b"\n\n"
@@ -307,7 +317,7 @@ class Serving(ABC):
                         else:
                             held.append(event)
             if prep.include_usage:
-                usage_chunk = self.closing(prep, chunk_id, created, usage(prep, completion_tokens))
+                usage_chunk = self.closing(ctx, usage(prep, completion_tokens))
                 held.append(b"data: " + encode(usage_chunk) + b"\n\n")
             ended = True
         except BitingLipError as exc:

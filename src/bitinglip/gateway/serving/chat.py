@@ -26,7 +26,7 @@ from bitinglip.gateway.protocol.chat import (
     ToolCallOut,
 )
 from bitinglip.gateway.protocol.sampling import Usage
-from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, refuse_embedding_model
+from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, StreamContext, refuse_embedding_model
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 from bitinglip.gateway.serving.tools import check_tools, history_calls
 
@@ -164,16 +164,18 @@ class ChatServing(Serving):
             usage=done.usage,
         )
 
-    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[ChatCompletionChunk]:
+    def opening(self, ctx: StreamContext) -> list[ChatCompletionChunk]:
+        prep = ctx.prep
         role = [ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content="")) for i in range(prep.n)]
-        return [ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=role)]
+        return [ChatCompletionChunk(id=ctx.chunk_id, created=ctx.created, model=prep.model, choices=role)]
 
-    def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
+    def frame(self, ctx: StreamContext) -> Frame | None:
+        prep = ctx.prep
         if prep.tools is not None or prep.logprobs is not None:
             return None
         return Frame.of(
-            chunk_id,
-            created,
+            ctx.chunk_id,
+            ctx.created,
             prep.model,
             middle=b',"delta":{"content":',
             after_text=b'},"logprobs":null,"finish_reason":',
@@ -181,15 +183,9 @@ class ChatServing(Serving):
         )
 
     def chunk(
-        self,
-        prep: Prepared,
-        chunk_id: str,
-        created: int,
-        index: int,
-        out: CompletionDelta,
-        offset: int,
-        output: EngineOutput,
+        self, ctx: StreamContext, index: int, out: CompletionDelta, output: EngineOutput
     ) -> ChatCompletionChunk | None:
+        prep = ctx.prep
         lp = None
         if prep.logprobs is not None and out.logprobs:
             lp = ChatLogprobs(content=chat_logprobs(out, prep.engine, prep.logprobs))
@@ -203,7 +199,7 @@ class ChatServing(Serving):
             if content is None and not fragments and finish is None and lp is None:
                 return None  # held back: may be the start of a call
         choice = ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=finish)
-        return ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[choice])
+        return ChatCompletionChunk(id=ctx.chunk_id, created=ctx.created, model=prep.model, choices=[choice])
 
-    def closing(self, prep: Prepared, chunk_id: str, created: int, used: Usage) -> ChatCompletionChunk:
-        return ChatCompletionChunk(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)
+    def closing(self, ctx: StreamContext, used: Usage) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=ctx.chunk_id, created=ctx.created, model=ctx.prep.model, choices=[], usage=used)

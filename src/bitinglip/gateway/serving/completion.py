@@ -18,7 +18,15 @@ from bitinglip.gateway.protocol.completion import (
     CompletionResponse,
 )
 from bitinglip.gateway.protocol.sampling import Usage
-from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, refuse_embedding_model, token_ids
+from bitinglip.gateway.serving.base import (
+    Finished,
+    Frame,
+    Prepared,
+    Serving,
+    StreamContext,
+    refuse_embedding_model,
+    token_ids,
+)
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
 
 MAX_PROMPTS = 2048
@@ -106,13 +114,14 @@ class CompletionServing(Serving):
             id=self.id_prefix + request_id, created=done.created, model=prep.model, choices=choices, usage=done.usage
         )
 
-    def opening(self, prep: Prepared, chunk_id: str, created: int) -> list[CompletionResponse]:
+    def opening(self, ctx: StreamContext) -> list[CompletionResponse]:
+        prep = ctx.prep
         if not prep.echo or prep.logprobs is not None:  # echoed logprobs come with the engine's first output
             return []
         return [
             CompletionResponse(
-                id=chunk_id,
-                created=created,
+                id=ctx.chunk_id,
+                created=ctx.created,
                 model=prep.model,
                 choices=[CompletionChoice(index=i * prep.n + j, text=text or "")],
                 usage=None,
@@ -121,12 +130,13 @@ class CompletionServing(Serving):
             for j in range(prep.n)
         ]
 
-    def frame(self, prep: Prepared, chunk_id: str, created: int) -> Frame | None:
+    def frame(self, ctx: StreamContext) -> Frame | None:
+        prep = ctx.prep
         if prep.echo or prep.logprobs is not None:
             return None
         return Frame.of(
-            chunk_id,
-            created,
+            ctx.chunk_id,
+            ctx.created,
             prep.model,
             middle=b',"text":',
             after_text=b',"logprobs":null,"finish_reason":',
@@ -134,31 +144,27 @@ class CompletionServing(Serving):
         )
 
     def chunk(
-        self,
-        prep: Prepared,
-        chunk_id: str,
-        created: int,
-        index: int,
-        out: CompletionDelta,
-        offset: int,
-        output: EngineOutput,
+        self, ctx: StreamContext, index: int, out: CompletionDelta, output: EngineOutput
     ) -> CompletionResponse | None:
+        prep = ctx.prep
         text, lp, shift = "", None, 0
         if prep.echo and prep.logprobs is not None:
             shift = len(prep.prompts[index // prep.n][1] or "")
-            if index not in prep.echoed:
-                prep.echoed.add(index)
+            if index not in ctx.echoed:
+                ctx.echoed.add(index)
                 text, lp = self._echo(prep, index, output.prompt_logprobs)
         if not prep.score_only:
             text += out.text
             if prep.logprobs is not None and out.logprobs:
                 lp = lp or CompletionLogprobs()
-                extend_completion_logprobs(lp, out.token_ids, out.logprobs, prep.engine, prep.logprobs, offset + shift)
+                extend_completion_logprobs(
+                    lp, out.token_ids, out.logprobs, prep.engine, prep.logprobs, ctx.offset(index) + shift
+                )
         finish = "length" if prep.score_only and out.finish_reason is not None else out.finish_reason
         if not text and lp is None and finish is None:
             return None
         choice = CompletionChoice(index=index, text=text, logprobs=lp, finish_reason=finish)
-        return CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[choice], usage=None)
+        return CompletionResponse(id=ctx.chunk_id, created=ctx.created, model=prep.model, choices=[choice], usage=None)
 
-    def closing(self, prep: Prepared, chunk_id: str, created: int, used: Usage) -> CompletionResponse:
-        return CompletionResponse(id=chunk_id, created=created, model=prep.model, choices=[], usage=used)
+    def closing(self, ctx: StreamContext, used: Usage) -> CompletionResponse:
+        return CompletionResponse(id=ctx.chunk_id, created=ctx.created, model=ctx.prep.model, choices=[], usage=used)
