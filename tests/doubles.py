@@ -70,6 +70,7 @@ class ScriptedEngine:
     start_s: float = 0.0
     fail_start: str | None = None
     pids: list[int] = field(default_factory=list)
+    hooks: dict[str, bool] = field(default_factory=dict)  # the double reaches into no library's private state
     calls: list[str] = field(default_factory=list)
     started: bool = False
     died: bool = False

@@ -60,6 +60,7 @@ class DeploymentStatus(msgspec.Struct, kw_only=True):
     limits: DeploymentLimits
     max_model_len: int | None
     engine_args: dict[str, Any]
+    hooks: dict[str, bool]  # the engines' hooks into vLLM's private state: whether each took on every engine running
 
 
 def _iso(ts: float) -> str:
@@ -125,6 +126,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
         limits=DeploymentLimits(max_concurrency=concurrency, max_queue=queue, max_queue_tokens=queue_tokens),
         max_model_len=next((e.max_model_len for e in engines if e.max_model_len), None),
         engine_args=d.engine_args,
+        hooks={name: all(e.hooks.get(name, False) for e in engines) for engine in engines for name in engine.hooks},
     )
 
 

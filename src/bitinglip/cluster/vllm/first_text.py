@@ -14,8 +14,8 @@ which sends it with the next token, and to 1 at the next output. And on the way 
 token the request has, each of which went out at 1: without that, the next output would send them again.
 
 That state is vLLM's (`OutputProcessor.external_req_ids`, `RequestState.stream_interval`, `sent_tokens_offset`
-and `detokenizer`, vLLM 0.32); where a release lacks it this does nothing, and the stream is only as slow to start
-as before.
+and `detokenizer`): a hook (`hooks.py`, `first_text_interval`), whose preconditions every engine start checks. Where
+a release lacks that state this does nothing, and the stream is only as slow to start as before.
 """
 
 from __future__ import annotations

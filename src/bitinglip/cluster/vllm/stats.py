@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -30,27 +31,7 @@ def stat_logger_factory(stats: EngineStats) -> Any:
     return _Recorder
 
 
-def quiet_iteration_stats(llm: Any) -> bool:
-    """Stop vLLM's per-token statistics in this process; the engine core's per-step numbers still come.
-
-    With statistics on, vLLM's output handler fills an `IterationStats` on every step: per generated token of
-    every request, timings and counts for its own Prometheus metrics (TTFT, inter-token latency, a histogram of
-    tokens per request), which BitingLip does not export (`no_prometheus_logger`). That was about 5% of the API
-    process's CPU under streaming load. The scheduler's numbers (running, waiting, KV cache use) are made in the
-    engine core and still reach `stat_logger_factory`'s recorder; the engine counts its generated tokens itself.
-
-    vLLM 0.32's handler reads the flag once, when it starts (at the first request): called before that, it
-    takes. Where a release lacks these attributes, or the handler runs already, nothing changes (False).
-    """
-    processor: Any = getattr(llm, "output_processor", None)
-    started = getattr(llm, "output_handler", True) is not None
-    if started or not hasattr(processor, "log_stats") or not hasattr(llm, "log_stats"):
-        return False
-    llm.log_stats = False  # read by the output handler when it starts: no IterationStats per step
-    processor.log_stats = False  # no per-request RequestStateStats for requests added from now on
-    return True
-
-
+@functools.cache  # one class: the start-up check (hooks.py) knows it by identity
 def no_prometheus_logger() -> Any:
     """A stand-in for vLLM's Prometheus stat logger that records nothing.
 

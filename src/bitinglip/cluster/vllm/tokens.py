@@ -76,23 +76,3 @@ def fast_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
         return rust.encode(text, add_special_tokens=False).ids
 
     return fast if fast(probe) == slow(probe) else slow
-
-
-def fix_eos_lookup(llm: Any) -> bool:
-    """Look the tokenizer's EOS token id up once, not on every request.
-
-    vLLM 0.32 asks its renderer for the EOS id as it takes each request; with a transformers 5 tokenizer that is
-    an attribute miss, a special-tokens map lookup and a vocabulary lookup through vLLM's tokenizer pool (a queue
-    get and put): about 4% of the API process's CPU per request with short answers. The id cannot change while
-    the engine runs, so the renderer is given a method that returns it. Where a release lacks the method this
-    does nothing (False).
-    """
-    renderer: Any = getattr(llm, "renderer", None)
-    lookup = getattr(renderer, "get_eos_token_id", None)
-    if lookup is None or getattr(renderer, "tokenizer", None) is None:
-        return False
-    eos = lookup()
-    if eos is not None and not isinstance(eos, int):
-        return False
-    renderer.get_eos_token_id = lambda: eos  # an instance attribute: found before the class's method
-    return True
