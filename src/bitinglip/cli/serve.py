@@ -9,8 +9,8 @@ import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from bitinglip.cli.common import _load
-from bitinglip.core import get_logger
+from bitinglip.cli.common import _overrides
+from bitinglip.core import LoadedSettings, configure_logging, get_logger, load_settings
 
 if TYPE_CHECKING:
     from bitinglip.cli.common import Subcommands
@@ -71,6 +71,18 @@ def _server_class() -> Any:
     return Server
 
 
+def serve_settings(args: argparse.Namespace) -> LoadedSettings:
+    """The settings `serve` runs with: the layers, then the command line. ``--model X`` serves X alone: it
+    replaces every deployment the settings declare (`cluster.deployments`, and `cluster.embedding_model` beside
+    `cluster.model`), as a user who names one model expects; "" declares none."""
+    overrides = _overrides(args)
+    if args.model is not None:
+        overrides["cluster"] = {"model": args.model, "embedding_model": "", "deployments": []}
+    loaded = load_settings(overrides)
+    configure_logging(loaded.settings.server, loaded.settings.env)
+    return loaded
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -78,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from bitinglip.app import create_app
 
-    loaded = _load(args)
+    loaded = serve_settings(args)
     settings = loaded.settings
     app = create_app(loaded)
     config = uvicorn.Config(
@@ -95,10 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
     )
     server = _server_class()(config)
+    cluster = settings.cluster
     log.info(
         "server.starting",
         url=f"http://{settings.server.host}:{settings.server.port}",
-        deployments=[d.name or d.model for d in settings.cluster.deployments] or settings.cluster.model or None,
+        deployments=[d.name or d.model for d in cluster.deployments]
+        or [m for m in (cluster.model, cluster.embedding_model) if m]
+        or None,
         env=settings.env,
         openai_base_url=f"http://{settings.server.host}:{settings.server.port}/v1",
     )
@@ -118,6 +133,9 @@ def add_commands(sub: Subcommands) -> None:
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port)")
     serve.add_argument(
-        "--model", help='registry name, local model directory or hub id to deploy (cluster.model; "" for none)'
+        "--model",
+        help="serve this model alone (a registry name, local model directory or hub id): it replaces the deployments "
+        'the settings declare (cluster.model, cluster.embedding_model, cluster.deployments); "" for none, '
+        "every registered model then loading on its first request",
     )
     serve.set_defaults(func=cmd_serve)

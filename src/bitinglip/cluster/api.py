@@ -11,9 +11,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 
 from bitinglip.cluster.cluster import Cluster
-from bitinglip.cluster.deployment import DeploymentState
 from bitinglip.cluster.devices import Device, list_devices
-from bitinglip.cluster.status import DeploymentStatus, deployment_status
+from bitinglip.cluster.status import DeploymentStatus, Readiness, deployment_status
 from bitinglip.core import DeploymentSettings, error_responses
 
 
@@ -24,17 +23,6 @@ class ClusterStatus(msgspec.Struct):
 
 class DeploymentList(msgspec.Struct):
     data: list[DeploymentStatus]
-
-
-class DeploymentReadiness(msgspec.Struct):
-    name: str
-    state: DeploymentState
-    reason: str | None
-
-
-class Readiness(msgspec.Struct):
-    ready: bool
-    deployments: list[DeploymentReadiness]
 
 
 class ClusterController(Controller):
@@ -87,16 +75,13 @@ class ClusterController(Controller):
     @get(
         "/ready",
         operation_id="getReadiness",
-        summary="200 once every deployment declared in settings serves (or is put away); 503 with Retry-After before",
+        summary="200 once every deployment declared in settings serves (or is put away); 503 with the reason before, "
+        "with Retry-After while they load, without it once one failed for good (`failed` names it)",
         responses={503: ResponseSpec(Readiness, description="Not ready yet, or failed", generate_examples=False)},
     )
     async def ready(self, cluster: NamedDependency[Cluster]) -> Response[Readiness]:
-        body = Readiness(
-            ready=cluster.ready,
-            deployments=[
-                DeploymentReadiness(name=d.name, state=d.state, reason=d.reason) for d in cluster.deployments.values()
-            ],
-        )
+        body = cluster.readiness()
         if body.ready:
             return Response(body)
-        return Response(body, status_code=503, headers={"Retry-After": "5"})
+        # A failed deployment stays failed until someone acts: a retry soon would not change the answer.
+        return Response(body, status_code=503, headers={} if body.failed else {"Retry-After": "5"})

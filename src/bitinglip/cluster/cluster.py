@@ -1,9 +1,9 @@
-"""The cluster: the registry of deployments, where requests find their engine, and the loop that watches them.
+"""The cluster: the registry of deployments, where requests find their engine, and their supervisor (health.py).
 
 Every engine start, stop, sleep and wake runs under one lock, so engines start one at a time and each placement
 sees the memory the others really hold. Loads run as tasks of their own: a request waits for one (bounded by
-`load_timeout_s`) but never cancels it. A watch loop, once a second, restarts engines that died or stalled (with
-backoff, then `failed`), puts idle deployments away after their keep_alive, and measures their memory.
+`load_timeout_s`) but never cancels it. The supervisor's watch loop, once a second, restarts engines that died or
+stalled (with backoff, then `failed`), puts idle deployments away after their keep_alive, and measures their memory.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
-from bitinglip.cluster.deployment import Deployment, error_text, keep_alive_seconds
+from bitinglip.cluster.deployment import Deployment, keep_alive_seconds
 from bitinglip.cluster.devices import Device, list_devices
-from bitinglip.cluster.health import MEASURE_BUSY_EVERY, Supervision
+from bitinglip.cluster.health import Supervisor
 from bitinglip.cluster.placement import (
     DEFAULT_OVERHEAD_GIB,
     GIB,
@@ -32,10 +32,9 @@ from bitinglip.cluster.placement import (
 from bitinglip.cluster.placement import device_count as args_device_count
 from bitinglip.cluster.protocol import EngineFactory, Lease, ManagedEngine, ServedModel
 from bitinglip.cluster.reaper import EngineRecords
-from bitinglip.cluster.status import DeploymentStatus, deployment_status, served_model
+from bitinglip.cluster.status import DeploymentStatus, Readiness, deployment_status, readiness, served_model
 from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args, engine_env, is_cpu_platform
 from bitinglip.core import (
-    BitingLipError,
     ClusterSettings,
     Conflict,
     DeploymentSettings,
@@ -67,7 +66,7 @@ def _vllm_engine(path: Path, name: str, args: dict[str, Any], env: dict[str, str
     return VllmEngine(path, name, args, env)
 
 
-class Cluster(Supervision):
+class Cluster:
     def __init__(
         self,
         settings: ClusterSettings,
@@ -87,8 +86,15 @@ class Cluster(Supervision):
         self._cpu_platform = cpu_platform
         self._lock = asyncio.Lock()  # engine starts, stops, sleeps, wakes: one at a time
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._overhead_seen: int = 0  # the largest overhead an engine was measured to hold, per device
-        self._ticks, self._measured_tick = 0, -MEASURE_BUSY_EVERY  # the first watch tick measures
+        self.health = Supervisor(
+            settings,
+            self.deployments,
+            lock=self._lock,
+            records=self.records,
+            probe_devices=probe_devices,
+            cpu=lambda: self.cpu,
+            spawn=self._spawn,
+        )
 
     # -- settings
 
@@ -98,16 +104,21 @@ class Cluster(Supervision):
             self._cpu_platform = is_cpu_platform()
         return self._cpu_platform
 
-    def declared(self) -> list[DeploymentSettings]:
+    def declared(self) -> list[tuple[str, DeploymentSettings]]:
+        """The deployments the settings declare, each with the setting that declares it."""
         if self.settings.deployments:
-            return list(self.settings.deployments)
-        return [DeploymentSettings(model=m) for m in (self.settings.model, self.settings.embedding_model) if m]
+            return [(f"cluster.deployments[{i}]", spec) for i, spec in enumerate(self.settings.deployments)]
+        shorthands = (
+            ("cluster.model", self.settings.model),
+            ("cluster.embedding_model", self.settings.embedding_model),
+        )
+        return [(key, DeploymentSettings(model=model)) for key, model in shorthands if model]
 
     def check(self) -> None:
         """Checks that need no I/O, run before the server binds its port."""
         check_engine_args(self.settings.engine)
         names: set[str] = set()
-        for i, spec in enumerate(self.declared()):
+        for i, (_, spec) in enumerate(self.declared()):
             check_engine_args(spec.engine, f"cluster.deployments.{i}.engine")
             name = self._name_for(spec)
             if name in names:
@@ -131,9 +142,9 @@ class Cluster(Supervision):
         reaped = await asyncio.to_thread(self.records.reap_orphans)
         if reaped:
             log.warning("cluster.reaped_orphans", pids=reaped)
-        declared = [self._add(spec, declared=True) for spec in self.declared()]
+        declared = [self._add(spec, source=source) for source, spec in self.declared()]
         self._spawn(self._load_in_order(declared))
-        self._spawn(self._watch())
+        self._spawn(self.health.watch())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -144,8 +155,8 @@ class Cluster(Supervision):
         for d in self.deployments.values():
             await d.stop_engines()
         for d in self.deployments.values():
-            if d.state != "failed":
-                d.set_state("stopped", "the server stopped")
+            if d.state not in ("failed", "stopped"):
+                d.to("stopped", "the server stopped")
         await asyncio.to_thread(self.records.remove)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -154,17 +165,20 @@ class Cluster(Supervision):
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _add(self, spec: DeploymentSettings, *, declared: bool) -> Deployment:
+    def _add(self, spec: DeploymentSettings, *, source: str | None = None, on_demand: bool = False) -> Deployment:
+        """A deployment of ``spec``, declared by the setting ``source`` (None: added at run time)."""
         name = self._name_for(spec)
         if name in self.deployments:
             raise Conflict(f"a deployment named {name!r} exists already", param="name", code="deployment_exists")
         if spec.replicas < 1:
             raise SettingsError("replicas must be at least 1", param="replicas")
+        declared = source is not None
         keep_alive = spec.keep_alive if spec.keep_alive is not None else (-1 if declared else self.settings.keep_alive)
         deployment = Deployment(
             name,
             spec,
-            declared=declared,
+            source=source,
+            on_demand=on_demand,
             keep_alive_s=keep_alive_seconds(keep_alive),
             engine_args=effective_engine_args(self.settings, spec.engine),
             env=engine_env(self.settings),
@@ -182,48 +196,42 @@ class Cluster(Supervision):
         """The load (or wake) under way for ``d``, started if there is none."""
         if d.task is None or d.task.done():
             if d.state != "loading":
-                d.set_state("loading", "waking" if d.state == "sleeping" else "starting")
-            d.task = self._spawn(self._load(d))
+                d.to("loading", "waking" if d.state == "sleeping" else "starting")
+            d.busy_with(self._spawn(self._load(d)))
+        assert d.task is not None
         return d.task
 
     async def _load(self, d: Deployment) -> None:
         try:
             if d.path is None:
-                d.set_state("loading", "resolving the model")
-                d.path, _ = await self.catalog.resolve(d.spec.model)
+                d.progress("resolving the model")
+                path, _ = await self.catalog.resolve(d.spec.model)
+                d.resolved(path)
             async with self._lock:
                 if self.deployments.get(d.name) is not d or d.state != "loading":
                     return  # removed while it waited
                 await self._place(d)
                 if any(r.state == "sleeping" for r in d.replicas):
-                    d.set_state("loading", "waking")
+                    d.progress("waking")
                     await d.wake()
-                d.set_state("loading", "starting the engine" if d.spec.replicas == 1 else "starting the engines")
+                d.progress("starting the engine" if d.spec.replicas == 1 else "starting the engines")
                 await d.start_engines()
-            d.set_state("ready")
-            await self._after_change(went=False)
+            d.to("ready")
+            await self.health.engines_changed(went=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            refusal = exc if isinstance(exc, BitingLipError) and d.placement is None else None  # no engine started
-            d.placement = None
-            await d.stop_engines()
-            if refusal is not None and d.served_before:
-                # It served before and was put away: it stays put away, and the next request tries again.
-                d.set_state("stopped", f"could not be loaded again: {error_text(exc)}")
-                return
-            if refusal is not None:
-                d.refusal = refusal
-                if d.on_demand:  # the next request tries again (memory may have been freed meanwhile)
-                    self.deployments.pop(d.name, None)
-            d.set_state("failed", error_text(exc))
+            await d.load_failed(exc)
+            if d.refusal is not None and d.on_demand and self.deployments.get(d.name) is d:
+                # Refused before an engine started: the next request tries again (memory may have been freed).
+                self.deployments.pop(d.name)
 
     # -- placement
 
     def _overhead(self) -> int:
         configured = self.settings.engine_overhead_gib
         default = DEFAULT_OVERHEAD_GIB["cpu" if self.cpu else "gpu"] if configured is None else configured
-        return max(int(default * GIB), self._overhead_seen if configured is None else 0)
+        return max(int(default * GIB), self.health.overhead_seen if configured is None else 0)
 
     def _kv_cache_bytes(self, d: Deployment) -> int:
         if "kv_cache_memory_bytes" in d.engine_args:
@@ -253,12 +261,15 @@ class Cluster(Supervision):
         assert d.path is not None
         path = d.path
         if d.estimate is None:
-            d.estimate = MemoryEstimate(
-                weights_bytes=await asyncio.to_thread(weights_bytes, path),
-                kv_cache_bytes=self._kv_cache_bytes(d),
-                overhead_bytes=self._overhead(),
+            d.estimated(
+                MemoryEstimate(
+                    weights_bytes=await asyncio.to_thread(weights_bytes, path),
+                    kv_cache_bytes=self._kv_cache_bytes(d),
+                    overhead_bytes=self._overhead(),
+                )
             )
         need = d.estimate
+        assert need is not None
         while True:
             devices = await asyncio.to_thread(self.probe_devices)
             holders = self._holders(d)
@@ -267,11 +278,11 @@ class Cluster(Supervision):
                     cpu = next(x for x in devices if x.kind == "cpu")
                     budget = self.settings.cpu_memory_budget_gib
                     budget_bytes = int(budget * GIB) if budget is not None else int(cpu.memory_total_bytes * 0.8)
-                    d.placement = place_cpu(d.name, need, cpu, budget_bytes, holders, len(d.replicas))
+                    d.placed(place_cpu(d.name, need, cpu, budget_bytes, holders, len(d.replicas)))
                 else:
                     gpus = [x for x in devices if x.kind == "gpu"]
                     count = d.spec.device_count or args_device_count(d.engine_args)
-                    d.placement = place_gpus(d.name, need, gpus, d.spec.devices, count, holders, len(d.replicas))
+                    d.placed(place_gpus(d.name, need, gpus, d.spec.devices, count, holders, len(d.replicas)))
                 return
             except InsufficientMemory as refusal:
                 victims = sorted((h for h in holders if h.evictable), key=lambda h: h.last_used)
@@ -279,9 +290,7 @@ class Cluster(Supervision):
                     raise
                 victim = self.deployments[victims[0].name]
                 log.info("deployment.evicting", deployment=victim.name, for_deployment=d.name)
-                await victim.stop_engines()
-                victim.placement = None
-                victim.set_state("stopped", f"evicted to make room for {d.name}")
+                await victim.evict(f"evicted to make room for {d.name}")
 
     # -- requests
 
@@ -303,12 +312,11 @@ class Cluster(Supervision):
                 )
             d = self.deployments.get(model)
             if d is None:
-                d = self._add(DeploymentSettings(model=model), declared=False)
-                d.on_demand = True
+                d = self._add(DeploymentSettings(model=model), on_demand=True)
                 log.info("deployment.on_demand", deployment=model)
                 self._begin_load(d)
         if keep_alive is not None:
-            d.keep_alive_s = keep_alive_seconds(keep_alive)
+            d.set_keep_alive(keep_alive_seconds(keep_alive))
         deadline = time.monotonic() + self.settings.load_timeout_s
         loaded = False
         while True:
@@ -351,7 +359,7 @@ class Cluster(Supervision):
     async def deploy(self, spec: DeploymentSettings) -> Deployment:
         """Add a deployment and start loading it; a refusal that comes quickly (no such model, no room) is raised."""
         check_engine_args(spec.engine, "engine")
-        d = self._add(spec, declared=False)  # a bad keep_alive or a name taken is refused here
+        d = self._add(spec)  # a bad keep_alive or a name taken is refused here
         task = self._begin_load(d)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), PLACEMENT_WAIT_S)
@@ -370,9 +378,7 @@ class Cluster(Supervision):
         """Stop taking requests for ``name``, let those in flight finish (bounded), then stop and remove it."""
         d = self.get(name)
         if d.state != "draining":
-            if d.task is not None and not d.task.done():
-                d.task.cancel()
-            d.set_state("draining", "removed by request")
+            d.drain("removed by request")
             self._spawn(self._drain(d))
         return d
 
@@ -385,14 +391,16 @@ class Cluster(Supervision):
         async with self._lock:
             await d.stop_engines()
         self.deployments.pop(d.name, None)
-        d.placement = None
-        d.set_state("stopped", "removed")
-        await self._after_change(went=True)
+        d.removed()
+        await self.health.engines_changed(went=True)
 
     def status(self) -> list[DeploymentStatus]:
         return [deployment_status(d) for d in self.deployments.values()]
 
+    def readiness(self) -> Readiness:
+        """What `/ready` answers: every declared deployment serves, or is put away and loads on the next request."""
+        return readiness(list(self.deployments.values()))
+
     @property
     def ready(self) -> bool:
-        """What `/ready` answers: every declared deployment serves, or is put away and loads on the next request."""
-        return all(d.state in ("ready", "sleeping", "stopped") for d in self.deployments.values() if d.declared)
+        return self.readiness().ready

@@ -4,11 +4,14 @@
        │          ├─────► stopped ───► loading (cold start) ──► ready    (put away elsewhere, or evicted)
        │          ├─────► loading (an engine died or stalled: restarted with backoff) ──► ready | failed
        │          └─────► draining ──► stopped (removed)
-       └──► failed (with its reason: never a stuck state)
+       └──► failed (with its reason: never a stuck state; only removing it leaves it)
 
-Transitions that start or stop engines are run by the cluster under its one lock, so engines start one at a
-time. Requests take a `Lease` on the ready replica with the fewest requests in flight; the deployment's limits
-(running + queued) are checked there, so an overloaded model refuses at once instead of queueing without end.
+`TRANSITIONS` is the whole of it: every state change goes through `Deployment.to`, which refuses one the table
+does not list, and no field of a deployment is written from outside this class (the cluster and its supervisor
+call its methods). Transitions that start or stop engines are run by the cluster under its one lock, so engines
+start one at a time. Requests take a `Lease` on the ready replica with the fewest requests in flight; the
+deployment's limits (running + queued) are checked there, so an overloaded model refuses at once instead of
+queueing without end.
 """
 
 from __future__ import annotations
@@ -22,12 +25,51 @@ import msgspec
 
 from bitinglip.cluster.placement import MemoryEstimate, Placement
 from bitinglip.cluster.protocol import EngineClient, EngineFactory, ManagedEngine
-from bitinglip.core import BitingLipError, ClusterSettings, DeploymentSettings, Unavailable, get_logger, parse_duration
+from bitinglip.core import (
+    BitingLipError,
+    ClusterSettings,
+    DeploymentSettings,
+    NotFound,
+    Unavailable,
+    get_logger,
+    parse_duration,
+)
 
 log = get_logger(__name__)
 
 DeploymentState = Literal["loading", "ready", "sleeping", "draining", "stopped", "failed"]
 ReplicaState = Literal["loading", "ready", "sleeping", "stopped", "failed"]
+
+# The legal state changes: from each state, the states it may go to.
+TRANSITIONS: dict[DeploymentState, frozenset[DeploymentState]] = {
+    # loaded; failed to load; a put-away one that could not come back (or the server stopped); removed
+    "loading": frozenset({"ready", "failed", "stopped", "draining"}),
+    # restarting a dead or stalled engine; put away (sleep, or stop, or evicted); removed
+    "ready": frozenset({"loading", "sleeping", "stopped", "draining"}),
+    # woken; evicted (or the server stopped); removed
+    "sleeping": frozenset({"loading", "stopped", "draining"}),
+    # cold start; removed
+    "stopped": frozenset({"loading", "draining"}),
+    # its engines stopped, and it is gone
+    "draining": frozenset({"stopped"}),
+    # for good: only removing it (DELETE /api/deployments/{name}) leaves it
+    "failed": frozenset({"draining"}),
+}
+
+# The default models (core/settings.py) are built locally, not pulled: the command that makes each.
+_MAKE_DEFAULT = {
+    "tiny": "bitinglip models create-tiny",
+    "tiny-embed": "bitinglip models create-tiny --embedding",
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change `TRANSITIONS` does not list: a bug in the caller, never the user's doing."""
+
+    def __init__(self, name: str, current: DeploymentState, target: DeploymentState) -> None:
+        super().__init__(f"deployment {name!r}: no transition from {current} to {target}")
+        self.current = current
+        self.target = target
 
 
 def keep_alive_seconds(value: float | str, field: str = "keep_alive") -> float | None:
@@ -41,6 +83,8 @@ def error_text(exc: BaseException) -> str:
 
 
 class Replica:
+    """One engine of a deployment. Its fields are written only by its `Deployment`."""
+
     def __init__(self, index: int) -> None:
         self.index = index
         self.engine: ManagedEngine | None = None
@@ -67,9 +111,6 @@ class _Lease:
         self._background = background
         self._waits = waits  # admitted past the engine's running slots: its prompt queues
         self._queued = 0
-        replica.in_flight += 1
-        deployment.requests += 1
-        deployment.background += background
 
     @property
     def engine(self) -> EngineClient:
@@ -82,21 +123,19 @@ class _Lease:
         """The request's prompt tokens wait for the engine until `started()` (or release), if it was admitted
         past the running slots; one admitted into a free slot does not queue."""
         if self._waits:
-            self._replica.queued_tokens += tokens - self._queued
+            self._deployment._queue(self._replica, tokens - self._queued)
             self._queued = tokens
 
     def started(self) -> None:
         """The engine made the request's first step: its prompt no longer waits."""
-        self._replica.queued_tokens -= self._queued
+        self._deployment._queue(self._replica, -self._queued)
         self._queued = 0
 
     def release(self) -> None:
         if not self._released:
             self._released = True
             self.started()
-            self._replica.in_flight -= 1
-            self._deployment.background -= self._background
-            self._deployment.last_used = time.time()
+            self._deployment._returned(self._replica, self._background)
 
 
 class Deployment:
@@ -105,7 +144,8 @@ class Deployment:
         name: str,
         spec: DeploymentSettings,
         *,
-        declared: bool,
+        source: str | None,
+        on_demand: bool = False,
         keep_alive_s: float | None,
         engine_args: dict[str, Any],
         env: dict[str, str],
@@ -114,52 +154,97 @@ class Deployment:
     ) -> None:
         self.name = name
         self.spec = spec
-        self.declared = declared
-        self.on_demand = False  # added by a request for a registered model; removed if it never fits
-        self.refusal: BitingLipError | None = None  # why it was refused before an engine started (unknown, no room)
-        self.keep_alive_s = keep_alive_s
+        self.source = source  # the setting that declared it ("cluster.deployments[0]"); None: added at run time
+        self.on_demand = on_demand  # added by a request for a registered model; removed if it never fits
         self.engine_args = engine_args
         self.env = env
         self.factory = factory
         self.settings = settings
         self.replicas = [Replica(i) for i in range(max(1, spec.replicas))]
-        self.path: Path | None = None
-        self.estimate: MemoryEstimate | None = None
-        self.placement: Placement | None = None
-        self.state: DeploymentState = "loading"
-        self.reason: str | None = "queued: engines start one at a time"
-        self.restarting = False
-        self.served_before = False  # has been ready at least once
-        self.loading_since: float | None = time.monotonic()
-        self.ready_since: float | None = None
-        self.last_used = time.time()
-        self.requests = 0
-        self.background = 0  # leases held by background work (tasks, batches) rather than interactive requests
-        self.task: asyncio.Task[None] | None = None  # the load, wake or restart under way
+        self._keep_alive_s = keep_alive_s
+        self._refusal: BitingLipError | None = None  # why it was refused before an engine started (unknown, no room)
+        self._path: Path | None = None
+        self._estimate: MemoryEstimate | None = None
+        self._placement: Placement | None = None
+        self._state: DeploymentState = "loading"
+        self._reason: str | None = "queued: engines start one at a time"
+        self._restarting = False
+        self._served_before = False  # has been ready at least once
+        self._loading_since: float | None = time.monotonic()
+        self._ready_since: float | None = None
+        self._last_used = time.time()
+        self._requests = 0
+        self._background = 0  # leases held by background work (tasks, batches) rather than interactive requests
+        self._task: asyncio.Task[None] | None = None  # the load, wake or put-away under way
         self._changed = asyncio.Event()
 
-    # -- state
+    # -- what others read
 
-    def set_state(self, state: DeploymentState, reason: str | None = None) -> None:
-        if state == "loading" and self.state != "loading":
-            self.loading_since = time.monotonic()
-        if state == "ready":
-            self.served_before = True
-            self.ready_since = self.ready_since if self.state == "ready" else time.monotonic()
-            self.restarting = False
-        elif state != "draining":
-            self.ready_since = None
-        self.state, self.reason = state, reason
-        log.info(f"deployment.{state}", deployment=self.name, reason=reason)
-        self._changed.set()
-        self._changed = asyncio.Event()
+    @property
+    def declared(self) -> bool:
+        return self.source is not None
 
-    async def changed(self, timeout: float) -> None:
-        """Wait until the state changes, or ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
+    @property
+    def state(self) -> DeploymentState:
+        return self._state
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    @property
+    def restarting(self) -> bool:
+        """Loading again because its engines died or stalled (requests fail fast meanwhile)."""
+        return self._restarting
+
+    @property
+    def refusal(self) -> BitingLipError | None:
+        return self._refusal
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def estimate(self) -> MemoryEstimate | None:
+        return self._estimate
+
+    @property
+    def placement(self) -> Placement | None:
+        return self._placement
+
+    @property
+    def keep_alive_s(self) -> float | None:
+        return self._keep_alive_s
+
+    @property
+    def loading_since(self) -> float | None:
+        return self._loading_since
+
+    @property
+    def ready_since(self) -> float | None:
+        return self._ready_since
+
+    @property
+    def last_used(self) -> float:
+        return self._last_used
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    @property
+    def background(self) -> int:
+        return self._background
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    @property
+    def busy(self) -> bool:
+        """A load, wake or put-away is under way."""
+        return self._task is not None and not self._task.done()
 
     @property
     def in_flight(self) -> int:
@@ -168,15 +253,154 @@ class Deployment:
     @property
     def holds_memory(self) -> bool:
         """Counts against its devices' memory: engines running or about to."""
-        return self.state in ("loading", "ready", "draining") and self.placement is not None
+        return self._state in ("loading", "ready", "draining") and self._placement is not None
 
     @property
     def idle_for(self) -> float:
-        return time.time() - self.last_used if self.in_flight == 0 else 0.0
+        return time.time() - self._last_used if self.in_flight == 0 else 0.0
 
     @property
     def evictable(self) -> bool:
-        return self.state in ("ready", "sleeping") and self.in_flight == 0 and self.keep_alive_s is not None
+        return self._state in ("ready", "sleeping") and self.in_flight == 0 and self._keep_alive_s is not None
+
+    # -- the state machine
+
+    def to(self, state: DeploymentState, reason: str | None = None) -> None:
+        """Change state; `IllegalTransition` for a change `TRANSITIONS` does not list."""
+        if state not in TRANSITIONS[self._state]:
+            raise IllegalTransition(self.name, self._state, state)
+        now = time.monotonic()
+        if state == "loading":
+            self._loading_since = now
+        if state == "ready":
+            self._served_before = True
+            self._ready_since = now
+        elif state != "draining":
+            self._ready_since = None
+        self._restarting = False
+        self._enter(state, reason)
+
+    def progress(self, reason: str) -> None:
+        """The next step of the load under way: the reason changes, the state stays `loading`."""
+        if self._state != "loading":
+            raise IllegalTransition(self.name, self._state, "loading")
+        self._enter("loading", reason)
+
+    def _enter(self, state: DeploymentState, reason: str | None) -> None:
+        self._state, self._reason = state, reason
+        if state == "failed":
+            # Not a stuck state: it stays failed until removed, so say so where the operator looks, with what to do.
+            log.error("deployment.failed", deployment=self.name, reason=reason, hint=self.failure_hint())
+        else:
+            log.info(f"deployment.{state}", deployment=self.name, reason=reason)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def failure_hint(self) -> str:
+        """What to do about a failed deployment."""
+        remove = f"`bitinglip undeploy {self.name}`"
+        if self.source is None:
+            return f"{remove} removes it; deploy it again once the cause is fixed"
+        where = f"remove it from `{self.source}`" if "[" in self.source else f'set `{self.source} = ""`'
+        until = f"/ready answers 503 until it is removed ({remove}) or the server restarts with it fixed"
+        model = self.spec.model
+        if isinstance(self._refusal, NotFound):
+            make = _MAKE_DEFAULT.get(model) or (f"bitinglip models pull {model}" if "/" in model else None)
+            fix = f"run `{make}`" if make else "register it (`bitinglip models list` shows what is)"
+            return f"model `{model}` is not in the registry: {fix} or {where}; {until}"
+        return f"fix the cause or {where}; {until}"
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until the state changes, or ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # -- what the cluster records (under its lock where engines are involved)
+
+    def busy_with(self, task: asyncio.Task[None]) -> None:
+        """The load, wake or put-away now under way (a request waits for it; removing the deployment cancels it)."""
+        self._task = task
+
+    def set_keep_alive(self, seconds: float | None) -> None:
+        self._keep_alive_s = seconds
+
+    def resolved(self, path: Path) -> None:
+        self._path = path
+
+    def estimated(self, estimate: MemoryEstimate) -> None:
+        self._estimate = estimate
+
+    def placed(self, placement: Placement) -> None:
+        self._placement = placement
+
+    async def load_failed(self, exc: BaseException) -> None:
+        """A load (or wake) failed: its engines stop. A refusal before any engine started (an unknown model, no
+        room) is kept; a deployment that served before is left put away for the next request to try again."""
+        refusal = exc if isinstance(exc, BitingLipError) and self._placement is None else None
+        self._placement = None
+        await self.stop_engines()
+        if self._state != "loading":  # removed meanwhile: that has the last word
+            return
+        if refusal is not None and self._served_before:
+            self.to("stopped", f"could not be loaded again: {error_text(exc)}")
+            return
+        self._refusal = refusal
+        self.to("failed", error_text(exc))
+
+    def drain(self, reason: str) -> None:
+        """Take no more requests; what is under way for it stops (its engines are the cluster's to stop)."""
+        if self._state == "draining":
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.to("draining", reason)
+
+    def removed(self) -> None:
+        """Its engines stopped after draining: it is gone."""
+        self._placement = None
+        self.to("stopped", "removed")
+
+    # -- what the supervisor records
+
+    def engine_failed(self, replica: Replica, reason: str) -> bool:
+        """An engine died or stalled: True if its replica is to be restarted. The deployment restarts with it when
+        no other replica serves; one being removed lets it go."""
+        log.error("engine.failed", deployment=self.name, replica=replica.index, error=reason)
+        replica.error, replica.last_restart = reason, reason
+        if self._state == "draining":
+            replica.state = "failed"
+            return False
+        replica.state = "loading"
+        if self._state == "ready" and not any(r.serving for r in self.replicas):
+            self.to("loading", f"restarting: {reason}")
+            self._restarting = True
+        return True
+
+    @property
+    def may_restart(self) -> bool:
+        """Its replicas may be restarted: it serves or is coming up, and was neither put away, failed nor removed."""
+        return self._state in ("ready", "loading")
+
+    def replica_restarted(self, replica: Replica) -> None:
+        replica.restarts += 1
+        if self._state == "loading" and self._restarting:
+            self.to("ready")
+
+    def restart_gave_up(self, replica: Replica, reason: str, attempts: int, last: str) -> None:
+        replica.state, replica.error = "failed", last
+        if self._state == "loading" and self._restarting and not any(r.serving for r in self.replicas):
+            self.to("failed", f"{reason}; {attempts} restarts failed, the last with: {last}")
+
+    def measured(self, replica: Replica, engine: ManagedEngine, held_bytes: int | None) -> bool:
+        """The memory ``engine`` was measured to hold; False (nothing recorded) if the replica has since let it go."""
+        if replica.engine is not engine:
+            return False
+        replica.held_bytes = held_bytes
+        return True
+
+    # -- requests
 
     def limits(self) -> tuple[int, int, int]:
         """(running at once, queued past that, prompt tokens waiting) per replica: the deployment's own, else
@@ -189,16 +413,14 @@ class Deployment:
         tokens = self.spec.max_queue_tokens or context * max(2, seqs // 8)
         return concurrency, queue, tokens
 
-    # -- requests
-
     def slots(self) -> int | None:
         """Requests its serving engines run at once; None while none serves."""
         serving = sum(r.serving for r in self.replicas)
-        return self.limits()[0] * serving if self.state == "ready" and serving else None
+        return self.limits()[0] * serving if self._state == "ready" and serving else None
 
     def lease(self, background: bool = False) -> _Lease:
         serving = [r for r in self.replicas if r.serving]
-        if self.state != "ready" or not serving:
+        if self._state != "ready" or not serving:
             raise self.unavailable()
         replica = min(serving, key=lambda r: r.in_flight)
         concurrency, queue, tokens = self.limits()
@@ -216,45 +438,57 @@ class Deployment:
                 retry_after=1,
                 code="overloaded",
             )
-        return _Lease(self, replica, background, waits=replica.in_flight >= concurrency)
+        waits = replica.in_flight >= concurrency
+        replica.in_flight += 1
+        self._requests += 1
+        self._background += background
+        return _Lease(self, replica, background, waits=waits)
+
+    def _queue(self, replica: Replica, tokens: int) -> None:
+        replica.queued_tokens += tokens
+
+    def _returned(self, replica: Replica, background: bool) -> None:
+        replica.in_flight -= 1
+        self._background -= background
+        self._last_used = time.time()
 
     def unavailable(self) -> Unavailable:
-        if self.state == "failed":
-            return Unavailable(f"model {self.name} failed: {self.reason}", retry_after=30, code="model_failed")
-        if self.restarting:
+        if self._state == "failed":
+            return Unavailable(f"model {self.name} failed: {self._reason}", retry_after=30, code="model_failed")
+        if self._restarting:
             return Unavailable(
-                f"model {self.name} is restarting: {self.reason}", retry_after=5, code="model_restarting"
+                f"model {self.name} is restarting: {self._reason}", retry_after=5, code="model_restarting"
             )
-        if self.state == "draining":
+        if self._state == "draining":
             return Unavailable(f"model {self.name} is being removed", retry_after=5, code="model_draining")
-        return Unavailable(f"model {self.name} is {self.state}", retry_after=5, code="model_not_ready")
+        return Unavailable(f"model {self.name} is {self._state}", retry_after=5, code="model_not_ready")
 
     # -- engines (the cluster calls these under its lock)
 
     async def start_engines(self) -> None:
         """Start every replica that is not running, one after the other; raise if one fails to start."""
-        assert self.path is not None
         for replica in self.replicas:
             if not replica.serving:
                 await self.start_replica(replica)
 
     async def start_replica(self, replica: Replica) -> None:
-        assert self.path is not None
+        if self._path is None:
+            raise RuntimeError(f"deployment {self.name!r}: an engine start before its model was resolved")
         if replica.engine is not None:
             await self._stop_replica(replica)
         env = dict(self.env)
-        if self.placement is not None and self.placement.kind == "gpu":
+        if self._placement is not None and self._placement.kind == "gpu":
             # vLLM uses the first GPUs it sees: show it this replica's share of the ones placement chose,
             # numbered as NVML numbers them.
-            per = len(self.placement.devices) // len(self.replicas)
-            mine = self.placement.devices[replica.index * per : (replica.index + 1) * per]
+            per = len(self._placement.devices) // len(self.replicas)
+            mine = self._placement.devices[replica.index * per : (replica.index + 1) * per]
             env |= {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, mine))}
-        replica.engine = self.factory(self.path, self.name, self.engine_args, env)
+        engine = replica.engine = self.factory(self._path, self.name, self.engine_args, env)
         replica.state, replica.error = "loading", None
         began = time.monotonic()
         log.info("engine.starting", deployment=self.name, replica=replica.index, engine_args=self.engine_args)
         try:
-            await asyncio.wait_for(replica.engine.start(), timeout=self.settings.startup_timeout_s)
+            await asyncio.wait_for(engine.start(), timeout=self.settings.startup_timeout_s)
         except BaseException as exc:
             replica.error = error_text(exc) if not isinstance(exc, TimeoutError) else "the engine did not start in time"
             await self._stop_replica(replica)
@@ -266,7 +500,7 @@ class Deployment:
             deployment=self.name,
             replica=replica.index,
             seconds=round(time.monotonic() - began, 1),
-            pids=replica.engine.pids,
+            pids=engine.pids,
         )
 
     async def _stop_replica(self, replica: Replica) -> None:
@@ -282,19 +516,23 @@ class Deployment:
     async def stop_engines(self) -> None:
         await asyncio.gather(*(self._stop_replica(r) for r in self.replicas))
 
+    async def evict(self, reason: str) -> None:
+        """Stopped to make room for another: no request may lease it while its engines stop."""
+        self.to("stopped", reason)
+        self._placement = None
+        await self.stop_engines()
+
     async def sleep_or_stop(self, reason: str) -> None:
         """Put away: sleep where every engine can (memory freed, woken in seconds), stop otherwise."""
         engines = [r.engine for r in self.replicas if r.engine is not None]
         if engines and all(e.can_sleep for e in engines):
-            self.set_state("sleeping", reason)
+            self.to("sleeping", reason)
             for replica in self.replicas:
                 if replica.engine is not None:
                     await replica.engine.sleep()
                     replica.state = "sleeping"
             return
-        self.set_state("stopped", reason)
-        self.placement = None
-        await self.stop_engines()
+        await self.evict(reason)
 
     async def wake(self) -> None:
         for replica in self.replicas:

@@ -1,15 +1,15 @@
-"""The cluster's watch loop: engines that died or stalled are restarted with backoff (then `failed`), idle
-deployments are put away after their keep_alive, and the memory engines hold is measured.
+"""The cluster's supervisor: a watch loop where engines that died or stalled are restarted with backoff (then
+`failed`), idle deployments are put away after their keep_alive, and the memory engines hold is measured; and the
+record of our engine processes, rewritten whenever engines come or go.
 
-A base class of `Cluster`, kept apart so the registry (cluster.py) and the supervision read on their own; it
-uses the cluster's deployments, lock, settings and task set, which `Cluster.__init__` sets.
+`Cluster` holds one `Supervisor` and gives it what it works with through its constructor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import psutil
@@ -32,44 +32,64 @@ MEASURE_EVERY = 60  # watch ticks
 MEASURE_BUSY_EVERY = 300
 
 
-class Supervision:
-    settings: ClusterSettings
-    deployments: dict[str, Deployment]
-    records: EngineRecords
-    probe_devices: Callable[[], list[Device]]
-    _lock: asyncio.Lock
-    _overhead_seen: int
-    _ticks: int
-    _measured_tick: int
+class Supervisor:
+    """Watches the cluster's deployments (the live mapping it is given, read only): restarts, put-away, memory.
+
+    Every state change goes through the deployments' own methods; engine starts and stops take the cluster's
+    lock; work that outlives a watch round runs through ``spawn`` (the cluster's task set, so stopping the
+    cluster cancels it).
+    """
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        deployments: Mapping[str, Deployment],
+        *,
+        lock: asyncio.Lock,
+        records: EngineRecords,
+        probe_devices: Callable[[], list[Device]],
+        cpu: Callable[[], bool],
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+    ) -> None:
+        self.settings = settings
+        self.deployments = deployments
+        self.records = records
+        self.probe_devices = probe_devices
+        self._lock = lock
+        self._cpu = cpu
+        self._spawn = spawn
+        self._overhead_seen = 0  # the largest overhead an engine was measured to hold, per device
+        self._ticks, self._measured_tick = 0, -MEASURE_BUSY_EVERY  # the first watch tick measures
 
     @property
-    def cpu(self) -> bool:
-        raise NotImplementedError
+    def overhead_seen(self) -> int:
+        """The most memory beyond weights and KV cache an engine was measured to hold, per device (0: none yet)."""
+        return self._overhead_seen
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        raise NotImplementedError
+    @property
+    def ticks(self) -> int:
+        return self._ticks
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             try:
-                await self._watch_once()
+                await self.watch_once()
             except Exception:  # the watch must outlive any one bad round, or nothing is watched any more
                 log.exception("cluster.watch_failed")
 
-    async def _watch_once(self) -> None:
+    async def watch_once(self) -> None:
         self._ticks += 1
         for d in list(self.deployments.values()):
             for replica in d.replicas:
                 if replica.state == "ready" and replica.engine is not None:
                     self._check_engine(d, replica, replica.engine)
-            busy = d.task is not None and not d.task.done()
-            if d.state == "ready" and not busy and d.keep_alive_s is not None and d.idle_for >= d.keep_alive_s:
-                d.task = self._spawn(self._put_away(d, f"idle for {round(d.idle_for)} s"))
+            if d.state == "ready" and not d.busy and d.keep_alive_s is not None and d.idle_for >= d.keep_alive_s:
+                d.busy_with(self._spawn(self._put_away(d, f"idle for {round(d.idle_for)} s")))
         since = self._ticks - self._measured_tick
         if since >= MEASURE_EVERY and (since >= MEASURE_BUSY_EVERY or not self._serving()):
             self._measured_tick = self._ticks
-            await self._measure()
+            await self.measure()
 
     def _serving(self) -> bool:
         return any(r.engine.unfinished_requests for d in self.deployments.values() for r in d.replicas if r.engine)
@@ -87,22 +107,19 @@ class Supervision:
             self._restart(d, replica, f"no engine step for {round(quiet_s)} s with requests waiting")
 
     def _restart(self, d: Deployment, replica: Replica, reason: str) -> None:
-        log.error("engine.failed", deployment=d.name, replica=replica.index, error=reason)
-        replica.state, replica.error, replica.last_restart = "loading", reason, reason
-        if not any(r.serving for r in d.replicas):
-            d.set_state("loading", f"restarting: {reason}")
-            d.restarting = True
-        self._spawn(self._restart_replica(d, replica, reason))
+        if d.engine_failed(replica, reason):
+            self._spawn(self._restart_replica(d, replica, reason))
 
     async def _restart_replica(self, d: Deployment, replica: Replica, reason: str) -> None:
         last = reason
         attempts = self.settings.restart_attempts
         for attempt in range(1, attempts + 1):
             await asyncio.sleep(self.settings.restart_backoff_s * 2 ** (attempt - 1))
-            if self.deployments.get(d.name) is not d or d.state == "draining":
-                return
             try:
                 async with self._lock:
+                    # Put away, failed or removed meanwhile: what did that stopped its engines for good.
+                    if self.deployments.get(d.name) is not d or not d.may_restart:
+                        return
                     await d.start_replica(replica)
             except asyncio.CancelledError:
                 raise
@@ -110,23 +127,19 @@ class Supervision:
                 last = error_text(exc)
                 log.error("engine.restart_failed", deployment=d.name, attempt=attempt, error=last)
                 continue
-            replica.restarts += 1
-            if d.state != "ready":
-                d.set_state("ready")
-            await self._after_change(went=True)  # the engine it replaced went
+            d.replica_restarted(replica)
+            await self.engines_changed(went=True)  # the engine it replaced went
             return
-        replica.state, replica.error = "failed", last
-        if not any(r.serving for r in d.replicas):
-            d.set_state("failed", f"{reason}; {attempts} restarts failed, the last with: {last}")
+        d.restart_gave_up(replica, reason, attempts, last)
 
     async def _put_away(self, d: Deployment, reason: str) -> None:
         async with self._lock:
             if d.state != "ready" or d.in_flight:
                 return
             await d.sleep_or_stop(reason)
-        await self._after_change(went=True)
+        await self.engines_changed(went=True)
 
-    async def _after_change(self, *, went: bool) -> None:
+    async def engines_changed(self, *, went: bool) -> None:
         """Engines came or went: rewrite the record of our engine processes (the reaper reads it), and settle the
         heap (what stays is frozen, after a full collection when engines went: core/heap.py)."""
         settle_heap(collect=went)
@@ -136,19 +149,25 @@ class Supervision:
         }
         await asyncio.to_thread(self.records.write, groups)
 
-    async def _measure(self) -> None:
-        """The memory each engine holds (resident set of its processes), and the overhead engines really need."""
-        replicas = [(d, r) for d in self.deployments.values() for r in d.replicas if r.engine is not None]
+    async def measure(self) -> None:
+        """The memory each engine holds (resident set of its processes), and the overhead engines really need.
+
+        An engine may go (undeployed, evicted, restarted) across any await here: each is measured by the pids
+        taken before the first, and its figure is kept only if its replica still holds it."""
+        engines = [
+            (d, r, r.engine, list(r.engine.pids)) for d in self.deployments.values() for r in d.replicas if r.engine
+        ]
         gpu_use: dict[int, int] | None = None
-        if replicas and not self.cpu:
+        if engines and not self._cpu():
             devices = await asyncio.to_thread(self.probe_devices)
             gpu_use = {p.pid: p.used_memory_bytes or 0 for x in devices for p in x.processes}
-        for d, replica in replicas:
-            assert replica.engine is not None
-            replica.held_bytes = await asyncio.to_thread(_tree_memory, replica.engine.pids, gpu_use)
-            if d.estimate and replica.held_bytes and replica.state == "ready" and d.placement:
+        for d, replica, engine, pids in engines:
+            held = await asyncio.to_thread(_tree_memory, pids, gpu_use)
+            if not d.measured(replica, engine, held):
+                continue
+            if d.estimate and held and replica.state == "ready" and d.placement:
                 count = len(d.placement.devices)
-                extra = (replica.held_bytes - d.estimate.weights_bytes - d.estimate.kv_cache_bytes) // count
+                extra = (held - d.estimate.weights_bytes - d.estimate.kv_cache_bytes) // count
                 if extra > self._overhead_seen:
                     self._overhead_seen = extra
                     log.info("cluster.engine_overhead_measured", bytes=extra, size=size(extra), deployment=d.name)

@@ -63,6 +63,46 @@ class DeploymentStatus(msgspec.Struct, kw_only=True):
     hooks: dict[str, bool]  # the engines' hooks into vLLM's private state: whether each took on every engine running
 
 
+class DeploymentReadiness(msgspec.Struct):
+    name: str
+    state: DeploymentState
+    reason: str | None
+    hint: str | None = None  # what to do, for a failed one
+
+
+class Readiness(msgspec.Struct):
+    """What `GET /ready` answers: ready once every deployment the settings declare serves (or is put away)."""
+
+    ready: bool
+    # Why not ready: what it waits for, or which declared deployments failed (then it stays 503 until they are
+    # removed or the server restarts with them fixed; their hints say how).
+    reason: str | None
+    failed: list[str]  # declared deployments that failed for good: waiting will not make the server ready
+    deployments: list[DeploymentReadiness]
+
+
+def readiness(deployments: list[Deployment]) -> Readiness:
+    declared = [d for d in deployments if d.declared]
+    failed = [d for d in declared if d.state == "failed"]
+    waiting = [d for d in declared if d.state not in ("ready", "sleeping", "stopped", "failed")]
+    reason = None
+    if failed:
+        reason = "; ".join(f"deployment {d.name} failed: {d.reason}" for d in failed)
+    elif waiting:
+        reason = "waiting for " + ", ".join(f"{d.name} ({d.state}: {d.reason})" for d in waiting)
+    return Readiness(
+        ready=not failed and not waiting,
+        reason=reason,
+        failed=[d.name for d in failed],
+        deployments=[
+            DeploymentReadiness(
+                name=d.name, state=d.state, reason=d.reason, hint=d.failure_hint() if d.state == "failed" else None
+            )
+            for d in deployments
+        ],
+    )
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 

@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,61 @@ def test_the_client_commands_never_import_the_app() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+class ServeRecorder:
+    """`bitinglip serve` up to the point it would listen: the settings the app was built with, and no server."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from bitinglip.cli import serve
+
+        self.settings: list[Any] = []
+        app = types.ModuleType("bitinglip.app")  # the real one imports vLLM: not needed to see the settings
+        vars(app)["create_app"] = lambda loaded: self.settings.append(loaded.settings) or object()
+        monkeypatch.setitem(sys.modules, "bitinglip.app", app)
+
+        class Server:
+            started = True
+
+            def __init__(self, config: Any) -> None:
+                pass
+
+            def run(self) -> None:
+                pass
+
+        monkeypatch.setattr(serve, "_server_class", lambda: Server)
+        monkeypatch.setattr(serve, "_kill_children", lambda: [])
+
+
+@pytest.fixture
+def declared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that declare two deployments and the embedding-model shorthand."""
+    (tmp_path / "local.toml").write_text(
+        '[cluster]\nmodel = "tiny"\nembedding_model = "tiny-embed"\n\n'
+        '[[cluster.deployments]]\nmodel = "org/chat"\n\n[[cluster.deployments]]\nmodel = "org/embed"\n'
+    )
+    monkeypatch.setenv("BITINGLIP_SETTINGS_DIR", str(tmp_path))
+
+
+def test_serve_model_serves_that_model_alone(
+    declared_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorder = ServeRecorder(monkeypatch)
+    assert run(capsys, "serve", "--model", "org/pulled")[0] == 0
+    assert run(capsys, "serve", "--model", "")[0] == 0
+    assert run(capsys, "serve")[0] == 0
+    alone, none, declared = (s.cluster for s in recorder.settings)
+    # --model replaces every declared deployment, the embedding model beside the default one too
+    assert (alone.model, alone.embedding_model, alone.deployments) == ("org/pulled", "", [])
+    assert (none.model, none.embedding_model, none.deployments) == ("", "", [])
+    # without it the settings' own stand
+    assert [d.model for d in declared.deployments] == ["org/chat", "org/embed"]
+    assert declared.embedding_model == "tiny-embed"
+
+
+def test_serve_help_says_model_replaces_the_declared_deployments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model MODEL serve this model alone" in text
+    assert "it replaces the deployments the settings declare" in text and "cluster.embedding_model" in text

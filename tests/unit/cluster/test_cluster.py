@@ -4,46 +4,19 @@ put-away (sleep and stop), eviction of the least recently used, restarts with ba
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_support import GIB, cluster, cpu, settings, until
 
 from bitinglip.cluster import Cluster, Device, health
-from bitinglip.core import ClusterSettings, DeploymentSettings, NotFound, Unavailable
+from bitinglip.core import DeploymentSettings, NotFound, Unavailable
 from bitinglip.core.errors import Conflict
 from doubles import FakeCatalog, ScriptedFactory
-
-GIB = 1024**3
-
-
-def cpu(free_gib: float = 60) -> Callable[[], list[Device]]:
-    return lambda: [
-        Device(
-            kind="cpu",
-            index=0,
-            name="cpu",
-            memory_total_bytes=64 * GIB,
-            memory_used_bytes=int((64 - free_gib) * GIB),
-            memory_free_bytes=int(free_gib * GIB),
-            cores=2,
-        )
-    ]
-
-
-def settings(**kw: Any) -> ClusterSettings:
-    # Every engine is estimated at 1 GiB KV cache + 1 GiB overhead (no weight files): a 4.5 GiB budget holds two.
-    base: dict[str, Any] = {
-        "model": "",
-        "kv_cache_gib": 1.0,
-        "engine_overhead_gib": 1.0,
-        "cpu_memory_budget_gib": 4.5,
-        "restart_backoff_s": 0.01,
-        "load_timeout_s": 5.0,
-    }
-    return ClusterSettings(**{**base, **kw})
 
 
 @pytest.fixture(autouse=True)
@@ -59,14 +32,7 @@ def factory() -> ScriptedFactory:
 @pytest.fixture
 def make(tmp_path: Path, factory: ScriptedFactory) -> Callable[..., Cluster]:
     def build(names: tuple[str, ...] = ("a", "b", "c"), free_gib: float = 60, **kw: Any) -> Cluster:
-        return Cluster(
-            settings(**kw),
-            FakeCatalog(tmp_path, list(names)),
-            run_dir=tmp_path / "run",
-            factory=factory,
-            probe_devices=cpu(free_gib),
-            cpu_platform=True,
-        )
+        return cluster(tmp_path, factory, names, free_gib, **kw)
 
     return build
 
@@ -84,13 +50,6 @@ async def running(make: Callable[..., Cluster]) -> AsyncIterator[Callable[..., A
     yield start
     for c in started:
         await c.stop()
-
-
-async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 async def test_declared_deployments_start_one_at_a_time_and_make_ready(
@@ -151,9 +110,10 @@ async def test_prompt_tokens_waiting_are_bounded_and_a_started_request_frees_its
         lease.release()
     assert c.status()[0].stats.queued_tokens == 0
     # Left unset, the bound comes from the engine: max_model_len x max(2, max_num_seqs / 8).
-    engine = factory.made[0]
-    c.deployments["a"].spec = DeploymentSettings(model="a")
-    assert c.deployments["a"].limits()[2] == engine.max_model_len * max(2, engine.max_num_seqs // 8)
+    await c.deploy(DeploymentSettings(model="b"))
+    await until(lambda: c.deployments["b"].state == "ready")
+    engine = factory.of("b")[0]
+    assert c.deployments["b"].limits()[2] == engine.max_model_len * max(2, engine.max_num_seqs // 8)
 
 
 async def test_unknown_model_is_not_found_and_on_demand_loads_a_registered_one(
@@ -406,15 +366,50 @@ async def test_memory_is_measured_while_engines_are_idle_and_seldom_while_they_s
     measured: list[int] = []
 
     async def measure() -> None:
-        measured.append(c._ticks)
+        measured.append(c.health.ticks)
 
-    monkeypatch.setattr(c, "_measure", measure)
+    monkeypatch.setattr(c.health, "measure", measure)
     await until(lambda: len(measured) >= 2)
     assert measured[1] - measured[0] == 2  # idle: every MEASURE_EVERY ticks
     factory.made[0].running.add("r1")  # serving now
     await asyncio.sleep(0.05)  # a round already under way may still measure
-    count, ticks = len(measured), c._ticks
-    await until(lambda: c._ticks >= ticks + 10)
+    count, ticks = len(measured), c.health.ticks
+    await until(lambda: c.health.ticks >= ticks + 10)
     assert len(measured) == count
     factory.made[0].running.clear()
     await until(lambda: len(measured) > count)
+
+
+async def test_an_engine_that_goes_during_a_measurement_is_skipped_not_an_error(
+    make: Callable[..., Cluster], factory: ScriptedFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 21: an undeploy while the watch measured raised AssertionError (the engine went across an await).
+    c = make()  # not started: no watch loop, so this test's measurement is the only one
+    await c.deploy(DeploymentSettings(model="a"))
+    await c.deploy(DeploymentSettings(model="b"))
+    await until(lambda: c.deployments["a"].state == "ready" and c.deployments["b"].state == "ready")
+    (engine_a,), (engine_b,) = factory.of("a"), factory.of("b")
+    engine_a.pids, engine_b.pids = [101], [202]
+    entered, go_on = threading.Event(), threading.Event()
+    seen: list[list[int]] = []
+
+    def tree_memory(pids: list[int], gpu_use: dict[int, int] | None) -> int:
+        seen.append(pids)
+        if len(seen) == 1:  # the first engine's measurement: hold it until b is gone
+            entered.set()
+            go_on.wait(5)
+        return 3 * GIB
+
+    monkeypatch.setattr(health, "_tree_memory", tree_memory)
+    measuring = asyncio.create_task(c.health.measure())
+    await until(entered.is_set)
+    c.undeploy("b")
+    await until(lambda: "b" not in c.deployments)
+    assert engine_b.calls[-1] == "stop"
+    go_on.set()
+    await measuring  # raised AssertionError before
+    assert seen == [[101], [202]]  # b measured by the pids it had, its figure dropped
+    a = c.deployments["a"]
+    assert a.replicas[0].held_bytes == 3 * GIB
+    assert a.estimate is not None and c.health.overhead_seen == 3 * GIB - a.estimate.kv_cache_bytes
+    await c.stop()
