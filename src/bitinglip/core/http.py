@@ -101,6 +101,11 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Er
         return _respond(exc.status, exc.message, exc.type, exc.param, exc.code, exc.retry_after)
     if isinstance(exc, ValidationException):
         return _validation_error(exc)
+    if isinstance(exc, RecursionError):
+        # Only input nests this deep: msgspec decoding a JSON body (or a schema in it) past Python's recursion limit.
+        return _respond(
+            400, "the request body is nested too deeply; flatten it", "invalid_request_error", None, "invalid_json"
+        )
     if isinstance(exc, HTTPException):
         status = exc.status_code
         code = HTTPStatus(status).phrase.lower().replace(" ", "_")

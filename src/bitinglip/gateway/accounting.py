@@ -19,6 +19,11 @@ from bitinglip.gateway.metrics import Metrics
 from bitinglip.gateway.serving import Prepared, Tally
 from bitinglip.gateway.usage import UsageRecorder
 
+# The model label of a request refused before an engine was found for it (an unknown or forbidden model, or one
+# refused before its lease): the metrics and usage carry no model name a client made up.
+UNKNOWN_MODEL = "(unknown)"
+MAX_LOGGED_MODEL = 200  # characters of a requested model name the access line keeps
+
 
 def key_bucket(key: ApiKey) -> Bucket:
     return Bucket(f"key {key.id}", Limits(key.rpm, key.tpm, key.max_concurrent))
@@ -33,6 +38,11 @@ class Accounting:
             name: Bucket(f"model {name}", Limits(m.rpm, m.tpm, m.max_concurrent))
             for name, m in settings.model_limits.items()
         }
+        # Models a lease was given for: the only model names the metrics and usage take as labels.
+        self.served: set[str] = set()
+
+    def label(self, model: str) -> str:
+        return model if model in self.served else UNKNOWN_MODEL
 
     def rate_headers(self, key: ApiKey) -> list[tuple[bytes, bytes]]:
         return rate_headers(self.limits, key_bucket(key))
@@ -43,7 +53,7 @@ class Accounting:
         ``owner``: background work queued by that key (its model list was checked when it was queued): counted
         in its usage and the metrics as a live request is, its per-minute limits not applied."""
         model = model or ""
-        state["model"] = model
+        state["model"] = self.label(model)
         if owner is not None:
             return Exchange(self, state, owner, model)
         key: ApiKey | None = state.get("key")
@@ -80,6 +90,11 @@ class Exchange:
         self.prompt_tokens = 0
         self.finished = False
 
+    def leased(self) -> None:
+        """An engine serves the model: from now on its name is a label."""
+        self.accounting.served.add(self.model)
+        self.state["model"] = self.model
+
     def admit(self, prep: Prepared) -> None:
         """Reserve what the request may use at most (prompt + max_tokens per sequence); 429 if it does not fit."""
         self.prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
@@ -94,7 +109,7 @@ class Exchange:
         """End the books on an error, then raise it (a refusal is also counted as one)."""
         if isinstance(exc, RateLimited) or exc.code == "overloaded":
             reason = "rate_limited" if isinstance(exc, RateLimited) else "overloaded"
-            self.accounting.metrics.refusals.labels(reason, self.model).inc()
+            self.accounting.metrics.refusals.labels(reason, self.accounting.label(self.model)).inc()
         self.finish(tally, exc.status)
         raise exc
 
@@ -106,13 +121,15 @@ class Exchange:
         if self.reservation is not None:
             self.accounting.limits.settle(self.reservation, self.prompt_tokens + completion)
         error = status >= 400 or (tally is not None and tally.error)
-        self.accounting.usage.record(self.key_id, self.model, self.prompt_tokens, completion, error)
+        label = self.accounting.label(self.model)
+        if label != UNKNOWN_MODEL:  # usage rows only for models that exist
+            self.accounting.usage.record(self.key_id, self.model, self.prompt_tokens, completion, error)
         ttft = None
         if tally is not None and tally.first_token_at is not None and "started" in self.state:
             ttft = tally.first_token_at - self.state["started"]
-        self.accounting.metrics.observe_generation(self.model, self.prompt_tokens, completion, ttft)
+        self.accounting.metrics.observe_generation(label, self.prompt_tokens, completion, ttft)
         self.state.setdefault("log", {}).update(
-            model=self.model,
+            model=self.model[:MAX_LOGGED_MODEL],
             prompt_tokens=self.prompt_tokens,
             completion_tokens=completion,
             ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,

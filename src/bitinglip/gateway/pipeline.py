@@ -100,6 +100,7 @@ class Pipeline:
             lease = await self.acquire(req.model, req.keep_alive, background=call.background)
         except BitingLipError as exc:
             exchange.fail(exc)
+        exchange.leased()
         handed_over = False  # to the event stream, which releases the lease and closes the books when it ends
         tally = Tally(on_first=lease.started)
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from gateway_support import Gateway, build_gateway
+from litestar.testing import TestClient
 
 from bitinglip.core import InvalidInput, NotFound
 from bitinglip.gateway import Background, Call
@@ -77,3 +78,34 @@ async def test_a_request_for_a_model_nobody_serves_takes_no_lease_and_is_closed_
         "completion_tokens": 0,
         "ttft_ms": None,
     }
+
+
+def test_made_up_model_names_grow_neither_the_metrics_nor_the_usage(gateway: Gateway) -> None:
+    with TestClient(gateway.app) as client:
+        hi = [{"role": "user", "content": "hi"}]
+        assert client.post("/v1/chat/completions", json={"model": "fake", "messages": hi, "max_tokens": 2}).is_success
+        client.get("/metrics")  # the scrape route's own series, counted from the next scrape on
+        sizes = []
+        for batch in range(2):
+            for i in range(15):
+                made_up = f"m{batch}-{i}-" + "x" * 600
+                refused = client.post("/v1/chat/completions", json={"model": made_up, "messages": hi})
+                assert refused.status_code == 404
+            after = client.get("/metrics").text
+            sizes.append(after.count("\n"))
+        assert sizes[0] == sizes[1]  # 15 more made-up models: not one more series
+        assert "xxxx" not in after and 'model="(unknown)"' in after
+        models = {row["model"] for row in client.get("/api/usage").json()["data"]}
+        assert models == {"fake"}
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/tokenize"])
+def test_json_nested_ten_thousand_deep_is_a_400(gateway: Gateway, route: str) -> None:
+    deep = "{" + '"a":{' * 10_000 + "}" * 10_001
+    body = '{"model": "fake", "messages": [{"role": "user", "content": "hi"}], "structured_outputs": ' + deep + "}"
+    if route == "/tokenize":
+        body = '{"model": "fake", "prompt": "hi", "tools": [{"type": "function", "function": ' + deep + "}]}"
+    with TestClient(gateway.app) as client:
+        refused = client.post(route, content=body, headers={"content-type": "application/json"})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_json"
+        assert "nested too deeply" in refused.json()["error"]["message"]
