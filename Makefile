@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run test lint bench bench-gateway bench-swap bench-batch clean
+.PHONY: help setup model run test lint docs bench bench-gateway bench-swap bench-batch clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter co
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+docs: setup ## build the documentation site into site/ (mkdocs --strict: a broken link or anchor fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine; then the gateway's overhead
 	$(BIN)/python scripts/bench_serve.py

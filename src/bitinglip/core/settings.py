@@ -29,11 +29,19 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class ServerSettings(_Section, frozen=True):
+    """The HTTP server: where it listens, and how it logs."""
+
+    # The address to listen on. A loopback address (the default) keeps the server to this machine; any other
+    # turns API keys on (`gateway.auth = "auto"`).
     host: str = "127.0.0.1"
+    # The port to listen on.
     port: int = 8000
+    # The lowest level of log event written.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # "auto": readable lines in development, one JSON object per line elsewhere.
     log_format: Literal["auto", "console", "json"] = "auto"
+    # One `http.request` log line per request (its id, key id, model, status, tokens and times), except for
+    # /health and /ready.
     access_log: bool = True
     # How long an idle keep-alive connection stays open. Longer than clients keep theirs (httpx 5 s, aiohttp
     # 15 s): when both give up at once, a client may send its next request on a connection the server is
@@ -42,15 +50,22 @@ class ServerSettings(_Section, frozen=True):
 
 
 class DbSettings(_Section, frozen=True):
+    """The SQLite database: the model registry, keys, usage, tasks, files and batches."""
+
     # Empty: `<home>/bitinglip.db`. A relative SQLite path is taken relative to the home.
     url: str = ""
 
 
 class ModelsSettings(_Section, frozen=True):
+    """The model registry's files and the hub models are pulled from."""
+
     # Empty: `<home>/models`. A relative path is taken relative to the home.
     dir: str = ""
+    # The hub to search and pull from, e.g. a mirror. Default: the Hugging Face hub (or `HF_ENDPOINT`).
     hub_endpoint: str | None = None
+    # A hub token, for gated or private models. Default: `HF_TOKEN`. Never logged, shown masked.
     hub_token: str | None = None
+    # Never reach the hub: only models already on disk are served; searches and pulls fail at once.
     offline: bool = False
 
 
@@ -72,9 +87,10 @@ class DeploymentSettings(_Section, frozen=True):
     keep_alive: float | str | None = None
     # vLLM engine arguments over `cluster.engine` (tensor_parallel_size, max_model_len, kv_cache_memory_bytes, ...).
     engine: dict[str, Any] = msgspec.field(default_factory=dict)
-    # Requests running at once per engine (default: the engine's max_num_seqs) and queued past that
-    # (default: as many again); past both, a fast 503 with Retry-After, before the prompt is tokenized.
+    # Requests running at once per engine. Default: the engine's max_num_seqs.
     max_concurrency: int | None = None
+    # Requests queued per engine past `max_concurrency` (default: as many again); past both, a fast 503 with
+    # Retry-After, before the prompt is tokenized.
     max_queue: int | None = None
     # Prompt tokens waiting for their first step per engine (admitted, not started); past it, a fast 503.
     # Default: max_model_len x max(2, max_num_seqs / 8).
@@ -82,12 +98,17 @@ class DeploymentSettings(_Section, frozen=True):
 
 
 class ClusterSettings(_Section, frozen=True):
+    """The deployments (one model under one name, served by its own vLLM engines) and how they are placed, loaded,
+    watched and put away."""
+
     # Shorthand for one deployment of this model (a registry name, a local directory or a hub id), used when
     # `deployments` is empty; "" declares none (every model then loads on demand).
     model: str = "tiny"
     # Shorthand for a second deployment beside `model`, an embedding model (serves /v1/embeddings), used when
     # `deployments` is empty; "" for none.
     embedding_model: str = ""
+    # Declared deployments: started with the server, one at a time, in order, and never put away unless their
+    # `keep_alive` says so. Each entry takes the keys of `cluster.deployments[]`.
     deployments: list[DeploymentSettings] = msgspec.field(default_factory=list)
     # vLLM engine arguments for every deployment, checked against AsyncEngineArgs at start-up.
     engine: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -101,18 +122,21 @@ class ClusterSettings(_Section, frozen=True):
     cpu_memory_budget_gib: float | None = None
     # A request naming a registered model that is not deployed deploys it, and waits up to load_timeout_s.
     load_on_demand: bool = True
+    # How long a request waits for its model to load on demand; then a 503 with Retry-After.
     load_timeout_s: float = 300.0
     # Idle time before a deployment that is not declared here is put away (seconds or "5m"; -1 never).
     keep_alive: float | str = "5m"
+    # An engine that has not started (and answered its warm-up request) within this long has failed to start.
     startup_timeout_s: float = 900.0
     # Requests in flight but no engine step for this long: the engine is restarted.
     stall_timeout_s: float = 120.0
     # An engine that dies is restarted this many times in a row (waits 2 s, 4 s, 8 s, ...), then `failed`.
     restart_attempts: int = 3
+    # The wait before the first restart; it doubles with each restart in a row.
     restart_backoff_s: float = 2.0
     # DELETE /api/deployments/{name} waits this long for requests in flight, then aborts them.
     drain_timeout_s: float = 60.0
-    # vLLM's distributed executor: "mp" (one machine) or "ray" (engines across machines, see the README).
+    # vLLM's distributed executor: "mp" (one machine) or "ray" (one model across machines).
     executor: Literal["mp", "ray"] = "mp"
     # The Ray cluster to join when executor = "ray" (e.g. "10.0.0.1:6379"); default: RAY_ADDRESS, or a local Ray.
     ray_address: str | None = None
@@ -121,12 +145,17 @@ class ClusterSettings(_Section, frozen=True):
 class LimitSettings(_Section, frozen=True):
     """Limits on one model, over every key: requests and tokens (prompt + completion) per minute, at once."""
 
+    # Requests per minute; none: no limit.
     rpm: int | None = None
+    # Tokens (prompt + completion) per minute; none: no limit.
     tpm: int | None = None
+    # Requests at once; none: no limit.
     max_concurrent: int | None = None
 
 
 class GatewaySettings(_Section, frozen=True):
+    """The OpenAI-compatible edge: API keys, limits, usage and streaming."""
+
     # API keys on /v1 and /api: "auto" is on unless server.host is a loopback address (127.0.0.1, ::1, localhost).
     auth: bool | Literal["auto"] = "auto"
     # The server refuses to listen on a non-loopback address with auth off, unless this is true.
@@ -148,6 +177,8 @@ class GatewaySettings(_Section, frozen=True):
 
 
 class TasksSettings(_Section, frozen=True):
+    """Background tasks and OpenAI batches (/api/tasks, /v1/files, /v1/batches)."""
+
     # Where uploaded and produced files (batch input, output, errors) live. Empty: `<home>/files`.
     files_dir: str = ""
     # While interactive requests are in flight on a deployment, background work takes at most this share of
@@ -157,19 +188,24 @@ class TasksSettings(_Section, frozen=True):
     max_in_flight: int = 256
     # Runs of one task before it fails (an engine that died, a model that would not load).
     max_attempts: int = 3
+    # The wait before a failed task runs again; it doubles with each attempt.
     retry_backoff_s: float = 2.0
     # A running task's lease: renewed while it runs; one left to expire (the process died) puts it back in line.
     lease_s: float = 30.0
     # Files, finished tasks and finished batches are deleted this many days after they were made or ended.
     retention_days: float = 30.0
-    # A batch input file: at most this many bytes and lines (OpenAI's limits).
+    # An uploaded file (a batch input): at most this many bytes (OpenAI's limit).
     max_file_bytes: int = 200 * 1024 * 1024
+    # A batch input file: at most this many lines, one request each (OpenAI's limit).
     max_batch_lines: int = 50_000
     # The longest `completion_window` a batch may ask for ("24h" is OpenAI's only value; we take any up to this).
     max_completion_window: str = "7d"
 
 
 class Settings(_Section, frozen=True):
+    """Every setting, one section per module."""
+
+    # The environment: which `settings/<env>.toml` is read. Set by BITINGLIP_ENV, not as a key.
     env: str = "development"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     db: DbSettings = msgspec.field(default_factory=DbSettings)
