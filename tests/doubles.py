@@ -83,6 +83,10 @@ class ScriptedEngine:
         return self.started and not self.died
 
     @property
+    def max_prompt_chars(self) -> int:
+        return self.max_model_len * 16  # its words are under 16 characters each
+
+    @property
     def dead(self) -> bool:
         return self.started and self.died
 

@@ -6,6 +6,7 @@ them in reverse: the server's lifespan and every CLI command go through it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -132,6 +133,8 @@ class Components:
             stack.push_async_callback(self._stopped, "models", self.models.stop)
             if serve:
                 self._metric_sources()
+                lag = asyncio.get_running_loop().create_task(self.metrics.watch_loop())
+                stack.callback(lag.cancel)
                 await self.usage.start()
                 stack.push_async_callback(self._stopped, "usage", self.usage.stop)  # the last counts written
                 await self.cluster.start()

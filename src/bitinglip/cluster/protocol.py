@@ -104,6 +104,10 @@ class EngineClient(Protocol):
     def model_path(self) -> Path: ...
     @property
     def max_model_len(self) -> int: ...
+    @property
+    def max_prompt_chars(self) -> int:
+        """The longest text (in characters) whose tokens could fit in `max_model_len`: longer is refused unread."""
+        ...
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens."""

@@ -9,6 +9,7 @@ Two kinds of numbers:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -24,6 +25,8 @@ Source = Callable[[], Awaitable[Iterable[Metric]]]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LOOP_LAG_EVERY_S = 0.1  # how often the event loop's lag is sampled
 
 
 class _Scraped(Collector):
@@ -69,6 +72,13 @@ class Metrics:
             ["reason", "model"],
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "bitinglip_event_loop_lag_seconds",
+            f"How late the event loop ran a timer due every {LOOP_LAG_EVERY_S} s: how long any request could have "
+            "waited for the one loop that serves them all",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         # Children by label values, kept here: prometheus_client's labels() costs more than the increment itself
         # (five per generated response, 1% of the API process's CPU per request).
         self._children: dict[tuple[object, ...], Any] = {}
@@ -88,6 +98,15 @@ class Metrics:
         self._child(self.completion_tokens, model).inc(completion)
         if ttft_s is not None:
             self._child(self.ttft, model).observe(ttft_s)
+
+    async def watch_loop(self) -> None:
+        """Sample the event loop's lag until cancelled (the server runs it while it serves)."""
+        loop = asyncio.get_running_loop()
+        observe = self.loop_lag.observe
+        while True:
+            due = loop.time() + LOOP_LAG_EVERY_S
+            await asyncio.sleep(LOOP_LAG_EVERY_S)
+            observe(max(0.0, loop.time() - due))
 
     def _child(self, metric: Any, *values: str) -> Any:
         key = (metric, *values)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -16,6 +15,7 @@ from bitinglip.gateway.pipeline import Pipeline
 from bitinglip.gateway.protocol.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from bitinglip.gateway.serving import ChatServing
 from bitinglip.gateway.serving.base import Serving
+from bitinglip.gateway.serving.tools import tools_json
 
 
 class TokenizeController(Controller):
@@ -40,10 +40,10 @@ class TokenizeController(Controller):
         try:
             engine = lease.engine
             if data.messages is not None:
-                tools = [msgspec.to_builtins(t) for t in data.tools] if data.tools else None
+                tools = tools_json(data.tools) if data.tools else None
                 ids, _ = await ChatServing.render(data.messages, engine, tools)
             else:
-                ids = await Serving.encode(engine, data.prompt or "")
+                ids = await Serving.encode(engine, data.prompt or "", "prompt")
             strs = [engine.decode_token(t) for t in ids] if data.return_token_strs else None
             return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids, token_strs=strs)
         finally:

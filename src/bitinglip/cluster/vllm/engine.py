@@ -44,6 +44,7 @@ class VllmEngine:
         self.env = env or {}
         self.stats = EngineStats()
         self.max_model_len = 0
+        self.max_prompt_chars = 0
         self.max_num_seqs = 0
         self.tool_call_parser: str | None = engine_args.get("tool_call_parser") or None
         self.embedding = False  # pools instead of generating: vLLM's model config says, once started
@@ -115,6 +116,10 @@ class VllmEngine:
         if self.tool_call_parser is not None:  # a misfit fails the start (the deployment stops what started)
             check_parser_fits(self.tool_call_parser, self._tokenizer, self.served_name)
         self.max_model_len = int(llm.model_config.max_model_len)
+        # No token stands for more characters of text than its vocabulary entry has (byte-level entries have one
+        # character per byte), so a text longer than this cannot fit, whatever it says.
+        longest = max((len(entry) for entry in self._tokenizer.get_vocab()), default=1)
+        self.max_prompt_chars = self.max_model_len * max(longest, 1)
         self.max_num_seqs = int(llm.vllm_config.scheduler_config.max_num_seqs)
         # vLLM picks the pooling runner itself for a sentence-transformers model (its modules.json says so).
         self.embedding = getattr(llm.model_config, "runner_type", None) == "pooling"

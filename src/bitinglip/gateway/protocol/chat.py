@@ -13,6 +13,7 @@ from bitinglip.gateway.protocol.sampling import (
     SamplingRequest,
     TopLogprob,
     Usage,
+    check_logprob_work,
     check_range,
     structured_outputs,
 )
@@ -81,6 +82,7 @@ class ChatCompletionRequest(SamplingRequest):
         if self.logprobs:
             top = self.top_logprobs or 0
             check_range("top_logprobs", top, 0, MAX_LOGPROBS)
+            check_logprob_work(self.n, top, "top_logprobs")
             return top
         if self.top_logprobs:
             raise InvalidInput("`top_logprobs` needs `logprobs` set to true", param="top_logprobs")

@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from bitinglip.gateway.protocol.sampling import MAX_LOGPROBS, SamplingRequest, Usage, check_range, structured_outputs
+from bitinglip.gateway.protocol.sampling import (
+    MAX_LOGPROBS,
+    SamplingRequest,
+    Usage,
+    check_logprob_work,
+    check_range,
+    structured_outputs,
+)
 
 
 class CompletionRequest(SamplingRequest):
@@ -23,6 +30,8 @@ class CompletionRequest(SamplingRequest):
 
     def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
         check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.logprobs is not None:
+            check_logprob_work(self.n, self.logprobs, "logprobs")
         max_tokens = self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
         # The engine cannot generate nothing: scoring asks it for one token, which nobody sees or pays for.
         args = self._sampling_args(1 if self.score_only else max_tokens, prompt_len, max_model_len, "prompt")

@@ -12,8 +12,22 @@ from bitinglip.core import InvalidInput
 MAX_N = 128
 
 MAX_LOGPROBS = 20
+# Logprob entries (each a decoded token) a request may ask for per generated step, over all its choices: building
+# them runs on the event loop that serves every request, so it is bounded (n 64 x 21 stalled the server).
+MAX_LOGPROB_ENTRIES = 256
 
 MAX_STOP = 16
+
+
+def check_logprob_work(n: int, top: int, param: str) -> None:
+    """Refuse a request whose logprobs would cost more than MAX_LOGPROB_ENTRIES per step (`n` x (`top` + 1))."""
+    if n * (top + 1) > MAX_LOGPROB_ENTRIES:
+        raise InvalidInput(
+            f"`n` x (`{param}` + 1) must be at most {MAX_LOGPROB_ENTRIES} (logprobs are built for every choice at every"
+            f" token), got {n} x ({top} + 1) = {n * (top + 1)}; ask for fewer choices or fewer alternatives",
+            param=param,
+            code="too_many_logprobs",
+        )
 
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:
@@ -35,6 +49,10 @@ class StreamOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object")
 
 STRUCTURED_OPTIONS = frozenset({"disable_any_whitespace", "disable_additional_properties", "whitespace_pattern"})
+# A constraint is compiled (on the server's CPU, before the request runs) in time that grows with its size: a
+# 100,000-way `choice` took minutes. Bounded by its options and its encoded size.
+MAX_CHOICES = 256
+MAX_CONSTRAINT_BYTES = 64 * 1024
 
 
 class JsonSchemaFormat(msgspec.Struct, kw_only=True):
@@ -85,6 +103,19 @@ def structured_outputs(given: dict[str, Any] | None, response_format: ResponseFo
     kind, value = kinds[0], given[kinds[0]]
     if kind == "choice" and not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
         raise InvalidInput("`choice` must be a non-empty list of non-empty strings", param="structured_outputs.choice")
+    if kind == "choice" and len(value) > MAX_CHOICES:
+        raise InvalidInput(
+            f"`choice` takes at most {MAX_CHOICES} options, got {len(value)}",
+            param="structured_outputs.choice",
+            code="constraint_too_large",
+        )
+    if (size := len(value.encode() if isinstance(value, str) else msgspec.json.encode(value))) > MAX_CONSTRAINT_BYTES:
+        param = "response_format.json_schema.schema" if response_format is not None else f"structured_outputs.{kind}"
+        raise InvalidInput(
+            f"the output constraint is {size:,} bytes; at most {MAX_CONSTRAINT_BYTES:,} are taken",
+            param=param,
+            code="constraint_too_large",
+        )
     if kind in ("regex", "grammar") and not (isinstance(value, str) and value):
         raise InvalidInput(f"`{kind}` must be a non-empty string", param=f"structured_outputs.{kind}")
     if kind == "json" and not isinstance(value, dict | str):

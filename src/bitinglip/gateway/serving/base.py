@@ -147,6 +147,18 @@ def token_ids(value: list[Any], param: str) -> list[int]:
     return value
 
 
+def check_prompt_chars(engine: EngineClient, chars: int, param: str) -> None:
+    """Refuse, before any tokenizing, a text too long to fit the context whatever its tokens."""
+    if chars > engine.max_prompt_chars:
+        raise InvalidInput(
+            f"This model's maximum context length is {engine.max_model_len} tokens. However, `{param}` is "
+            f"{chars:,} characters: more than any {engine.max_model_len} tokens of this model can hold. Please "
+            "shorten it.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
 def refuse_embedding_model(engine: EngineClient, route: str) -> None:
     if engine.embedding:
         raise InvalidInput(
@@ -187,7 +199,9 @@ class Serving(ABC):
         return 1 if streams < AUTO_FROM else min(AUTO_MAX, streams // AUTO_PER_TOKEN)
 
     @staticmethod
-    async def encode(engine: EngineClient, text: str) -> list[int]:
+    async def encode(engine: EngineClient, text: str, param: str) -> list[int]:
+        """Token ids of a prompt; one too long for any context is refused unread, a long one tokenized off the loop."""
+        check_prompt_chars(engine, len(text), param)
         if len(text) < INLINE_TOKENIZE_CHARS:
             return engine.encode(text)
         return await asyncio.to_thread(engine.encode, text)

@@ -26,7 +26,15 @@ from bitinglip.gateway.protocol.chat import (
     ToolCallOut,
 )
 from bitinglip.gateway.protocol.sampling import Usage
-from bitinglip.gateway.serving.base import Finished, Frame, Prepared, Serving, StreamContext, refuse_embedding_model
+from bitinglip.gateway.serving.base import (
+    Finished,
+    Frame,
+    Prepared,
+    Serving,
+    StreamContext,
+    check_prompt_chars,
+    refuse_embedding_model,
+)
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 from bitinglip.gateway.serving.tools import check_tools, history_calls
 
@@ -98,8 +106,11 @@ class ChatServing(Serving):
         """The prompt (token ids and text) the model's chat template makes of ``messages`` (and ``tools``)."""
         if not messages:
             raise InvalidInput("`messages` must be a non-empty list", param="messages", code="empty_messages")
-        text = engine.render_chat([message_dict(m, i) for i, m in enumerate(messages)], tools)
-        return await cls.encode(engine, text), text
+        dicts = [message_dict(m, i) for i, m in enumerate(messages)]
+        # The template adds to the messages' text, never takes away: too much text is refused before rendering.
+        check_prompt_chars(engine, sum(len(m["content"]) for m in dicts), "messages")
+        text = engine.render_chat(dicts, tools)
+        return await cls.encode(engine, text, "messages"), text
 
     async def prepare(self, req: ChatCompletionRequest, engine: EngineClient) -> Prepared:
         refuse_embedding_model(engine, "/v1/chat/completions")

@@ -40,7 +40,7 @@ class CompletionServing(Serving):
         if prompt is None or prompt == "" or prompt == []:
             raise InvalidInput(f"`prompt` must be non-empty: {PROMPT_SHAPES}", param="prompt")
         if isinstance(prompt, str):
-            return [(await self.encode(engine, prompt), prompt)]
+            return [(await self.encode(engine, prompt, "prompt"), prompt)]
         if all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
             return [(token_ids(prompt, "prompt"), None)]
         if len(prompt) > MAX_PROMPTS:
@@ -48,7 +48,7 @@ class CompletionServing(Serving):
         prompts: list[tuple[list[int], str | None]] = []
         for i, item in enumerate(prompt):
             if isinstance(item, str) and item:
-                prompts.append((await self.encode(engine, item), item))
+                prompts.append((await self.encode(engine, item, f"prompt.{i}"), item))
             elif isinstance(item, list):
                 prompts.append((token_ids(item, f"prompt.{i}"), None))
             else:

@@ -40,7 +40,7 @@ class EmbeddingServing:
             if isinstance(item, str):
                 if not item:
                     raise InvalidInput(f"input[{i}] is an empty string", param=f"input.{i}")
-                inputs.append((await Serving.encode(engine, item), item))
+                inputs.append((await Serving.encode(engine, item, f"input.{i}"), item))
             elif isinstance(item, list):
                 inputs.append((token_ids(item, f"input.{i}"), None))
             else:

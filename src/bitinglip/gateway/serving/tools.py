@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 
 from bitinglip.core import InvalidInput
-from bitinglip.gateway.protocol.chat import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from bitinglip.gateway.protocol.chat import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 MAX_TOOLS = 128  # OpenAI's limit
+# The tools are rendered into the prompt and compiled into a constraint on the server's CPU: bounded by size.
+MAX_TOOLS_BYTES = 256 * 1024
 
 
 class ToolRequest(msgspec.Struct, kw_only=True):
@@ -71,8 +73,19 @@ def check_tools(req: ChatCompletionRequest) -> ToolRequest | None:
             'send one of them, or `tool_choice: "none"`',
             param=param,
         )
-    tools = [msgspec.to_builtins(tool) for tool in req.tools]
-    return ToolRequest(tools=tools, choice=choice, parallel=req.parallel_tool_calls is not False)
+    return ToolRequest(tools=tools_json(req.tools), choice=choice, parallel=req.parallel_tool_calls is not False)
+
+
+def tools_json(tools: list[Tool]) -> list[dict[str, Any]]:
+    """The tools as the chat template takes them; refused when too large to render and compile."""
+    plain = [msgspec.to_builtins(tool) for tool in tools]
+    if (size := len(msgspec.json.encode(plain))) > MAX_TOOLS_BYTES:
+        raise InvalidInput(
+            f"`tools` are {size:,} bytes of JSON; at most {MAX_TOOLS_BYTES:,} are taken",
+            param="tools",
+            code="tools_too_large",
+        )
+    return plain
 
 
 def _check_schema(schema: dict[str, Any], param: str) -> None:
