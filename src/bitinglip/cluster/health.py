@@ -25,9 +25,8 @@ log = get_logger(__name__)
 
 WATCH_INTERVAL_S = 1.0
 # On the CPU a measurement reads the engine processes' proportional set size, which makes the kernel walk their
-# page tables in our process's time: ~40 ms of the API process's CPU for the tiny model's 2.7 GB. So: at the
-# first watch tick after engines came or went, then every minute while no engine has requests, and at most every
-# 5 minutes while one has (it was every 10 s, taken from serving and from one round in seven of a benchmark).
+# page tables in our process's time, taken from serving (docs/performance.md). So: at the first watch tick after
+# engines came or went, then every minute while no engine has requests, and at most every 5 minutes while one has.
 MEASURE_EVERY = 60  # watch ticks
 MEASURE_BUSY_EVERY = 300
 

@@ -79,8 +79,8 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
-        # Children by label values, kept here: prometheus_client's labels() costs more than the increment itself
-        # (five per generated response, 1% of the API process's CPU per request).
+        # Children by label values, kept here: prometheus_client's labels() costs more than the increment itself,
+        # five times per generated response.
         self._children: dict[tuple[object, ...], Any] = {}
         self._scraped = _Scraped()
         r.register(self._scraped)

@@ -17,7 +17,7 @@ log = get_logger(__name__)
 def supported_architectures(cache_dir: Path) -> Callable[[], frozenset[str]]:
     """The architectures the installed vLLM serves, handed by the app to the models module (which never imports vllm).
 
-    Importing vLLM's model registry takes ~10 s (torch), too slow for `bitinglip models search` on every run,
+    Importing vLLM's model registry takes seconds (torch), too slow for `bitinglip models search` on every run,
     so the answer is kept in a small file per vLLM version; the server pays nothing (it imports vllm anyway).
     """
 

@@ -197,7 +197,7 @@ class VllmEngine:
 
     def sampling_params(self, params: Mapping[str, Any], *, whole: bool = False) -> object:
         # From vllm.sampling_params, not the package root: the root resolves names lazily, through
-        # importlib each time (1% of the API process's CPU per request).
+        # importlib each time, on every request.
         from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 

@@ -2,9 +2,9 @@
 
 With a stream interval of N, vLLM sends a request's first token at once and then one output every N tokens. A
 first token that decodes to no text yet (part of a UTF-8 character, a special token that is skipped) is sent
-empty, so the client's first text waited N more tokens: with random weights, a quarter of the requests at 64
-streams waited about 100 ms for it. Until a request's first text, `FirstText` puts its interval in vLLM's
-output processor down to 1 (every token sent as it comes), and back once the text is out.
+empty, so the client's first text waited N more tokens (docs/performance.md). Until a request's first text,
+`FirstText` puts its interval in vLLM's output processor down to 1 (every token sent as it comes), and back
+once the text is out.
 
 At 1, vLLM sends each step's new tokens and does not count what it has sent; above 1 it sends the tokens past
 that count (`sent_tokens_offset`). Hence two rules. The interval goes to 1 only when every token so far has been

@@ -6,8 +6,8 @@ still uses them: vLLM leaves a shared-memory segment behind (its resource tracke
 server sees its engine die mid-stop. In a process group of their own they hear only the server, which drains
 requests and then stops them in order, as it does for a SIGTERM sent to its pid alone. (A group, not a
 session: Linux schedules each session as one "autogroup", so an engine in a session of its own is given
-its own share of the CPU apart from the HTTP server's; on 2 cores that measured 2,068 and 3,265 tokens/s
-against 3,142 and 3,855 for the same server before, runs interleaved.)
+its own share of the CPU apart from the HTTP server's, which costs the server tokens/s on a small machine:
+docs/performance.md.)
 
 vLLM starts its processes with multiprocessing's `spawn`, which runs "the Python executable" on a command
 line; `multiprocessing.set_executable()` (documented) names a small Python script that calls
@@ -19,7 +19,7 @@ could not stop them itself (a SIGKILL to the group, or a terminal's SIGHUP). So 
 the kernel for SIGKILL when their parent dies (`PR_SET_PDEATHSIG`, kept across exec): an engine never
 outlives its server, which it could before when only the server's pid was killed. SIGKILL, not SIGTERM: an
 engine core whose server is gone has nobody to answer, and once, in a full test run, an engine core told with
-SIGTERM was still up with its worker 30 s later; its workers follow it through vLLM's own death pipe, and
+SIGTERM was still up with its worker long after; its workers follow it through vLLM's own death pipe, and
 the shared memory is freed by multiprocessing's resource tracker. The parent is, strictly, the thread that
 spawned the engine core: the event loop's default executor thread, alive until the loop closes, after the
 engine has been stopped.

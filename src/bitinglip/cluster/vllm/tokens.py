@@ -44,8 +44,8 @@ _ENCODE_HOOKS = ("encode", "_encode_plus", "__call__", "tokenize", "_batch_encod
 def fast_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
     """Prompt text -> token ids, straight through the Rust tokenizer where that is what transformers would do.
 
-    transformers' `encode` spends 4-5x the Rust call's time on argument handling and result conversion, once per
-    request on the event loop (about 5% of the API process's CPU under load). Our own copy of the Rust tokenizer
+    transformers' `encode` spends several times the Rust call's time on argument handling and result conversion,
+    once per request on the event loop (docs/performance.md). Our own copy of the Rust tokenizer
     also keeps vLLM's tokenizer pool and any mutation of its shared tokenizer out of the way. A tokenizer class
     that overrides the encode path, or a copy that disagrees on a probe text, keeps transformers' path.
     """

@@ -132,9 +132,8 @@ class Tally:
 
 MAX_TOKEN_ID = 2**31
 # The "auto" stream interval: 1 while this process sends fewer than AUTO_FROM streams, then one more token per
-# event for every AUTO_PER_TOKEN streams, AUTO_MAX at most (measured on the 2-core bench machine with
-# scripts/bench_serve.py: at 64 streams an event per 8 tokens cost the API process 54-65 us of CPU per token, an
-# event per 4 70-75, one per token ~95).
+# event for every AUTO_PER_TOKEN streams, AUTO_MAX at most: each event costs the API process the same whatever
+# it carries (docs/performance.md has the figures).
 AUTO_FROM = 32
 AUTO_PER_TOKEN = 8
 AUTO_MAX = 8

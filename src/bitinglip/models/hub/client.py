@@ -5,8 +5,8 @@ The library does the API calls, the file URLs, the auth headers and gives its er
 
 Reaching the hub. ``HfApi.list_models`` pages through ``huggingface_hub.utils.http_backoff``, which retries
 every ``httpx2.NetworkError`` (a refused connection and a name that does not resolve are ``ConnectError``\\s)
-five times, sleeping 1, 2, 4, 8 and 8 s, with no timeout of its own: a search against a hub that is not there
-took ~23 s to fail. ``HfApi.model_info`` and ``get_hf_file_metadata`` (used by ``resolve``) make one attempt.
+five times with growing sleeps and no timeout of its own: a search against a hub that is not there took tens
+of seconds to fail. ``HfApi.model_info`` and ``get_hf_file_metadata`` (used by ``resolve``) make one attempt.
 The library offers no per-call switch for those retries; its only hook, ``set_client_factory``, swaps the
 HTTP client of every user of the library in the process (transformers and vLLM included). So ``search``
 first sends one HEAD to the endpoint, with our timeout, through the library's own session (same proxies and
