@@ -230,6 +230,7 @@ class FakeEngines:
             ServedModel(
                 name=engine.served_name,
                 state="ready",
+                path=str(engine.model_path),
                 max_model_len=engine.max_model_len,
                 chat=not engine.embedding,
                 tools=engine.tool_call_parser is not None,

@@ -278,12 +278,18 @@ def _read_file_layer(path: Path) -> dict[str, Any]:
     return data
 
 
+# BITINGLIP_* variables that are not settings: BITINGLIP_ENV, _SETTINGS_DIR and _HOME pick the layers and the home;
+# BITINGLIP_URL and BITINGLIP_API_KEY are the CLI's, for the server it talks to.
+NOT_SETTINGS = ("env", "settings_dir", "home", "url", "api_key")
+
+
 def _read_env_layer() -> dict[str, Any]:
     layer = Dynaconf(envvar_prefix=ENV_PREFIX, environments=False, load_dotenv=False, settings_files=[])
     data: dict[str, Any] = _lower_keys(layer.as_dict(internal=False))
     data.pop("load_dotenv", None)
-    # These pick where settings and data live; they are not setting keys.
-    for key in ("env", "settings_dir", "home"):
+    # These pick where settings and data live, or are the CLI's own (the server it talks to, the key it sends):
+    # they are not setting keys.
+    for key in NOT_SETTINGS:
         data.pop(key, None)
     return data
 

@@ -14,6 +14,7 @@ from litestar.params import FromPath, JSONBody
 
 from bitinglip.core import Events, EventStream, NotFound, error_responses
 from bitinglip.gateway.generation import GENERATION, Generation, GenerationRoute, generation_post, whole_body
+from bitinglip.gateway.keys import ApiKey
 from bitinglip.gateway.pipeline import GenerationRequest
 from bitinglip.gateway.protocol.chat import ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse
 from bitinglip.gateway.protocol.completion import CompletionRequest, CompletionResponse
@@ -23,10 +24,16 @@ from bitinglip.gateway.serving import OpenAIServing
 
 
 def _visible(models: ModelList, request: Request[Any, Any, Any]) -> ModelList:
-    """Only the models the request's key may use (all of them for a key without a list, or with auth off)."""
-    allowed = request.scope["state"].get("models")
+    """Only the models the request's key may use (all of them for a key without a list, or with auth off); where
+    they live on disk (`root`) only for an admin key, or with auth off."""
+    state = request.scope["state"]
+    allowed = state.get("models")
     if allowed is not None:
         models.data = [card for card in models.data if card.id in allowed]
+    key: ApiKey | None = state.get("key")
+    if key is not None and key.scope != "admin":
+        for card in models.data:
+            card.root = None
     return models
 
 

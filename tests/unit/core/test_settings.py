@@ -128,3 +128,15 @@ def test_secrets_are_masked(layers: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "abcdefghijklmnop" not in rows["models.hub_token"]
     assert "masked" in rows["models.hub_token"]
     assert rows["server.port"] == "8100"
+
+
+def test_the_clis_own_variables_are_not_settings(layers: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BITINGLIP_URL (the server a CLI command talks to) and BITINGLIP_API_KEY broke every command that reads the
+    settings ("unknown key")."""
+    monkeypatch.setenv("BITINGLIP_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("BITINGLIP_API_KEY", "bl_secret")
+    loaded = load_settings(directory=layers)
+    assert loaded.settings.server.port == 8000 and not any("url" in key or "api_key" in key for key in loaded.sources)
+    monkeypatch.setenv("BITINGLIP_SERVR__PORT", "1")  # a typo is still refused
+    with pytest.raises(SettingsError, match="servr"):
+        load_settings(directory=layers)

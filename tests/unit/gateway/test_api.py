@@ -199,7 +199,7 @@ def test_every_request_releases_its_hold_on_the_engine(client: TestClient, servi
             "owned_by": "bitinglip",
             "object": "model",
             "max_model_len": 64,
-            "root": None,
+            "root": "/models/fake",
             "status": "ready",
             "capabilities": {
                 "chat": True,

@@ -109,6 +109,13 @@ def test_a_key_limited_to_models_sees_and_uses_only_those(client: TestClient, ga
     assert [m["id"] for m in client.get("/v1/models", headers=bearer(mine)).json()["data"]] == ["fake"]
 
 
+def test_where_a_model_lives_on_disk_is_shown_to_admin_keys_only(client: TestClient, gateway: Gateway) -> None:
+    user, admin = make_key(client, gateway), make_key(client, gateway, name="root", scope="admin")
+    assert [m["root"] for m in client.get("/v1/models", headers=bearer(user)).json()["data"]] == [None]
+    assert client.get("/v1/models/fake", headers=bearer(user)).json()["root"] is None
+    assert [m["root"] for m in client.get("/v1/models", headers=bearer(admin)).json()["data"]] == ["/models/fake"]
+
+
 def test_limits_refuse_with_retry_after_and_openai_headers_on_every_response(
     client: TestClient, gateway: Gateway
 ) -> None:
