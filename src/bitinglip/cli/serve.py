@@ -89,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bitinglip.app import create_app
+    from bitinglip.cli.http_protocol import header_deadline
 
     loaded = serve_settings(args)
     settings = loaded.settings
@@ -102,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
         timeout_keep_alive=settings.server.keep_alive_s,
+        http=header_deadline(settings.server.header_timeout_s),
         # Nothing reads the client's address (limits are per key), so X-Forwarded-* rewriting is work for nothing:
         # one more middleware layer on every request.
         proxy_headers=False,

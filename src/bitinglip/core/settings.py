@@ -47,6 +47,9 @@ class ServerSettings(_Section, frozen=True):
     # 15 s): when both give up at once, a client may send its next request on a connection the server is
     # closing, and that request fails with "server disconnected".
     keep_alive_s: Annotated[int, msgspec.Meta(ge=1)] = 75
+    # How long a client may take to send a request's headers, from when its connection opens or its request's
+    # first byte arrives; a slower one is closed (a connection trickling its headers holds a socket forever).
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
 
 
 class DbSettings(_Section, frozen=True):
