@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Sequence
+from pathlib import Path
 
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.plugins import InitPlugin
+from litestar.static_files import create_static_files_router
 
 from bitinglip.core.http import Observer, RequestIdMiddleware, complete_openapi, handle_error, health
 from bitinglip.core.litestar_internals import check as check_litestar
 from bitinglip.core.litestar_internals import wrap_whole_app
+
+STATIC = Path(__file__).parent / "static"
+SWAGGER_ASSETS = "/schema/assets/swagger-ui"  # vendored swagger-ui-dist (static/swagger-ui/README.md)
 
 
 class CorePlugin(InitPlugin):
@@ -28,6 +34,24 @@ class CorePlugin(InitPlugin):
             version=importlib.metadata.version("bitinglip"),
             use_handler_docstrings=True,
             create_examples=False,
+            # Swagger UI from the package (no CDN: the docs work offline), at /schema and /schema/swagger; the
+            # document itself at /schema/openapi.json and .yaml. Litestar's other viewers load from CDNs.
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    path=["/", "/swagger"],
+                    js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+                    css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+                    standalone_preset_js_url=f"{SWAGGER_ASSETS}/swagger-ui-standalone-preset.js",
+                    favicon=f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>",
+                ),
+                JsonRenderPlugin(),
+                YamlRenderPlugin(),
+            ],
+        )
+        app_config.route_handlers.append(
+            create_static_files_router(
+                SWAGGER_ASSETS, directories=[STATIC / "swagger-ui"], include_in_schema=False, name="swagger-assets"
+            )
         )
         app_config.on_startup.extend([self._wrap_whole_app, complete_openapi])
         return app_config
