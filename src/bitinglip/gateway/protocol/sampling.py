@@ -180,6 +180,13 @@ class SamplingRequest(StrictRequest):
                 param=prompt_param,
                 code="context_length_exceeded",
             )
+        if self.min_tokens is not None and self.min_tokens < 0:
+            raise InvalidInput(f"`min_tokens` must be at least 0, got {self.min_tokens}", param="min_tokens")
+        if max_tokens is not None and self.min_tokens is not None and self.min_tokens > max_tokens:
+            raise InvalidInput(
+                f"`min_tokens` ({self.min_tokens}) must not be more than `max_tokens` ({max_tokens})",
+                param="min_tokens",
+            )
         if max_tokens is not None:
             if max_tokens < 1:
                 raise InvalidInput(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -144,6 +145,14 @@ def token_ids(value: list[Any], param: str) -> list[int]:
     if not value or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < MAX_TOKEN_ID for x in value):
         raise InvalidInput(f"`{param}` must be a non-empty list of non-negative token ids", param=param)
     return value
+
+
+async def sampling_params(engine: EngineClient, args: dict[str, Any], *, whole: bool) -> object:
+    """The engine's sampling parameters. A constraint is compiled to check it, in time that grows with its size:
+    that runs off the event loop."""
+    if "structured_outputs" in args:
+        return await asyncio.to_thread(functools.partial(engine.sampling_params, args, whole=whole))
+    return engine.sampling_params(args, whole=whole)
 
 
 def check_prompt_chars(engine: EngineClient, chars: int, param: str) -> None:

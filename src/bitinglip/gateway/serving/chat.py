@@ -34,6 +34,7 @@ from bitinglip.gateway.serving.base import (
     StreamContext,
     check_prompt_chars,
     refuse_embedding_model,
+    sampling_params,
 )
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 from bitinglip.gateway.serving.tools import check_tools, history_calls
@@ -128,7 +129,7 @@ class ChatServing(Serving):
             if not calls.skip_special_tokens:
                 args["skip_special_tokens"] = False
         try:
-            params = engine.sampling_params(args, whole=not req.stream)
+            params = await sampling_params(engine, args, whole=not req.stream)
         except InvalidInput as exc:
             if exc.param == "structured_outputs" and req.response_format is not None:
                 exc.param = "response_format"  # what the client sent

@@ -25,6 +25,7 @@ from bitinglip.gateway.serving.base import (
     Serving,
     StreamContext,
     refuse_embedding_model,
+    sampling_params,
     token_ids,
 )
 from bitinglip.gateway.serving.logprobs import extend_completion_logprobs
@@ -67,7 +68,7 @@ class CompletionServing(Serving):
             model=req.model or "",
             engine=engine,
             prompts=prompts,
-            params=engine.sampling_params(args, whole=not req.stream),
+            params=await sampling_params(engine, args, whole=not req.stream),
             n=req.n,
             max_tokens=0 if req.score_only else args["max_tokens"],
             stream=req.stream,
