@@ -5,13 +5,15 @@ One loop schedules: for each target (a model) with ready tasks, it claims as man
 (`Capacity`), highest priority first, and runs each as an asyncio task. A run that ends hands its outcome to
 the writer, which records outcomes together (every `FLUSH_S` or `FLUSH_MAX` of them), so the database sees
 neither a transaction per token nor one at the end. Leases are renewed every third of `tasks.lease_s`; a
-process that dies leaves leases that expire, and their tasks run again, attempts counted.
+process that dies leaves leases that expire, and their tasks run again, attempts counted. `stop()` ends the
+loops, then the runs, and puts back in line whatever this queue still holds, its attempt not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,6 +72,17 @@ def retryable(exc: BaseException) -> bool:
     return not isinstance(exc, BitingLipError) or exc.status >= 500 or exc.status == 429
 
 
+async def nap(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set, or ``timeout`` seconds.
+
+    Not ``asyncio.wait_for(event.wait(), timeout)``: on Python 3.11 that returns as if nothing happened when a
+    cancel lands in the turn its inner wait ends (cpython#86296), and a loop that loses its cancel outlives
+    ``TaskQueue.stop()``, which then waits on it for ever. ``asyncio.timeout`` counts cancels and keeps it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
 class TaskQueue:
     def __init__(self, store: TaskStore, settings: TasksSettings, capacity: Capacity) -> None:
         self.store = store
@@ -114,16 +127,23 @@ class TaskQueue:
     async def stop(self) -> None:
         """Stop scheduling; runs under way are put back in line (their attempt not counted) for the next start."""
         self._stopping = True
-        # Every loop stops first (the writer too: the last flush below is this method's), then the runs, whose
-        # refunds that flush writes.
+        self._wake.set()  # a loop between two awaits sees the flag and ends even without its cancel
+        self._flushed.set()
+        # The loops end first (the writer too: the last flush below is this method's), so that no run starts
+        # after the runs are cancelled; the scheduler is the only starter of runs.
         for loop in self._loops:
             loop.cancel()
-        runs = list(self.running.values())
-        for run in runs:
-            run.cancel()
-        await asyncio.gather(*self._loops, *runs, return_exceptions=True)
-        await self.flush()  # what the runs reported, and the refunds
+        await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        while runs := [run for run in self.running.values() if not run.done()]:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+        await self.flush()  # what the runs reported before they were cancelled
+        # Whatever this queue still holds goes back: the cancelled runs, a run cancelled before its first step,
+        # and a claim the cancel cut off between its commit and the scheduler's starting its runs.
+        if released := await self.store.release(self.owner):
+            log.info("tasks.released", tasks=released)
 
     def wake(self) -> None:
         """New work was queued: look at the table now rather than at the next tick."""
@@ -207,9 +227,8 @@ class TaskQueue:
     async def _schedule_loop(self) -> None:
         last_tick = last_recover = 0.0
         ready: set[str] = set()  # targets with tasks ready to run, as of the last look at the table
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+        while not self._stopping:
+            await nap(self._wake, TICK_S)
             self._wake.clear()
             try:
                 now = time.monotonic()
@@ -239,8 +258,20 @@ class TaskQueue:
                 await asyncio.sleep(TICK_S)
 
     def _start(self, claimed: Claimed) -> None:
+        if self._stopping:
+            return  # stop() puts it back with the others
         self.per_target[claimed.target] = self.per_target.get(claimed.target, 0) + 1
-        self.running[claimed.id] = asyncio.create_task(self._run(claimed), name=f"task-{claimed.id}")
+        run = asyncio.create_task(self._run(claimed), name=f"task-{claimed.id}")
+        self.running[claimed.id] = run
+        # Its room is given back when the asyncio task ends, not in _run's finally: a run cancelled before its
+        # first step (a cancel or a stop in the turn it was claimed) never enters _run at all.
+        run.add_done_callback(functools.partial(self._ended, claimed))
+
+    def _ended(self, claimed: Claimed, run: asyncio.Task[None]) -> None:
+        self.per_target[claimed.target] -= 1
+        if self.running.get(claimed.id) is run:
+            del self.running[claimed.id]
+        self._wake.set()  # its slot is free: claim the next one now, not at the next tick
 
     async def _run(self, claimed: Claimed) -> None:
         began = time.monotonic()
@@ -254,11 +285,7 @@ class TaskQueue:
             outcome = Outcome(
                 id=claimed.id, attempt=claimed.attempts, state="succeeded", result=msgspec.json.encode(result).decode()
             )
-        except asyncio.CancelledError:
-            if self._stopping:  # the server is stopping: back in line, this attempt not counted
-                outcome = Outcome(id=claimed.id, attempt=claimed.attempts, state="queued", refund=True)
-            raise  # otherwise cancelled by a user: the row says so already
-        except Exception as exc:
+        except Exception as exc:  # not a cancel (by stop(), which puts it back, or by a user: the row says so)
             error = msgspec.json.encode(error_of(exc)).decode()
             if retryable(exc) and claimed.attempts < claimed.max_attempts:
                 backoff = self.settings.retry_backoff_s * 2 ** (claimed.attempts - 1)
@@ -275,22 +302,18 @@ class TaskQueue:
                 if not isinstance(exc, BitingLipError):
                     log.exception("task.failed", task=claimed.id)
         finally:
-            self.per_target[claimed.target] -= 1
-            self.running.pop(claimed.id, None)
             if outcome is not None:
                 self._outcomes.append(outcome)
                 if len(self._outcomes) >= FLUSH_MAX:
                     self._flushed.set()
-            self._wake.set()  # its slot is free: claim the next one now, not at the next tick
             if claimed.batch_id is None:
                 log.info("task.ran", task=claimed.id, seconds=round(time.monotonic() - began, 3))
 
     # -- writing
 
     async def _write_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flushed.wait(), FLUSH_S)
+        while not self._stopping:
+            await nap(self._flushed, FLUSH_S)
             self._flushed.clear()
             try:
                 await self.flush()
@@ -311,7 +334,7 @@ class TaskQueue:
             await self.on_written(batch_ids)
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 if self.running:

@@ -75,7 +75,6 @@ class Outcome(msgspec.Struct, kw_only=True):
     result: str | None = None
     error: str | None = None
     not_before: float = 0.0
-    refund: bool = False  # put back without counting the attempt (this process is stopping)
 
 
 async def page(
@@ -240,14 +239,23 @@ class TaskStore:
                 values: dict[str, Any] = {"state": o.state, "lease_owner": None, "lease_expires_at": None}
                 if o.state == "queued":
                     values |= {"not_before": o.not_before, "error": o.error}
-                    if o.refund:
-                        values["attempts"] = tasks.c.attempts - 1
                 else:
                     values |= {"result": o.result, "error": o.error, "finished_at": now}
                 update = tasks.update().where(*mine, tasks.c.lease_owner == owner).values(**values)
                 result = await conn.execute(update.returning(tasks.c.batch_id))
                 batch_ids.update(b for (b,) in result.all() if b)
         return batch_ids
+
+    async def release(self, owner: str) -> int:
+        """Put the tasks ``owner`` runs back in line, their attempt not counted: its process is stopping.
+        Returns how many."""
+        query = (
+            tasks.update()
+            .where(tasks.c.lease_owner == owner, tasks.c.state == "running")
+            .values(state="queued", attempts=tasks.c.attempts - 1, lease_owner=None, lease_expires_at=None)
+        )
+        async with self.db.engine.begin() as conn:
+            return int((await conn.execute(query)).rowcount or 0)
 
     async def recover(self, *, at_start: bool = False) -> int:
         """Running tasks whose lease expired (or, at start, whose process is gone) go back in line, or fail

@@ -19,8 +19,12 @@ class FakeCapacity:
 
     slots_by_model: dict[str, int | None] = field(default_factory=lambda: {"m": 4, "n": 4})
     interactive_by_model: dict[str, int] = field(default_factory=dict)
+    # Called as the scheduler asks, in its own turn: what a test wants to happen at exactly that point.
+    on_slots: Callable[[str], None] | None = None
 
     def slots(self, target: str) -> int | None:
+        if self.on_slots is not None:
+            self.on_slots(target)
         return self.slots_by_model.get(target)
 
     def interactive(self, target: str) -> int:

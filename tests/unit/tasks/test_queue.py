@@ -197,3 +197,53 @@ async def test_another_owner_sees_nothing(env: Env) -> None:
         await env.queue.store.get(task.id, "key-2")
     assert (await env.queue.store.list_tasks("key-2", state=None, batch_id=None, after=None, limit=10))[0] == []
     assert (await env.queue.store.get(task.id, "key-1")).id == task.id
+
+
+async def test_stop_ends_the_scheduler_when_a_wake_and_the_stop_land_together(env: Env) -> None:
+    # On Python 3.11 `asyncio.wait_for` loses a cancel that arrives in the turn its inner wait completes
+    # (cpython#86296): a scheduler waiting that way outlived the stop, which then waited on it for ever.
+    # Each offset below lands the stop a few event-loop turns after a wake, across that window.
+    for turns in range(6):
+        await env.queue.start()
+        await asyncio.sleep(0.05)  # the scheduler is waiting for work
+        env.queue.wake()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        try:
+            await asyncio.wait_for(env.queue.stop(), 5)
+        except TimeoutError:
+            pytest.fail(f"stop() did not return when it came {turns} turns after a wake")
+        env.restart_queue()
+
+
+async def test_a_run_cancelled_before_its_first_step_gives_its_room_back(env: Env) -> None:
+    env.capacity.slots_by_model |= {"m": 1, "n": 1}
+    first = [await submit(env, "m1"), await submit(env, "n1", model="n")]
+
+    def cancel_the_claimed_run(target: str) -> None:
+        # The scheduler asks for the second model's room in the turn it claimed the first's task: that run
+        # has been made but has not begun when it is cancelled (as a cancel from the API can land).
+        if env.queue.running:
+            env.capacity.on_slots = None
+            env.queue.abort([t.id for t in first])
+
+    env.capacity.on_slots = cancel_the_claimed_run
+    await env.queue.start()
+    await until(lambda: env.capacity.on_slots is None)
+    assert len(env.work.started) <= 1  # the cancelled run never began
+    then = [await submit(env, "m2"), await submit(env, "n2", model="n")]
+    for task in then:  # each model's one slot is free again
+        assert (await ended(env, task.id)).state == "succeeded"
+
+
+async def test_stop_puts_back_a_task_this_queue_claimed_and_never_ran(env: Env) -> None:
+    # A stop that cuts the scheduler off between a claim's commit and the start of its runs leaves a row this
+    # queue holds and no run: stop() puts it back like the runs it cancels.
+    task = await submit(env, "claimed")
+    claimed = await env.queue.store.claim("m", 1, env.queue.owner, env.settings.lease_s)
+    assert [c.id for c in claimed] == [task.id]
+    await env.queue.start()
+    await env.queue.stop()
+    back = await env.queue.store.get(task.id, "")
+    assert back.state == "queued" and back.attempts == 0
+    assert env.work.started == []
