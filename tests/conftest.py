@@ -2,11 +2,64 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import inspect
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+# pytest-timeout (pyproject.toml) dumps every thread's stack and exits. A hung event loop shows only `select`
+# there, so a little before that this names the test and prints the stack of each unfinished asyncio task.
+HANG_REPORT_AHEAD_S = 2.0
+_hang_timer = pytest.StashKey[threading.Timer]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    timer = threading.Timer(max(settings.timeout - HANG_REPORT_AHEAD_S, 0.0), _report_hang, (item,))
+    timer.daemon = True
+    timer.start()
+    item.stash[_hang_timer] = timer
+    # None: pytest-timeout still arms its own timer
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    if (timer := item.stash.get(_hang_timer, None)) is not None:
+        timer.cancel()
+
+
+def _report_hang(item: pytest.Item) -> None:
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture()
+    terminal = item.config.get_terminal_writer()
+    terminal.sep("+", f"Timeout: {item.nodeid}")
+    alive = gc.get_objects()
+    for task in [o for o in alive if isinstance(o, asyncio.Task) and not o.done()]:
+        terminal.line(f"~~~ {task.get_name()}, awaiting:")
+        terminal.line("\n".join(_awaiting(task.get_coro())))
+    # An async fixture stuck in its teardown sits behind `__anext__()`, where a task's chain of awaits ends.
+    for agen in [o for o in alive if inspect.isasyncgen(o) and o.ag_await is not None]:
+        terminal.line(f"~~~ async generator {agen.__qualname__}, awaiting:")
+        terminal.line("\n".join(_awaiting(agen)))
+    terminal.flush()
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """The frames of a coroutine (or async generator) and of what it awaits, outermost first."""
+    lines = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}')
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return lines
 
 
 @pytest.fixture(scope="session", autouse=True)
