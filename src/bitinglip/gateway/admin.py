@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, KwargDefinition
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bitinglip.core import InvalidInput, error_responses
@@ -89,12 +90,23 @@ class UsageController(Controller):
         return await usage.report(key_id=key_id, model=model, start=_day(start, "start"), end=_day(end, "end"))
 
 
+MetricsText = Annotated[str, KwargDefinition(description="Prometheus's text exposition format")]
+
+
 @get(
     "/metrics",
     operation_id="metrics",
     tags=["health"],
     summary="Prometheus metrics (text format), every name prefixed bitinglip_",
     include_in_schema=True,
+    responses={
+        200: ResponseSpec(
+            data_container=MetricsText,
+            media_type=CONTENT_TYPE_LATEST,
+            description="Every metric, as a Prometheus server scrapes it",
+            generate_examples=False,
+        )
+    },
 )
 async def metrics_route(metrics: NamedDependency[Metrics]) -> Response[bytes]:
     return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)

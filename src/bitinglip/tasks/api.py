@@ -15,7 +15,8 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromPath, FromQuery, JSONBody, Parameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Body, FromPath, FromQuery, JSONBody, KwargDefinition, QueryParameter
 from litestar.response import File
 
 from bitinglip.core import error_responses
@@ -34,6 +35,17 @@ from bitinglip.tasks.wire import (
     TaskState,
     TaskSubmit,
 )
+
+FILE_MEDIA_TYPE = "application/octet-stream"
+# Litestar documents a File response as a bare string: say what the bytes are.
+FileBytes = Annotated[
+    bytes,
+    KwargDefinition(
+        description="The file's bytes as they were uploaded, or as a batch wrote them (its output and error files "
+        "are JSON lines, one per input line)",
+        schema_extra={"contentMediaType": FILE_MEDIA_TYPE},
+    ),
+]
 
 
 def owner_of(request: Request[Any, Any, Any]) -> str:
@@ -95,14 +107,22 @@ class FilesController(Controller):
         "/{file_id:str}/content",
         operation_id="downloadFile",
         summary="A file's contents, streamed",
-        responses=error_responses(404),
-        media_type="application/octet-stream",
+        responses={
+            200: ResponseSpec(
+                data_container=FileBytes,
+                media_type=FILE_MEDIA_TYPE,
+                description="The file's contents, as an attachment named after the file",
+                generate_examples=False,
+            ),
+            **error_responses(404),
+        },
+        media_type=FILE_MEDIA_TYPE,
     )
     async def file_content(
         self, files: NamedDependency[FileStore], request: Request[Any, Any, Any], file_id: FromPath[str]
     ) -> File:
         found = await files.get(file_id, owner_of(request))
-        return File(path=files.path(file_id), filename=found.filename, media_type="application/octet-stream")
+        return File(path=files.path(file_id), filename=found.filename, media_type=FILE_MEDIA_TYPE)
 
     @delete(
         "/{file_id:str}",
@@ -191,7 +211,7 @@ class TasksController(Controller):
         queue: NamedDependency[TaskQueue],
         request: Request[Any, Any, Any],
         # `state` is a name Litestar reserves for the app's state; the query parameter is still called `state`.
-        task_state: Annotated[TaskState | None, Parameter(query="state")] = None,
+        task_state: Annotated[TaskState | None, QueryParameter(name="state")] = None,
         batch_id: FromQuery[str | None] = None,
         after: FromQuery[str | None] = None,
         limit: FromQuery[int] = 50,
