@@ -11,7 +11,7 @@
    arguments), warming up, then timing one LLM.generate over the same N prompts with the same sampling.
 
 Target: BitingLip's batch output tokens/s at least 0.90x the offline figure. Both engines get the same arguments
-(bench_swap.ENGINE_ARGS, plus --engine-arg) and run strictly one at a time, each stopped with its whole process
+(benchlib.SMALL_ENGINE_ARGS, plus --engine-arg) and run strictly one at a time, each stopped with its whole process
 group before the other starts (the build machines have 2 cores); --order says which goes first.
 
     .venv/bin/python scripts/bench_batch.py [--lines 1000] [--max-tokens 64] [--interactive 20]
@@ -34,11 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench_serve as bench  # scripts/ is on sys.path when this runs as a script
-import bench_swap as swap
+import benchlib as bench  # scripts/ is on sys.path when this runs as a script
 import httpx
 import psutil
-from bench_serve import BenchError
+from benchlib import BenchError, Server
 
 TARGET_RATIO = 0.90
 POLL_S = 0.1
@@ -78,7 +77,10 @@ class Results:
 
 @dataclasses.dataclass
 class Setup:
-    server: swap.Context  # what bench_swap.bitinglip_server reads: model_dir, name, engine_args, workdir
+    model_dir: Path
+    name: str  # the model's registry and served name
+    engine_args: dict[str, Any]
+    workdir: Path
     prompts: list[str]
     max_tokens: int
     interactive: int
@@ -86,7 +88,7 @@ class Setup:
 
 
 def make_prompts(count: int) -> list[str]:
-    """Short texts that differ in number, start and length: stretches of bench_serve's FILLER."""
+    """Short texts that differ in number, start and length: stretches of benchlib's FILLER."""
     words = bench.FILLER.split()
     n, words = len(words), words * 2  # a stretch may run past the end
     return [f"Request {i}: " + " ".join(words[i % n : i % n + 6 + i % 9]) for i in range(count)]
@@ -119,7 +121,7 @@ def cpu_delta(before: float | None, after: float | None) -> float | None:
 class Api:
     """The Files and Batches calls on one running server; any failure is a BenchError with the server's log."""
 
-    def __init__(self, client: httpx.AsyncClient, server: swap.Server, timeout_s: float) -> None:
+    def __init__(self, client: httpx.AsyncClient, server: Server, timeout_s: float) -> None:
         self.client, self.server, self.timeout_s = client, server, timeout_s
 
     def error(self, message: str) -> BenchError:
@@ -184,7 +186,7 @@ class Api:
         overlapped = 0
         for i in range(setup.interactive):
             prompt = setup.prompts[i % len(setup.prompts)]
-            body = bench._completion_body(setup.server.name, prompt, INTERACTIVE_MAX_TOKENS)
+            body = bench.completion_body(setup.name, prompt, INTERACTIVE_MAX_TOKENS)
             sample = await bench.stream_completion(self.client, self.server.url, body)
             if sample.error is not None or sample.ttft_s is None:
                 raise self.error(f"interactive request {i + 1}: {sample.error}")
@@ -195,21 +197,26 @@ class Api:
 
 
 async def bitinglip_part(setup: Setup, results: Results) -> None:
-    ctx, lines = setup.server, len(setup.prompts)
-    declared = {"BITINGLIP_CLUSTER__MODEL": bench.toml_value(ctx.name)}
-    async with swap.bitinglip_server(ctx, "bitinglip", declared) as server:
-        await swap.wait_deployment(server, ctx.name, gone=False)
+    lines = len(setup.prompts)
+    settings = {
+        "BITINGLIP_CLUSTER__MODEL": bench.toml_value(setup.name),  # declared: the one deployment
+        "BITINGLIP_CLUSTER__LOAD_ON_DEMAND": "true",
+        "BITINGLIP_CLUSTER__ENGINE": "@json " + json.dumps(setup.engine_args),
+    }
+    home = setup.workdir / "bitinglip"
+    async with bench.bitinglip_server(home, "bitinglip", settings, register=(setup.model_dir, setup.name)) as server:
+        await bench.wait_deployment(server, setup.name, gone=False)
         async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0)) as client:
             api = Api(client, server, setup.timeout_s)
             bench.progress(f"warming up: {WARMUP_REQUESTS} streaming requests, then a {WARMUP_REQUESTS}-line batch")
             warm = bench.LoadSpec(setup.prompts[:WARMUP_REQUESTS], WARMUP_REQUESTS, INTERACTIVE_MAX_TOKENS)
-            samples, _ = await bench.measure_http(server.url, ctx.name, warm)
+            samples, _ = await bench.measure_http(server.url, setup.name, warm)
             if errors := [s.error for s in samples if s.error]:
                 raise api.error(f"{len(errors)} warm-up requests failed, e.g. {errors[0]}")
-            warm_file = await api.upload(batch_lines(ctx.name, setup.prompts[:WARMUP_REQUESTS], setup.max_tokens))
+            warm_file = await api.upload(batch_lines(setup.name, setup.prompts[:WARMUP_REQUESTS], setup.max_tokens))
             await api.run_batch(warm_file, min(WARMUP_REQUESTS, lines), "warm-up batch")
 
-            file_id = await api.upload(batch_lines(ctx.name, setup.prompts, setup.max_tokens))
+            file_id = await api.upload(batch_lines(setup.name, setup.prompts, setup.max_tokens))
             results.bitinglip = await api.run_batch(file_id, lines, f"BitingLip batch ({lines} lines)")
             bench.progress(f"interactive TTFT, idle: {setup.interactive} requests")
             results.ttft_idle_s, _ = await api.ttfts(setup)
@@ -248,8 +255,8 @@ def offline_worker(spec_path: str) -> None:
 
 
 def offline_part(setup: Setup, results: Results) -> None:
-    workdir, lines = setup.server.workdir, len(setup.prompts)
-    spec = {"model": str(setup.server.model_dir), "engine_args": setup.server.engine_args,
+    workdir, lines = setup.workdir, len(setup.prompts)
+    spec = {"model": str(setup.model_dir), "engine_args": setup.engine_args,
             "prompts": setup.prompts, "max_tokens": setup.max_tokens}  # fmt: skip
     spec_path, log_path = workdir / "offline.json", workdir / "offline.log"
     spec_path.write_text(json.dumps(spec))
@@ -301,12 +308,12 @@ def print_report(setup: Setup, results: Results) -> None:
         k = setup.interactive
         print(f"\ninteractive TTFT, {k} sequential requests of {INTERACTIVE_MAX_TOKENS} tokens")
         print(f"{'':<16}  {'p50 ms':>8}  {'p90 ms':>8}")
-        idle = [bench._percentile_ms(results.ttft_idle_s, q) for q in (50, 90)]
-        beside = [bench._percentile_ms(results.ttft_beside_s, q) for q in (50, 90)]
+        idle = [bench.percentile_ms(results.ttft_idle_s, q) for q in (50, 90)]
+        beside = [bench.percentile_ms(results.ttft_beside_s, q) for q in (50, 90)]
         print(f"{'idle':<16}  {idle[0]:8.1f}  {idle[1]:8.1f}")
         if results.ttft_beside_s:
             print(f"{'beside a batch':<16}  {beside[0]:8.1f}  {beside[1]:8.1f}")
-            ratios = [swap.ratio(b, i) for b, i in zip(beside, idle, strict=True)]
+            ratios = [bench.ratio(b, i) for b, i in zip(beside, idle, strict=True)]
             print(f"{'beside / idle':<16}" + "".join(f"  {r + ('x' if r != 'n/a' else ''):>8}" for r in ratios))
             if results.overlapped < k:
                 print(f"  note: the batch ended early; {results.overlapped} of the {k} requests ran beside it")
@@ -316,16 +323,16 @@ def figures_json(setup: Setup, results: Results, failures: dict[str, str]) -> di
     ratio = tok_ratio(results)
 
     def ttft(values: list[float]) -> dict[str, Any]:
-        return {"p50_ms": swap.finite(bench._percentile_ms(values, 50)),
-                "p90_ms": swap.finite(bench._percentile_ms(values, 90)), "ms": [v * 1000 for v in values]}  # fmt: skip
+        return {"p50_ms": bench.finite(bench.percentile_ms(values, 50)),
+                "p90_ms": bench.finite(bench.percentile_ms(values, 90)), "ms": [v * 1000 for v in values]}  # fmt: skip
 
     return {
-        "setup": {"model": str(setup.server.model_dir), "name": setup.server.name, "lines": len(setup.prompts),
+        "setup": {"model": str(setup.model_dir), "name": setup.name, "lines": len(setup.prompts),
                   "max_tokens": setup.max_tokens, "interactive": setup.interactive,
-                  "engine_args": setup.server.engine_args},
+                  "engine_args": setup.engine_args},
         "bitinglip_batch": dataclasses.asdict(results.bitinglip) if results.bitinglip else None,
         "vllm_offline": dataclasses.asdict(results.offline) if results.offline else None,
-        "tokens_per_s_ratio": swap.finite(ratio),
+        "tokens_per_s_ratio": bench.finite(ratio),
         "target_ratio": TARGET_RATIO,
         "passed": ratio >= TARGET_RATIO if math.isfinite(ratio) else None,
         "ttft_idle": ttft(results.ttft_idle_s),
@@ -354,12 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> int:
     args = build_parser().parse_args()
-    model_dir = args.model.resolve()
-    if not (model_dir / "config.json").is_file():
-        print(f"bench: no model at {model_dir} (make model builds the default one)", file=sys.stderr)
+    model_dir = bench.model_dir_of(args.model)
+    if model_dir is None:
         return 2
     bench.warn_about_machine()
-    engine_args = {**swap.ENGINE_ARGS, **dict(args.engine_arg)}
+    engine_args = {**bench.SMALL_ENGINE_ARGS, **dict(args.engine_arg)}
     name = args.name or model_dir.name
     prompts = make_prompts(args.lines)
     print(f"model {model_dir} as {name!r}, engine arguments {json.dumps(engine_args)}")
@@ -368,11 +374,8 @@ def main() -> int:
     results = Results()
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-batch-") as workdir:
-        server_ctx = swap.Context(
-            model_dir, name, engine_args, Path(workdir), rounds=1, warm_requests=0, repeat=1,
-            spec=bench.LoadSpec(prompts, 1, args.max_tokens), cold_body={},
-        )  # fmt: skip
-        setup = Setup(server_ctx, prompts, args.max_tokens, args.interactive, args.timeout)
+        setup = Setup(model_dir, name, engine_args, Path(workdir), prompts, args.max_tokens, args.interactive,
+                      args.timeout)  # fmt: skip
         parts = [("bitinglip", lambda: asyncio.run(bitinglip_part(setup, results))),
                  ("vllm offline", lambda: offline_part(setup, results))]  # fmt: skip
         for label, part in parts if args.order == ORDERS[0] else parts[::-1]:
@@ -380,7 +383,7 @@ def main() -> int:
             try:
                 part()
             except BenchError as exc:
-                swap.failed(failures, label, exc)
+                bench.failed(failures, label, exc)
     print_report(setup, results)
     for label, reason in failures.items():
         print(f"\n!!! {label}: NOT MEASURED: {reason}")

@@ -37,10 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bench_serve as bench  # scripts/ is on sys.path when this runs as a script
+import benchlib as bench  # scripts/ is on sys.path when this runs as a script
 import httpx
 import numpy as np
-from bench_serve import BenchError
+from benchlib import BenchError
 
 ENGINE_ARGS: dict[str, Any] = {
     **bench.DEFAULT_ENGINE_ARGS,
@@ -54,8 +54,6 @@ KEY_LIMITS = {"rpm": 1_000_000, "tpm": 1_000_000_000, "max-concurrent": 10_000}
 KEY_TIMEOUT_S = 300.0  # the CLI imports the whole app; slow on a busy 2-core machine
 TARGET_MS = 0.5
 PEER = "LiteLLM proxy: 2–4 ms (published)"
-BIN = str(Path(sys.executable).parent / "bitinglip")
-DEFAULT_MODEL = Path(os.environ.get("BITINGLIP_HOME") or bench.REPO / "data") / "models" / "tiny"
 
 
 @dataclasses.dataclass
@@ -112,13 +110,9 @@ class ProbeFigures:
 def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool, engine_core: str) -> Server:
     home = root / name
     home.mkdir()
-    env = bench.child_env(
+    env = bench.bitinglip_env(
+        home,
         {
-            "BITINGLIP_ENV": "production",
-            "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",  # the chat model alone, like for like
-            "BITINGLIP_HOME": str(home),
-            "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{home}/bitinglip.db",
-            "BITINGLIP_MODELS__DIR": str(home / "models"),
             "BITINGLIP_CLUSTER__MODEL": str(model_dir),
             "BITINGLIP_CLUSTER__ENGINE": "@json " + json.dumps(ENGINE_ARGS),
             "BITINGLIP_CLUSTER__KV_CACHE_GIB": "0.25",
@@ -128,7 +122,7 @@ def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool, e
             # step (libgomp's default) slowed the other server's next request (p90 0.5 s instead of 10 ms).
             "VLLM_CPU_OMP_THREADS_BIND": engine_core,
             "OMP_WAIT_POLICY": "PASSIVE",
-        }
+        },
     )
     return Server(name, port, env, home / "server.log")
 
@@ -136,7 +130,7 @@ def make_server(name: str, root: Path, model_dir: Path, port: int, auth: bool, e
 def create_key(server: Server) -> str:
     """`bitinglip keys create --json` on the server's own database, before the server starts."""
     limits = [arg for name, value in KEY_LIMITS.items() for arg in (f"--{name}", str(value))]
-    cmd = [BIN, "keys", "create", "--name", "bench", *limits, "--json"]
+    cmd = [bench.BITINGLIP, "keys", "create", "--name", "bench", *limits, "--json"]
     out = subprocess.run(cmd, env=server.env, cwd=bench.REPO, capture_output=True, text=True, timeout=KEY_TIMEOUT_S)
     if out.returncode != 0:
         raise BenchError(f"`bitinglip keys create` failed with exit code {out.returncode}", out.stdout + out.stderr)
@@ -189,8 +183,7 @@ def timed(client: httpx.Client, probe: Probe) -> tuple[float, str | None]:
 def api_cpu_s(server: Server) -> float:
     """CPU seconds the server's API process (not its engine, a child process) has used so far."""
     assert server.proc is not None
-    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return bench.process_cpu_s(server.proc.pid)
 
 
 def run_probe(pair: list[tuple[Server, httpx.Client]], probe: Probe, warmup: int, requests: int) -> Round:
@@ -225,10 +218,6 @@ def run_probe(pair: list[tuple[Server, httpx.Client]], probe: Probe, warmup: int
     return result
 
 
-def pct_ms(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q) * 1000) if values else math.nan
-
-
 def summarize(label: str, rounds: list[Round]) -> ProbeFigures:
     off_s = [x for r in rounds for x in r.off_s]
     on_s = [x for r in rounds for x in r.on_s]
@@ -241,10 +230,10 @@ def summarize(label: str, rounds: list[Round]) -> ProbeFigures:
         probe=label,
         pairs=pairs,
         errors=len(errors),
-        off_p50_ms=pct_ms(off_s, 50),
-        on_p50_ms=pct_ms(on_s, 50),
-        off_p90_ms=pct_ms(off_s, 90),
-        on_p90_ms=pct_ms(on_s, 90),
+        off_p50_ms=bench.percentile_ms(off_s, 50),
+        on_p50_ms=bench.percentile_ms(on_s, 50),
+        off_p90_ms=bench.percentile_ms(off_s, 90),
+        on_p90_ms=bench.percentile_ms(on_s, 90),
         round_medians_ms=per_round,
         latency_overhead_ms=float(np.mean(per_round)) if per_round else math.nan,
         cpu_off_ms=cpu_off,
@@ -285,7 +274,7 @@ def write_json(path: Path, results: list[ProbeFigures], setup: dict[str, Any]) -
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: %(default)s)")
+    parser.add_argument("--model", type=Path, default=bench.TINY_MODEL, help="model directory (default: %(default)s)")
     parser.add_argument("--requests", type=bench.positive_int, default=400, help="measured requests per server")
     parser.add_argument(
         "--rounds", type=bench.positive_int, default=4, help="server restarts, places swapped every other one"
@@ -320,7 +309,7 @@ def measure(
     servers[1].key = create_key(servers[1])
     with contextlib.ExitStack() as stack:
         for server in servers[::-1] if swapped else servers:
-            cmd = [BIN, "serve", "--host", "127.0.0.1", "--port", str(server.port)]
+            cmd = [bench.BITINGLIP, "serve", "--host", "127.0.0.1", "--port", str(server.port)]
             server.proc = stack.enter_context(bench.server_process(cmd, server.env, server.log_path))
         asyncio.run(wait_all_ready(servers))
         # One persistent client per server: every request goes over the same kept-alive connection.

@@ -19,10 +19,8 @@ import contextlib
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,22 +28,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import benchlib as bench  # scripts/ is on sys.path when this runs as a script
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
 WORDS = "word " * 1_000_000  # 5 MB of prompt
 LAG = re.compile(r'^bitinglip_event_loop_lag_seconds_(bucket\{le="([^"]+)"\}|sum|count) (\S+)$')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server(model: Path, embedding: Path | None, home: Path) -> Iterator[str]:
-    port = free_port()
+    port = bench.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")}
     env.update(
         BITINGLIP_HOME=str(home),
@@ -54,9 +46,8 @@ def server(model: Path, embedding: Path | None, home: Path) -> Iterator[str]:
         BITINGLIP_SERVER__PORT=str(port),
         BITINGLIP_SERVER__ACCESS_LOG="false",
     )
-    executable = str(Path(sys.executable).parent / "bitinglip")
     log = (home / "server.log").open("wb")
-    proc = subprocess.Popen([executable, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    proc = subprocess.Popen([bench.BITINGLIP, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -240,8 +231,8 @@ def lag_figures(before: dict[str, float], after: dict[str, float]) -> tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=REPO / "data/models/tiny")
-    parser.add_argument("--embedding-model", type=Path, default=REPO / "data/models/tiny-embed")
+    parser.add_argument("--model", type=Path, default=bench.REPO / "data/models/tiny")
+    parser.add_argument("--embedding-model", type=Path, default=bench.REPO / "data/models/tiny-embed")
     args = parser.parse_args()
     embedding = args.embedding_model if args.embedding_model.is_dir() else None
     with tempfile.TemporaryDirectory() as home, server(args.model, embedding, Path(home)) as url:

@@ -11,7 +11,7 @@
    settings): tokens/s with every request to alpha, then with half to alpha and half to beta at once, at the
    same total concurrency, after a short warm-up.
 
-Every engine gets the same arguments (ENGINE_ARGS, as CLI flags for vLLM, as BITINGLIP_CLUSTER__ENGINE for
+Every engine gets the same arguments (bench.SMALL_ENGINE_ARGS, as CLI flags for vLLM, as BITINGLIP_CLUSTER__ENGINE for
 BitingLip). Servers run strictly one after the other, each stopped with its whole process group before the next
 (the build machines have 2 cores). BitingLip's cold rounds run first, so its first round is the one that may meet
 a cold page cache; every round's value is printed.
@@ -29,25 +29,16 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import bench_serve as bench  # scripts/ is on sys.path when this runs as a script
+import benchlib as bench  # scripts/ is on sys.path when this runs as a script
 import httpx
-from bench_serve import BenchError, Figures, LoadSpec, Sample
+from benchlib import BenchError, Figures, LoadSpec, Sample, Server
 
-ENGINE_ARGS: dict[str, Any] = {
-    "max_model_len": 512,
-    "enforce_eager": True,
-    "dtype": "bfloat16",
-    "max_num_seqs": 64,
-    "kv_cache_memory_bytes": 512 * 1024**2,  # set explicitly: vLLM's CPU build would otherwise take most of the RAM
-}
 PAIR = ("alpha", "beta")
 COLD_MAX_TOKENS = 16
 WARMUP_REQUESTS = 8  # per deployment
@@ -66,13 +57,6 @@ class Context:
     repeat: int
     spec: LoadSpec
     cold_body: dict[str, Any]
-
-
-@dataclasses.dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
 
 
 async def first_token(server: Server, body: dict[str, Any]) -> tuple[Sample, float]:
@@ -108,55 +92,18 @@ async def warm_ttfts(server: Server, ctx: Context) -> list[float]:
 # -- BitingLip
 
 
-@contextlib.asynccontextmanager
-async def bitinglip_server(ctx: Context, label: str, extra_env: dict[str, str]) -> AsyncIterator[Server]:
+def bitinglip_server(
+    ctx: Context, label: str, extra_env: dict[str, str]
+) -> contextlib.AbstractAsyncContextManager[Server]:
     """`bitinglip serve` with its own home, nothing declared unless extra_env declares it, the model registered."""
+    settings = {
+        "BITINGLIP_CLUSTER__MODEL": "",
+        "BITINGLIP_CLUSTER__LOAD_ON_DEMAND": "true",
+        "BITINGLIP_CLUSTER__ENGINE": "@json " + json.dumps(ctx.engine_args),
+        **extra_env,
+    }
     home = ctx.workdir / label
-    home.mkdir()
-    port = bench.free_port()
-    env = bench.child_env(
-        {
-            "BITINGLIP_ENV": "production",
-            "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",  # the chat model alone, like for like
-            "BITINGLIP_HOME": str(home),
-            "BITINGLIP_DB__URL": f"sqlite+aiosqlite:///{home}/bench.db",
-            "BITINGLIP_MODELS__DIR": str(home / "models"),
-            "BITINGLIP_CLUSTER__MODEL": "",
-            "BITINGLIP_CLUSTER__LOAD_ON_DEMAND": "true",
-            "BITINGLIP_CLUSTER__ENGINE": "@json " + json.dumps(ctx.engine_args),
-            **extra_env,
-        }
-    )
-    executable = str(Path(sys.executable).parent / "bitinglip")
-    register = [executable, "models", "import", str(ctx.model_dir), "--name", ctx.name]
-    imported = subprocess.run(register, env=env, cwd=bench.REPO, capture_output=True, text=True)
-    if imported.returncode != 0:
-        raise BenchError("`bitinglip models import` failed", imported.stdout + imported.stderr)
-    log_path = home / "server.log"
-    url = f"http://127.0.0.1:{port}"
-
-    async def ready(client: httpx.AsyncClient) -> bool:
-        return (await client.get(f"{url}/ready")).status_code == 200
-
-    with bench.server_process([executable, "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path) as proc:
-        bench.progress(f"bitinglip ({label}): ready after {await bench.wait_ready(proc, log_path, ready):.1f} s")
-        yield Server(url, proc, log_path)
-
-
-async def wait_deployment(server: Server, name: str, *, gone: bool) -> None:
-    """Until GET /api/deployments/{name} says ready (gone=False) or 404 (gone=True)."""
-    deadline = time.monotonic() + bench.READY_TIMEOUT_S
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        while time.monotonic() < deadline:
-            r = await client.get(f"{server.url}/api/deployments/{name}")
-            if gone and r.status_code == 404:
-                return
-            if not gone and r.status_code == 200 and r.json()["state"] in ("ready", "failed"):
-                if r.json()["state"] == "failed":
-                    raise BenchError(f"deployment {name} failed: {r.json()['reason']}", bench.tail(server.log_path))
-                return
-            await asyncio.sleep(0.2)
-    raise BenchError(f"deployment {name} not {'gone' if gone else 'ready'} after {bench.READY_TIMEOUT_S:.0f} s")
+    return bench.bitinglip_server(home, f"bitinglip ({label})", settings, register=(ctx.model_dir, ctx.name))
 
 
 async def cold_bitinglip(ctx: Context) -> tuple[list[float], list[float]]:
@@ -164,7 +111,7 @@ async def cold_bitinglip(ctx: Context) -> tuple[list[float], list[float]]:
     warm: list[float] = []
     async with bitinglip_server(ctx, "on-demand", {}) as server:
         for r in range(1, ctx.rounds + 1):
-            await wait_deployment(server, ctx.name, gone=True)  # not deployed: the request must load it
+            await bench.wait_deployment(server, ctx.name, gone=True)  # not deployed: the request must load it
             sample, _ = await first_token(server, ctx.cold_body)
             cold.append(sample.ttft_s or math.nan)
             warm += await warm_ttfts(server, ctx)
@@ -231,7 +178,7 @@ async def throughput(ctx: Context) -> dict[str, list[Figures]]:
     runs: dict[str, list[Figures]] = {"one": [], "two": []}
     async with bitinglip_server(ctx, "two-deployments", extra) as server:
         for name in PAIR:
-            await wait_deployment(server, name, gone=False)
+            await bench.wait_deployment(server, name, gone=False)
         bench.progress(f"warming up: {WARMUP_REQUESTS} requests to each of {', '.join(PAIR)}")
         warmup = LoadSpec(spec.prompts[:WARMUP_REQUESTS], WARMUP_REQUESTS, spec.max_tokens)
         await run_load(server, dict.fromkeys(PAIR, warmup), "warm-up")
@@ -248,15 +195,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def finite(value: float) -> float | None:
-    """NaN (nothing measured) as null: NaN is not JSON."""
-    return value if math.isfinite(value) else None
-
-
-def ratio(top: float, bottom: float) -> str:
-    return f"{top / bottom:.2f}" if bottom and math.isfinite(top / bottom) else "n/a"
-
-
 def print_report(
     ctx: Context, cold: dict[str, list[float]], warm: dict[str, list[float]], runs: dict[str, list[Figures]]
 ) -> None:
@@ -266,24 +204,18 @@ def print_report(
     if cold:
         cb, cv = median(cold.get(b, [])), median(cold.get(v, []))
         print(f"cold start to first token (s)   bitinglip on-demand {cb:8.2f}   vllm serve cold {cv:8.2f}"
-              f"   bitinglip/vllm {ratio(cb, cv)}")  # fmt: skip
+              f"   bitinglip/vllm {bench.ratio(cb, cv)}")  # fmt: skip
         for name, values in cold.items():
             print(f"  {name} rounds: {', '.join(f'{x:.2f}' for x in values)}")
         wb, wv = (median(warm.get(n, [])) * 1000 for n in (b, v))
         print(f"warm TTFT (ms)                  bitinglip           {wb:8.1f}   vllm serve      {wv:8.1f}"
-              f"   bitinglip/vllm {ratio(wb, wv)}")  # fmt: skip
+              f"   bitinglip/vllm {bench.ratio(wb, wv)}")  # fmt: skip
     if runs:
         one, two = (median([f.tokens_per_s for f in runs.get(k, [])]) for k in ("one", "two"))
         print(f"tokens/s                        one deployment      {one:8,.0f}   two deployments {two:8,.0f}"
-              f"   two/one {ratio(two, one)}")  # fmt: skip
+              f"   two/one {bench.ratio(two, one)}")  # fmt: skip
         print(f"  {len(ctx.spec.prompts)} requests, {ctx.spec.concurrency} concurrent, {ctx.spec.max_tokens} tokens"
               f" each; median of {ctx.repeat} runs")  # fmt: skip
-
-
-def failed(failures: dict[str, str], label: str, exc: BenchError) -> None:
-    """Reported at once with the server's output, and again at the end: the other parts still run."""
-    bench.progress(f"{label}: FAILED: {exc.message}" + (f"; its output:\n{exc.output}" if exc.output else ""))
-    failures[label] = exc.summary()
 
 
 def main() -> int:
@@ -307,13 +239,12 @@ def main() -> int:
         parser.error("--parts is cold, throughput or cold,throughput")
     if args.concurrency < 2:
         parser.error("--concurrency must be at least 2 (it is split between two deployments)")
-    model_dir = args.model.resolve()
-    if not (model_dir / "config.json").is_file():
-        print(f"bench: no model at {model_dir} (make model builds the default one)", file=sys.stderr)
+    model_dir = bench.model_dir_of(args.model)
+    if model_dir is None:
         return 2
     bench.warn_about_machine()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # this process imports vLLM only to read its flags
-    engine_args = {**ENGINE_ARGS, **dict(args.engine_arg)}
+    engine_args = {**bench.SMALL_ENGINE_ARGS, **dict(args.engine_arg)}
     prompts = bench.make_prompts(model_dir, args.requests, args.prompt_tokens)
     name = args.name or model_dir.name
     cold: dict[str, list[float]] = {}
@@ -323,20 +254,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-swap-") as workdir:
         ctx = Context(model_dir, name, engine_args, Path(workdir), args.rounds, args.warm_requests, args.repeat,
                       LoadSpec(prompts, args.concurrency, args.max_tokens),
-                      bench._completion_body(name, prompts[0], COLD_MAX_TOKENS))  # fmt: skip
+                      bench.completion_body(name, prompts[0], COLD_MAX_TOKENS))  # fmt: skip
         steps = [("bitinglip", cold_bitinglip), ("vllm", cold_vllm)] if "cold" in parts else []
         for target, step in steps:
             bench.progress(f"=== cold start: {target}")
             try:
                 cold[target], warm[target] = asyncio.run(step(ctx))
             except BenchError as exc:
-                failed(failures, f"cold start {target}", exc)
+                bench.failed(failures, f"cold start {target}", exc)
         if "throughput" in parts:
             bench.progress("=== throughput: one deployment vs two")
             try:
                 runs = asyncio.run(throughput(ctx))
             except BenchError as exc:
-                failed(failures, "throughput", exc)
+                bench.failed(failures, "throughput", exc)
         print_report(ctx, cold, warm, runs)
     errors = sum(f.errors for figures in runs.values() for f in figures)
     if errors:
@@ -348,11 +279,11 @@ def main() -> int:
             "setup": {"model": str(model_dir), "name": name, "engine_args": engine_args, "rounds": args.rounds,
                       "cold_max_tokens": COLD_MAX_TOKENS, "concurrency": args.concurrency,
                       "requests": args.requests, "max_tokens": args.max_tokens, "repeat": args.repeat},
-            "cold_start_s": {k: [finite(x) for x in v] for k, v in cold.items()},
-            "cold_start_median_s": {k: finite(median(v)) for k, v in cold.items()},
-            "warm_ttft_ms": {k: [finite(x * 1000) for x in v] for k, v in warm.items()},
-            "warm_ttft_median_ms": {k: finite(median(v) * 1000) for k, v in warm.items()},
-            "tokens_per_s_median": {k: finite(median([f.tokens_per_s for f in v])) for k, v in runs.items()},
+            "cold_start_s": {k: [bench.finite(x) for x in v] for k, v in cold.items()},
+            "cold_start_median_s": {k: bench.finite(median(v)) for k, v in cold.items()},
+            "warm_ttft_ms": {k: [bench.finite(x * 1000) for x in v] for k, v in warm.items()},
+            "warm_ttft_median_ms": {k: bench.finite(median(v) * 1000) for k, v in warm.items()},
+            "tokens_per_s_median": {k: bench.finite(median([f.tokens_per_s for f in v])) for k, v in runs.items()},
             "throughput_runs": {k: [bench.json_safe(dataclasses.asdict(f)) for f in v] for k, v in runs.items()},
             "failures": failures,
         }  # fmt: skip

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import pstats
 import shutil
 import signal
@@ -25,10 +24,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import benchlib as bench  # scripts/ is on sys.path when this runs as a script
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = Path(os.environ.get("BITINGLIP_HOME") or REPO / "data") / "models" / "tiny"
+MODEL = bench.TINY_MODEL
 CHILD = """
 import cProfile, signal, sys, time
 from bitinglip.cli import main
@@ -105,15 +104,15 @@ def main() -> int:
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bl-profile-"))
     stats_path = home / "api.prof"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")} | {
-        "BITINGLIP_ENV": "production",
-        "BITINGLIP_HOME": str(home),
-        "BITINGLIP_CLUSTER__MODEL": str(MODEL),
-        "BITINGLIP_CLUSTER__EMBEDDING_MODEL": "",
-        "BITINGLIP_CLUSTER__ENGINE__MAX_NUM_SEQS": "256",
-        "BITINGLIP_SERVER__PORT": str(args.port),
-        "OMP_WAIT_POLICY": "PASSIVE",
-    }
+    env = bench.bitinglip_env(
+        home,
+        {
+            "BITINGLIP_CLUSTER__MODEL": str(MODEL),
+            "BITINGLIP_CLUSTER__ENGINE__MAX_NUM_SEQS": "256",
+            "BITINGLIP_SERVER__PORT": str(args.port),
+            **bench.IDLE_QUIET,
+        },
+    )
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(stats_path)], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{args.port}"
@@ -129,11 +128,11 @@ def main() -> int:
             print(f"server not ready; see {home / 'server.log'}", file=sys.stderr)
             return 1
         asyncio.run(load(url, 64, min(64, args.concurrency), args.tokens))  # warm up
-        cpu = _cpu(proc.pid)
+        cpu = bench.process_cpu_s(proc.pid)
         proc.send_signal(signal.SIGUSR1)
         seconds, events = asyncio.run(load(url, args.requests, args.concurrency, args.tokens))
         proc.send_signal(signal.SIGUSR2)
-        used = _cpu(proc.pid) - cpu
+        used = bench.process_cpu_s(proc.pid) - cpu
         time.sleep(2)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -161,11 +160,6 @@ def main() -> int:
         where = filename.split("site-packages/")[-1].split("/src/")[-1]
         print(f"  {100 * tt / total:5.1f}%  {calls / tokens:6.2f}/token  {name} ({where}:{line})")
     return 0
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
