@@ -104,3 +104,35 @@ def test_bad_structured_requests_name_the_field(server: Server) -> None:
         body = {"model": MODEL, "messages": HELLO, "max_tokens": 4, **extra}
         r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (extra, r.text)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_constraint_with_no_finite_output_is_a_400_not_empty_text(server: Server, stream: bool) -> None:
+    grammar = {"model": MODEL, "prompt": "x", "max_tokens": 4, "stream": stream,
+               "structured_outputs": {"grammar": "root ::= root root"}}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/completions", json=grammar, timeout=60)
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("unsatisfiable_constraint", "structured_outputs")
+    endless = {"type": "object", "properties": {"child": {"$ref": "#"}}, "required": ["child"]}
+    schema = {"model": MODEL, "messages": HELLO, "max_tokens": 4, "stream": stream,
+              "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": endless}}}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=schema, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+    tool = {"type": "function", "function": {"name": "walk", "parameters": endless}}
+    for choice in ("auto", "required"):
+        tools = {"model": MODEL, "messages": HELLO, "max_tokens": 4, "stream": stream, "tools": [tool],
+                 "tool_choice": choice}  # fmt: skip
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=tools, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "tools.0.function.parameters", r.text
+        assert r.json()["error"]["code"] == "unsatisfiable_constraint"
+
+
+def test_the_backends_own_check_text_is_not_leaked(server: Server) -> None:
+    huge = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 1e30}}}
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": huge}}}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "Check failed" not in message and ".cc:" not in message and "exceeds" in message, message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from bitinglip.cluster.protocol import EngineOutput
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
+from bitinglip.cluster.vllm.finite import admits_finite_output, constraint_grammar
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
@@ -26,12 +28,21 @@ from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
 log = get_logger(__name__)
+_BACKEND_CHECK = re.compile(r"\[[\d:]+\] \S+:\d+: (Check failed: .*? is false: )?")
 
 
 def _structured(spec: Mapping[str, Any]) -> Any:
     from vllm.sampling_params import StructuredOutputsParams
 
     return StructuredOutputsParams(**spec)
+
+
+def _schema_admits_finite_output(schema: dict[str, Any]) -> bool:
+    try:
+        grammar = constraint_grammar("json", schema)
+    except (ValueError, TypeError, RuntimeError):
+        return True  # not this check's to refuse: the constraint's own compile says what is wrong
+    return grammar is None or admits_finite_output(grammar)
 
 
 class VllmEngine:
@@ -181,6 +192,15 @@ class VllmEngine:
                 param="tools",
                 code="tools_not_supported",
             )
+        for i, tool in enumerate(tools):
+            schema = tool.get("function", {}).get("parameters")
+            if schema and not _schema_admits_finite_output(schema):
+                raise InvalidInput(
+                    f"tools[{i}].function.parameters admits no finite arguments (a required property refers back "
+                    "to the schema with no way out): no call could ever be completed",
+                    param=f"tools.{i}.function.parameters",
+                    code="unsatisfiable_constraint",
+                )
         return VllmToolCalls(self.tool_call_parser, self._tokenizer, tools, tool_choice, parallel)
 
     def decode_token(self, token_id: int) -> str:
@@ -234,10 +254,28 @@ class VllmEngine:
                 llm.model_config, config.speculative_config, config.structured_outputs_config, self._tokenizer
             )
         except (VLLMValidationError, ValueError, TypeError, RuntimeError) as exc:
-            message = str(exc).split(" (parameter=")[0]
+            # xgrammar's own checks come as C++ text ("[12:35:15] /project/cpp/x.cc:936: Check failed: (...) is
+            # false: Integer exceeds maximum limit"): only what it says is kept.
+            message = _BACKEND_CHECK.sub("", str(exc).split(" (parameter=")[0])
             raise InvalidInput(
                 f"the structured output constraint was refused: {message}", param="structured_outputs"
             ) from exc
+        constraint = params.structured_outputs
+        for kind in ("json", "grammar", "regex"):
+            value = getattr(constraint, kind, None)
+            if value is None:
+                continue
+            try:
+                grammar = constraint_grammar(kind, value, any_whitespace=not constraint.disable_any_whitespace)
+            except (ValueError, TypeError, RuntimeError):
+                continue  # the engine's own check above took it: nothing more to say
+            if grammar is not None and not admits_finite_output(grammar):
+                raise InvalidInput(
+                    "the structured output constraint admits no finite output (a rule, or a required property, "
+                    "refers back to itself with no way out): the model could never finish an answer",
+                    param="structured_outputs",
+                    code="unsatisfiable_constraint",
+                )
 
     async def generate(
         self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
