@@ -57,7 +57,7 @@ def _add_request(processor: Any, request_id: str) -> Any:
 
 def test_every_hook_has_a_name_a_version_what_it_does_and_a_check() -> None:
     names = [hook.name for hook in HOOKS]
-    assert len(set(names)) == len(names) == 6
+    assert len(set(names)) == len(names) == 7
     for hook in HOOKS:
         assert re.fullmatch(r"[a-z_]+", hook.name)
         assert re.fullmatch(r"\d+\.\d+\.\d+", hook.written_for)
@@ -166,3 +166,41 @@ def test_an_engine_core_without_its_process_manager_reports_no_pids() -> None:
     llm = SimpleNamespace(engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=None)))
     assert hooks.engine_pids(llm) == []
     assert not _hook("engine_pids").check(llm)
+
+
+async def test_the_output_handler_yields_between_queued_steps() -> None:
+    """vLLM's client (`AsyncMPClient`) cannot be built without an engine core process; a stand-in with its method
+    answers from an asyncio queue, as vLLM's does. With three steps queued, a task started alongside runs before
+    the third is taken, where without the hook it ran only after all three."""
+    from vllm.v1.engine.core_client import AsyncMPClient
+
+    assert callable(AsyncMPClient.get_output_async)  # what the hook wraps, on the real class
+
+    class Core:
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue[int] = asyncio.Queue()
+
+        async def get_output_async(self) -> int:
+            return await self.queue.get()
+
+    async def order(hooked: bool) -> list[str]:
+        llm = SimpleNamespace(engine_core=Core())
+        hook = _hook("yield_between_steps")
+        if hooked:
+            assert hook.apply is not None and hook.apply(llm) is True
+        assert hook.check(llm) is hooked
+        for step in range(3):
+            llm.engine_core.queue.put_nowait(step)
+        seen: list[str] = []
+
+        async def other() -> None:
+            seen.append("other")
+
+        task = asyncio.create_task(other())
+        for _ in range(3):
+            seen.append(f"step {await llm.engine_core.get_output_async()}")
+        await task
+        return seen
+
+    assert await order(hooked=False) == ["step 0", "step 1", "step 2", "other"]
+    assert (await order(hooked=True)).index("other") < 2

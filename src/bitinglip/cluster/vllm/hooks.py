@@ -161,6 +161,35 @@ def _handler_running(llm: Any) -> bool:
     return isinstance(handler, asyncio.Task) and not handler.done()
 
 
+# -- the output handler yields once per engine step
+
+
+def yield_between_steps(llm: Any) -> bool:
+    """Let every other task of the event loop run once between two engine steps' outputs.
+
+    vLLM's output handler takes each step's outputs with `await engine_core.get_output_async()`, an asyncio queue:
+    when steps are queued (the API process behind the engine, as when many logprobs are decoded per step) the
+    await returns without suspending, and the handler processes step after step while nothing else on the loop
+    runs: `/health` and every other stream waited close to a second. Awaiting `asyncio.sleep(0)` first costs one
+    loop turn per step. Where a release lacks the method this does nothing (False)."""
+    core: Any = getattr(llm, "engine_core", None)
+    take = getattr(core, "get_output_async", None)
+    if take is None or getattr(take, "_bitinglip_yields", False):
+        return False
+
+    async def get_output_async() -> Any:
+        await asyncio.sleep(0)
+        return await take()
+
+    get_output_async._bitinglip_yields = True  # type: ignore[attr-defined]
+    core.get_output_async = get_output_async  # an instance attribute: found before the class's method
+    return True
+
+
+def _yields_between_steps(llm: Any) -> bool:
+    return getattr(vars(llm.engine_core).get("get_output_async"), "_bitinglip_yields", False) is True
+
+
 # -- the engine processes
 
 
@@ -214,6 +243,14 @@ HOOKS: tuple[Hook, ...] = (
         what="AsyncLLM.output_handler cancelled before the engine core stops: vLLM's own order logs an "
         "EngineDeadError traceback on every clean stop",
         check=_handler_running,
+    ),
+    Hook(
+        name="yield_between_steps",
+        written_for=PINNED,
+        what="engine_core.get_output_async (what the output handler awaits for each step) yields to the event "
+        "loop first: with steps queued, the handler ran step after step while nothing else on the loop did",
+        apply=yield_between_steps,
+        check=_yields_between_steps,
     ),
     Hook(
         name="engine_pids",

@@ -6,6 +6,7 @@ output and reads the calls out of it; here they are put in OpenAI's shapes, whol
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, ToolCallDelta
@@ -115,7 +116,8 @@ class ChatServing(Serving):
 
     async def prepare(self, req: ChatCompletionRequest, engine: EngineClient) -> Prepared:
         refuse_embedding_model(engine, "/v1/chat/completions")
-        tools = check_tools(req)
+        # Checking the tools' schemas takes time that grows with them (jsonschema, pure Python): off the loop.
+        tools = await asyncio.to_thread(check_tools, req) if req.tools else check_tools(req)
         calls = None
         if tools is not None and tools.choice != "none":
             calls = engine.tool_calls(tools.tools, tools.choice, tools.parallel)

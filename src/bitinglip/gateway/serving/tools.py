@@ -40,6 +40,7 @@ def check_tools(req: ChatCompletionRequest) -> ToolRequest | None:
         return None
     if len(req.tools) > MAX_TOOLS:
         raise InvalidInput(f"`tools` takes at most {MAX_TOOLS} tools", param="tools")
+    plain = tools_json(req.tools)  # by size first: checking a schema takes time that grows with it
     names: set[str] = set()
     for i, tool in enumerate(req.tools):
         function = tool.function
@@ -73,7 +74,7 @@ def check_tools(req: ChatCompletionRequest) -> ToolRequest | None:
             'send one of them, or `tool_choice: "none"`',
             param=param,
         )
-    return ToolRequest(tools=tools_json(req.tools), choice=choice, parallel=req.parallel_tool_calls is not False)
+    return ToolRequest(tools=plain, choice=choice, parallel=req.parallel_tool_calls is not False)
 
 
 def tools_json(tools: list[Tool]) -> list[dict[str, Any]]:
