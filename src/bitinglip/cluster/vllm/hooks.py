@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from bitinglip.core import get_logger
 
 log = get_logger(__name__)
 
+YIELD_AFTER_S = 0.01  # the longest vLLM's output handler keeps the event loop while engine steps are queued
 PINNED = "0.32.0"  # the release every hook below was written for (pyproject pins it exactly)
 
 
@@ -165,21 +167,32 @@ def _handler_running(llm: Any) -> bool:
 
 
 def yield_between_steps(llm: Any) -> bool:
-    """Let every other task of the event loop run once between two engine steps' outputs.
+    """Let the rest of the event loop run when vLLM's output handler has kept it for YIELD_AFTER_S.
 
-    vLLM's output handler takes each step's outputs with `await engine_core.get_output_async()`, an asyncio queue:
-    when steps are queued (the API process behind the engine, as when many logprobs are decoded per step) the
-    await returns without suspending, and the handler processes step after step while nothing else on the loop
-    runs: `/health` and every other stream waited close to a second. Awaiting `asyncio.sleep(0)` first costs one
-    loop turn per step. Where a release lacks the method this does nothing (False)."""
+    vLLM's output handler takes each step's outputs with `await engine_core.get_output_async()`, from an asyncio
+    queue (`outputs_queue`): when steps are queued (the API process behind the engine, as when many logprobs are
+    decoded per step) the await returns without suspending, and the handler processed step after step while
+    nothing else on the loop ran: `/health` and every other stream waited close to a second. Before a take that
+    will not wait, the handler yields once (`asyncio.sleep(0)`) if the loop has not turned for YIELD_AFTER_S; a
+    take that waits turns the loop anyway. Yielding on every step instead cost a tenth of the tokens/s at 64
+    streams (docs/performance.md). Where a release lacks the method this does nothing (False)."""
     core: Any = getattr(llm, "engine_core", None)
     take = getattr(core, "get_output_async", None)
     if take is None or getattr(take, "_bitinglip_yields", False):
         return False
+    turned = time.monotonic()
 
     async def get_output_async() -> Any:
-        await asyncio.sleep(0)
-        return await take()
+        nonlocal turned
+        queue = getattr(core, "outputs_queue", None)
+        if queue is not None and not queue.empty():  # the take below will not wait
+            if time.monotonic() - turned >= YIELD_AFTER_S:
+                await asyncio.sleep(0)
+                turned = time.monotonic()
+            return await take()
+        outputs = await take()  # waits for the engine: the loop turns meanwhile
+        turned = time.monotonic()
+        return outputs
 
     get_output_async._bitinglip_yields = True  # type: ignore[attr-defined]
     core.get_output_async = get_output_async  # an instance attribute: found before the class's method
@@ -187,7 +200,9 @@ def yield_between_steps(llm: Any) -> bool:
 
 
 def _yields_between_steps(llm: Any) -> bool:
-    return getattr(vars(llm.engine_core).get("get_output_async"), "_bitinglip_yields", False) is True
+    core = llm.engine_core
+    wrapped = getattr(vars(core).get("get_output_async"), "_bitinglip_yields", False) is True
+    return wrapped and isinstance(getattr(core, "outputs_queue", None), asyncio.Queue)  # what it looks at
 
 
 # -- the engine processes
@@ -248,7 +263,8 @@ HOOKS: tuple[Hook, ...] = (
         name="yield_between_steps",
         written_for=PINNED,
         what="engine_core.get_output_async (what the output handler awaits for each step) yields to the event "
-        "loop first: with steps queued, the handler ran step after step while nothing else on the loop did",
+        "loop when steps are queued (engine_core.outputs_queue not empty) and the loop has not turned for "
+        "10 ms: the handler ran step after step while nothing else on the loop did",
         apply=yield_between_steps,
         check=_yields_between_steps,
     ),
