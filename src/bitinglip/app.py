@@ -96,9 +96,8 @@ class Components:
 
     @functools.cached_property
     def batches(self) -> BatchService:
-        service = BatchService(self.db, self.settings.tasks, self.queue, FileStore(self.db, self.settings.tasks))
-        service.models_of = self._models_of
-        return service
+        files = FileStore(self.db, self.settings.tasks)
+        return BatchService(self.db, self.settings.tasks, self.queue, files, models_of=self._models_of)
 
     async def _models_of(self, owner: str) -> list[str] | None:
         key = await self.keys.get(owner) if owner else None

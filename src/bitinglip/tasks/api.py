@@ -79,9 +79,7 @@ class FilesController(Controller):
         data: Annotated[FileUpload, Body(media_type=RequestEncodingType.MULTI_PART)],
     ) -> FileObject:
         try:
-            return await files.upload(
-                data.file.file, data.file.filename or "upload.jsonl", data.purpose, owner_of(request)
-            )
+            return await files.upload(data.file.file, data.file.filename, data.purpose, owner_of(request))
         finally:
             await data.file.close()
 

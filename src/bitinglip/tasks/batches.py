@@ -53,15 +53,22 @@ def _ts(value: float | None) -> int | None:
 
 
 class BatchService:
-    def __init__(self, db: Database, settings: TasksSettings, queue: TaskQueue, files: FileStore) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: TasksSettings,
+        queue: TaskQueue,
+        files: FileStore,
+        models_of: Callable[[str], Awaitable[list[str] | None]] | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.queue = queue
         self.store: TaskStore = queue.store
         self.files = files
         self._busy: set[str] = set()  # batches being validated or finalized by this process
-        # The models an owner (an API key) may use, None for any: the app sets it when keys are on.
-        self.models_of: Callable[[str], Awaitable[list[str] | None]] | None = None
+        # The models an owner (an API key) may use, None for any (no keys).
+        self.models_of = models_of
         self._swept = 0.0
         queue.on_written = self.lines_ended
         queue.on_tick = self.tick

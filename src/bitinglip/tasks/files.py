@@ -25,6 +25,24 @@ log = get_logger(__name__)
 
 UPLOAD_PURPOSES = ("batch",)
 CHUNK = 1 << 20
+MAX_FILENAME = 255  # characters, as most file systems take a name
+DEFAULT_FILENAME = "upload.jsonl"
+
+
+def clean_filename(given: str | None) -> str:
+    """The name an upload is listed under: its last path part, without control characters; too long is a 400.
+
+    It is only ever shown (the contents live under the file's id), but it is shown back to clients and in
+    terminals: a path or an escape sequence in it is not."""
+    name = (given or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    if len(name) > MAX_FILENAME:
+        raise InvalidInput(
+            f"the file's name is {len(name)} characters; at most {MAX_FILENAME} are taken",
+            param="file",
+            code="filename_too_long",
+        )
+    return name if name not in ("", ".", "..") else DEFAULT_FILENAME
 
 
 def to_file(row: Any) -> FileObject:
@@ -51,12 +69,13 @@ class FileStore:
     def _expires(self, now: float, lifetime_s: float | None = None) -> float:
         return now + (lifetime_s if lifetime_s is not None else self.settings.retention_days * 86400)
 
-    async def upload(self, source: IO[bytes], filename: str, purpose: str, owner: str = "") -> FileObject:
+    async def upload(self, source: IO[bytes], filename: str | None, purpose: str, owner: str = "") -> FileObject:
         if purpose not in UPLOAD_PURPOSES:
             raise InvalidInput(
                 f"purpose {purpose!r} is not supported here; use one of: {', '.join(UPLOAD_PURPOSES)}",
                 param="purpose",
             )
+        filename = clean_filename(filename)
         file_id = new_id("file-")
         size = await asyncio.to_thread(self._copy, source, file_id)
         if size > self.settings.max_file_bytes:
