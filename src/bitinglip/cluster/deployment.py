@@ -17,6 +17,7 @@ queueing without end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -312,10 +313,11 @@ class Deployment:
 
     async def changed(self, timeout: float) -> None:
         """Wait until the state changes, or ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except TimeoutError:
-            pass
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that comes in the same turn as the
+        # event (cpython#86296), and the caller would wait on.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     # -- what the cluster records (under its lock where engines are involved)
 
@@ -488,7 +490,8 @@ class Deployment:
         began = time.monotonic()
         log.info("engine.starting", deployment=self.name, replica=replica.index, engine_args=self.engine_args)
         try:
-            await asyncio.wait_for(engine.start(), timeout=self.settings.startup_timeout_s)
+            async with asyncio.timeout(self.settings.startup_timeout_s):
+                await engine.start()
         except BaseException as exc:
             replica.error = error_text(exc) if not isinstance(exc, TimeoutError) else "the engine did not start in time"
             await self._stop_replica(replica)

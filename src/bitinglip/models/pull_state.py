@@ -122,11 +122,13 @@ class Pull:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until the pull has finished, at most ``timeout`` seconds; True if it has."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.done.wait(), timeout)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancel wait_for may drop (cpython#86296)
+            async with asyncio.timeout(timeout):
+                await self.done.wait()
         return self.done.is_set()
 
     async def wait_resolved(self, timeout: float) -> None:
         """Wait until the hub has answered for the ref: an unknown repo or a missing token is known by then."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.resolved.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.resolved.wait()
