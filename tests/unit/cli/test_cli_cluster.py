@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import subprocess
 import sys
 import types
@@ -377,10 +378,17 @@ def test_the_client_commands_never_import_the_app() -> None:
 
 
 class ServeRecorder:
-    """`bitinglip serve` up to the point it would listen: the settings the app was built with, and no server."""
+    """`bitinglip serve` up to the point it would listen: the settings the app was built with, and no server.
+
+    `serve` sets up logging for the process (a handler on the root logger writing to the stderr of the moment,
+    here pytest's capture, closed after the test): the root logger's handlers and level are put back after."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from bitinglip.cli import serve
+
+        root = logging.getLogger()
+        monkeypatch.setattr(root, "handlers", list(root.handlers))
+        monkeypatch.setattr(root, "level", root.level)
 
         self.settings: list[Any] = []
         app = types.ModuleType("bitinglip.app")  # the real one imports vLLM: not needed to see the settings
