@@ -268,10 +268,12 @@ class ScriptedFactory:
     def __init__(self, **engine_fields: Any) -> None:
         self.engine_fields = engine_fields
         self.made: list[ScriptedEngine] = []
+        self.args: dict[str, dict[str, Any]] = {}  # the engine arguments each deployment's last engine got
 
     def __call__(self, path: Path, name: str, args: dict[str, Any], env: dict[str, str]) -> ManagedEngine:
         engine = ScriptedEngine(served_name=name, model_path=path, **self.engine_fields)
         self.made.append(engine)
+        self.args[name] = dict(args)
         return engine
 
     def of(self, name: str) -> list[ScriptedEngine]:

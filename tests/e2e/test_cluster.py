@@ -2,8 +2,10 @@
 refusal, an engine killed and restarted while the other model serves on, on-demand loads, eviction of the least
 recently used, idle put-away, the CLI over HTTP, and an orphan left by a dead server reaped at start.
 
-One server for the module. Every engine is estimated at 1 GiB overhead + 256 MiB KV cache + the tiny weights,
-and the CPU budget holds three of them: alpha (declared, pinned), beta (declared, keep_alive 10m) and one more.
+One server for the module. Every engine is estimated at 1 GiB overhead + its KV cache + the tiny weights (the
+KV cache sized to what the model can use, 8 sequences of 512 tokens at 1 KiB each: 4 MiB, under the 256 MiB
+setting), and the CPU budget holds three of them: alpha (declared, pinned), beta (declared, keep_alive 10m) and
+one more.
 Tests run in file order and build on each other's state (what is loaded, what was used last).
 """
 
@@ -158,7 +160,7 @@ def test_two_deployments_answer_at_once(cluster: Server) -> None:
     for name in ("alpha", "beta"):
         d = state[name]
         assert d["state"] == "ready" and d["device_kind"] == "cpu" and d["declared"] is True
-        assert d["memory"]["kv_cache_bytes"] == GIB // 4 and d["memory"]["overhead_bytes"] == GIB
+        assert d["memory"]["kv_cache_bytes"] == 8 * 512 * 1024 and d["memory"]["overhead_bytes"] == GIB
         assert d["stats"]["tokens_generated"] >= 128 and d["stats"]["requests"] >= 2
         assert d["limits"]["max_concurrency"] == 8 and d["max_model_len"] == 512
     assert state["alpha"]["keep_alive_s"] is None and state["beta"]["keep_alive_s"] == 600

@@ -74,6 +74,11 @@ def _memory(d: dict[str, Any]) -> str:
     return f"~{_size(estimate)}" if estimate else "-"  # not measured yet: the estimate it was placed with
 
 
+def _kv_cache(d: dict[str, Any]) -> str:
+    size = (d.get("memory") or {}).get("kv_cache_bytes")
+    return _size(size) if size else "-"
+
+
 def _until(d: dict[str, Any]) -> str:
     if d.get("state") != "ready":
         return "-"
@@ -85,7 +90,7 @@ def _until(d: dict[str, Any]) -> str:
 
 
 def _deployments_table(deployments: list[dict[str, Any]]) -> str:
-    headers = ("NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "IN-FLIGHT", "UNTIL")
+    headers = ("NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL")
     rows = [
         (
             str(d.get("name")),
@@ -93,6 +98,7 @@ def _deployments_table(deployments: list[dict[str, Any]]) -> str:
             _state(d),
             _devices(d),
             _memory(d),
+            _kv_cache(d),
             str((d.get("stats") or {}).get("in_flight", 0)),
             _until(d),
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -33,7 +32,14 @@ from bitinglip.cluster.placement import device_count as args_device_count
 from bitinglip.cluster.protocol import EngineFactory, Lease, ManagedEngine, ServedModel
 from bitinglip.cluster.reaper import EngineRecords
 from bitinglip.cluster.status import DeploymentStatus, Readiness, deployment_status, readiness, served_model
-from bitinglip.cluster.vllm import VllmEngine, check_engine_args, effective_engine_args, engine_env, is_cpu_platform
+from bitinglip.cluster.vllm import (
+    VllmEngine,
+    check_engine_args,
+    effective_engine_args,
+    engine_env,
+    is_cpu_platform,
+    kv_cache_bytes,
+)
 from bitinglip.core import (
     ClusterSettings,
     Conflict,
@@ -233,11 +239,6 @@ class Cluster:
         default = DEFAULT_OVERHEAD_GIB["cpu" if self.cpu else "gpu"] if configured is None else configured
         return max(int(default * GIB), self.health.overhead_seen if configured is None else 0)
 
-    def _kv_cache_bytes(self, d: Deployment) -> int:
-        if "kv_cache_memory_bytes" in d.engine_args:
-            return int(d.engine_args["kv_cache_memory_bytes"])
-        return int(float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", self.settings.kv_cache_gib)) * GIB)
-
     def _holders(self, but: Deployment) -> list[Holder]:
         return [
             Holder(
@@ -261,12 +262,14 @@ class Cluster:
         assert d.path is not None
         path = d.path
         if d.estimate is None:
+            kv_cache, sized = await asyncio.to_thread(kv_cache_bytes, self.settings, d.engine_args, path)
             d.estimated(
                 MemoryEstimate(
                     weights_bytes=await asyncio.to_thread(weights_bytes, path),
-                    kv_cache_bytes=self._kv_cache_bytes(d),
+                    kv_cache_bytes=kv_cache,
                     overhead_bytes=self._overhead(),
-                )
+                ),
+                sized_kv_cache=sized,
             )
         need = d.estimate
         assert need is not None

@@ -331,8 +331,12 @@ class Deployment:
     def resolved(self, path: Path) -> None:
         self._path = path
 
-    def estimated(self, estimate: MemoryEstimate) -> None:
+    def estimated(self, estimate: MemoryEstimate, *, sized_kv_cache: bool = False) -> None:
+        """Its memory, as placed; ``sized_kv_cache``: the estimate's KV cache was sized for the model, and its
+        engines are started with that size."""
         self._estimate = estimate
+        if sized_kv_cache:
+            self.engine_args = {**self.engine_args, "kv_cache_memory_bytes": estimate.kv_cache_bytes}
 
     def placed(self, placement: Placement) -> None:
         self._placement = placement

@@ -115,8 +115,9 @@ class ClusterSettings(_Section, frozen=True):
     deployments: list[DeploymentSettings] = msgspec.field(default_factory=list)
     # vLLM engine arguments for every deployment, checked against AsyncEngineArgs at start-up.
     engine: dict[str, Any] = msgspec.field(default_factory=dict)
-    # Each engine's KV cache when its engine arguments set no `kv_cache_memory_bytes`: a fixed size, never a
-    # fraction of the device, so engines started one after the other never misread each other's memory.
+    # The most KV cache an engine takes when its engine arguments set no `kv_cache_memory_bytes`: it is sized to what
+    # the model can use (max_num_seqs x max_model_len x its bytes per token), this at most. Always a fixed size,
+    # never a fraction of the device, so engines started one after the other never misread each other's memory.
     kv_cache_gib: float = 2.0
     # Memory an engine holds beyond its weights and KV cache (activations, CUDA context, the worker itself).
     # Default: 1.5 GiB on the CPU, 2 GiB per GPU; raised at run time to what engines are measured to hold.

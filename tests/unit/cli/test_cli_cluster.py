@@ -78,7 +78,7 @@ LOADING = deployment(
     loading_for_s=12.4,
     uptime_s=None,
     last_used=None,
-    memory={"held_bytes": None, "estimate_bytes": 1_500_000_000},
+    memory={"held_bytes": None, "estimate_bytes": 1_500_000_000, "kv_cache_bytes": 512 * MiB},
     stats={"in_flight": 0, "running": 0, "waiting": 0},
 )
 FAILED = deployment(
@@ -136,17 +136,17 @@ def test_ps_table(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and err == ""
     assert server.urls == [URL]
     table = rows(out)
-    assert table[0] == ["NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "IN-FLIGHT", "UNTIL"]
-    assert table[1] == ["chat", "org/tiny-chat", "ready", "gpu 0,1", "2.5 GB", "3", "4 minutes from now"]
-    assert table[2] == ["tiny", "tiny", "loading 12s", "cpu", "~1.5 GB", "0", "-"]
-    name, model, state, devices, memory, in_flight, until = table[3]
+    assert table[0] == ["NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL"]
+    assert table[1] == ["chat", "org/tiny-chat", "ready", "gpu 0,1", "2.5 GB", "1.1 GB", "3", "4 minutes from now"]
+    assert table[2][:6] == ["tiny", "tiny", "loading 12s", "cpu", "~1.5 GB", "536.9 MB"]
+    name, model, state, devices, memory, _, in_flight, until = table[3]
     assert (name, model, devices, memory, in_flight, until) == ("big", "org/big-model", "gpu 0", "~2.4 GB", "0", "-")
     assert state.startswith("failed: engine failed to start: torch.OutOfMemo") and state.endswith("…")
     assert len(state) == tables.REASON_WIDTH
     assert table[4][-1] == "forever"
     # the columns line up: every cell starts where its header does
     lines = out.splitlines()
-    for header in ("MODEL", "STATE", "DEVICES", "MEMORY", "IN-FLIGHT", "UNTIL"):
+    for header in ("MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL"):
         at = lines[0].index(header)
         assert all(line[at - 1] == " " and line[at] != " " for line in lines[1:]), header
 

@@ -1,7 +1,13 @@
 """Everything that touches vLLM: the only package of BitingLip that imports it."""
 
 from bitinglip.cluster.vllm.architectures import supported_architectures
-from bitinglip.cluster.vllm.args import check_engine_args, effective_engine_args, engine_env, is_cpu_platform
+from bitinglip.cluster.vllm.args import (
+    check_engine_args,
+    effective_engine_args,
+    engine_env,
+    is_cpu_platform,
+    kv_cache_bytes,
+)
 from bitinglip.cluster.vllm.engine import VllmEngine
 from bitinglip.cluster.vllm.tokens import token_bytes
 
@@ -11,6 +17,7 @@ __all__ = [
     "effective_engine_args",
     "engine_env",
     "is_cpu_platform",
+    "kv_cache_bytes",
     "supported_architectures",
     "token_bytes",
 ]

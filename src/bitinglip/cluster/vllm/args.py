@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from bitinglip.core import ClusterSettings, SettingsError
@@ -54,9 +57,8 @@ def effective_engine_args(settings: ClusterSettings, table: dict[str, Any]) -> d
     """`cluster.engine`, then the deployment's own table, then the cluster's defaults where neither set a value."""
     args = {**settings.engine, **table}
     # A fixed KV cache on every device: left as a fraction of "free" memory, an engine started next to another
-    # counts the other's memory as its own (and on the CPU vLLM would take ~92% of all RAM).
-    if "kv_cache_memory_bytes" not in args and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-        args["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * GIB)
+    # counts the other's memory as its own (and on the CPU vLLM would take nearly all RAM). Its size is set when
+    # the model is known (`kv_cache_bytes`): what the model can use, `cluster.kv_cache_gib` at most.
     if is_cpu_platform():
         # torch.compile on the CPU adds minutes to start-up for little gain on small models.
         args.setdefault("enforce_eager", True)
@@ -70,6 +72,59 @@ def effective_engine_args(settings: ClusterSettings, table: dict[str, Any]) -> d
     if given.get("backend", "xgrammar") in ("xgrammar", "guidance"):
         args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True, **given}
     return args
+
+
+SEQUENCES_IF_UNSET = 256  # sequences a KV cache is sized for when `max_num_seqs` is not set
+_DTYPE_BYTES = {
+    "float32": 4,
+    "float": 4,
+    "float16": 2,
+    "half": 2,
+    "bfloat16": 2,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+}
+
+
+def kv_cache_need(model_dir: Path, engine_args: Mapping[str, Any]) -> int | None:
+    """The most KV cache the model can use: `max_num_seqs` sequences of `max_model_len` tokens at its bytes per
+    token (2 x layers x KV heads x head size x the cache's bytes per number), from its config.json. None where the
+    config does not say, or its attention is not the plain kind this counts (then the setting is used)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") or config
+    if any(key in text for key in ("kv_lora_rank", "layer_types", "attn_type_list")):
+        return None  # MLA, hybrid or per-layer attention: not counted here
+    layers, heads = text.get("num_hidden_layers"), text.get("num_attention_heads")
+    kv_heads = text.get("num_key_value_heads", heads)
+    head_dim = text.get("head_dim") or (text.get("hidden_size", 0) // heads if isinstance(heads, int) and heads else 0)
+    cache_dtype = engine_args.get("kv_cache_dtype", "auto")
+    if cache_dtype == "auto":
+        cache_dtype = engine_args.get("dtype", "auto")
+    if cache_dtype == "auto":
+        cache_dtype = text.get("dtype") or text.get("torch_dtype") or config.get("torch_dtype") or "bfloat16"
+    width = _DTYPE_BYTES.get(str(cache_dtype))
+    length = engine_args.get("max_model_len") or text.get("max_position_embeddings")
+    sequences = engine_args.get("max_num_seqs") or SEQUENCES_IF_UNSET
+    numbers = (layers, kv_heads, head_dim, width, length, sequences)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in numbers):
+        return None
+    return int(2 * layers * kv_heads * head_dim * width * length * sequences)
+
+
+def kv_cache_bytes(settings: ClusterSettings, engine_args: Mapping[str, Any], model_dir: Path) -> tuple[int, bool]:
+    """An engine's KV cache: what its arguments say, else VLLM_CPU_KVCACHE_SPACE, else what the model can use
+    with `cluster.kv_cache_gib` at most; and whether it was sized here (to pass to the engine)."""
+    if "kv_cache_memory_bytes" in engine_args:
+        return int(engine_args["kv_cache_memory_bytes"]), False
+    if "VLLM_CPU_KVCACHE_SPACE" in os.environ:
+        return int(float(os.environ["VLLM_CPU_KVCACHE_SPACE"]) * GIB), False
+    cap = int(settings.kv_cache_gib * GIB)
+    need = kv_cache_need(model_dir, engine_args)
+    return (cap if need is None else min(cap, need)), True
 
 
 def engine_env(settings: ClusterSettings) -> dict[str, str]:
