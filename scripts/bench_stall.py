@@ -242,7 +242,9 @@ def main() -> None:
         print(f"{'case':42} {'/health max':>12} {'p99':>8} {'loop lag max':>13} {'mean':>8} {'took':>7}  answers")
         for name, work in cases(model, embed):
             times, before, after, outcome, took = run_case(url, work)
-            p99 = statistics.quantiles(times, n=100)[98] if len(times) >= 2 else max(times, default=0)
+            p99 = (
+                statistics.quantiles(times, n=100, method="inclusive")[98] if len(times) >= 2 else max(times, default=0)
+            )
             worst, mean = lag_figures(before, after)
             print(
                 f"{name:42} {max(times, default=0) * 1000:>9.0f} ms {p99 * 1000:>5.0f} ms {worst:>13} {mean:>8}"

@@ -406,6 +406,7 @@ class ServeRecorder:
 
         monkeypatch.setattr(serve, "_server_class", lambda: Server)
         monkeypatch.setattr(serve, "_kill_children", lambda: [])
+        monkeypatch.setattr(serve, "_exit_process", lambda code: code)  # the real one ends the process
 
 
 @pytest.fixture
