@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from bitinglip.cluster import health
+from doubles import ScriptedFactory
+
 
 @pytest.fixture(scope="session")
 def vllm_config(tiny_model_dir: Path) -> Any:
@@ -40,3 +43,14 @@ def vllm_tokenizer(vllm_config: Any) -> Any:
     from vllm.tokenizers.registry import cached_tokenizer_from_config
 
     return cached_tokenizer_from_config(vllm_config.model_config)
+
+
+@pytest.fixture(autouse=True)
+def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health watch ticks every 20 ms in these tests, not every second."""
+    monkeypatch.setattr(health, "WATCH_INTERVAL_S", 0.02)
+
+
+@pytest.fixture
+def factory() -> ScriptedFactory:
+    return ScriptedFactory()

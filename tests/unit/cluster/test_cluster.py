@@ -19,16 +19,6 @@ from bitinglip.core.errors import Conflict
 from doubles import FakeCatalog, ScriptedFactory
 
 
-@pytest.fixture(autouse=True)
-def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(health, "WATCH_INTERVAL_S", 0.02)
-
-
-@pytest.fixture
-def factory() -> ScriptedFactory:
-    return ScriptedFactory()
-
-
 @pytest.fixture
 def make(tmp_path: Path, factory: ScriptedFactory) -> Callable[..., Cluster]:
     def build(names: tuple[str, ...] = ("a", "b", "c"), free_gib: float = 60, **kw: Any) -> Cluster:

@@ -14,7 +14,7 @@ from cluster_support import cluster, until
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from bitinglip.cluster import Cluster, ClusterPlugin, Deployment, health
+from bitinglip.cluster import Cluster, ClusterPlugin, Deployment
 from bitinglip.cluster import deployment as deployment_module
 from bitinglip.cluster.deployment import TRANSITIONS, IllegalTransition
 from bitinglip.core import DeploymentSettings, Unavailable
@@ -22,16 +22,6 @@ from doubles import ScriptedFactory
 
 Start = Callable[..., Awaitable[Cluster]]
 Move = tuple[str, str, str]  # deployment, from, to
-
-
-@pytest.fixture(autouse=True)
-def fast_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(health, "WATCH_INTERVAL_S", 0.02)
-
-
-@pytest.fixture
-def factory() -> ScriptedFactory:
-    return ScriptedFactory()
 
 
 @pytest.fixture
