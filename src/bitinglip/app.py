@@ -25,7 +25,9 @@ from bitinglip.gateway import (
     KeyStore,
     MemoryLimitStore,
     Metrics,
+    ModelAliases,
     OpenAIServing,
+    OutputLimits,
     Pipeline,
     UsageRecorder,
     auth_enabled,
@@ -74,11 +76,13 @@ class Components:
 
     @functools.cached_property
     def openai(self) -> OpenAIServing:
-        return OpenAIServing(self.engines, stream_interval=self.settings.gateway.stream_interval)
+        gateway = self.settings.gateway
+        limits = OutputLimits(default=gateway.default_max_tokens, ceiling=gateway.max_output_tokens)
+        return OpenAIServing(self.engines, stream_interval=gateway.stream_interval, limits=limits)
 
     @functools.cached_property
     def pipeline(self) -> Pipeline:
-        return Pipeline(self.engines, self.accounting)
+        return Pipeline(self.engines, self.accounting, ModelAliases(self.settings.gateway.model_aliases))
 
     def authenticator(self) -> Authenticator | None:
         """The key check when auth is on (None when off); SettingsError for a public address without it."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 
+from bitinglip.models.tiny import TINY_CONTEXT
 from e2e.conftest import BIN, MODEL, Server, free_port, server_env
 
 
@@ -15,7 +16,7 @@ def test_models_list_shows_the_served_model(server: Server) -> None:
     records = {r["name"]: r for r in json.loads(out.stdout)}
     tiny = records[MODEL]
     assert tiny["state"] == "ready" and tiny["architecture"] == "LlamaForCausalLM"
-    assert tiny["context_length"] == 2048 and tiny["parameters"] > 1_000_000
+    assert tiny["context_length"] == TINY_CONTEXT and tiny["parameters"] > 1_000_000
     assert tiny["last_used_at"] is not None
 
 

@@ -80,8 +80,9 @@ class ToolCalls(Protocol):
     @property
     def skip_special_tokens(self) -> bool: ...
 
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """The content and the calls in one choice's whole text."""
+    def parse(self, text: str, cut: bool = False) -> tuple[str | None, list[ToolCall]]:
+        """The content and the calls in one choice's whole text; ``cut``: it ended at its token limit, and the
+        calls finished before the cut are kept."""
         ...
 
     def parse_delta(

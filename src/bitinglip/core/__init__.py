@@ -22,8 +22,11 @@ from bitinglip.core.events import Events, FinalEvent
 from bitinglip.core.heap import settle as settle_heap
 from bitinglip.core.http import (
     EVENT_STREAM,
+    RESPONSE_HEADERS,
+    AnthropicErrorResponse,
     ErrorBody,
     ErrorResponse,
+    anthropic_error,
     error_response,
     error_responses,
     handle_error,
@@ -55,6 +58,8 @@ from bitinglip.core.settings import (
 
 __all__ = [
     "EVENT_STREAM",
+    "RESPONSE_HEADERS",
+    "AnthropicErrorResponse",
     "BitingLipError",
     "ClusterSettings",
     "Conflict",
@@ -82,6 +87,7 @@ __all__ = [
     "TasksSettings",
     "Unauthorized",
     "Unavailable",
+    "anthropic_error",
     "configure_logging",
     "describe",
     "error_response",

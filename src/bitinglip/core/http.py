@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 import structlog
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, get, head
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
@@ -32,6 +32,8 @@ from bitinglip.core.logging import get_logger
 log = get_logger("bitinglip.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+# Headers a route adds to its response however it is sent (a handler, the hot path, a stream), in scope["state"].
+RESPONSE_HEADERS = "response_headers"
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 QUIET_PATHS = frozenset({"/health", "/ready"})
 # A route handler's `opt` key naming the msgspec type each `data:` event of its text/event-stream carries.
@@ -96,7 +98,48 @@ def _validation_error(exc: ValidationException) -> Response[ErrorResponse]:
     return _respond(400, text, "invalid_request_error", param, "invalid_value")
 
 
-def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+# Anthropic's Messages API answers its errors in its own envelope, with its own type names (by status).
+ANTHROPIC_PATHS = "/v1/messages"
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+class AnthropicErrorBody(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(msgspec.Struct):
+    """Anthropic's error envelope: every error on /v1/messages has this shape."""
+
+    error: AnthropicErrorBody
+    type: str = "error"
+
+
+def anthropic_error(status: int, message: str) -> AnthropicErrorResponse:
+    type_ = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return AnthropicErrorResponse(error=AnthropicErrorBody(type=type_, message=message))
+
+
+def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every error of every route as a response: OpenAI's envelope, Anthropic's on its routes."""
+    response = _openai_error(request, exc)
+    if request.scope["path"].startswith(ANTHROPIC_PATHS):
+        body: ErrorResponse = response.content
+        anthropic = anthropic_error(response.status_code or 500, body.error.message)
+        return Response(anthropic, status_code=response.status_code, headers=response.headers)
+    return response
+
+
+def _openai_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     if isinstance(exc, BitingLipError):
         return _respond(exc.status, exc.message, exc.type, exc.param, exc.code, exc.retry_after)
     if isinstance(exc, ValidationException):
@@ -196,6 +239,21 @@ async def health() -> Health:
     return Health()
 
 
+class Root(msgspec.Struct):
+    name: Literal["bitinglip"] = "bitinglip"
+    docs: str = "/schema"
+
+
+@get("/", operation_id="root", tags=["health"], summary="The server answers: its name and where its API docs are")
+async def root() -> Root:
+    return Root()
+
+
+@head("/", operation_id="rootHead", tags=["health"], summary="The server answers (coding agents probe `HEAD /`)")
+async def root_head() -> None:
+    return None
+
+
 # Called once per request when its response has ended: (scope, status, seconds). Metrics hook in here.
 Observer = Callable[[Scope, int, float], None]
 
@@ -229,7 +287,10 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                if extra := state.get(RESPONSE_HEADERS):
+                    headers.extend(extra)
+                message["headers"] = headers
             await send(message)
 
         structlog.contextvars.bind_contextvars(request_id=request_id)

@@ -13,7 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, Yaml
 from litestar.plugins import InitPlugin
 from litestar.static_files import create_static_files_router
 
-from bitinglip.core.http import Observer, RequestIdMiddleware, complete_openapi, handle_error, health
+from bitinglip.core.http import Observer, RequestIdMiddleware, complete_openapi, handle_error, health, root, root_head
 from bitinglip.core.litestar_internals import check as check_litestar
 from bitinglip.core.litestar_internals import wrap_whole_app
 
@@ -28,7 +28,7 @@ class CorePlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.exception_handlers[Exception] = handle_error
-        app_config.route_handlers.append(health)
+        app_config.route_handlers.extend([health, root, root_head])
         app_config.openapi_config = OpenAPIConfig(
             title="BitingLip",
             version=importlib.metadata.version("bitinglip"),

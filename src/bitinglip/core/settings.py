@@ -178,6 +178,16 @@ class GatewaySettings(_Section, frozen=True):
     stream_interval: Annotated[int, msgspec.Meta(ge=1, le=64)] | Literal["auto"] = "auto"
     # Per-model limits over all keys, by the name clients send: [gateway.model_limits.tiny] rpm = 600
     model_limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
+    # Other names for served models, so a client's built-in names reach a local one: { "claude-*" = "tiny" }. A key
+    # is a name or a pattern (`*` and `?`, as in file names); an exact name wins over a pattern, then the first
+    # pattern that matches. Keys, limits, usage and metrics see the model it names.
+    model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    # Tokens a response may make when its request names no limit (`max_tokens`, `max_output_tokens`); fewer when
+    # the context has less room left. None: all the room the context has left.
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = 4096
+    # The most tokens any response may make, whatever its request asks: more is clamped, and the response says so
+    # (the `x-max-tokens-clamped` header). None: no ceiling but the context.
+    max_output_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class TasksSettings(_Section, frozen=True):

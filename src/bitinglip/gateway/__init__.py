@@ -2,6 +2,7 @@
 completions, embeddings), routes; API keys, limits, usage and metrics."""
 
 from bitinglip.gateway.accounting import Accounting
+from bitinglip.gateway.aliases import ModelAliases
 from bitinglip.gateway.auth import Authenticator, auth_enabled
 from bitinglip.gateway.background import Background
 from bitinglip.gateway.keys import ApiKey, KeyCreate, KeyStore, KeyView, NewKey, view
@@ -9,6 +10,7 @@ from bitinglip.gateway.limits import LimitStore, MemoryLimitStore
 from bitinglip.gateway.metrics import Metrics, deployment_families, pull_families, task_families
 from bitinglip.gateway.pipeline import Call, Pipeline
 from bitinglip.gateway.plugin import GatewayPlugin
+from bitinglip.gateway.protocol.sampling import OutputLimits
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.usage import UsageRecorder, UsageReport, UsageRow
 
@@ -25,8 +27,10 @@ __all__ = [
     "LimitStore",
     "MemoryLimitStore",
     "Metrics",
+    "ModelAliases",
     "NewKey",
     "OpenAIServing",
+    "OutputLimits",
     "Pipeline",
     "UsageRecorder",
     "UsageReport",

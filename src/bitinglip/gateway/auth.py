@@ -45,7 +45,11 @@ class Authenticator:
         self.public_docs = "/schema" in public
 
     def is_public(self, path: str) -> bool:
-        return path in self.public_exact or (self.public_docs and (path == "/schema" or path.startswith("/schema/")))
+        return (
+            path == "/"
+            or path in self.public_exact
+            or (self.public_docs and (path == "/schema" or path.startswith("/schema/")))
+        )
 
     def forget(self, ident: str) -> None:
         """A key changed here (revoked through /api/keys): the next request reads it again."""

@@ -28,8 +28,9 @@ from typing import Any, Protocol
 import msgspec
 
 from bitinglip.cluster import EngineLookup, Lease
-from bitinglip.core import BitingLipError, Events, InvalidInput, get_logger
+from bitinglip.core import RESPONSE_HEADERS, BitingLipError, Events, InvalidInput, get_logger
 from bitinglip.gateway.accounting import Accounting
+from bitinglip.gateway.aliases import ModelAliases
 from bitinglip.gateway.serving import Codec, Tally
 
 log = get_logger(__name__)
@@ -74,9 +75,10 @@ class Call:
 
 
 class Pipeline:
-    def __init__(self, engines: EngineLookup, accounting: Accounting) -> None:
+    def __init__(self, engines: EngineLookup, accounting: Accounting, aliases: ModelAliases | None = None) -> None:
         self.engines = engines
         self.accounting = accounting
+        self.aliases = aliases or ModelAliases()
 
     async def acquire(self, model: str | None, keep_alive: float | str | None, *, background: bool = False) -> Lease:
         """A hold on an engine serving ``model`` (loading it first if need be); release it when the response ends."""
@@ -87,6 +89,7 @@ class Pipeline:
     async def lease(self, state: MutableMapping[str, Any], model: str | None) -> Lease:
         """A hold on an engine for work that is not a generation (tokenizing): the key's model list, then the
         lease; nothing to admit or count."""
+        model = self.aliases.resolve(model)
         key = state.get("key")
         if key is not None:
             key.check_model(model or "")
@@ -95,9 +98,10 @@ class Pipeline:
     async def run(self, call: Call) -> Outcome:
         """The response: events to stream, a whole body, or `CLIENT_GONE`. Errors are raised, the books closed."""
         req = call.request
-        exchange = self.accounting.begin(call.state, req.model, owner=call.owner if call.background else None)
+        model = self.aliases.resolve(req.model)  # what an alias stands for: keys, limits and usage see that model
+        exchange = self.accounting.begin(call.state, model, owner=call.owner if call.background else None)
         try:
-            lease = await self.acquire(req.model, req.keep_alive, background=call.background)
+            lease = await self.acquire(model, req.keep_alive, background=call.background)
         except BitingLipError as exc:
             exchange.fail(exc)
         exchange.leased()
@@ -106,6 +110,10 @@ class Pipeline:
         try:
             prep = await call.codec.prepare(req, lease.engine)
             exchange.admit(prep)
+            if prep.asked_max_tokens is not None:
+                clamped = f"{prep.asked_max_tokens}->{prep.max_tokens}"
+                call.state.setdefault(RESPONSE_HEADERS, []).append((b"x-max-tokens-clamped", clamped.encode()))
+                call.state.setdefault("log", {})["max_tokens_clamped"] = clamped
             lease.queue_prompt(exchange.prompt_tokens)
             if prep.stream:
                 stream = getattr(call.codec, "stream", None)

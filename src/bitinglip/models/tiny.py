@@ -275,8 +275,13 @@ def _seeded_weights(model: Any, seed: int) -> None:
             param.copy_(bits)
 
 
+# Positions the tiny model takes: a coding agent's first request is about 20k tokens of this tokenizer (Claude
+# Code's), plus its output. The weights are random: RoPE takes any length as well as any other.
+TINY_CONTEXT = 65536
+
+
 def is_current(dest: Path, *, embedding: bool = False) -> bool:
-    """The model at ``dest`` was built by this version (its chat template is today's): no rebuild needed."""
+    """The model at ``dest`` was built by this version (today's chat template and context): no rebuild needed."""
     if embedding != (dest / "modules.json").is_file():
         return False
     try:
@@ -286,7 +291,11 @@ def is_current(dest: Path, *, embedding: bool = False) -> bool:
     template = config.get("chat_template")
     if template is None and (dest / "chat_template.jinja").is_file():
         template = (dest / "chat_template.jinja").read_text(encoding="utf-8")
-    return bool((dest / "config.json").is_file() and template == CHAT_TEMPLATE)
+    try:
+        positions = json.loads((dest / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return False
+    return template == CHAT_TEMPLATE and positions == TINY_CONTEXT
 
 
 def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> Path:
@@ -308,7 +317,7 @@ def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> 
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=2048,
+        max_position_embeddings=TINY_CONTEXT,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -22,6 +22,8 @@ def test_every_route_describes_its_response_body(tmp_path: Path) -> None:
     operations = _operations(tmp_path)
     assert len(operations) >= 30
     for where, op in operations:
+        if where.startswith("HEAD "):  # a HEAD response never has a body
+            continue
         success = {code: r for code, r in op["responses"].items() if code.startswith("2") and code != "204"}
         assert success, f"{where}: no success response"
         for code, response in success.items():

@@ -20,6 +20,7 @@ from bitinglip.core import Conflict, InvalidInput, NotFound
 from bitinglip.models import ModelService, Pull
 from bitinglip.models.checks import ModelCheckFailed
 from bitinglip.models.hub import PARTIAL_DIR, GatedRepo, NotEnoughDisk, OfflineError, RepoNotFound, RevisionNotFound
+from bitinglip.models.tiny import TINY_CONTEXT
 
 BIN = Path(sys.executable).parent / "bitinglip"
 
@@ -52,7 +53,7 @@ async def test_pull_records_a_ready_model(
         tiny_sha,
     )
     assert Path(row.path) == (models_dir / "hub" / "org" / "tiny-chat" / tiny_sha).resolve()
-    assert (row.architecture, row.context_length, row.dtype) == ("LlamaForCausalLM", 2048, "bfloat16")
+    assert (row.architecture, row.context_length, row.dtype) == ("LlamaForCausalLM", TINY_CONTEXT, "bfloat16")
     assert row.parameters is not None and row.parameters > 1_000_000
     assert row.size_bytes == status.bytes_total
     assert row.pull_ref is None and row.error is None

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bitinglip.models.tiny import CHAT_TEMPLATE, VOCAB_SIZE, create_tiny_model, is_current
+from bitinglip.models.tiny import CHAT_TEMPLATE, TINY_CONTEXT, VOCAB_SIZE, create_tiny_model, is_current
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 BUILD = (
@@ -74,7 +74,7 @@ def test_shape_and_special_tokens(tiny_model_dir: Path, tokenizer: Any) -> None:
     assert config["architectures"] == ["LlamaForCausalLM"]
     shape = {k: config[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")}
     assert shape == {"hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64}
-    assert (config["num_hidden_layers"], config["max_position_embeddings"]) == (2, 2048)
+    assert (config["num_hidden_layers"], config["max_position_embeddings"]) == (2, TINY_CONTEXT)
     assert (config["dtype"], config["tie_word_embeddings"]) == ("bfloat16", False)
     assert config["vocab_size"] == len(tokenizer) == VOCAB_SIZE
     assert tokenizer.bos_token == "<|begin_of_text|>" and config["bos_token_id"] == tokenizer.bos_token_id

@@ -126,13 +126,19 @@ class VllmToolCalls:
 
     # -- whole answers
 
-    def parse(self, text: str) -> tuple[str | None, list[ToolCall]]:
-        """The content and the calls in one choice's whole text."""
+    def parse(self, text: str, cut: bool = False) -> tuple[str | None, list[ToolCall]]:
+        """The content and the calls in one choice's whole text; ``cut``: the text ended at its token limit, and
+        the calls it finished before the cut are kept (a parser drops them all when the last one is cut short)."""
         if self._request.tool_choice == "none":
             return text, []
         if self._json_form:
-            return None, self._json_calls(text)
-        info = self._parser().extract_tool_calls(text, self._request)
+            return None, self._json_calls(_finished_items(text) if cut else text)
+        parser = self._parser()
+        info = parser.extract_tool_calls(text, self._request)
+        end = getattr(parser, "tool_call_end_token", None)
+        if not info.tools_called and cut and isinstance(end, str) and end and end in text:
+            whole = text[: text.rindex(end) + len(end)]  # up to the end of the last call made whole
+            info = self._parser().extract_tool_calls(whole, self._request)
         if not info.tools_called:
             return text, []
         calls = [
@@ -196,6 +202,31 @@ class VllmToolCalls:
         """Choice ``index`` has streamed a call (its finish_reason is then "tool_calls")."""
         stream = self._streams.get(index)
         return stream is not None and stream.sent
+
+
+def _finished_items(text: str) -> str:
+    """A JSON array cut short, closed after its last whole item ("[{...}, {..." -> "[{...}]"); the text as it is
+    when it is not one."""
+    depth, in_string, escaped, last = 0, False, False, -1
+    for i, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 1:
+                last = i  # an item of the outer array is whole
+    if not text.lstrip().startswith("[") or last < 0:
+        return text
+    return text[: last + 1] + "]"
 
 
 def _fragment(call: Any) -> ToolCallDelta:

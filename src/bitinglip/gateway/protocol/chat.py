@@ -9,6 +9,8 @@ import msgspec
 from bitinglip.core import InvalidInput
 from bitinglip.gateway.protocol.sampling import (
     MAX_LOGPROBS,
+    NO_OUTPUT_LIMITS,
+    OutputLimits,
     ResponseFormat,
     SamplingRequest,
     TopLogprob,
@@ -88,10 +90,14 @@ class ChatCompletionRequest(SamplingRequest):
             raise InvalidInput("`top_logprobs` needs `logprobs` set to true", param="top_logprobs")
         return None
 
-    def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
+    def asked_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def sampling_args(
+        self, prompt_len: int, max_model_len: int, limits: OutputLimits = NO_OUTPUT_LIMITS, *, clamp: bool = False
+    ) -> dict[str, Any]:
         top = self.top_logprobs_asked()
-        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        args = self._sampling_args(max_tokens, prompt_len, max_model_len, "messages")
+        args = self._sampling_args(self.asked_max_tokens(), prompt_len, max_model_len, "messages", limits, clamp=clamp)
         if top is not None:
             args["logprobs"] = top
         if (structured := structured_outputs(self.structured_outputs, self.response_format)) is not None:

@@ -8,6 +8,8 @@ import msgspec
 
 from bitinglip.gateway.protocol.sampling import (
     MAX_LOGPROBS,
+    NO_OUTPUT_LIMITS,
+    OutputLimits,
     SamplingRequest,
     Usage,
     check_logprob_work,
@@ -28,13 +30,18 @@ class CompletionRequest(SamplingRequest):
         harnesses ask for log-likelihoods."""
         return self.echo and self.max_tokens == 0
 
-    def sampling_args(self, prompt_len: int, max_model_len: int) -> dict[str, Any]:
+    def asked_max_tokens(self) -> int | None:
+        return None if self.score_only else self.max_tokens
+
+    def sampling_args(
+        self, prompt_len: int, max_model_len: int, limits: OutputLimits = NO_OUTPUT_LIMITS
+    ) -> dict[str, Any]:
         check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
         if self.logprobs is not None:
             check_logprob_work(self.n, self.logprobs, "logprobs")
         max_tokens = self.max_tokens if self.max_tokens is not None else 16  # OpenAI's default for completions
         # The engine cannot generate nothing: scoring asks it for one token, which nobody sees or pays for.
-        args = self._sampling_args(1 if self.score_only else max_tokens, prompt_len, max_model_len, "prompt")
+        args = self._sampling_args(1 if self.score_only else max_tokens, prompt_len, max_model_len, "prompt", limits)
         if self.logprobs is not None:
             args["logprobs"] = self.logprobs
             if self.echo:  # the prompt's tokens get theirs too (the first has none: nothing predicts it)

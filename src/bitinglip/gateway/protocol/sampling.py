@@ -125,6 +125,16 @@ def structured_outputs(given: dict[str, Any] | None, response_format: ResponseFo
     return given
 
 
+class OutputLimits(msgspec.Struct, frozen=True):
+    """The server's bounds on how many tokens a response makes (`gateway.default_max_tokens`, `max_output_tokens`)."""
+
+    default: int | None = None  # when the request names none; None: the room left in the context
+    ceiling: int | None = None  # the most any request gets; more is clamped
+
+
+NO_OUTPUT_LIMITS = OutputLimits()
+
+
 class SamplingRequest(StrictRequest):
     model: str | None = None
     max_tokens: int | None = None
@@ -154,9 +164,19 @@ class SamplingRequest(StrictRequest):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     def _sampling_args(
-        self, max_tokens: int | None, prompt_len: int, max_model_len: int, prompt_param: str
+        self,
+        max_tokens: int | None,
+        prompt_len: int,
+        max_model_len: int,
+        prompt_param: str,
+        limits: OutputLimits = NO_OUTPUT_LIMITS,
+        *,
+        clamp: bool = False,
     ) -> dict[str, Any]:
-        """The arguments every request shares, checked; a request's own `sampling_args` adds the rest."""
+        """The arguments every request shares, checked; a request's own `sampling_args` adds the rest.
+
+        ``clamp``: a `max_tokens` past the context's room is cut to that room rather than refused (the agent APIs:
+        Claude Code asks for 32,000 on every request, whatever the model's context)."""
         check_range("temperature", self.temperature, 0.0, 2.0)
         check_range("top_p", self.top_p, 1e-9, 1.0)
         check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
@@ -187,13 +207,14 @@ class SamplingRequest(StrictRequest):
                 f"`min_tokens` ({self.min_tokens}) must not be more than `max_tokens` ({max_tokens})",
                 param="min_tokens",
             )
+        room = max_model_len - prompt_len
         if max_tokens is not None:
             if max_tokens < 1:
                 raise InvalidInput(
                     f"`max_tokens` must be at least 1 (0 only with `echo`, to score the prompt), got {max_tokens}",
                     param="max_tokens",
                 )
-            if prompt_len + max_tokens > max_model_len:
+            if prompt_len + max_tokens > max_model_len and not clamp:
                 raise InvalidInput(
                     f"This model's maximum context length is {max_model_len} tokens. However, you requested "
                     f"{prompt_len + max_tokens} tokens ({prompt_len} in the prompt, {max_tokens} for the "
@@ -203,7 +224,7 @@ class SamplingRequest(StrictRequest):
                 )
         args: dict[str, Any] = {
             "n": self.n,
-            "max_tokens": max_tokens if max_tokens is not None else max_model_len - prompt_len,
+            "max_tokens": given_max_tokens(max_tokens, room, limits),
             "stop": stop or None,
             "ignore_eos": self.ignore_eos,
             "seed": self.seed,
@@ -220,6 +241,13 @@ class SamplingRequest(StrictRequest):
         }
         args.update({k: v for k, v in optional.items() if v is not None})
         return args
+
+
+def given_max_tokens(asked: int | None, room: int, limits: OutputLimits) -> int:
+    """The tokens a response may make: what was asked (or the server's default), within the context's room and the
+    server's ceiling."""
+    given = room if asked is None and limits.default is None else min(room, asked or limits.default or room)
+    return given if limits.ceiling is None else min(given, limits.ceiling)
 
 
 class Usage(msgspec.Struct):

@@ -8,6 +8,7 @@ from typing import Literal
 
 from bitinglip.cluster import EngineLookup, ServedModel
 from bitinglip.gateway.protocol.models import ModelCapabilities, ModelCard, ModelList
+from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, OutputLimits
 from bitinglip.gateway.serving.base import Codec, Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
@@ -22,10 +23,15 @@ def _capabilities(m: ServedModel) -> ModelCapabilities:
 
 
 class OpenAIServing:
-    def __init__(self, engines: EngineLookup, stream_interval: int | Literal["auto"] = "auto") -> None:
+    def __init__(
+        self,
+        engines: EngineLookup,
+        stream_interval: int | Literal["auto"] = "auto",
+        limits: OutputLimits = NO_OUTPUT_LIMITS,
+    ) -> None:
         self.engines = engines
-        self.chat = ChatServing(stream_interval)
-        self.completion = CompletionServing(stream_interval)
+        self.chat = ChatServing(stream_interval, limits)
+        self.completion = CompletionServing(stream_interval, limits)
         self.embeddings = EmbeddingServing()
 
     def codecs(self) -> dict[str, Codec]:

@@ -18,7 +18,7 @@ import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
 from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, error_response, get_logger
-from bitinglip.gateway.protocol.sampling import Usage
+from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, OutputLimits, Usage
 
 log = get_logger(__name__)
 
@@ -42,6 +42,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     score_only: bool = False  # echo with max_tokens 0: the one token the engine makes is dropped
     priority: int = 0
     tools: Any = None  # the engine's ToolCalls for a chat request with tools
+    asked_max_tokens: int | None = None  # what the request asked for, where the server gave less (clamped)
 
 
 class Codec(Protocol):
@@ -176,6 +177,11 @@ def refuse_embedding_model(engine: EngineClient, route: str) -> None:
         )
 
 
+def clamped(asked: int | None, given: int) -> int | None:
+    """What the request asked for when the server gives it fewer tokens (None when it gets what it asked)."""
+    return asked if asked is not None and given < asked else None
+
+
 def usage(prep: Prepared, completion_tokens: int) -> Usage:
     prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
     return Usage(
@@ -191,8 +197,11 @@ class Serving(ABC):
     # the engines' own counts: those are a step old, and miss requests the process holds before and after them.
     open_streams: ClassVar[int] = 0
 
-    def __init__(self, stream_interval: int | Literal["auto"] = "auto") -> None:
+    def __init__(
+        self, stream_interval: int | Literal["auto"] = "auto", limits: OutputLimits = NO_OUTPUT_LIMITS
+    ) -> None:
         self.stream_interval = stream_interval
+        self.limits = limits
 
     def interval(self) -> int:
         """Tokens of one choice a streamed event carries at most, for a request admitted now.

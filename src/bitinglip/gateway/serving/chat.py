@@ -34,6 +34,7 @@ from bitinglip.gateway.serving.base import (
     Serving,
     StreamContext,
     check_prompt_chars,
+    clamped,
     refuse_embedding_model,
     sampling_params,
 )
@@ -115,14 +116,21 @@ class ChatServing(Serving):
         return await cls.encode(engine, text, "messages"), text
 
     async def prepare(self, req: ChatCompletionRequest, engine: EngineClient) -> Prepared:
-        refuse_embedding_model(engine, "/v1/chat/completions")
+        return await self.prepare_chat(req, engine, "/v1/chat/completions")
+
+    async def prepare_chat(
+        self, req: ChatCompletionRequest, engine: EngineClient, route: str, *, clamp: bool = False
+    ) -> Prepared:
+        """``req`` checked, rendered and tokenized; also how the APIs built on chat (Responses, Messages) prepare
+        theirs, with ``clamp`` (a `max_tokens` past the context's room is cut to it, not refused)."""
+        refuse_embedding_model(engine, route)
         # Checking the tools' schemas takes time that grows with them (jsonschema, pure Python): off the loop.
         tools = await asyncio.to_thread(check_tools, req) if req.tools else check_tools(req)
         calls = None
         if tools is not None and tools.choice != "none":
             calls = engine.tool_calls(tools.tools, tools.choice, tools.parallel)
         ids, text = await self.render(req.messages, engine, tools.tools if tools is not None else None)
-        args = req.sampling_args(len(ids), engine.max_model_len)
+        args = req.sampling_args(len(ids), engine.max_model_len, self.limits, clamp=clamp)
         if req.stream:
             args["stream_interval"] = self.interval()
         if calls is not None:
@@ -150,6 +158,7 @@ class ChatServing(Serving):
             logprobs=args.get("logprobs"),
             priority=req.priority,
             tools=calls,
+            asked_max_tokens=clamped(req.asked_max_tokens(), args["max_tokens"]),
         )
 
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
@@ -159,7 +168,7 @@ class ChatServing(Serving):
         finish = done.finish.get(index)
         message = AssistantMessage(role="assistant", content=text)
         if prep.tools is not None:
-            content, calls = prep.tools.parse(text)
+            content, calls = prep.tools.parse(text, cut=finish == "length")
             message.content = content
             if calls:
                 message.tool_calls = [

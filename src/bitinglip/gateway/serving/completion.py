@@ -24,6 +24,7 @@ from bitinglip.gateway.serving.base import (
     Prepared,
     Serving,
     StreamContext,
+    clamped,
     refuse_embedding_model,
     sampling_params,
     token_ids,
@@ -59,7 +60,7 @@ class CompletionServing(Serving):
     async def prepare(self, req: CompletionRequest, engine: EngineClient) -> Prepared:
         refuse_embedding_model(engine, "/v1/completions")
         prompts = await self._prompts(req.prompt, engine)
-        args = req.sampling_args(max(len(ids) for ids, _ in prompts), engine.max_model_len)
+        args = req.sampling_args(max(len(ids) for ids, _ in prompts), engine.max_model_len, self.limits)
         if req.stream:
             args["stream_interval"] = self.interval()
         if req.echo:  # a prompt given as token ids is echoed as its text
@@ -77,6 +78,7 @@ class CompletionServing(Serving):
             echo=req.echo,
             score_only=req.score_only,
             priority=req.priority,
+            asked_max_tokens=clamped(req.asked_max_tokens(), args["max_tokens"]),
         )
 
     def add_logprobs(self, prep: Prepared, into: dict[int, Any], index: int, out: CompletionDelta, offset: int) -> None:
