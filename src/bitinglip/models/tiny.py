@@ -295,7 +295,7 @@ def is_current(dest: Path, *, embedding: bool = False) -> bool:
         positions = json.loads((dest / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
     except (OSError, ValueError):
         return False
-    return template == CHAT_TEMPLATE and positions == TINY_CONTEXT
+    return bool(template == CHAT_TEMPLATE and positions == TINY_CONTEXT)
 
 
 def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> Path:
