@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model run test lint docs bench bench-gateway bench-swap bench-batch clean
+.PHONY: help setup model agents run test lint docs bench bench-gateway bench-agents bench-swap bench-batch clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,10 +30,28 @@ model: setup ## build the tiny offline default models (chat, embeddings) if they
 	$(BIN)/bitinglip models create-tiny --if-missing
 	$(BIN)/bitinglip models create-tiny --embedding --if-missing
 
+# The coding agents the end-to-end tests drive (tests/e2e/test_agents.py), pinned, installed into the checkout.
+AGENTS_DIR := .agents
+CODEX_VERSION := 0.171.0
+CLAUDE_CODE_VERSION := 2.1.197
+AGENTS_STAMP := $(AGENTS_DIR)/.installed-$(CODEX_VERSION)-$(CLAUDE_CODE_VERSION)
+
+agents: $(AGENTS_STAMP) ## install the pinned Codex CLI and Claude Code (npm) into .agents/; Node from apt if missing
+
+$(AGENTS_STAMP):
+	@command -v npm >/dev/null || { command -v apt-get >/dev/null && \
+		{ echo "agents: installing Node from the machine's packages"; \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }; } || \
+		echo "agents: no Node and no apt-get; the agent tests will be skipped"
+	@if command -v npm >/dev/null; then \
+		npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error \
+			@openai/codex@$(CODEX_VERSION) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) && touch $@; \
+	fi
+
 run: setup model ## set up, prepare the default model, serve on 127.0.0.1:8000
 	$(BIN)/bitinglip serve
 
-test: setup ## the whole suite (unit and end-to-end with the real engine)
+test: setup agents ## the whole suite (unit and end-to-end with the real engine and the real coding agents)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter contracts (pyproject.toml)
@@ -48,9 +66,13 @@ docs: setup ## build the documentation site into site/ (mkdocs --strict: a broke
 bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, same machine; then the gateway's overhead
 	$(BIN)/python scripts/bench_serve.py
 	$(BIN)/python scripts/bench_gateway.py
+	$(BIN)/python scripts/bench_agent_apis.py
 
 bench-gateway: setup model ## the gateway's overhead per request: auth, key limits and usage on vs auth off
 	$(BIN)/python scripts/bench_gateway.py
+
+bench-agents: setup model ## streaming /v1/responses and /v1/messages vs chat, and vs vllm serve's own, 64 at once
+	$(BIN)/python scripts/bench_agent_apis.py
 
 bench-swap: setup model ## cold start on demand vs vllm serve cold; one deployment vs two, tokens/s
 	$(BIN)/python scripts/bench_swap.py

@@ -43,16 +43,13 @@ from benchlib import (  # scripts/ is on sys.path when this runs as a script
     DEFAULT_ENGINE_ARGS,
     IDLE_QUIET,
     REPO,
-    VLLM_SERVER_MODULE,
     BenchError,
     Figures,
     LoadSpec,
     Sample,
     bitinglip_server,
     checked,
-    child_env,
     drive,
-    free_port,
     json_safe,
     make_prompts,
     measure_http,
@@ -62,12 +59,10 @@ from benchlib import (  # scripts/ is on sys.path when this runs as a script
     process_cpu_s,
     progress,
     served_models,
-    server_process,
     summarize,
     tail,
     toml_value,
-    vllm_flags,
-    wait_ready,
+    vllm_server,
     warn_about_machine,
 )
 
@@ -149,21 +144,8 @@ async def bench_bitinglip(ctx: Context, name: str = "bitinglip", **settings: str
 
 @contextlib.asynccontextmanager
 async def bench_vllm(ctx: Context) -> AsyncIterator[Target]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable, "-m", VLLM_SERVER_MODULE, "--host", "127.0.0.1", "--port", str(port),
-        "--model", str(ctx.model_dir), "--served-model-name", ctx.served_name, *vllm_flags(ctx.engine_args),
-    ]  # fmt: skip
-    log_path = ctx.workdir / "vllm.log"
-
-    async def ready(client: httpx.AsyncClient) -> bool:
-        healthy = (await client.get(f"{base_url}/health")).status_code == 200
-        return healthy and ctx.served_name in await served_models(client, base_url)
-
-    with server_process(cmd, child_env(IDLE_QUIET), log_path) as proc:
-        progress(f"vllm: ready after {await wait_ready(proc, log_path, ready):.1f} s")
-        yield Target(lambda spec: measure_http(base_url, ctx.served_name, spec), proc.pid)
+    async with vllm_server(ctx.model_dir, ctx.served_name, ctx.engine_args, ctx.workdir) as server:
+        yield Target(lambda spec: measure_http(server.url, ctx.served_name, spec), server.proc.pid)
 
 
 @contextlib.asynccontextmanager

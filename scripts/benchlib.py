@@ -513,6 +513,29 @@ async def wait_deployment(server: Server, name: str, *, gone: bool) -> None:
     raise BenchError(f"deployment {name} not {'gone' if gone else 'ready'} after {READY_TIMEOUT_S:.0f} s")
 
 
+@contextlib.asynccontextmanager
+async def vllm_server(
+    model_dir: Path, served_name: str, engine_args: dict[str, Any], workdir: Path
+) -> AsyncIterator[Server]:
+    """`vllm serve` (vLLM's own OpenAI server) on a free port with these engine arguments, until it serves the
+    model under ``served_name``."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", VLLM_SERVER_MODULE, "--host", "127.0.0.1", "--port", str(port),
+        "--model", str(model_dir), "--served-model-name", served_name, *vllm_flags(engine_args),
+    ]  # fmt: skip
+    log_path = workdir / "vllm.log"
+
+    async def ready(client: httpx.AsyncClient) -> bool:
+        healthy = (await client.get(f"{url}/health")).status_code == 200
+        return healthy and served_name in await served_models(client, url)
+
+    with server_process(cmd, child_env(IDLE_QUIET), log_path) as proc:
+        progress(f"vllm: ready after {await wait_ready(proc, log_path, ready):.1f} s")
+        yield Server(url, proc, log_path)
+
+
 # -- report
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,16 @@ def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
         time.sleep(1)
     stop_server(server)
     pytest.fail(f"server not ready after {READY_TIMEOUT_S} s:\n{server.log()[-4000:]}")
+
+
+def make_key(env: dict[str, str], *args: str) -> str:
+    """A key made by the CLI in the home ``env`` names (before its server starts, or beside it)."""
+    out = subprocess.run(
+        [str(BIN), "keys", "create", "--json", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    key: str = json.loads(out.stdout)["key"]
+    return key
 
 
 def stop_server(server: Server, sig: int = signal.SIGTERM, *, group: bool = False) -> int:

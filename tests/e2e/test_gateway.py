@@ -24,18 +24,9 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.conftest import BIN, Server, start_server, stop_server
+from e2e.conftest import BIN, Server, make_key, start_server, stop_server
 
 SLOTS = 4  # the engine's max_num_seqs: the deployment admits SLOTS running + SLOTS queued
-
-
-def make_key(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [str(BIN), "keys", "create", "--json", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    key: str = json.loads(out.stdout)["key"]
-    return key
 
 
 @pytest.fixture(scope="module")
