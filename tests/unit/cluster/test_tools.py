@@ -112,6 +112,19 @@ def test_a_parser_without_a_structural_tag_forces_calls_with_vllms_json_form(tok
     assert [(f.index, f.name, f.arguments) for f in out] == [(0, "ping", "{}")] and required.called(0)
 
 
+def test_calls_finished_before_a_token_limit_cut_are_kept(tokenizer: Any) -> None:
+    cut = HERMES_TEXT + '<tool_call>\n{"name": "get_weather", "arguments": {"ci'
+    calls = VllmToolCalls("hermes", tokenizer, TOOLS, "required", parallel=True)
+    assert calls.parse(cut)[1] == []  # the parser alone drops every call when the last is cut
+    content, parsed = calls.parse(cut, cut=True)
+    assert [(c.name, json.loads(c.arguments)) for c in parsed] == [("get_weather", {"city": "Oslo"})]
+    assert (content or "").strip() == "Let me look."
+    json_form = VllmToolCalls("pythonic", tokenizer, TOOLS, "required", parallel=True)
+    text = '[{"name": "ping", "parameters": {}}, {"name": "get_weather", "parameters": {"city": "Pa'
+    assert [c.name for c in json_form.parse(text, cut=True)[1]] == ["ping"]
+    assert json_form.parse('[{"name": "pi', cut=True)[1] == []  # nothing was finished
+
+
 def test_a_parser_name_vllm_does_not_have_is_refused_at_start_up_with_the_list() -> None:
     assert "hermes" in tool_parser_names() and "pythonic" in tool_parser_names()
     check_engine_args({"tool_call_parser": "hermes", "max_model_len": 512})

@@ -134,11 +134,10 @@ class VllmToolCalls:
         if self._json_form:
             return None, self._json_calls(_finished_items(text) if cut else text)
         parser = self._parser()
-        info = parser.extract_tool_calls(text, self._request)
         end = getattr(parser, "tool_call_end_token", None)
-        if not info.tools_called and cut and isinstance(end, str) and end and end in text:
-            whole = text[: text.rindex(end) + len(end)]  # up to the end of the last call made whole
-            info = self._parser().extract_tool_calls(whole, self._request)
+        if cut and isinstance(end, str) and end and end in text:
+            text = text[: text.rindex(end) + len(end)]  # up to the end of the last call made whole
+        info = parser.extract_tool_calls(text, self._request)
         if not info.tools_called:
             return text, []
         calls = [
