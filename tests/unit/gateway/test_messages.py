@@ -327,6 +327,19 @@ def test_a_message_whole_and_streamed(client: TestClient) -> None:
     }
 
 
+def test_a_stop_sequence_is_named_whole_and_streamed(client: TestClient) -> None:
+    body = HI | {"stop_sequences": ["zzz", " friend"]}
+    m = client.post("/v1/messages", json=body).json()
+    assert m["content"] == [{"type": "text", "text": "Hello there"}]
+    assert (m["stop_reason"], m["stop_sequence"]) == ("stop_sequence", " friend")
+    got = events(client.post("/v1/messages", json=body | {"stream": True}).text)
+    delta = next(e for name, e in got if name == "message_delta")
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": " friend"}
+    # Ended by the model, not by a stop sequence: none named.
+    plain = client.post("/v1/messages", json=HI | {"stop_sequences": ["zzz"]}).json()
+    assert (plain["stop_reason"], plain["stop_sequence"]) == ("end_turn", None)
+
+
 def test_an_error_after_the_stream_started_is_an_error_event(tmp_path: Path) -> None:
     with TestClient(build_gateway(FailingEngine(), tmp_path).app) as c:
         r = c.post("/v1/messages", json=HI | {"stream": True})

@@ -354,8 +354,8 @@ class MessagesServing:
             id="msg_" + request_id,
             model=prep.model,
             content=content or [TextBlock(text="")],
-            stop_reason=stop_reason(turn.finish),
-            stop_sequence=None,
+            stop_reason="stop_sequence" if turn.stop_sequence is not None else stop_reason(turn.finish),
+            stop_sequence=turn.stop_sequence,
             usage=MessageUsage(input_tokens=turn.prompt_tokens, output_tokens=turn.completion_tokens),
         )
 
@@ -370,6 +370,7 @@ class MessagesServing:
         yield _sse(b"message_start", MessageStartEvent(message=message)) + _sse(b"ping", PingEvent())
         blocks = _Blocks()
         finish = "stop"
+        stop_sequence: str | None = None
         try:
             async with contextlib.aclosing(turn_deltas(prep, request_id, tally)) as deltas:
                 async for delta in deltas:
@@ -377,10 +378,11 @@ class MessagesServing:
                     for fragment in delta.calls:
                         events.extend(blocks.call(fragment))
                     if delta.finish is not None:
-                        finish = delta.finish
+                        finish, stop_sequence = delta.finish, delta.stop_sequence
                     if events:
                         yield b"".join(events)
-            stop = StopDelta(stop_reason=stop_reason(finish), stop_sequence=None)
+            reason = "stop_sequence" if stop_sequence is not None else stop_reason(finish)
+            stop = StopDelta(stop_reason=reason, stop_sequence=stop_sequence)
             ending = blocks.close()
             ending.append(
                 _sse(b"message_delta", MessageDeltaEvent(delta=stop, usage=DeltaUsage(tally.completion_tokens)))
