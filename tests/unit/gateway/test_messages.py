@@ -396,6 +396,13 @@ def test_count_tokens_errors_too(client: TestClient) -> None:
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
 
 
+def test_an_embedding_model_is_refused_on_both_routes(tmp_path: Path) -> None:
+    with TestClient(build_gateway(ScriptedEngine(embedding=True), tmp_path).app) as c:
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            r = c.post(path, json=HI)
+            assert r.status_code == 400 and "embedding model" in r.json()["error"]["message"], r.text
+
+
 def test_keys_apply_and_are_refused_in_anthropics_envelope(tmp_path: Path) -> None:
     gateway = build_gateway(ScriptedEngine(), tmp_path, auth=True)
     with TestClient(gateway.app) as c:

@@ -59,7 +59,7 @@ from bitinglip.gateway.protocol.messages import (
     ToolUseBlock,
 )
 from bitinglip.gateway.protocol.sampling import check_range
-from bitinglip.gateway.serving.base import Prepared, Tally
+from bitinglip.gateway.serving.base import Prepared, Tally, refuse_embedding_model
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.tools import check_tools
 from bitinglip.gateway.serving.turns import prompt_tokens, turn_deltas, whole_turn
@@ -336,6 +336,7 @@ class MessagesServing:
     async def count_tokens(self, req: MessagesInput, engine: EngineClient) -> int:
         """The prompt's tokens as a create request with the same body has them: its system, messages and tools
         rendered by the chat template, as `prepare_chat` renders them."""
+        refuse_embedding_model(engine, ROUTE)
         done = translate(req)
         chat = done.chat
         try:
