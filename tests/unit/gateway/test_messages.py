@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -237,7 +238,13 @@ def test_chat_errors_are_put_in_the_messages_requests_names() -> None:
     [("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use"), ("abort", "end_turn")],
 )
 def test_stop_reasons(finish: str, reason: str) -> None:
-    assert stop_reason(finish) == reason
+    asked = SimpleNamespace(asked_max_tokens=None)  # the client's own max_tokens held
+    assert stop_reason(finish, None, asked) == reason  # type: ignore[arg-type]
+    assert stop_reason("stop", "\n\n", asked) == "stop_sequence"  # type: ignore[arg-type]
+    # Cut by a limit the server set below the client's: the turn ends, as an agent must take it.
+    clamped = SimpleNamespace(asked_max_tokens=32000)
+    assert stop_reason("length", None, clamped) == "end_turn"  # type: ignore[arg-type]
+    assert stop_reason("tool_calls", None, clamped) == "tool_use"  # type: ignore[arg-type]
 
 
 # -- the routes
@@ -338,6 +345,20 @@ def test_a_stop_sequence_is_named_whole_and_streamed(client: TestClient) -> None
     # Ended by the model, not by a stop sequence: none named.
     plain = client.post("/v1/messages", json=HI | {"stop_sequences": ["zzz"]}).json()
     assert (plain["stop_reason"], plain["stop_sequence"]) == ("end_turn", None)
+
+
+def test_a_cut_by_the_servers_ceiling_is_not_the_clients_max_tokens(tmp_path: Path) -> None:
+    """Claude Code asks for 32,000 tokens and fails a turn that says `max_tokens`: a cut by the server's own
+    ceiling ends the turn (said in the header), a cut by the client's own limit is `max_tokens`."""
+    with TestClient(build_gateway(ScriptedEngine(), tmp_path, max_output_tokens=2).app) as c:
+        for stream in (False, True):
+            r = c.post("/v1/messages", json=HI | {"stream": stream})
+            assert r.status_code == 200 and r.headers["x-max-tokens-clamped"] == "32000->2"
+            reason = events(r.text)[-2][1]["delta"]["stop_reason"] if stream else r.json()["stop_reason"]
+            assert reason == "end_turn"
+        own = c.post("/v1/messages", json=HI | {"max_tokens": 2})
+        assert "x-max-tokens-clamped" not in own.headers and own.json()["stop_reason"] == "max_tokens"
+        assert own.json()["usage"]["output_tokens"] == 2
 
 
 def test_an_error_after_the_stream_started_is_an_error_event(tmp_path: Path) -> None:

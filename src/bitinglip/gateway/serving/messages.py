@@ -355,7 +355,7 @@ class MessagesServing:
             id="msg_" + request_id,
             model=prep.model,
             content=content or [TextBlock(text="")],
-            stop_reason="stop_sequence" if turn.stop_sequence is not None else stop_reason(turn.finish),
+            stop_reason=stop_reason(turn.finish, turn.stop_sequence, prep),
             stop_sequence=turn.stop_sequence,
             usage=MessageUsage(input_tokens=turn.prompt_tokens, output_tokens=turn.completion_tokens),
         )
@@ -382,8 +382,7 @@ class MessagesServing:
                         finish, stop_sequence = delta.finish, delta.stop_sequence
                     if events:
                         yield b"".join(events)
-            reason = "stop_sequence" if stop_sequence is not None else stop_reason(finish)
-            stop = StopDelta(stop_reason=reason, stop_sequence=stop_sequence)
+            stop = StopDelta(stop_reason=stop_reason(finish, stop_sequence, prep), stop_sequence=stop_sequence)
             ending = blocks.close()
             ending.append(
                 _sse(b"message_delta", MessageDeltaEvent(delta=stop, usage=DeltaUsage(tally.completion_tokens)))
@@ -396,5 +395,15 @@ class MessagesServing:
         yield FinalEvent(b"".join(ending))
 
 
-def stop_reason(finish: str) -> StopReason:
+def stop_reason(finish: str, stop_sequence: str | None, prep: Prepared) -> StopReason:
+    """Anthropic's stop reason for the engine's finish.
+
+    A turn cut by a limit the server set below the client's `max_tokens` (the context's room, or
+    `gateway.max_output_tokens`; said in `x-max-tokens-clamped`) ends as `end_turn`, not `max_tokens`: Claude Code
+    takes `max_tokens` to mean its own 32,000 were spent and fails the turn ("exceeded the 32000 output token
+    maximum"), printing nothing of what was made."""
+    if stop_sequence is not None:
+        return "stop_sequence"
+    if finish == "length" and prep.asked_max_tokens is not None:
+        return "end_turn"
     return STOP_REASONS.get(finish, "end_turn")
