@@ -41,6 +41,7 @@ class FakeCompletionOutput:
     token_ids: list[int]
     logprobs: list[dict[int, FakeLogprob]] | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
 
 
 @dataclass
@@ -53,7 +54,8 @@ class FakeRequestOutput:
 
 @dataclass
 class ScriptedEngine:
-    """Answers every request with the same words, one token per delta, for each of n choices."""
+    """Answers every request with the same words, one token per delta, for each of n choices; a word that is one
+    of the request's stop strings ends it before that word, as vLLM's stop strings do."""
 
     words: list[str] = field(default_factory=lambda: ["Hello", " there", " friend"])
     max_model_len: int = 64
@@ -157,19 +159,23 @@ class ScriptedEngine:
         self.seen.append({"prompt_ids": prompt_ids, "params": params, "request_id": request_id, "whole": whole})
         self.running.add(request_id)
         try:
-            limit = min(params["max_tokens"], len(self.words))
+            stops = params.get("stop") or []
+            hit = next((k for k, word in enumerate(self.words) if word in stops), None)
+            words = self.words if hit is None else self.words[:hit]
+            limit = min(params["max_tokens"], len(words))
             gathered: dict[int, FakeCompletionOutput] = {}
             for step in range(limit):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 last = step == limit - 1
-                reason = ("length" if params["max_tokens"] <= len(self.words) else "stop") if last else None
+                reason = ("length" if params["max_tokens"] <= len(words) else "stop") if last else None
+                stopped_by = self.words[hit] if reason == "stop" and hit is not None else None
                 outs = []
                 for i in range(params.get("n", 1)):
                     lp = None
                     if params.get("logprobs") is not None:
                         lp = [{100 + step: FakeLogprob(-0.5, 1, self.words[step]), 7: FakeLogprob(-1.5, 2, "x")}]
-                    outs.append(FakeCompletionOutput(i, self.words[step], [100 + step], lp, reason))
+                    outs.append(FakeCompletionOutput(i, self.words[step], [100 + step], lp, reason, stopped_by))
                 prompt_lps = None
                 if params.get("prompt_logprobs") is not None and ((whole and last) or (not whole and step == 0)):
                     prompt_lps = [None] + [{t: FakeLogprob(-0.25, 1, chr(t))} for t in prompt_ids[1:]]
@@ -186,6 +192,7 @@ class ScriptedEngine:
                         [*before.token_ids, *out.token_ids],
                         [*before.logprobs, *out.logprobs] if out.logprobs and before.logprobs is not None else None,
                         out.finish_reason,
+                        out.stop_reason,
                     )
                 if last:
                     yield FakeRequestOutput(request_id, [gathered[i] for i in sorted(gathered)], True, prompt_lps)

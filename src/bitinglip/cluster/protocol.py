@@ -39,6 +39,10 @@ class CompletionDelta(Protocol):
     def logprobs(self) -> Sequence[Mapping[int, TokenLogprob] | None] | None: ...
     @property
     def finish_reason(self) -> str | None: ...
+    @property
+    def stop_reason(self) -> int | str | None:
+        """What stopped it when `finish_reason` is "stop": the stop string it met, a stop token id, None for EOS."""
+        ...
 
 
 class EngineOutput(Protocol):

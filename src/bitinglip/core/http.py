@@ -185,7 +185,8 @@ def complete_openapi(app: Litestar) -> None:
     """Finish the OpenAPI document Litestar built (once, at start-up), where Litestar cannot say it itself.
 
     - Errors: Litestar documents its own validation 400 in its own shape; every error status of every
-      operation is described as what is really sent, the one envelope (`ErrorResponse`).
+      operation is described as what is really sent, the one envelope (`ErrorResponse`; Anthropic's,
+      `AnthropicErrorResponse`, under /v1/messages).
     - Event streams: Litestar describes one media type per status; a route that answers JSON, or events when
       asked, gets `text/event-stream` beside its JSON, with the event's schema (a route's `opt[EVENT_STREAM]`).
     """
@@ -199,13 +200,17 @@ def complete_openapi(app: Litestar) -> None:
                 for method in handler.http_methods:
                     streams[(route.path_format or "/", method.lower())] = event
     _, components = msgspec.json.schema_components(
-        [ErrorResponse, *set(streams.values())], ref_template="#/components/schemas/{name}"
+        [ErrorResponse, AnthropicErrorResponse, *set(streams.values())], ref_template="#/components/schemas/{name}"
     )
     schemas = cast(dict[str, Any], openapi.components.schemas)
     for name, schema in components.items():
         schemas.setdefault(name, schema)  # msgspec's JSON schema, kept as a plain dict
-    envelope = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ErrorResponse.__name__}"))
+    openai_envelope = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ErrorResponse.__name__}"))
+    anthropic_envelope = OpenAPIMediaType(
+        schema=Reference(ref=f"#/components/schemas/{AnthropicErrorResponse.__name__}")
+    )
     for path, item in openapi.paths.items():
+        envelope = anthropic_envelope if path.startswith(ANTHROPIC_PATHS) else openai_envelope
         for method in ("get", "put", "post", "delete", "patch"):
             operation = getattr(item, method, None)
             if operation is None or not operation.responses:

@@ -10,6 +10,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPlugin
 
 from bitinglip.gateway.admin import KeysController, UsageController, metrics_route
+from bitinglip.gateway.anthropic import AnthropicController
 from bitinglip.gateway.api import OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
 from bitinglip.gateway.fast import FastGeneration
@@ -30,7 +31,7 @@ class GatewayPlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
-            [OpenAIController, TokenizeController, KeysController, UsageController, metrics_route]
+            [OpenAIController, AnthropicController, TokenizeController, KeysController, UsageController, metrics_route]
         )
         generation = Generation(self.pipeline, self.openai.codecs())
         provided: dict[str, Any] = {

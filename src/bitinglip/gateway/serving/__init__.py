@@ -13,6 +13,7 @@ from bitinglip.gateway.serving.base import Codec, Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.gateway.serving.embeddings import EmbeddingServing
+from bitinglip.gateway.serving.messages import MessagesServing
 
 
 def _capabilities(m: ServedModel) -> ModelCapabilities:
@@ -33,10 +34,16 @@ class OpenAIServing:
         self.chat = ChatServing(stream_interval, limits)
         self.completion = CompletionServing(stream_interval, limits)
         self.embeddings = EmbeddingServing()
+        self.messages = MessagesServing(self.chat)  # Anthropic's Messages API, built on chat
 
     def codecs(self) -> dict[str, Codec]:
-        """The OpenAI codecs by the name their routes declare (`generation_post`)."""
-        return {"chat": self.chat, "completion": self.completion, "embeddings": self.embeddings}
+        """The codecs by the name their routes declare (`generation_post`)."""
+        return {
+            "chat": self.chat,
+            "completion": self.completion,
+            "embeddings": self.embeddings,
+            "messages": self.messages,
+        }
 
     async def list_models(self) -> ModelList:
         created = int(time.time())
@@ -60,6 +67,7 @@ __all__ = [
     "Codec",
     "CompletionServing",
     "EmbeddingServing",
+    "MessagesServing",
     "OpenAIServing",
     "Prepared",
     "Serving",

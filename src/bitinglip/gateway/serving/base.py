@@ -113,6 +113,7 @@ class Finished(msgspec.Struct, kw_only=True):
     logprobs: dict[int, Any]  # each kind's own logprobs shape
     usage: Usage
     prompt_logprobs: dict[int, Any] = msgspec.field(default_factory=dict)  # per prompt, when asked for
+    stop_strings: dict[int, str] = msgspec.field(default_factory=dict)  # the stop string that ended a choice
 
 
 class Tally:
@@ -265,12 +266,17 @@ class Serving(ABC):
         return _merge(streams)
 
     async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> msgspec.Struct:
+        return self.response(prep, request_id, await self.finished(prep, request_id, tally))
+
+    async def finished(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> Finished:
+        """What a whole generation made, before it is put in a response's shape."""
         tally = tally or Tally()
         created = int(time.time())
         texts: dict[int, list[str]] = {}
         finish: dict[int, str | None] = {}
         logprobs: dict[int, Any] = {}
         prompt_logprobs: dict[int, Any] = {}
+        stop_strings: dict[int, str] = {}
         completion_tokens = 0
         # No first-token time here: a whole response asks the engine for its final output only.
         async for prompt_index, output in self.outputs(prep, request_id):
@@ -286,15 +292,17 @@ class Serving(ABC):
                 tally.completion_tokens = completion_tokens
                 if out.finish_reason is not None:
                     finish[index] = out.finish_reason
-        done = Finished(
+                    if isinstance(out.stop_reason, str):
+                        stop_strings[index] = out.stop_reason
+        return Finished(
             created=created,
             texts={index: "".join(parts) for index, parts in sorted(texts.items())},
             finish=finish,
             logprobs=logprobs,
             usage=usage(prep, completion_tokens),
             prompt_logprobs=prompt_logprobs,
+            stop_strings=stop_strings,
         )
-        return self.response(prep, request_id, done)
 
     async def stream(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> AsyncGenerator[bytes, None]:
         """Server-sent events as OpenAI sends them, `data: [DONE]` last."""

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import cast
 
 from bitinglip.cluster import EngineOutput, ToolCall, ToolCallDelta
 from bitinglip.core import get_logger
-from bitinglip.gateway.protocol.chat import ChatCompletionResponse
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 
@@ -31,6 +29,7 @@ class Turn:
     finish: str  # "stop", "length", "tool_calls", ...
     prompt_tokens: int
     completion_tokens: int
+    stop_sequence: str | None = None  # the request's stop sequence that ended it (finish "stop")
 
 
 @dataclass(slots=True)
@@ -40,6 +39,7 @@ class TurnDelta:
     text: str | None = None
     calls: list[ToolCallDelta] = field(default_factory=list)
     finish: str | None = None
+    stop_sequence: str | None = None  # with finish "stop": the request's stop sequence that ended it
 
 
 def prompt_tokens(prep: Prepared) -> int:
@@ -48,7 +48,8 @@ def prompt_tokens(prep: Prepared) -> int:
 
 async def whole_turn(chat: ChatServing, prep: Prepared, request_id: str, tally: Tally) -> Turn:
     """The whole turn, read as chat reads it (calls finished before a token limit's cut are kept)."""
-    response = cast(ChatCompletionResponse, await chat.complete(prep, request_id, tally))
+    done = await chat.finished(prep, request_id, tally)
+    response = chat.response(prep, request_id, done)
     choice = response.choices[0]
     calls = [
         ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
@@ -60,6 +61,7 @@ async def whole_turn(chat: ChatServing, prep: Prepared, request_id: str, tally: 
         finish=choice.finish_reason or "stop",
         prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens,
+        stop_sequence=done.stop_strings.get(0) if choice.finish_reason == "stop" else None,
     )
 
 
@@ -78,15 +80,16 @@ async def turn_deltas(prep: Prepared, request_id: str, tally: Tally) -> AsyncGen
                 for out in output.outputs:
                     tally.completion_tokens += len(out.token_ids)
                     finish = out.finish_reason
+                    stop = out.stop_reason if finish == "stop" and isinstance(out.stop_reason, str) else None
                     if tools is None:
                         if out.text or finish is not None:
-                            yield TurnDelta(out.text or None, [], finish)
+                            yield TurnDelta(out.text or None, [], finish, stop)
                         continue
                     content, fragments = tools.parse_delta(0, out.text, out.token_ids, finish is not None)
                     if finish == "stop" and tools.called(0):
-                        finish = "tool_calls"
+                        finish, stop = "tool_calls", None
                     if content or fragments or finish is not None:
-                        yield TurnDelta(content, fragments, finish)
+                        yield TurnDelta(content, fragments, finish, stop)
         ended = True
     finally:
         Serving.open_streams -= 1
