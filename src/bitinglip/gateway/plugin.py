@@ -16,6 +16,7 @@ from bitinglip.gateway.fast import FastGeneration
 from bitinglip.gateway.generation import Generation
 from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.pipeline import Pipeline
+from bitinglip.gateway.responses import ResponsesController
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.tokenize import TokenizeController
 
@@ -30,11 +31,12 @@ class GatewayPlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
-            [OpenAIController, TokenizeController, KeysController, UsageController, metrics_route]
+            [OpenAIController, ResponsesController, TokenizeController, KeysController, UsageController, metrics_route]
         )
         generation = Generation(self.pipeline, self.openai.codecs())
         provided: dict[str, Any] = {
             "openai": self.openai,
+            "response_store": self.openai.responses.store,
             "pipeline": self.pipeline,
             "generation": generation,
             "accounting": self.accounting,

@@ -1,5 +1,5 @@
-"""OpenAI's codecs (chat, text completions, embeddings: how each prepares its request and renders the engine's
-output) and its model list; no Litestar here. The pipeline (pipeline.py) runs them."""
+"""OpenAI's codecs (chat, text completions, embeddings, responses: how each prepares its request and renders the
+engine's output) and its model list; no Litestar here. The pipeline (pipeline.py) runs them."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Literal
 from bitinglip.cluster import EngineLookup, ServedModel
 from bitinglip.gateway.protocol.models import ModelCapabilities, ModelCard, ModelList
 from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, OutputLimits
+from bitinglip.gateway.response_store import ResponseStore
 from bitinglip.gateway.serving.base import Codec, Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.gateway.serving.embeddings import EmbeddingServing
+from bitinglip.gateway.serving.responses import ResponsesServing
 
 
 def _capabilities(m: ServedModel) -> ModelCapabilities:
@@ -26,6 +28,7 @@ class OpenAIServing:
     def __init__(
         self,
         engines: EngineLookup,
+        store: ResponseStore,
         stream_interval: int | Literal["auto"] = "auto",
         limits: OutputLimits = NO_OUTPUT_LIMITS,
     ) -> None:
@@ -33,10 +36,16 @@ class OpenAIServing:
         self.chat = ChatServing(stream_interval, limits)
         self.completion = CompletionServing(stream_interval, limits)
         self.embeddings = EmbeddingServing()
+        self.responses = ResponsesServing(self.chat, store)
 
     def codecs(self) -> dict[str, Codec]:
         """The OpenAI codecs by the name their routes declare (`generation_post`)."""
-        return {"chat": self.chat, "completion": self.completion, "embeddings": self.embeddings}
+        return {
+            "chat": self.chat,
+            "completion": self.completion,
+            "embeddings": self.embeddings,
+            "responses": self.responses,
+        }
 
     async def list_models(self) -> ModelList:
         created = int(time.time())
@@ -62,6 +71,7 @@ __all__ = [
     "EmbeddingServing",
     "OpenAIServing",
     "Prepared",
+    "ResponsesServing",
     "Serving",
     "Tally",
 ]
