@@ -7,6 +7,7 @@ is refused naming its place (`input.3.call_id`), and a message item may come wit
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -95,9 +96,17 @@ def input_item(raw: Any, param: str) -> InputItem | None:
     try:
         return msgspec.convert(raw, item_type)
     except msgspec.ValidationError as exc:
-        where, message = validation_path(str(exc))
-        field = f"{param}.{where}" if where else param
-        raise InvalidInput(f"invalid input item: {message} - at `{field}`", param=field) from exc
+        raise bad_value(exc, param) from exc
+
+
+def bad_value(exc: msgspec.ValidationError, param: str) -> InvalidInput:
+    """The error for a bad part of the request at ``param``, naming the field (a missing one too)."""
+    where, message = validation_path(str(exc))
+    missing = re.match(r"Object missing required field `(\w+)`", message)
+    if missing:
+        where = f"{where}.{missing[1]}" if where else missing[1]
+    field = f"{param}.{where}" if where else param
+    return InvalidInput(f"invalid value: {message} - at `{field}`", param=field)
 
 
 class FunctionTool(msgspec.Struct, kw_only=True):

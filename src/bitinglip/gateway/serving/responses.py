@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from bitinglip.cluster import EngineClient, ToolCall
-from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, get_logger, validation_path
+from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, get_logger
 from bitinglip.gateway.protocol.chat import (
     ChatCompletionRequest,
     ChatMessage,
@@ -49,6 +49,7 @@ from bitinglip.gateway.protocol.responses import (
     ResponseObject,
     ResponsesRequest,
     ResponseUsage,
+    bad_value,
     input_item,
 )
 from bitinglip.gateway.protocol.sampling import JsonSchemaFormat, ResponseFormat
@@ -250,9 +251,7 @@ def _convert(raw: Any, kind: type[T], param: str) -> T:
     try:
         return msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:
-        where, message = validation_path(str(exc))
-        at = f"{param}.{where}" if where else param
-        raise InvalidInput(f"invalid value: {message} - at `{at}`", param=at) from exc
+        raise bad_value(exc, param) from exc
 
 
 def _tool_choice(req: ResponsesRequest, tr: Translation, tools: list[Tool] | None) -> Any:
