@@ -312,3 +312,21 @@ def test_background_needs_store_and_cancel_says_what_it_can(client: TestClient, 
     cancel = client.post(f"/v1/responses/{plain['id']}/cancel", headers=key)
     assert cancel.status_code == 400 and cancel.json()["error"]["type"] == "invalid_request_error"
     assert client.post("/v1/responses/resp_nope/cancel", headers=key).status_code == 404
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_only_the_requests_own_limit_makes_a_response_incomplete(tmp_path: Path, stream: bool) -> None:
+    """The server's ceiling (here 2 tokens) cuts every answer; a request that named no limit, or more than the
+    ceiling, is answered `completed` (Codex fails a turn on `incomplete`); one cut by its own limit is not."""
+    with TestClient(build_gateway(ScriptedEngine(), tmp_path, max_output_tokens=2).app) as client:
+        for asked, status in ((None, "completed"), (50, "completed"), (2, "incomplete")):
+            body: dict[str, Any] = {"model": "fake", "input": "hi", "stream": stream}
+            if asked is not None:
+                body["max_output_tokens"] = asked
+            r = client.post("/v1/responses", json=body)
+            assert r.status_code == 200, r.text
+            final = json.loads(r.text.split("data: ")[-1]) if stream else r.json()
+            response = final["response"] if stream else final
+            assert response["status"] == status and response["usage"]["output_tokens"] == 2, (asked, response)
+            assert response["output"][0]["status"] == status
+            assert (response["incomplete_details"] is None) == (status == "completed")

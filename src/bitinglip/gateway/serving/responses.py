@@ -352,6 +352,17 @@ class Context:
     owner: str
     id: str
     created_at: int
+    own_limit: bool  # the output limit is the request's `max_output_tokens`, not one of the server's caps
+
+    def cut(self, finish: str | None) -> bool:
+        """Whether a turn that ended so is `incomplete`: only when the request's own limit cut it. A cut by the
+        server's caps (its default when the request names no limit, its ceiling, the context's room) is answered
+        `completed`: the client asked for no such limit, and Codex fails a whole turn on `incomplete`."""
+        if finish != "length":
+            return False
+        if not self.own_limit:
+            log.info("responses.cut_by_server_cap", response_id=self.id, asked=self.request.max_output_tokens)
+        return self.own_limit
 
     def function_call(self, call_id: str, shown: str, arguments: str, status: str, item_id: str) -> OutputFunctionCall:
         namespace, name = self.translation.names.get(shown, (None, shown))
@@ -443,7 +454,8 @@ class ResponsesServing:
         except InvalidInput as exc:
             exc.param = tr.param(exc.param)
             raise
-        context = Context(req, tr, call.viewer.owner, new_id("resp"), int(time.time()))
+        own_limit = req.max_output_tokens is not None and prep.asked_max_tokens is None
+        context = Context(req, tr, call.viewer.owner, new_id("resp"), int(time.time()), own_limit)
         return ResponsesPrepared(**msgspec.structs.asdict(prep), context=context)
 
     async def _keep(self, ctx: Context, response: ResponseObject) -> None:
@@ -454,7 +466,7 @@ class ResponsesServing:
         assert isinstance(prep, ResponsesPrepared)
         ctx = prep.context
         turn = await whole_turn(self.chat, prep, request_id, tally or Tally())
-        cut = turn.finish == "length"
+        cut = ctx.cut(turn.finish)
         output: list[OutputItem] = []
         if turn.text:
             status = "incomplete" if cut and not turn.calls else "completed"
@@ -492,8 +504,9 @@ class ResponsesServing:
         except BitingLipError as exc:
             failed = exc
             tally.error = True
-        cut = finish == "length"
-        closing = items.close(cut or failed is not None)
+        cut = ctx.cut(finish)
+        # A call still open when the tokens ran out is unfinished, whichever limit it was.
+        closing = items.close(cut or failed is not None, finish == "length" or failed is not None)
         usage = usage_of(prep, tally.completion_tokens)
         if failed is not None:
             error = ResponseError(code=failed.code or "server_error", message=failed.message)
@@ -636,9 +649,10 @@ class _OpenItems:
             self.out.event("response.output_item.done", output_index=index, item=call),
         ]
 
-    def close(self, cut: bool) -> list[bytes]:
-        """Close whatever is open: the turn has ended (``cut``: by the token limit, or an error)."""
-        return [*self._close_message(cut), *self._close_call(cut)]
+    def close(self, cut: bool, call_cut: bool) -> list[bytes]:
+        """Close whatever is open: the turn has ended (``cut``: by the request's limit, or an error; ``call_cut``:
+        by any limit, or an error)."""
+        return [*self._close_message(cut), *self._close_call(call_cut)]
 
 
 def _json(text: str) -> bytes:
