@@ -8,7 +8,7 @@ import httpx
 
 from e2e.conftest import Server
 
-STREAMING = {"createChatCompletion", "createCompletion", "followPull"}
+STREAMING = {"createChatCompletion", "createCompletion", "createResponse", "followPull"}
 ENVELOPE = {"$ref": "#/components/schemas/ErrorResponse"}
 
 

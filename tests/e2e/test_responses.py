@@ -14,6 +14,7 @@ import pytest
 from openai.types.responses import Response
 
 from e2e.conftest import MODEL, Server
+from e2e.test_http_errors import wait_idle
 
 WEATHER = {
     "type": "object",
@@ -306,3 +307,20 @@ def test_errors_come_in_openais_envelope(client: openai.OpenAI) -> None:
         client.responses.input_items.list("resp_unknown")
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="hi")
+
+
+def test_leaving_mid_stream_aborts_the_engine_request_and_stores_nothing(server: Server) -> None:
+    body = {"model": MODEL, "input": "a", "max_output_tokens": 1900, "ignore_eos": True, "stream": True}
+    headers = {"X-Request-ID": "responses-leaves"}
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as http,
+        http.stream("POST", "/v1/responses", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        created = next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert wait_idle(server) < 10
+    gone = [json.loads(line) for line in server.log().splitlines() if '"request.client_gone"' in line]
+    mine = [event for event in gone if event.get("request_id") == "responses-leaves"]
+    assert mine and mine[0]["completion_tokens"] < 1900, gone
+    response_id = json.loads(created.removeprefix("data: "))["response"]["id"]
+    assert httpx.get(f"{server.url}/v1/responses/{response_id}", timeout=10).status_code == 404

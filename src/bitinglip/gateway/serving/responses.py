@@ -13,6 +13,7 @@ server cannot run (`web_search`, `file_search`, `mcp`, ...) are left out of the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -449,6 +450,8 @@ class ResponsesServing:
             )
         history = await self.store.chain(req.previous_response_id, call.viewer) if req.previous_response_id else []
         tr = translate(req, history)
+        if not tr.chat.messages:
+            raise InvalidInput("`input` must be a string or a non-empty list of items", param="input")
         try:
             prep = await self.chat.prepare_chat(tr.chat, engine, ROUTE, clamp=True)
         except InvalidInput as exc:
@@ -492,15 +495,20 @@ class ResponsesServing:
         finish: str | None = None
         failed: BitingLipError | None = None
         try:
-            async for delta in turn_deltas(prep, request_id, tally):
-                if delta.text:
-                    for event in items.text(delta.text):
-                        yield event
-                for fragment in delta.calls:
-                    for event in items.call(fragment.index, fragment.id, fragment.name, fragment.arguments):
-                        yield event
-                if delta.finish is not None:
-                    finish = delta.finish
+            # Closed at once when the client leaves (this generator is closed): that aborts the engine request.
+            async with contextlib.aclosing(turn_deltas(prep, request_id, tally)) as deltas:
+                async for delta in deltas:
+                    if delta.text:
+                        if items.message is not None:  # the hot path: one more piece of an open message
+                            yield items.delta(delta.text)
+                        else:
+                            for event in items.text(delta.text):
+                                yield event
+                    for fragment in delta.calls:
+                        for event in items.call(fragment.index, fragment.id, fragment.name, fragment.arguments):
+                            yield event
+                    if delta.finish is not None:
+                        finish = delta.finish
         except BitingLipError as exc:
             failed = exc
             tally.error = True
@@ -576,10 +584,15 @@ class _OpenItems:
                 b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":%s,'
                 b'"output_index":%d,"content_index":0,"delta":' % (msgspec.json.encode(self.message.id), index)
             )
-        self.texts.append(text)
-        events.append(b'%s%s,"logprobs":[],"sequence_number":%d}\n\n' % (self.delta_head, _json(text), self.out.seq))
-        self.out.seq += 1
+        events.append(self.delta(text))
         return events
+
+    def delta(self, text: str) -> bytes:
+        """The `response.output_text.delta` of the open message: its constant head, the text, the number."""
+        self.texts.append(text)
+        event = b'%s%s,"logprobs":[],"sequence_number":%d}\n\n' % (self.delta_head, _json(text), self.out.seq)
+        self.out.seq += 1
+        return event
 
     def _close_message(self, cut: bool) -> list[bytes]:
         message = self.message
