@@ -4,7 +4,7 @@ earlier turns), and its routes over the scripted engine: stored responses, their
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from gateway_support import Gateway, build_gateway
 from litestar.testing import TestClient
 from openai.types.responses import Response
 
-from bitinglip.core import InvalidInput
+from bitinglip.core import InvalidInput, Unavailable
 from bitinglip.gateway import KeyCreate
 from bitinglip.gateway.protocol.chat import NamedToolChoice
 from bitinglip.gateway.protocol.responses import ResponsesRequest
@@ -330,3 +330,33 @@ def test_only_the_requests_own_limit_makes_a_response_incomplete(tmp_path: Path,
             assert response["status"] == status and response["usage"]["output_tokens"] == 2, (asked, response)
             assert response["output"][0]["status"] == status
             assert (response["incomplete_details"] is None) == (status == "completed")
+
+
+class FailingEngine(ScriptedEngine):
+    """Sends its first word, then fails as a dying engine does."""
+
+    async def generate(  # type: ignore[override]
+        self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
+    ) -> AsyncIterator[Any]:
+        async for output in super().generate(prompt_ids, prompt_text, params, request_id, priority):
+            yield output
+            raise Unavailable("the engine stopped", code="engine_dead")
+
+
+def test_an_error_after_the_start_is_an_error_event_then_response_failed(tmp_path: Path) -> None:
+    with TestClient(build_gateway(FailingEngine(), tmp_path).app) as client:
+        r = client.post("/v1/responses", json={"model": "fake", "input": "hi", "stream": True})
+        assert r.status_code == 200
+        events = [json.loads(block.split("data: ", 1)[1]) for block in r.text.split("\n\n") if block]
+        kinds = [e["type"] for e in events]
+        assert kinds[-2:] == ["error", "response.failed"] and "response.output_text.delta" in kinds
+        assert events[-2]["code"] == "engine_dead" and events[-2]["message"] == "the engine stopped"
+        failed = events[-1]["response"]
+        assert failed["status"] == "failed" and failed["error"] == {
+            "code": "server_error",
+            "message": "the engine stopped",
+        }
+        assert failed["output"][0]["status"] == "incomplete" and failed["output"][0]["content"][0]["text"] == "Hello"
+        Response.model_validate(failed)
+        # What failed is stored too, as it was sent.
+        assert client.get(f"/v1/responses/{failed['id']}").json()["status"] == "failed"

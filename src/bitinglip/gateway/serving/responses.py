@@ -174,11 +174,10 @@ class _Messages:
     message, a call's output a tool message; leading system and developer messages (and `instructions`) one
     system message, as chat templates expect the system prompt once and first."""
 
-    def __init__(self, names: dict[str, tuple[str | None, str]]) -> None:
+    def __init__(self) -> None:
         self.messages: list[ChatMessage] = []
         self.paths: list[str] = []
         self.assistant: ChatMessage | None = None  # the assistant message the next calls join
-        self.names = names
 
     def system(self, text: str, path: str) -> None:
         if self.messages and all(m.role == "system" for m in self.messages):
@@ -303,7 +302,7 @@ def translate(req: ResponsesRequest, history: list[Turn] | None = None) -> Trans
     earlier turn's input and output, then this request's input."""
     tr = Translation(chat=ChatCompletionRequest(), items=[])
     tools = _tools(req, tr)
-    messages = _Messages(tr.names)
+    messages = _Messages()
     if req.instructions:
         messages.system(req.instructions, "instructions")
     for turn in history or []:
@@ -517,9 +516,11 @@ class ResponsesServing:
         closing = items.close(cut or failed is not None, finish == "length" or failed is not None)
         usage = usage_of(prep, tally.completion_tokens)
         if failed is not None:
-            error = ResponseError(code=failed.code or "server_error", message=failed.message)
+            # The response's error code is one of OpenAI's few; the `error` event carries the server's own.
+            code = "rate_limit_exceeded" if failed.status == 429 else "server_error"
+            error = ResponseError(code=code, message=failed.message)
             response = ctx.response("failed", items.output, usage, error)
-            closing.append(out.event("error", code=error.code, message=error.message, param=failed.param))
+            closing.append(out.event("error", code=failed.code, message=failed.message, param=failed.param))
             closing.append(out.event("response.failed", response=response))
         else:
             response = ctx.response("incomplete" if cut else "completed", items.output, usage)
