@@ -29,6 +29,7 @@ from bitinglip.gateway import (
     OpenAIServing,
     OutputLimits,
     Pipeline,
+    ResponseStore,
     UsageRecorder,
     auth_enabled,
     deployment_families,
@@ -78,7 +79,8 @@ class Components:
     def openai(self) -> OpenAIServing:
         gateway = self.settings.gateway
         limits = OutputLimits(default=gateway.default_max_tokens, ceiling=gateway.max_output_tokens)
-        return OpenAIServing(self.engines, stream_interval=gateway.stream_interval, limits=limits)
+        store = ResponseStore(self.db)
+        return OpenAIServing(self.engines, store, stream_interval=gateway.stream_interval, limits=limits)
 
     @functools.cached_property
     def pipeline(self) -> Pipeline:
@@ -93,7 +95,8 @@ class Components:
     @functools.cached_property
     def queue(self) -> TaskQueue:
         queue = TaskQueue(TaskStore(self.db), self.settings.tasks, _Capacity(self.cluster))
-        background = Background(self.pipeline, self.openai.chat, self.openai.completion)
+        openai = self.openai
+        background = Background(self.pipeline, openai.chat, openai.completion, openai.responses)
         for kind, handler in background.kinds().items():
             queue.register(kind, handler)
         return queue

@@ -8,7 +8,7 @@ import httpx
 
 from e2e.conftest import Server
 
-STREAMING = {"createChatCompletion", "createCompletion", "followPull"}
+STREAMING = {"createChatCompletion", "createCompletion", "createResponse", "followPull"}
 ENVELOPE = {"$ref": "#/components/schemas/ErrorResponse"}
 
 
@@ -31,6 +31,8 @@ def test_every_operation_has_typed_bodies_error_envelopes_and_an_id(server: Serv
         success = [code for code in responses if code.startswith("2")]
         assert success, where
         for code in success:
+            if method == "head":  # a HEAD response never has a body
+                continue
             content = responses[code]["content"]
             assert content and all(body["schema"] for body in content.values()), where
         for code, response in responses.items():

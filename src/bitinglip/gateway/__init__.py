@@ -1,5 +1,5 @@
 """The OpenAI-compatible edge: the generation pipeline every request goes through, wire types, codecs (chat,
-completions, embeddings), routes; API keys, limits, usage and metrics."""
+completions, embeddings, responses), routes; API keys, limits, usage and metrics."""
 
 from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.aliases import ModelAliases
@@ -11,6 +11,7 @@ from bitinglip.gateway.metrics import Metrics, deployment_families, pull_familie
 from bitinglip.gateway.pipeline import Call, Pipeline
 from bitinglip.gateway.plugin import GatewayPlugin
 from bitinglip.gateway.protocol.sampling import OutputLimits
+from bitinglip.gateway.response_store import ResponseStore
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.usage import UsageRecorder, UsageReport, UsageRow
 
@@ -32,6 +33,7 @@ __all__ = [
     "OpenAIServing",
     "OutputLimits",
     "Pipeline",
+    "ResponseStore",
     "UsageRecorder",
     "UsageReport",
     "UsageRow",

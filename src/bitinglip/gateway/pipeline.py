@@ -98,6 +98,8 @@ class Pipeline:
     async def run(self, call: Call) -> Outcome:
         """The response: events to stream, a whole body, or `CLIENT_GONE`. Errors are raised, the books closed."""
         req = call.request
+        if (bind := getattr(call.codec, "bind", None)) is not None:
+            req = bind(req, call)  # the codec's request joined to what it needs of the caller (Responses: the key)
         model = self.aliases.resolve(req.model)  # what an alias stands for: keys, limits and usage see that model
         exchange = self.accounting.begin(call.state, model, owner=call.owner if call.background else None)
         try:

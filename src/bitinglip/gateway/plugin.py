@@ -17,6 +17,7 @@ from bitinglip.gateway.fast import FastGeneration
 from bitinglip.gateway.generation import Generation
 from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.pipeline import Pipeline
+from bitinglip.gateway.responses import ResponsesController
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.tokenize import TokenizeController
 
@@ -31,11 +32,20 @@ class GatewayPlugin(InitPlugin):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
-            [OpenAIController, AnthropicController, TokenizeController, KeysController, UsageController, metrics_route]
+            [
+                OpenAIController,
+                ResponsesController,
+                AnthropicController,
+                TokenizeController,
+                KeysController,
+                UsageController,
+                metrics_route,
+            ]
         )
         generation = Generation(self.pipeline, self.openai.codecs())
         provided: dict[str, Any] = {
             "openai": self.openai,
+            "response_store": self.openai.responses.store,
             "pipeline": self.pipeline,
             "generation": generation,
             "accounting": self.accounting,

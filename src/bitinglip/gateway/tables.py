@@ -1,4 +1,4 @@
-"""The tables `api_keys` and `usage`. Times are Unix seconds (floats).
+"""The tables `api_keys`, `usage` and `responses`. Times are Unix seconds (floats).
 
 A key itself is never stored: only its SHA-256 (keys are 190 random bits, so a fast hash is enough; a slow
 one would only slow every request). `usage` holds one row per key, model and UTC day, added to in batches.
@@ -36,4 +36,21 @@ usage = sa.Table(
     sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("errors", sa.Integer, nullable=False, server_default="0"),
+)
+
+# A stored Response (`store`, the default on /v1/responses): its request's own input items and the response object,
+# both JSON. `previous_response_id` links a conversation's turns: a new turn's context is the whole chain. `owner`
+# is the key that made it ("" while auth is off). A new table: `create_all` adds it to an older file.
+responses = sa.Table(
+    "responses",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("owner", sa.String(100), nullable=False, server_default=""),
+    sa.Column("previous_response_id", sa.String(64)),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("input", sa.Text, nullable=False),  # JSON list of input items, each with an id
+    sa.Column("response", sa.Text, nullable=False),  # JSON: the response object as it was answered
 )

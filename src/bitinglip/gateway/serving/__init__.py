@@ -1,5 +1,5 @@
-"""OpenAI's codecs (chat, text completions, embeddings: how each prepares its request and renders the engine's
-output) and its model list; no Litestar here. The pipeline (pipeline.py) runs them."""
+"""OpenAI's codecs (chat, text completions, embeddings, responses: how each prepares its request and renders the
+engine's output) and its model list; no Litestar here. The pipeline (pipeline.py) runs them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Literal
 from bitinglip.cluster import EngineLookup, ServedModel
 from bitinglip.gateway.protocol.models import ModelCapabilities, ModelCard, ModelList
 from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, OutputLimits
+from bitinglip.gateway.response_store import ResponseStore
 from bitinglip.gateway.serving.base import Codec, Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 from bitinglip.gateway.serving.completion import CompletionServing
 from bitinglip.gateway.serving.embeddings import EmbeddingServing
 from bitinglip.gateway.serving.messages import MessagesServing
+from bitinglip.gateway.serving.responses import ResponsesServing
 
 
 def _capabilities(m: ServedModel) -> ModelCapabilities:
@@ -27,6 +29,7 @@ class OpenAIServing:
     def __init__(
         self,
         engines: EngineLookup,
+        store: ResponseStore,
         stream_interval: int | Literal["auto"] = "auto",
         limits: OutputLimits = NO_OUTPUT_LIMITS,
     ) -> None:
@@ -35,6 +38,7 @@ class OpenAIServing:
         self.completion = CompletionServing(stream_interval, limits)
         self.embeddings = EmbeddingServing()
         self.messages = MessagesServing(self.chat)  # Anthropic's Messages API, built on chat
+        self.responses = ResponsesServing(self.chat, store)  # OpenAI's Responses API, built on chat
 
     def codecs(self) -> dict[str, Codec]:
         """The codecs by the name their routes declare (`generation_post`)."""
@@ -43,6 +47,7 @@ class OpenAIServing:
             "completion": self.completion,
             "embeddings": self.embeddings,
             "messages": self.messages,
+            "responses": self.responses,
         }
 
     async def list_models(self) -> ModelList:
@@ -70,6 +75,7 @@ __all__ = [
     "MessagesServing",
     "OpenAIServing",
     "Prepared",
+    "ResponsesServing",
     "Serving",
     "Tally",
 ]

@@ -52,7 +52,9 @@ class Codec(Protocol):
 
     async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> msgspec.Struct: ...
 
-    # A codec that streams also has `stream(prep, request_id, tally) -> AsyncGenerator[bytes, None]` (its events).
+    # A codec that streams also has `stream(prep, request_id, tally) -> AsyncGenerator[bytes, None]` (its events);
+    # one that needs to know its caller has `bind(req, call) -> req` (Responses: whose stored responses it reads),
+    # which the pipeline calls first.
 
 
 class StreamContext:

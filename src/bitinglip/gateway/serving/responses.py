@@ -1,0 +1,673 @@
+"""`/v1/responses`: OpenAI's Responses API as a codec over chat.
+
+`prepare` turns the request (and, with `previous_response_id`, the stored turns it continues) into a chat request
+that `ChatServing.prepare_chat` checks, renders and tokenizes; `complete` makes one `whole_turn` a response
+object, `stream` makes `turn_deltas` OpenAI's Responses events. A stored request (`store`, the default) is kept
+with its response (`ResponseStore`) before the answer's last byte leaves.
+
+Tools: `function` tools as they are; a `namespace` tool's functions are shown to the model as
+`<namespace>__<name>` (OpenAI's tool names allow letters, digits, `_` and `-`, so the two parts stay readable and a
+double underscore rarely clashes) and its calls come back split again (`name`, `namespace`). Hosted tools the
+server cannot run (`web_search`, `file_search`, `mcp`, ...) are left out of the prompt, and said so in a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
+
+from bitinglip.cluster import EngineClient, ToolCall
+from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, get_logger
+from bitinglip.gateway.protocol.chat import (
+    ChatCompletionRequest,
+    ChatMessage,
+    FunctionCallIn,
+    FunctionDefinition,
+    MessageToolCall,
+    NamedFunction,
+    NamedToolChoice,
+    Tool,
+)
+from bitinglip.gateway.protocol.responses import (
+    FunctionCallItem,
+    FunctionTool,
+    IncompleteDetails,
+    InputContentPart,
+    InputItem,
+    MessageItem,
+    NamespaceTool,
+    OutputFunctionCall,
+    OutputItem,
+    OutputMessage,
+    OutputText,
+    ResponseError,
+    ResponseObject,
+    ResponsesRequest,
+    ResponseUsage,
+    bad_value,
+    input_item,
+)
+from bitinglip.gateway.protocol.sampling import JsonSchemaFormat, ResponseFormat
+from bitinglip.gateway.response_store import ResponseStore, Turn, Viewer
+from bitinglip.gateway.serving.base import Prepared, Tally
+from bitinglip.gateway.serving.chat import ChatServing
+from bitinglip.gateway.serving.turns import prompt_tokens, turn_deltas, whole_turn
+
+if TYPE_CHECKING:
+    from bitinglip.gateway.pipeline import Call
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+ROUTE = "/v1/responses"
+NAMESPACE_SEPARATOR = "__"
+MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
+TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
+TOOL_CHOICES = frozenset({"auto", "none", "required"})
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass(slots=True)
+class ResponsesCall:
+    """A request with what its call says about the caller (`Viewer`): whose stored responses it may continue,
+    and whose its own becomes. What the pipeline reads of it (`model`, `keep_alive`) is the request's."""
+
+    request: ResponsesRequest
+    viewer: Viewer
+
+    @property
+    def model(self) -> str | None:
+        return self.request.model
+
+    @property
+    def keep_alive(self) -> float | str | None:
+        return self.request.keep_alive
+
+
+@dataclass(slots=True)
+class Translation:
+    """A Responses request as chat: the chat request, and what maps the chat side's names back to the request's."""
+
+    chat: ChatCompletionRequest
+    items: list[dict[str, Any]]  # the request's own input items, each with an id, as they are stored and listed
+    # The model-facing name of each function -> (its namespace or None, its own name).
+    names: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    tool_paths: list[str] = field(default_factory=list)  # per chat tool: where the request has it ("tools.2.tools.0")
+    message_paths: list[str] = field(default_factory=list)  # per chat message: where it came from ("input.3")
+    dropped: list[str] = field(default_factory=list)  # the tool types left out (hosted tools)
+
+    def param(self, param: str | None) -> str | None:
+        """A chat request's parameter named as the Responses request has it."""
+        if param is None:
+            return None
+        head, _, rest = param.partition(".")
+        if head == "messages":
+            index, _, _ = rest.partition(".")
+            if index.isdigit() and int(index) < len(self.message_paths):
+                return self.message_paths[int(index)]
+            return "input"
+        if head == "tools":
+            index, _, tail = rest.partition(".")
+            if index.isdigit() and int(index) < len(self.tool_paths):
+                path = self.tool_paths[int(index)]
+                tail = tail.removeprefix("function.")
+                return f"{path}.{tail}" if tail and tail != "function" else path
+            return "tools"
+        if head in ("max_tokens", "max_completion_tokens"):
+            return "max_output_tokens"
+        if head == "response_format":
+            return "text.format.schema" if rest.endswith("schema") else "text.format"
+        return param
+
+
+def _text_of(content: str | list[InputContentPart], param: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        if part.type in TEXT_PARTS and part.text is not None:
+            texts.append(part.text)
+        elif part.type == "refusal" and part.refusal is not None:
+            texts.append(part.refusal)
+        else:
+            raise InvalidInput(
+                f"`{param}.{i}` is a content part of type {part.type!r}; this server takes text parts only "
+                "(input_text, output_text)",
+                param=f"{param}.{i}.type",
+            )
+    return "".join(texts)
+
+
+def _stored_item(item: InputItem, raw: dict[str, Any]) -> dict[str, Any]:
+    """The item as it is stored and listed (`input_items`): OpenAI's item shapes, with an id."""
+    out = dict(raw)
+    if isinstance(item, MessageItem):
+        out.setdefault("type", "message")
+        out["id"] = item.id or new_id("msg")
+        out.setdefault("status", "completed")
+        if isinstance(item.content, str):
+            kind = "output_text" if item.role == "assistant" else "input_text"
+            part: dict[str, Any] = {"type": kind, "text": item.content}
+            if kind == "output_text":
+                part["annotations"] = []
+            out["content"] = [part]
+    elif isinstance(item, FunctionCallItem):
+        out["id"] = item.id or new_id("fc")
+        out.setdefault("status", "completed")
+    else:
+        out["id"] = item.id or new_id("fco")
+        out.setdefault("status", "completed")
+    return out
+
+
+class _Messages:
+    """Input items made chat messages: an assistant turn's text and the calls after it become one assistant
+    message, a call's output a tool message; leading system and developer messages (and `instructions`) one
+    system message, as chat templates expect the system prompt once and first."""
+
+    def __init__(self) -> None:
+        self.messages: list[ChatMessage] = []
+        self.paths: list[str] = []
+        self.assistant: ChatMessage | None = None  # the assistant message the next calls join
+
+    def system(self, text: str, path: str) -> None:
+        if self.messages and all(m.role == "system" for m in self.messages):
+            first = self.messages[0]
+            first.content = f"{first.content}\n\n{text}" if first.content else text
+            return
+        self.messages.append(ChatMessage(role="system", content=text))
+        self.paths.append(path)
+
+    def add(self, item: InputItem, path: str) -> None:
+        if isinstance(item, MessageItem):
+            if item.role not in MESSAGE_ROLES:
+                raise InvalidInput(
+                    f"`{path}.role` must be one of {', '.join(sorted(MESSAGE_ROLES))}, got {item.role!r}",
+                    param=f"{path}.role",
+                )
+            text = _text_of(item.content, f"{path}.content")
+            if item.role in ("system", "developer"):
+                self.assistant = None
+                self.system(text, path)
+                return
+            message = ChatMessage(role=item.role, content=text)
+            self.assistant = message if item.role == "assistant" else None
+        elif isinstance(item, FunctionCallItem):
+            name = item.name if item.namespace is None else f"{item.namespace}{NAMESPACE_SEPARATOR}{item.name}"
+            call = MessageToolCall(id=item.call_id, function=FunctionCallIn(name=name, arguments=item.arguments))
+            if self.assistant is not None:
+                self.assistant.tool_calls = [*(self.assistant.tool_calls or []), call]
+                return
+            message = ChatMessage(role="assistant", content=None, tool_calls=[call])
+            self.assistant = message
+        else:
+            self.assistant = None
+            output = _text_of(item.output, f"{path}.output")
+            message = ChatMessage(role="tool", content=output, tool_call_id=item.call_id)
+        self.messages.append(message)
+        self.paths.append(path)
+
+
+def _tools(req: ResponsesRequest, tr: Translation) -> list[Tool] | None:
+    if req.tools is None:
+        return None
+    tools: list[Tool] = []
+
+    def add(function: FunctionTool, namespace: str | None, path: str) -> None:
+        shown = function.name if namespace is None else f"{namespace}{NAMESPACE_SEPARATOR}{function.name}"
+        definition = FunctionDefinition(
+            name=shown, description=function.description, parameters=function.parameters, strict=function.strict
+        )
+        tools.append(Tool(type="function", function=definition))
+        tr.names[shown] = (namespace, function.name)
+        tr.tool_paths.append(path)
+
+    for i, raw in enumerate(req.tools):
+        kind = raw.get("type")
+        if kind == "function":
+            add(_convert(raw, FunctionTool, f"tools.{i}"), None, f"tools.{i}")
+        elif kind == "namespace":
+            group = _convert(raw, NamespaceTool, f"tools.{i}")
+            for j, inner in enumerate(group.tools):
+                if inner.get("type") == "function":
+                    add(_convert(inner, FunctionTool, f"tools.{i}.tools.{j}"), group.name, f"tools.{i}.tools.{j}")
+                else:
+                    tr.dropped.append(f"{group.name}.{inner.get('type')}")
+        else:
+            tr.dropped.append(str(kind))
+    return tools
+
+
+def _convert(raw: Any, kind: type[T], param: str) -> T:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise bad_value(exc, param) from exc
+
+
+def _tool_choice(req: ResponsesRequest, tr: Translation, tools: list[Tool] | None) -> Any:
+    choice = req.tool_choice
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise InvalidInput(
+                f"`tool_choice` must be one of auto, none, required or a function, got {choice!r}", param="tool_choice"
+            )
+        if not tools and choice in ("auto", "none"):
+            return None  # every tool sent was a hosted one, left out: nothing to choose from
+        return choice
+    if choice.get("type") != "function" or not isinstance(choice.get("name"), str):
+        raise InvalidInput(
+            f"`tool_choice` of type {choice.get('type')!r} is not available here; send auto, none, required or "
+            '{"type": "function", "name": ...} (hosted tools are not run by this server)',
+            param="tool_choice",
+        )
+    name: str = choice["name"]
+    namespace = choice.get("namespace")
+    if isinstance(namespace, str):
+        name = f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+    elif name not in tr.names:
+        # A namespace's function named by its own name, when that is unambiguous.
+        matches = [shown for shown, (ns, own) in tr.names.items() if ns is not None and own == name]
+        name = matches[0] if len(matches) == 1 else name
+    return NamedToolChoice(type="function", function=NamedFunction(name=name))
+
+
+def _response_format(req: ResponsesRequest) -> ResponseFormat | None:
+    fmt = req.text.format if req.text is not None else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ResponseFormat(type="json_object")
+    if fmt.schema is None:
+        raise InvalidInput("`text.format` of type json_schema needs `schema`", param="text.format.schema")
+    schema = JsonSchemaFormat(
+        name=fmt.name or "response", description=fmt.description, schema=fmt.schema, strict=fmt.strict
+    )
+    return ResponseFormat(type="json_schema", json_schema=schema)
+
+
+def translate(req: ResponsesRequest, history: list[Turn] | None = None) -> Translation:
+    """The request as a chat request: `instructions` first (never an earlier turn's: OpenAI's rule), then every
+    earlier turn's input and output, then this request's input."""
+    tr = Translation(chat=ChatCompletionRequest(), items=[])
+    tools = _tools(req, tr)
+    messages = _Messages()
+    if req.instructions:
+        messages.system(req.instructions, "instructions")
+    for turn in history or []:
+        for raw in [*turn.input, *turn.output]:
+            item = input_item(raw, "previous_response_id")
+            if item is not None:
+                messages.add(item, "previous_response_id")
+    given: list[Any] = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input or []
+    for i, raw in enumerate(given):
+        path = f"input.{i}" if isinstance(req.input, list) else "input"
+        item = input_item(raw, path)
+        tr.items.append(_stored_item(item, raw) if item is not None else dict(raw))
+        if item is not None:
+            messages.add(item, path)
+    tr.message_paths = messages.paths
+    if tr.dropped:
+        log.info("responses.tools_dropped", types=tr.dropped, reason="hosted tools are not run by this server")
+    tr.chat = ChatCompletionRequest(
+        model=req.model,
+        messages=messages.messages,
+        max_completion_tokens=req.max_output_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        seed=req.seed,
+        stop=req.stop,
+        repetition_penalty=req.repetition_penalty,
+        ignore_eos=req.ignore_eos,
+        stream=req.stream,
+        user=req.user,
+        keep_alive=req.keep_alive,
+        tools=tools or None,
+        tool_choice=_tool_choice(req, tr, tools),
+        parallel_tool_calls=req.parallel_tool_calls,
+        response_format=_response_format(req),
+    )
+    return tr
+
+
+@dataclass(slots=True)
+class Context:
+    """What a prepared request keeps for rendering its answer: the request, its translation, and its ids."""
+
+    request: ResponsesRequest
+    translation: Translation
+    owner: str
+    id: str
+    created_at: int
+    own_limit: bool  # the output limit is the request's `max_output_tokens`, not one of the server's caps
+
+    def cut(self, finish: str | None) -> bool:
+        """Whether a turn that ended so is `incomplete`: only when the request's own limit cut it. A cut by the
+        server's caps (its default when the request names no limit, its ceiling, the context's room) is answered
+        `completed`: the client asked for no such limit, and Codex fails a whole turn on `incomplete`."""
+        if finish != "length":
+            return False
+        if not self.own_limit:
+            log.info("responses.cut_by_server_cap", response_id=self.id, asked=self.request.max_output_tokens)
+        return self.own_limit
+
+    def function_call(self, call_id: str, shown: str, arguments: str, status: str, item_id: str) -> OutputFunctionCall:
+        namespace, name = self.translation.names.get(shown, (None, shown))
+        return OutputFunctionCall(
+            id=item_id, call_id=call_id, name=name, arguments=arguments, status=status, namespace=namespace
+        )
+
+    def response(
+        self, status: str, output: list[OutputItem], usage: ResponseUsage | None, error: ResponseError | None = None
+    ) -> ResponseObject:
+        req = self.request
+        text: dict[str, Any] = {"format": {"type": "text"}}
+        if req.text is not None:
+            text = msgspec.to_builtins(req.text)
+            text.setdefault("format", {"type": "text"})
+        finished = status in ("completed", "incomplete", "failed")
+        return ResponseObject(
+            id=self.id,
+            created_at=self.created_at,
+            model=req.model or "",
+            status=status,
+            output=output,
+            error=error,
+            incomplete_details=IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None,
+            instructions=req.instructions,
+            max_output_tokens=req.max_output_tokens,
+            max_tool_calls=req.max_tool_calls,
+            parallel_tool_calls=req.parallel_tool_calls is not False,
+            previous_response_id=req.previous_response_id,
+            reasoning=req.reasoning,
+            store=req.store,
+            background=bool(req.background),
+            temperature=req.temperature if req.temperature is not None else 1.0,
+            top_p=req.top_p if req.top_p is not None else 1.0,
+            text=text,
+            tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
+            tools=req.tools or [],
+            truncation=req.truncation or "disabled",
+            usage=usage,
+            user=req.user,
+            metadata=req.metadata or {},
+            prompt_cache_key=req.prompt_cache_key,
+            safety_identifier=req.safety_identifier,
+            service_tier=req.service_tier or "default",
+            completed_at=int(time.time()) if finished else None,
+        )
+
+
+class ResponsesPrepared(Prepared, kw_only=True):
+    """A Responses request prepared as chat, with what its answer is rendered from."""
+
+    context: Context
+
+
+def usage_of(prep: Prepared, output_tokens: int) -> ResponseUsage:
+    input_tokens = prompt_tokens(prep)
+    return ResponseUsage(
+        input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
+    )
+
+
+class ResponsesServing:
+    """The `responses` codec (`OpenAIServing.codecs`)."""
+
+    def __init__(self, chat: ChatServing, store: ResponseStore) -> None:
+        self.chat = chat
+        self.store = store
+
+    def bind(self, req: ResponsesRequest, call: Call) -> ResponsesCall:
+        """The request joined to its caller: a live request's key (an admin key, or none while auth is off, sees
+        every stored response), or the key that queued a background one (its own only)."""
+        if call.background:
+            return ResponsesCall(req, Viewer(owner=call.owner, everything=False))
+        key = call.state.get("key")
+        if key is None:
+            return ResponsesCall(req, Viewer(owner="", everything=True))
+        return ResponsesCall(req, Viewer(owner=key.id, everything=key.scope == "admin"))
+
+    async def prepare(self, call: ResponsesCall, engine: EngineClient) -> ResponsesPrepared:
+        req = call.request
+        if req.background and not req.store:
+            raise InvalidInput(
+                "`background` needs `store`: a background response is read back by its id", param="background"
+            )
+        history = await self.store.chain(req.previous_response_id, call.viewer) if req.previous_response_id else []
+        tr = translate(req, history)
+        if not tr.chat.messages:
+            raise InvalidInput("`input` must be a string or a non-empty list of items", param="input")
+        try:
+            prep = await self.chat.prepare_chat(tr.chat, engine, ROUTE, clamp=True)
+        except InvalidInput as exc:
+            exc.param = tr.param(exc.param)
+            raise
+        own_limit = req.max_output_tokens is not None and prep.asked_max_tokens is None
+        context = Context(req, tr, call.viewer.owner, new_id("resp"), int(time.time()), own_limit)
+        return ResponsesPrepared(**msgspec.structs.asdict(prep), context=context)
+
+    async def _keep(self, ctx: Context, response: ResponseObject) -> None:
+        if ctx.request.store:
+            await self.store.save(ctx.owner, response, ctx.translation.items)
+
+    async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> ResponseObject:
+        assert isinstance(prep, ResponsesPrepared)
+        ctx = prep.context
+        turn = await whole_turn(self.chat, prep, request_id, tally or Tally())
+        cut = ctx.cut(turn.finish)
+        output: list[OutputItem] = []
+        if turn.text:
+            status = "incomplete" if cut and not turn.calls else "completed"
+            output.append(OutputMessage(id=new_id("msg"), status=status, content=[OutputText(text=turn.text)]))
+        output.extend(_call_item(ctx, call) for call in turn.calls)
+        usage = ResponseUsage(
+            input_tokens=turn.prompt_tokens,
+            output_tokens=turn.completion_tokens,
+            total_tokens=turn.prompt_tokens + turn.completion_tokens,
+        )
+        response = ctx.response("incomplete" if cut else "completed", output, usage)
+        await self._keep(ctx, response)
+        return response
+
+    async def stream(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> AsyncGenerator[bytes, None]:
+        assert isinstance(prep, ResponsesPrepared)
+        tally = tally or Tally()
+        ctx = prep.context
+        out = _EventWriter()
+        items = _OpenItems(ctx, out)
+        yield out.event("response.created", response=ctx.response("in_progress", [], None))
+        yield out.event("response.in_progress", response=ctx.response("in_progress", [], None))
+        finish: str | None = None
+        failed: BitingLipError | None = None
+        try:
+            # Closed at once when the client leaves (this generator is closed): that aborts the engine request.
+            async with contextlib.aclosing(turn_deltas(prep, request_id, tally)) as deltas:
+                async for delta in deltas:
+                    if delta.text:
+                        if items.message is not None:  # the hot path: one more piece of an open message
+                            yield items.delta(delta.text)
+                        else:
+                            for event in items.text(delta.text):
+                                yield event
+                    for fragment in delta.calls:
+                        for event in items.call(fragment.index, fragment.id, fragment.name, fragment.arguments):
+                            yield event
+                    if delta.finish is not None:
+                        finish = delta.finish
+        except BitingLipError as exc:
+            failed = exc
+            tally.error = True
+        cut = ctx.cut(finish)
+        # A call still open when the tokens ran out is unfinished, whichever limit it was.
+        closing = items.close(cut or failed is not None, finish == "length" or failed is not None)
+        usage = usage_of(prep, tally.completion_tokens)
+        if failed is not None:
+            # The response's error code is one of OpenAI's few; the `error` event carries the server's own.
+            code = "rate_limit_exceeded" if failed.status == 429 else "server_error"
+            error = ResponseError(code=code, message=failed.message)
+            response = ctx.response("failed", items.output, usage, error)
+            closing.append(out.event("error", code=failed.code, message=failed.message, param=failed.param))
+            closing.append(out.event("response.failed", response=response))
+        else:
+            response = ctx.response("incomplete" if cut else "completed", items.output, usage)
+            kind = "response.incomplete" if cut else "response.completed"
+            closing.append(out.event(kind, response=response))
+        await self._keep(ctx, response)
+        yield FinalEvent(b"".join(closing))
+
+
+def _call_item(ctx: Context, call: ToolCall) -> OutputFunctionCall:
+    return ctx.function_call(call.id, call.name, call.arguments, "completed", new_id("fc"))
+
+
+class _EventWriter:
+    """Server-sent events as OpenAI's Responses stream has them: an `event:` line naming the type, then the JSON
+    with `type` first and `sequence_number` last, counting from 0."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        body = msgspec.json.encode({"type": kind, **fields, "sequence_number": self.seq})
+        self.seq += 1
+        return b"event: %s\ndata: %s\n\n" % (kind.encode(), body)
+
+
+class _OpenItems:
+    """The output items of a streamed response: at most one open at a time (a message, or a call whose arguments
+    are arriving); a change of kind closes the one open. Text deltas, the hot path, go out through a prefix built
+    once per message."""
+
+    def __init__(self, ctx: Context, out: _EventWriter) -> None:
+        self.ctx = ctx
+        self.out = out
+        self.output: list[OutputItem] = []
+        self.message: OutputMessage | None = None
+        self.texts: list[str] = []
+        self.delta_head = b""
+        self.open_call: OutputFunctionCall | None = None
+        self.call_index: int | None = None  # the engine's index of the open call
+        self.arguments: list[str] = []
+
+    def _start(self, item: OutputItem) -> bytes:
+        self.output.append(item)
+        return self.out.event("response.output_item.added", output_index=len(self.output) - 1, item=item)
+
+    def text(self, text: str) -> list[bytes]:
+        events: list[bytes] = []
+        if self.message is None:
+            events.extend(self._close_call(False))
+            self.message = OutputMessage(id=new_id("msg"), status="in_progress", content=[])
+            events.append(self._start(self.message))
+            index = len(self.output) - 1
+            empty = OutputText(text="")
+            part = self.out.event(
+                "response.content_part.added", item_id=self.message.id, output_index=index, content_index=0, part=empty
+            )
+            events.append(part)
+            self.delta_head = (
+                b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","item_id":%s,'
+                b'"output_index":%d,"content_index":0,"delta":' % (msgspec.json.encode(self.message.id), index)
+            )
+        events.append(self.delta(text))
+        return events
+
+    def delta(self, text: str) -> bytes:
+        """The `response.output_text.delta` of the open message: its constant head, the text, the number."""
+        self.texts.append(text)
+        event = b'%s%s,"logprobs":[],"sequence_number":%d}\n\n' % (self.delta_head, _json(text), self.out.seq)
+        self.out.seq += 1
+        return event
+
+    def _close_message(self, cut: bool) -> list[bytes]:
+        message = self.message
+        if message is None:
+            return []
+        self.message = None
+        index = self.output.index(message)
+        done = OutputText(text="".join(self.texts))
+        self.texts = []
+        message.content = [done]
+        message.status = "incomplete" if cut else "completed"
+        out = self.out
+        return [
+            out.event(
+                "response.output_text.done",
+                item_id=message.id,
+                output_index=index,
+                content_index=0,
+                text=done.text,
+                logprobs=[],
+            ),
+            out.event("response.content_part.done", item_id=message.id, output_index=index, content_index=0, part=done),
+            out.event("response.output_item.done", output_index=index, item=message),
+        ]
+
+    def call(self, index: int, call_id: str | None, name: str | None, arguments: str | None) -> list[bytes]:
+        events: list[bytes] = []
+        if self.open_call is None or self.call_index != index:
+            events.extend(self._close_message(False))
+            events.extend(self._close_call(False))
+            call_id = call_id or new_id("call")
+            self.open_call = self.ctx.function_call(call_id, name or "", "", "in_progress", new_id("fc"))
+            self.call_index = index
+            events.append(self._start(self.open_call))
+        elif name and not self.open_call.name:
+            self.open_call.namespace, self.open_call.name = self.ctx.translation.names.get(name, (None, name))
+        if arguments:
+            self.arguments.append(arguments)
+            events.append(
+                self.out.event(
+                    "response.function_call_arguments.delta",
+                    item_id=self.open_call.id,
+                    output_index=len(self.output) - 1,
+                    delta=arguments,
+                )
+            )
+        return events
+
+    def _close_call(self, cut: bool) -> list[bytes]:
+        call = self.open_call
+        if call is None:
+            return []
+        self.open_call = None
+        self.call_index = None
+        index = self.output.index(call)
+        call.arguments = "".join(self.arguments)
+        self.arguments = []
+        call.status = "incomplete" if cut else "completed"
+        return [
+            self.out.event(
+                "response.function_call_arguments.done",
+                item_id=call.id,
+                output_index=index,
+                name=call.name,
+                arguments=call.arguments,
+            ),
+            self.out.event("response.output_item.done", output_index=index, item=call),
+        ]
+
+    def close(self, cut: bool, call_cut: bool) -> list[bytes]:
+        """Close whatever is open: the turn has ended (``cut``: by the request's limit, or an error; ``call_cut``:
+        by any limit, or an error)."""
+        return [*self._close_message(cut), *self._close_call(call_cut)]
+
+
+def _json(text: str) -> bytes:
+    return msgspec.json.encode(text)
