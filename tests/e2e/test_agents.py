@@ -1,6 +1,6 @@
-"""The real coding agents against the real server, each once, non-interactively, (Codex at its full request size, Claude Code in its bare mode):
-OpenAI's Codex CLI over `/v1/responses`, Claude Code over `/v1/messages` (`make agents` installs both, pinned,
-into `.agents/`; `make test` runs it first).
+"""The real coding agents against the real server, each once, non-interactively (Codex at its full request size,
+Claude Code in its bare mode): OpenAI's Codex CLI over `/v1/responses`, Claude Code over `/v1/messages`
+(`make agents` installs both, pinned, into `.agents/`; `make test` runs it first).
 
 The server runs as a user would point an agent at it: auth on with an inference key, the tiny model at a 40k
 context (Claude Code's first request is ~20k tokens of this tokenizer and asks for 32,000 more, which is clamped),
