@@ -10,6 +10,7 @@ from e2e.conftest import Server
 
 STREAMING = {"createChatCompletion", "createCompletion", "createResponse", "followPull"}
 ENVELOPE = {"$ref": "#/components/schemas/ErrorResponse"}
+ANTHROPIC_ENVELOPE = {"$ref": "#/components/schemas/AnthropicErrorResponse"}
 
 
 def _refs(node: Any) -> list[str]:
@@ -37,7 +38,9 @@ def test_every_operation_has_typed_bodies_error_envelopes_and_an_id(server: Serv
             assert content and all(body["schema"] for body in content.values()), where
         for code, response in responses.items():
             if int(code) >= 400:
-                assert response["content"] == {"application/json": {"schema": ENVELOPE}}, (where, code)
+                # Anthropic's routes answer errors in Anthropic's envelope, every other route in OpenAI's.
+                envelope = ANTHROPIC_ENVELOPE if path.startswith("/v1/messages") else ENVELOPE
+                assert response["content"] == {"application/json": {"schema": envelope}}, (where, code)
         if method in ("post", "put", "patch") and not path.endswith("/cancel"):  # a cancel takes no body
             media = "multipart/form-data" if op["operationId"] == "createFile" else "application/json"
             assert op["requestBody"]["content"][media]["schema"]["$ref"], where
