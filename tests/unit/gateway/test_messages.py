@@ -18,7 +18,8 @@ from bitinglip.core import InvalidInput, Unavailable
 from bitinglip.gateway import KeyCreate
 from bitinglip.gateway.protocol.chat import NamedToolChoice
 from bitinglip.gateway.protocol.messages import CountTokensRequest, MessagesRequest
-from bitinglip.gateway.serving.messages import rename, stop_reason, translate
+from bitinglip.gateway.serving.messages import stop_reason
+from bitinglip.gateway.serving.messages_request import rename, translate
 from doubles import FakeRequestOutput, ScriptedEngine
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

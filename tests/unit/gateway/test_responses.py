@@ -19,7 +19,7 @@ from bitinglip.gateway import KeyCreate
 from bitinglip.gateway.protocol.chat import NamedToolChoice
 from bitinglip.gateway.protocol.responses import ResponsesRequest
 from bitinglip.gateway.response_store import Turn
-from bitinglip.gateway.serving.responses import translate
+from bitinglip.gateway.serving.responses_request import translate
 from doubles import ScriptedEngine
 
 
