@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from bitinglip.cluster import EngineOutput, ToolCall, ToolCallDelta
-from bitinglip.core import get_logger
+from bitinglip.core import BitingLipError, get_logger
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 
@@ -91,6 +91,9 @@ async def turn_deltas(prep: Prepared, request_id: str, tally: Tally) -> AsyncGen
                     if content or fragments or finish is not None:
                         yield TurnDelta(content, fragments, finish, stop)
         ended = True
+    except BitingLipError:
+        ended = True  # the engine refused or failed it: the API's stream says so, the client did not leave
+        raise
     finally:
         Serving.open_streams -= 1
         if not ended:  # closed early: the client went away (its engine request is aborted on the way out)
