@@ -275,9 +275,10 @@ def _seeded_weights(model: Any, seed: int) -> None:
             param.copy_(bits)
 
 
-# Positions the tiny model takes: a coding agent's first request is about 20k tokens of this tokenizer (Claude
-# Code's), plus its output. The weights are random: RoPE takes any length as well as any other.
-TINY_CONTEXT = 65536
+# Positions the tiny model takes: a coding agent's whole first request, plus its output. Claude Code's (its ~20k
+# tokens of a real tokenizer) is ~73k tokens of this 512-token vocabulary. The weights are random: RoPE takes any
+# length as well as any other.
+TINY_CONTEXT = 131072
 
 
 def is_current(dest: Path, *, embedding: bool = False) -> bool:

@@ -80,7 +80,7 @@ def test_defaults_are_the_structs_with_default_toml_over_them(
         else:
             assert f"{key.removeprefix(row + '.')} = {shown}" in default, f"{key}: {default}"
     assert rows["cluster.embedding_model"][2] == '`"tiny-embed"` (built in: `""`)'
-    assert rows["cluster.engine"][2].startswith('`{ max_model_len = 40960, tool_call_parser = "hermes" }`')
+    assert rows["cluster.engine"][2].startswith('`{ max_model_len = 131072, tool_call_parser = "hermes" }`')
 
 
 class Undocumented(msgspec.Struct, frozen=True):
