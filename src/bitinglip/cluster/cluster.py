@@ -37,6 +37,7 @@ from bitinglip.cluster.vllm import (
     check_engine_args,
     effective_engine_args,
     engine_env,
+    fit_context,
     is_cpu_platform,
     kv_cache_bytes,
 )
@@ -262,6 +263,7 @@ class Cluster:
         assert d.path is not None
         path = d.path
         if d.estimate is None:
+            d.engine_args = await asyncio.to_thread(fit_context, d.engine_args, d.spec.engine, path)
             kv_cache, sized = await asyncio.to_thread(kv_cache_bytes, self.settings, d.engine_args, path)
             d.estimated(
                 MemoryEstimate(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from cluster_support import cluster, settings
 
-from bitinglip.cluster.vllm.args import GIB, kv_cache_bytes, kv_cache_need
+from bitinglip.cluster.vllm.args import GIB, fit_context, kv_cache_bytes, kv_cache_need
 from doubles import ScriptedFactory
 
 TINY = {  # the tiny model's attention: 2 layers, 2 KV heads of 64, bfloat16, a 2,048-token context
@@ -73,5 +73,33 @@ async def test_a_deployment_starts_its_engine_with_the_sized_cache(
         assert factory.args["a"]["kv_cache_memory_bytes"] == 256 * 2048 * PER_TOKEN
         (status,) = c.status()
         assert status.memory is not None and status.memory.kv_cache_bytes == 256 * 2048 * PER_TOKEN
+    finally:
+        await c.stop()
+
+
+def test_the_clusters_context_is_cut_to_a_shorter_models_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    path = model(tmp_path)  # 2,048 positions
+    assert fit_context({"max_model_len": 131072}, {}, path) == {"max_model_len": 2048}
+    assert fit_context({"max_model_len": 1024}, {}, path) == {"max_model_len": 1024}
+    # The deployment's own setting, a model that scales its positions, or vLLM told to allow longer: as given.
+    assert fit_context({"max_model_len": 131072}, {"max_model_len": 131072}, path) == {"max_model_len": 131072}
+    scaled = model(tmp_path, "scaled", rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    assert fit_context({"max_model_len": 8192}, {}, scaled) == {"max_model_len": 8192}
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
+    assert fit_context({"max_model_len": 131072}, {}, path) == {"max_model_len": 131072}
+
+
+async def test_a_deployment_of_a_shorter_model_starts_at_its_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    model(tmp_path, "a")
+    factory = ScriptedFactory()
+    c = cluster(tmp_path, factory, names=("a",), engine={"max_model_len": 131072})
+    await c.start()
+    try:
+        (await c.acquire("a")).release()
+        assert factory.args["a"]["max_model_len"] == 2048
     finally:
         await c.stop()

@@ -5,6 +5,7 @@ from bitinglip.cluster.vllm.args import (
     check_engine_args,
     effective_engine_args,
     engine_env,
+    fit_context,
     is_cpu_platform,
     kv_cache_bytes,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "check_engine_args",
     "effective_engine_args",
     "engine_env",
+    "fit_context",
     "is_cpu_platform",
     "kv_cache_bytes",
     "supported_architectures",

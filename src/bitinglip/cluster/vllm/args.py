@@ -115,6 +115,26 @@ def kv_cache_need(model_dir: Path, engine_args: Mapping[str, Any]) -> int | None
     return int(2 * layers * kv_heads * head_dim * width * length * sequences)
 
 
+def fit_context(args: dict[str, Any], own: Mapping[str, Any], model_dir: Path) -> dict[str, Any]:
+    """The engine arguments with `cluster.engine`'s `max_model_len` cut to the model's own positions where they are
+    fewer: that setting is the longest context a deployment gets, not one every model must take (vLLM refuses a
+    context past a model's positions). A deployment's own `max_model_len` (``own``) is passed as it is."""
+    length = args.get("max_model_len")
+    if not isinstance(length, int) or "max_model_len" in own or os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        return args
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return args
+    text = config.get("text_config") or config
+    if text.get("rope_scaling") or config.get("rope_scaling"):
+        return args  # vLLM derives a longer context from the scaling: left to it
+    positions = text.get("max_position_embeddings")
+    if isinstance(positions, int) and not isinstance(positions, bool) and 0 < positions < length:
+        return {**args, "max_model_len": positions}
+    return args
+
+
 def kv_cache_bytes(settings: ClusterSettings, engine_args: Mapping[str, Any], model_dir: Path) -> tuple[int, bool]:
     """An engine's KV cache: what its arguments say, else VLLM_CPU_KVCACHE_SPACE, else what the model can use
     with `cluster.kv_cache_gib` at most; and whether it was sized here (to pass to the engine)."""
