@@ -78,6 +78,7 @@ class ScriptedEngine:
     died: bool = False
     sleeping: bool = False
     tool_call_parser: str | None = None  # the double parses no tool calls (the real parsers are vLLM's)
+    reasoning_parser: str | None = None  # nor reasoning
     embedding: bool = False
 
     @property
@@ -122,8 +123,16 @@ class ScriptedEngine:
     def chat(self) -> bool:
         return True
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def reasoning(self, prompt_ids: list[int]) -> None:
+        return None
 
     def tool_calls(self, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool) -> ToolCalls:
         raise InvalidInput(f"model {self.served_name} serves no tool calls", param="tools", code="tools_not_supported")

@@ -100,6 +100,22 @@ class ToolCalls(Protocol):
         ...
 
 
+class Reasoning(Protocol):
+    """One request's reasoning on one engine: each choice's text split into its reasoning and its answer."""
+
+    def parse(self, index: int, text: str) -> tuple[str | None, str | None]:
+        """The reasoning and the answer in choice ``index``'s whole text (None for a part it has not)."""
+        ...
+
+    def parse_delta(self, index: int, text: str, token_ids: Sequence[int]) -> tuple[str | None, str | None]:
+        """The reasoning and the answer one streamed delta of choice ``index`` adds."""
+        ...
+
+    def tokens(self) -> int:
+        """Tokens of reasoning made so far, over every choice."""
+        ...
+
+
 class EngineClient(Protocol):
     """One running engine serving one model."""
 
@@ -129,13 +145,28 @@ class EngineClient(Protocol):
         ...
 
     @property
+    def reasoning_parser(self) -> str | None:
+        """The parser of the model's reasoning format; None: its output is all answer."""
+        ...
+
+    @property
     def embedding(self) -> bool:
         """The engine pools (serves /v1/embeddings) instead of generating."""
         ...
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        """The prompt text the model's chat template makes of ``messages`` (and ``tools``); InvalidInput if it
-        cannot."""
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The prompt text the model's chat template makes of ``messages`` (and ``tools``, and the template's own
+        variables such as `enable_thinking`); InvalidInput if it cannot."""
+        ...
+
+    def reasoning(self, prompt_ids: list[int]) -> Reasoning | None:
+        """Reasoning for one request on ``prompt_ids``; None where the deployment names no `reasoning_parser` or
+        the prompt has closed the reasoning already (thinking turned off in the template)."""
         ...
 
     def tool_calls(self, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool) -> ToolCalls:

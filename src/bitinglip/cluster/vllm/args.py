@@ -27,10 +27,13 @@ def engine_arg_names() -> set[str]:
 
 def check_engine_args(table: dict[str, Any], source: str = "cluster.engine") -> None:
     """Refuse keys vLLM does not know before anything starts, naming the key."""
+    from bitinglip.cluster.vllm.reasoning import check_reasoning_parser
     from bitinglip.cluster.vllm.tools import check_tool_parser
 
     known = engine_arg_names() | FRONTEND_ARGS
     check_tool_parser(table.get("tool_call_parser"), f"{source}.tool_call_parser")
+    # Also an engine argument (the engine holds a request's output constraint back until its reasoning ends).
+    check_reasoning_parser(table.get("reasoning_parser"), f"{source}.reasoning_parser")
     for key in table:
         if key in RESERVED_ARGS:
             raise SettingsError(f"setting `{source}.{key}`: set the model with `model` instead", param=key)

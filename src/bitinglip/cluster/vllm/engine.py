@@ -22,6 +22,7 @@ from bitinglip.cluster.vllm.finite import admits_finite_output, constraint_gramm
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
+from bitinglip.cluster.vllm.reasoning import VllmReasoning, check_reasoning_fits
 from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
 from bitinglip.cluster.vllm.tokens import fast_encoder, token_bytes
 from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
@@ -58,6 +59,8 @@ class VllmEngine:
         self.max_prompt_chars = 0
         self.max_num_seqs = 0
         self.tool_call_parser: str | None = engine_args.get("tool_call_parser") or None
+        self.reasoning_parser: str | None = engine_args.get("reasoning_parser") or None
+        self._reasoning_request: Any = None  # what vLLM's reasoning parsers are handed as the request
         self.embedding = False  # pools instead of generating: vLLM's model config says, once started
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self.hooks: dict[str, bool] = {}  # each of hooks.HOOKS by name: whether it took at the last start
@@ -126,6 +129,11 @@ class VllmEngine:
         self._encode = fast_encoder(self._tokenizer)
         if self.tool_call_parser is not None:  # a misfit fails the start (the deployment stops what started)
             check_parser_fits(self.tool_call_parser, self._tokenizer, self.served_name)
+        if self.reasoning_parser is not None:
+            from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+            check_reasoning_fits(self.reasoning_parser, self._tokenizer, self.served_name)
+            self._reasoning_request = ChatCompletionRequest(model="-", messages=[{"role": "user", "content": ""}])
         self.max_model_len = int(llm.model_config.max_model_len)
         # No token stands for more characters of text than its vocabulary entry has (byte-level entries have one
         # character per byte), so a text longer than this cannot fit, whatever it says.
@@ -175,12 +183,19 @@ class VllmEngine:
     def chat(self) -> bool:
         return not self.embedding and bool(getattr(self._tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
         if not getattr(self._tokenizer, "chat_template", None):
             raise InvalidInput(f"model {self.served_name} has no chat template; use /v1/completions", param="messages")
         try:
             return str(
-                self._tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+                self._tokenizer.apply_chat_template(
+                    messages, tools=tools, add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
+                )
             )
         except Exception as exc:  # a template that raises on these messages is the caller's problem
             raise InvalidInput(f"the chat template failed on these messages: {exc}", param="messages") from exc
@@ -202,6 +217,11 @@ class VllmEngine:
                     code="unsatisfiable_constraint",
                 )
         return VllmToolCalls(self.tool_call_parser, self._tokenizer, tools, tool_choice, parallel)
+
+    def reasoning(self, prompt_ids: list[int]) -> VllmReasoning | None:
+        if self.reasoning_parser is None:
+            return None
+        return VllmReasoning.for_prompt(self.reasoning_parser, self._tokenizer, prompt_ids, self._reasoning_request)
 
     def decode_token(self, token_id: int) -> str:
         return str(self._tokenizer.decode([token_id]))

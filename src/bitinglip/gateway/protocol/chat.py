@@ -78,6 +78,16 @@ class ChatCompletionRequest(SamplingRequest):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # OpenAI's: "none" turns a reasoning model's thinking off (its template's `enable_thinking`), any other on.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # vLLM's: variables for the model's chat template, such as `{"enable_thinking": false}`.
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def template_kwargs(self) -> dict[str, Any] | None:
+        """What the chat template is given beside the messages and tools."""
+        if self.reasoning_effort is None:
+            return self.chat_template_kwargs
+        return {"enable_thinking": self.reasoning_effort != "none", **(self.chat_template_kwargs or {})}
 
     def top_logprobs_asked(self) -> int | None:
         """How many alternatives per token to return; None for no logprobs at all."""
@@ -130,6 +140,8 @@ class ToolCallOut(msgspec.Struct):
 class AssistantMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str | None
+    # The model's reasoning before its answer, where its deployment names a `reasoning_parser` (DeepSeek's name).
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
 
 
@@ -167,6 +179,7 @@ class DeltaToolCall(msgspec.Struct, omit_defaults=True):
 class DeltaMessage(msgspec.Struct, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
 

@@ -1,7 +1,7 @@
 """Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`): the request, the message, its events.
 
 Unlike the OpenAI types, these are lenient: Anthropic's clients (Claude Code above all) send fields and beta
-features a text model has no use for (`thinking`, `output_config`, `context_management`, `cache_control`, ...),
+features a text model has no use for (`output_config`, `context_management`, `cache_control`, ...),
 and refusing them would refuse the client. Unknown fields are ignored; the fields read are typed, so a wrong
 type is still a 400 naming the field. Content blocks have one loose shape (`ContentBlock`) so that a block kind
 a text model cannot take is refused by the codec with a message naming it, not by a decoding error.
@@ -48,6 +48,11 @@ class ToolChoice(msgspec.Struct, kw_only=True):
     disable_parallel_tool_use: bool | None = None
 
 
+class ThinkingConfig(msgspec.Struct, kw_only=True):
+    type: str  # "enabled", "adaptive", "disabled"
+    budget_tokens: int | None = None  # not enforced: the model's reasoning is bounded by max_tokens only
+
+
 class MessagesInput(msgspec.Struct, kw_only=True):
     """What shapes the prompt: all `count_tokens` takes, and the start of every create request."""
 
@@ -56,6 +61,9 @@ class MessagesInput(msgspec.Struct, kw_only=True):
     system: str | list[ContentBlock] | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
+    # A model that reasons: "disabled" turns its thinking off (its chat template's `enable_thinking`), "enabled"
+    # or "adaptive" on; absent, it does as its template does by default.
+    thinking: ThinkingConfig | None = None
     # Ollama's, as on every generation route: how long the model stays loaded after this request.
     keep_alive: float | str | None = None
 
@@ -88,7 +96,15 @@ class ToolUseBlock(msgspec.Struct, tag="tool_use", tag_field="type"):
     input: dict[str, Any]
 
 
-OutputBlock = TextBlock | ToolUseBlock
+class ThinkingBlock(msgspec.Struct, tag="thinking", tag_field="type"):
+    """The model's reasoning. Its signature is empty: it signs nothing, and a thinking block sent back in a later
+    turn is left out of the prompt."""
+
+    thinking: str
+    signature: str = ""
+
+
+OutputBlock = ThinkingBlock | TextBlock | ToolUseBlock
 
 
 class MessageUsage(msgspec.Struct, kw_only=True):
@@ -132,9 +148,13 @@ class InputJsonDelta(msgspec.Struct, tag="input_json_delta", tag_field="type"):
     partial_json: str
 
 
+class ThinkingDelta(msgspec.Struct, tag="thinking_delta", tag_field="type"):
+    thinking: str
+
+
 class ContentBlockDeltaEvent(msgspec.Struct, tag="content_block_delta", tag_field="type"):
     index: int
-    delta: TextDelta | InputJsonDelta
+    delta: TextDelta | InputJsonDelta | ThinkingDelta
 
 
 class ContentBlockStopEvent(msgspec.Struct, tag="content_block_stop", tag_field="type"):

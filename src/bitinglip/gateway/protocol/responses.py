@@ -206,7 +206,21 @@ class OutputFunctionCall(msgspec.Struct, kw_only=True, omit_defaults=True, tag_f
     namespace: str | None = None  # a function of a `namespace` tool: `name` is its own name within it
 
 
-OutputItem = OutputMessage | OutputFunctionCall
+class ReasoningText(msgspec.Struct, kw_only=True):
+    text: str
+    type: Literal["reasoning_text"] = "reasoning_text"
+
+
+class OutputReasoning(msgspec.Struct, kw_only=True, tag_field="type", tag="reasoning"):
+    """The model's reasoning, in full (`content`; no summary is made, and nothing is encrypted)."""
+
+    id: str
+    status: str  # in_progress, completed, incomplete
+    content: list[ReasoningText]
+    summary: list[Any] = msgspec.field(default_factory=list)
+
+
+OutputItem = OutputReasoning | OutputMessage | OutputFunctionCall
 
 
 class InputTokensDetails(msgspec.Struct):

@@ -250,10 +250,16 @@ def given_max_tokens(asked: int | None, room: int, limits: OutputLimits) -> int:
     return given if limits.ceiling is None else min(given, limits.ceiling)
 
 
-class Usage(msgspec.Struct):
+class CompletionTokensDetails(msgspec.Struct):
+    reasoning_tokens: int
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Where the model reasons (its deployment names a `reasoning_parser`): how many of the completion's tokens.
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class TopLogprob(msgspec.Struct):

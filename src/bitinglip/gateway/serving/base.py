@@ -16,9 +16,9 @@ from typing import Any, ClassVar, Literal, Protocol, cast
 
 import msgspec
 
-from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput
+from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, Reasoning
 from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, error_response, get_logger
-from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, OutputLimits, Usage
+from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, CompletionTokensDetails, OutputLimits, Usage
 
 log = get_logger(__name__)
 
@@ -42,6 +42,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     score_only: bool = False  # echo with max_tokens 0: the one token the engine makes is dropped
     priority: int = 0
     tools: Any = None  # the engine's ToolCalls for a chat request with tools
+    reasoning: Any = None  # the engine's Reasoning for a chat request to a model that reasons
     asked_max_tokens: int | None = None  # what the request asked for, where the server gave less (clamped)
 
 
@@ -183,6 +184,14 @@ def refuse_embedding_model(engine: EngineClient, route: str) -> None:
 def clamped(asked: int | None, given: int) -> int | None:
     """What the request asked for when the server gives it fewer tokens (None when it gets what it asked)."""
     return asked if asked is not None and given < asked else None
+
+
+def with_reasoning(used: Usage, reasoning: Reasoning | None) -> Usage:
+    """``used`` with the tokens of reasoning among its completion tokens, where the model reasons."""
+    if reasoning is None:
+        return used
+    details = CompletionTokensDetails(reasoning_tokens=min(reasoning.tokens(), used.completion_tokens))
+    return msgspec.structs.replace(used, completion_tokens_details=details)
 
 
 def usage(prep: Prepared, completion_tokens: int) -> Usage:

@@ -37,6 +37,7 @@ from bitinglip.gateway.serving.base import (
     clamped,
     refuse_embedding_model,
     sampling_params,
+    with_reasoning,
 )
 from bitinglip.gateway.serving.logprobs import chat_logprobs
 from bitinglip.gateway.serving.tools import check_tools, history_calls
@@ -104,15 +105,20 @@ class ChatServing(Serving):
 
     @classmethod
     async def render(
-        cls, messages: list[ChatMessage] | None, engine: EngineClient, tools: list[dict[str, Any]] | None = None
+        cls,
+        messages: list[ChatMessage] | None,
+        engine: EngineClient,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> tuple[list[int], str]:
-        """The prompt (token ids and text) the model's chat template makes of ``messages`` (and ``tools``)."""
+        """The prompt (token ids and text) the model's chat template makes of ``messages`` (and ``tools``, and the
+        template's own variables)."""
         if not messages:
             raise InvalidInput("`messages` must be a non-empty list", param="messages", code="empty_messages")
         dicts = [message_dict(m, i) for i, m in enumerate(messages)]
         # The template adds to the messages' text, never takes away: too much text is refused before rendering.
         check_prompt_chars(engine, sum(len(m["content"]) for m in dicts), "messages")
-        text = engine.render_chat(dicts, tools)
+        text = engine.render_chat(dicts, tools, template_kwargs)
         return await cls.encode(engine, text, "messages"), text
 
     async def prepare(self, req: ChatCompletionRequest, engine: EngineClient) -> Prepared:
@@ -129,7 +135,9 @@ class ChatServing(Serving):
         calls = None
         if tools is not None and tools.choice != "none":
             calls = engine.tool_calls(tools.tools, tools.choice, tools.parallel)
-        ids, text = await self.render(req.messages, engine, tools.tools if tools is not None else None)
+        ids, text = await self.render(
+            req.messages, engine, tools.tools if tools is not None else None, req.template_kwargs()
+        )
         args = req.sampling_args(len(ids), engine.max_model_len, self.limits, clamp=clamp)
         if req.stream:
             args["stream_interval"] = self.interval()
@@ -158,6 +166,7 @@ class ChatServing(Serving):
             logprobs=args.get("logprobs"),
             priority=req.priority,
             tools=calls,
+            reasoning=engine.reasoning(ids),
             asked_max_tokens=clamped(req.asked_max_tokens(), args["max_tokens"]),
         )
 
@@ -167,6 +176,9 @@ class ChatServing(Serving):
     def _choice(self, prep: Prepared, done: Finished, index: int, text: str) -> ChatChoice:
         finish = done.finish.get(index)
         message = AssistantMessage(role="assistant", content=text)
+        if prep.reasoning is not None:
+            message.reasoning_content, message.content = prep.reasoning.parse(index, text)
+            text = message.content or ""
         if prep.tools is not None:
             content, calls = prep.tools.parse(text, cut=finish == "length")
             message.content = content
@@ -179,12 +191,13 @@ class ChatServing(Serving):
         return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
 
     def response(self, prep: Prepared, request_id: str, done: Finished) -> ChatCompletionResponse:
+        choices = [self._choice(prep, done, i, text) for i, text in done.texts.items()]
         return ChatCompletionResponse(
             id=self.id_prefix + request_id,
             created=done.created,
             model=prep.model,
-            choices=[self._choice(prep, done, i, text) for i, text in done.texts.items()],
-            usage=done.usage,
+            choices=choices,
+            usage=with_reasoning(done.usage, prep.reasoning),
         )
 
     def opening(self, ctx: StreamContext) -> list[ChatCompletionChunk]:
@@ -194,7 +207,7 @@ class ChatServing(Serving):
 
     def frame(self, ctx: StreamContext) -> Frame | None:
         prep = ctx.prep
-        if prep.tools is not None or prep.logprobs is not None:
+        if prep.tools is not None or prep.logprobs is not None or prep.reasoning is not None:
             return None
         return Frame.of(
             ctx.chunk_id,
@@ -213,16 +226,27 @@ class ChatServing(Serving):
         if prep.logprobs is not None and out.logprobs:
             lp = ChatLogprobs(content=chat_logprobs(out, prep.engine, prep.logprobs))
         finish = out.finish_reason
-        delta = DeltaMessage(content=out.text)
+        text, ids = out.text, out.token_ids
+        reasoning = None
+        if prep.reasoning is not None:
+            reasoning, answer = prep.reasoning.parse_delta(index, text, ids)
+            text, ids = (answer, ids) if answer else ("", ())
+        content: str | None = text
+        fragments: list[ToolCallDelta] = []
         if prep.tools is not None:
-            content, fragments = prep.tools.parse_delta(index, out.text, out.token_ids, finish is not None)
-            delta = DeltaMessage(content=content, tool_calls=_delta_calls(fragments) or None)
+            content = None  # a reasoning delta is not the tool parser's to read
+            if text or finish is not None:
+                content, fragments = prep.tools.parse_delta(index, text, ids, finish is not None)
             if finish == "stop" and prep.tools.called(index):
                 finish = "tool_calls"
-            if content is None and not fragments and finish is None and lp is None:
-                return None  # held back: may be the start of a call
+        if prep.reasoning is not None and not content:
+            content = None
+        if content is None and reasoning is None and not fragments and finish is None and lp is None:
+            return None  # nothing yet: a reasoning marker alone, or held back (may be the start of a call)
+        delta = DeltaMessage(content=content, reasoning_content=reasoning, tool_calls=_delta_calls(fragments) or None)
         choice = ChatChunkChoice(index=index, delta=delta, logprobs=lp, finish_reason=finish)
         return ChatCompletionChunk(id=ctx.chunk_id, created=ctx.created, model=prep.model, choices=[choice])
 
     def closing(self, ctx: StreamContext, used: Usage) -> ChatCompletionChunk:
+        used = with_reasoning(used, ctx.prep.reasoning)
         return ChatCompletionChunk(id=ctx.chunk_id, created=ctx.created, model=ctx.prep.model, choices=[], usage=used)

@@ -7,8 +7,9 @@ The turn comes back from `turns.py` and is put in Anthropic's shapes here: a `me
 block after another (`content_block_start`, deltas, `content_block_stop`), `message_delta` and `message_stop`.
 
 What a text model cannot take is refused by name (image, document and server tool blocks); what only steers
-Anthropic's own models (`thinking`, `cache_control`, earlier turns' thinking blocks, server tools such as
-`web_search_20250305`) is left out.
+Anthropic's own models (`cache_control`, earlier turns' thinking blocks, server tools such as
+`web_search_20250305`) is left out. `thinking` turns a reasoning model's thinking on or off (its chat template's
+`enable_thinking`); its reasoning comes back as a thinking block before the text.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from bitinglip.gateway.protocol.messages import (
     StopReason,
     TextBlock,
     TextDelta,
+    ThinkingBlock,
+    ThinkingDelta,
     ToolUseBlock,
 )
 from bitinglip.gateway.serving.base import Prepared, Tally, refuse_embedding_model
@@ -99,6 +102,13 @@ class _Blocks:
         events.append(_sse(b"content_block_start", ContentBlockStartEvent(index=self.open, content_block=block)))
         return events
 
+    def thinking(self, text: str) -> list[bytes]:
+        """Reasoning, which comes before any text or call: one thinking block, opened by its first delta."""
+        events = [] if self.count else self._start(ThinkingBlock(thinking=""))
+        delta = ContentBlockDeltaEvent(index=self.count - 1, delta=ThinkingDelta(thinking=text))
+        events.append(_sse(b"content_block_delta", delta))
+        return events
+
     def text(self, text: str) -> list[bytes]:
         events = [] if self.open_text else self._start(TextBlock(text=""))
         self.open_text = True
@@ -147,7 +157,8 @@ class MessagesServing:
         chat = done.chat
         try:
             tools = await asyncio.to_thread(check_tools, chat) if chat.tools else check_tools(chat)
-            ids, _ = await ChatServing.render(chat.messages, engine, tools.tools if tools is not None else None)
+            tool_list = tools.tools if tools is not None else None
+            ids, _ = await ChatServing.render(chat.messages, engine, tool_list, chat.template_kwargs())
         except InvalidInput as exc:
             rename(exc, done)
             raise
@@ -155,7 +166,9 @@ class MessagesServing:
 
     async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> MessageResponse:
         turn = await whole_turn(self.chat, prep, request_id, tally or Tally())
-        content: list[OutputBlock] = [TextBlock(text=turn.text)] if turn.text else []
+        content: list[OutputBlock] = [ThinkingBlock(thinking=turn.reasoning)] if turn.reasoning else []
+        if turn.text:
+            content.append(TextBlock(text=turn.text))
         content.extend(ToolUseBlock(id=c.id, name=c.name, input=_input(c.arguments, c.name)) for c in turn.calls)
         return MessageResponse(
             id="msg_" + request_id,
@@ -181,7 +194,9 @@ class MessagesServing:
         try:
             async with contextlib.aclosing(turn_deltas(prep, request_id, tally)) as deltas:
                 async for delta in deltas:
-                    events = blocks.text(delta.text) if delta.text else []
+                    events = blocks.thinking(delta.reasoning) if delta.reasoning else []
+                    if delta.text:
+                        events.extend(blocks.text(delta.text))
                     for fragment in delta.calls:
                         events.extend(blocks.call(fragment))
                     if delta.finish is not None:

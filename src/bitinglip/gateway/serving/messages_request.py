@@ -152,6 +152,8 @@ def translate(req: MessagesInput) -> Translated:
         origins.insert(0, None)
     tools, tool_origins = _tools(req)
     chat = ChatCompletionRequest(model=req.model, messages=turns, tools=tools, keep_alive=req.keep_alive)
+    if req.thinking is not None:
+        chat.chat_template_kwargs = {"enable_thinking": req.thinking.type != "disabled"}
     if (choice := req.tool_choice) is not None:
         if choice.type == "tool":
             if not choice.name:

@@ -9,6 +9,10 @@ Tools: `function` tools as they are; a `namespace` tool's functions are shown to
 (OpenAI's tool names allow letters, digits, `_` and `-`, so the two parts stay readable and a double underscore
 rarely clashes) and its calls come back split again (`name`, `namespace`). Hosted tools the server cannot run
 (`web_search`, `file_search`, `mcp`, ...) are left out of the prompt, and said so in a log line.
+
+A model that reasons (its deployment names a `reasoning_parser`) answers with a `reasoning` item first, its whole
+reasoning in `content` (`reasoning_text`; no summary, nothing encrypted), streamed as `response.reasoning_text.*`.
+`reasoning.effort: "none"` turns its thinking off. Reasoning items sent back in `input` are left out of the prompt.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from bitinglip.gateway.protocol.responses import (
     OutputFunctionCall,
     OutputItem,
     OutputMessage,
+    OutputReasoning,
     OutputText,
+    OutputTokensDetails,
+    ReasoningText,
     ResponseError,
     ResponseObject,
     ResponsesRequest,
@@ -122,10 +129,12 @@ class ResponsesPrepared(Prepared, kw_only=True):
     context: Context
 
 
-def usage_of(prep: Prepared, output_tokens: int) -> ResponseUsage:
-    input_tokens = prompt_tokens(prep)
+def usage_of(input_tokens: int, output_tokens: int, reasoning_tokens: int) -> ResponseUsage:
     return ResponseUsage(
-        input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
     )
 
 
@@ -175,15 +184,15 @@ class ResponsesServing:
         turn = await whole_turn(self.chat, prep, request_id, tally or Tally())
         cut = ctx.cut(turn.finish)
         output: list[OutputItem] = []
+        if turn.reasoning:
+            # Cut while still reasoning (nothing after it): the reasoning is what was cut.
+            status = "incomplete" if cut and not turn.text and not turn.calls else "completed"
+            output.append(OutputReasoning(id=new_id("rs"), status=status, content=[ReasoningText(text=turn.reasoning)]))
         if turn.text:
             status = "incomplete" if cut and not turn.calls else "completed"
             output.append(OutputMessage(id=new_id("msg"), status=status, content=[OutputText(text=turn.text)]))
         output.extend(_call_item(ctx, call) for call in turn.calls)
-        usage = ResponseUsage(
-            input_tokens=turn.prompt_tokens,
-            output_tokens=turn.completion_tokens,
-            total_tokens=turn.prompt_tokens + turn.completion_tokens,
-        )
+        usage = usage_of(turn.prompt_tokens, turn.completion_tokens, turn.reasoning_tokens)
         response = ctx.response("incomplete" if cut else "completed", output, usage)
         await self._keep(ctx, response)
         return response
@@ -202,6 +211,9 @@ class ResponsesServing:
             # Closed at once when the client leaves (this generator is closed): that aborts the engine request.
             async with contextlib.aclosing(turn_deltas(prep, request_id, tally)) as deltas:
                 async for delta in deltas:
+                    if delta.reasoning:
+                        for event in items.reasoning(delta.reasoning):
+                            yield event
                     if delta.text:
                         if items.message is not None:  # the hot path: one more piece of an open message
                             yield items.delta(delta.text)
@@ -219,7 +231,8 @@ class ResponsesServing:
         cut = ctx.cut(finish)
         # A call still open when the tokens ran out is unfinished, whichever limit it was.
         closing = items.close(cut or failed is not None, finish == "length" or failed is not None)
-        usage = usage_of(prep, tally.completion_tokens)
+        thought = prep.reasoning.tokens() if prep.reasoning is not None else 0
+        usage = usage_of(prompt_tokens(prep), tally.completion_tokens, min(thought, tally.completion_tokens))
         if failed is not None:
             # The response's error code is one of OpenAI's few; the `error` event carries the server's own.
             code = "rate_limit_exceeded" if failed.status == 429 else "server_error"
@@ -269,14 +282,59 @@ class _OpenItems:
         self.open_call: OutputFunctionCall | None = None
         self.call_index: int | None = None  # the engine's index of the open call
         self.arguments: list[str] = []
+        self.thought: OutputReasoning | None = None  # the reasoning item, while open
+        self.thoughts: list[str] = []
 
     def _start(self, item: OutputItem) -> bytes:
         self.output.append(item)
         return self.out.event("response.output_item.added", output_index=len(self.output) - 1, item=item)
 
+    def reasoning(self, text: str) -> list[bytes]:
+        """Reasoning, which comes before any text or call: one reasoning item, opened by its first delta."""
+        events: list[bytes] = []
+        if self.thought is None:
+            self.thought = OutputReasoning(id=new_id("rs"), status="in_progress", content=[])
+            events.append(self._start(self.thought))
+            part = ReasoningText(text="")
+            events.append(self._part_event("response.content_part.added", self.thought, part))
+        self.thoughts.append(text)
+        events.append(
+            self.out.event(
+                "response.reasoning_text.delta",
+                item_id=self.thought.id,
+                output_index=self.output.index(self.thought),
+                content_index=0,
+                delta=text,
+            )
+        )
+        return events
+
+    def _part_event(self, kind: str, thought: OutputReasoning, part: ReasoningText) -> bytes:
+        index = self.output.index(thought)
+        return self.out.event(kind, item_id=thought.id, output_index=index, content_index=0, part=part)
+
+    def _close_reasoning(self, cut: bool) -> list[bytes]:
+        thought = self.thought
+        if thought is None:
+            return []
+        index = self.output.index(thought)
+        done = ReasoningText(text="".join(self.thoughts))
+        thought.content = [done]
+        thought.status = "incomplete" if cut else "completed"
+        events = [
+            self.out.event(
+                "response.reasoning_text.done", item_id=thought.id, output_index=index, content_index=0, text=done.text
+            ),
+            self._part_event("response.content_part.done", thought, done),
+            self.out.event("response.output_item.done", output_index=index, item=thought),
+        ]
+        self.thought, self.thoughts = None, []
+        return events
+
     def text(self, text: str) -> list[bytes]:
         events: list[bytes] = []
         if self.message is None:
+            events.extend(self._close_reasoning(False))
             events.extend(self._close_call(False))
             self.message = OutputMessage(id=new_id("msg"), status="in_progress", content=[])
             events.append(self._start(self.message))
@@ -327,6 +385,7 @@ class _OpenItems:
     def call(self, index: int, call_id: str | None, name: str | None, arguments: str | None) -> list[bytes]:
         events: list[bytes] = []
         if self.open_call is None or self.call_index != index:
+            events.extend(self._close_reasoning(False))
             events.extend(self._close_message(False))
             events.extend(self._close_call(False))
             call_id = call_id or new_id("call")
@@ -371,7 +430,7 @@ class _OpenItems:
     def close(self, cut: bool, call_cut: bool) -> list[bytes]:
         """Close whatever is open: the turn has ended (``cut``: by the request's limit, or an error; ``call_cut``:
         by any limit, or an error)."""
-        return [*self._close_message(cut), *self._close_call(call_cut)]
+        return [*self._close_reasoning(cut), *self._close_message(cut), *self._close_call(call_cut)]
 
 
 def _json(text: str) -> bytes:

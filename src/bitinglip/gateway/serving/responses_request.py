@@ -314,5 +314,13 @@ def translate(req: ResponsesRequest, history: list[Turn] | None = None) -> Trans
         tool_choice=_tool_choice(req, tr, tools),
         parallel_tool_calls=req.parallel_tool_calls,
         response_format=_response_format(req),
+        chat_template_kwargs=_thinking(req),
     )
     return tr
+
+
+def _thinking(req: ResponsesRequest) -> dict[str, Any] | None:
+    """`reasoning.effort` for a model that reasons: "none" turns its thinking off (its chat template's
+    `enable_thinking`), any other effort on; none given, it does as its template does by default."""
+    effort = (req.reasoning or {}).get("effort")
+    return None if effort is None else {"enable_thinking": effort != "none"}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from bitinglip.cluster import EngineOutput, ToolCall, ToolCallDelta
 from bitinglip.core import BitingLipError, get_logger
+from bitinglip.gateway.protocol.sampling import Usage
 from bitinglip.gateway.serving.base import Prepared, Serving, Tally
 from bitinglip.gateway.serving.chat import ChatServing
 
@@ -30,6 +31,8 @@ class Turn:
     prompt_tokens: int
     completion_tokens: int
     stop_sequence: str | None = None  # the request's stop sequence that ended it (finish "stop")
+    reasoning: str | None = None  # the model's reasoning before its answer (a model that reasons)
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -40,6 +43,7 @@ class TurnDelta:
     calls: list[ToolCallDelta] = field(default_factory=list)
     finish: str | None = None
     stop_sequence: str | None = None  # with finish "stop": the request's stop sequence that ended it
+    reasoning: str | None = None  # reasoning text, which comes before any answer text or call
 
 
 def prompt_tokens(prep: Prepared) -> int:
@@ -62,14 +66,21 @@ async def whole_turn(chat: ChatServing, prep: Prepared, request_id: str, tally: 
         prompt_tokens=response.usage.prompt_tokens,
         completion_tokens=response.usage.completion_tokens,
         stop_sequence=done.stop_strings.get(0) if choice.finish_reason == "stop" else None,
+        reasoning=choice.message.reasoning_content,
+        reasoning_tokens=reasoning_tokens(response.usage),
     )
+
+
+def reasoning_tokens(used: Usage) -> int:
+    details = used.completion_tokens_details
+    return details.reasoning_tokens if details is not None else 0
 
 
 async def turn_deltas(prep: Prepared, request_id: str, tally: Tally) -> AsyncGenerator[TurnDelta, None]:
     """The turn as it is made; `tally` counts its tokens. Closing this early aborts the engine request."""
     ids, text = prep.prompts[0]
     source: AsyncGenerator[EngineOutput, None] = prep.engine.generate(ids, text, prep.params, request_id, prep.priority)
-    tools = prep.tools
+    tools, reasoning = prep.tools, prep.reasoning
     ended = False
     Serving.open_streams += 1
     try:
@@ -81,15 +92,21 @@ async def turn_deltas(prep: Prepared, request_id: str, tally: Tally) -> AsyncGen
                     tally.completion_tokens += len(out.token_ids)
                     finish = out.finish_reason
                     stop = out.stop_reason if finish == "stop" and isinstance(out.stop_reason, str) else None
+                    text, delta_ids, thought = out.text, out.token_ids, None
+                    if reasoning is not None:
+                        thought, answer = reasoning.parse_delta(0, text, delta_ids)
+                        text, delta_ids = (answer, delta_ids) if answer else ("", ())
                     if tools is None:
-                        if out.text or finish is not None:
-                            yield TurnDelta(out.text or None, [], finish, stop)
+                        if text or thought or finish is not None:
+                            yield TurnDelta(text or None, [], finish, stop, thought)
                         continue
-                    content, fragments = tools.parse_delta(0, out.text, out.token_ids, finish is not None)
+                    content, fragments = None, []
+                    if text or finish is not None:  # a reasoning delta is not the tool parser's to read
+                        content, fragments = tools.parse_delta(0, text, delta_ids, finish is not None)
                     if finish == "stop" and tools.called(0):
                         finish, stop = "tool_calls", None
-                    if content or fragments or finish is not None:
-                        yield TurnDelta(content, fragments, finish, stop)
+                    if content or fragments or thought or finish is not None:
+                        yield TurnDelta(content, fragments, finish, stop, thought)
         ended = True
     except BitingLipError:
         ended = True  # the engine refused or failed it: the API's stream says so, the client did not leave
