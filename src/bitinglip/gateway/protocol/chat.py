@@ -46,6 +46,10 @@ class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tool_calls: list[MessageToolCall] | None = None  # an assistant turn's calls
     tool_call_id: str | None = None  # a tool turn: the call it answers
     refusal: str | None = None  # an assistant turn that refused (the client sends back what it got)
+    # An assistant turn's reasoning, sent back as it came: taken and left out of the prompt (a reasoning model's
+    # template does not show earlier turns' reasoning).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class FunctionDefinition(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
