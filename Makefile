@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml
 	@if [ "$(ENGINE)" = cpu ]; then $(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true; fi
 	touch $(STAMP)
 
-model: setup ## build the tiny offline default models (chat, embeddings) if they are missing or out of date
+model: setup ## build the tiny offline default models (chat, embeddings, reasoning) if missing or out of date
 	$(BIN)/bitinglip models create-tiny --if-missing
 	$(BIN)/bitinglip models create-tiny --embedding --if-missing
+	$(BIN)/bitinglip models create-tiny --reasoning --if-missing
 
 # The coding agents the end-to-end tests drive (tests/e2e/test_agents.py), pinned, installed into the checkout.
 AGENTS_DIR := .agents

@@ -89,3 +89,11 @@ def tiny_embedding_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bitinglip.models.tiny import create_tiny_model
 
     return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-embed", embedding=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoning_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reasoning model (`create-tiny --reasoning`, served as `tiny-think`), built once per test session."""
+    from bitinglip.models.tiny import create_tiny_model
+
+    return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-think", reasoning=True)

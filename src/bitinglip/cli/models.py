@@ -32,10 +32,12 @@ def _progress_line(status: PullStatus, width: int = 24) -> str:
 
 
 async def _create_tiny(components: Components, args: argparse.Namespace) -> int:
-    name = args.name or ("tiny-embed" if args.embedding else "tiny")
-    record = await components.models.create_tiny(name, if_missing=args.if_missing, embedding=args.embedding)
+    name = args.name or ("tiny-embed" if args.embedding else "tiny-think" if args.reasoning else "tiny")
+    record = await components.models.create_tiny(
+        name, if_missing=args.if_missing, embedding=args.embedding, reasoning=args.reasoning
+    )
     size, params = _size(record.size_bytes), record.parameters
-    kind = "an embedding model, " if args.embedding else ""
+    kind = "an embedding model, " if args.embedding else "a reasoning model, " if args.reasoning else ""
     print(f"{record.name}: {record.path} ({size}, {params:,} parameters, {kind}random weights)")
     return 0
 
@@ -131,8 +133,12 @@ async def _import(components: Components, args: argparse.Namespace) -> int:
 def add_commands(sub: Subcommands) -> None:
     models = sub.add_parser("models", help="the local model registry").add_subparsers(dest="action", required=True)
     tiny = models.add_parser("create-tiny", help="build the tiny random-weight model used offline and in tests")
-    tiny.add_argument("--name", help="default: tiny, or tiny-embed with --embedding")
-    tiny.add_argument("--embedding", action="store_true", help="an embedding model (serves /v1/embeddings)")
+    tiny.add_argument("--name", help="default: tiny, tiny-embed with --embedding, tiny-think with --reasoning")
+    variant = tiny.add_mutually_exclusive_group()
+    variant.add_argument("--embedding", action="store_true", help="an embedding model (serves /v1/embeddings)")
+    variant.add_argument(
+        "--reasoning", action="store_true", help="a reasoning model: <think>...</think> first (vLLM's deepseek_r1)"
+    )
     tiny.add_argument("--if-missing", action="store_true", help="do nothing if it exists, is ready and up to date")
     tiny.set_defaults(func=_with_components(_create_tiny))
     search = models.add_parser("search", help="find models on the hub")

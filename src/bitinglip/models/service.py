@@ -85,7 +85,7 @@ class ModelService:
         ]
 
     async def create_tiny(
-        self, name: str = TINY_NAME, *, if_missing: bool = False, embedding: bool = False
+        self, name: str = TINY_NAME, *, if_missing: bool = False, embedding: bool = False, reasoning: bool = False
     ) -> ModelRecord:
         from bitinglip.models.tiny import create_tiny_model, is_current  # torch and transformers: only when asked
 
@@ -95,12 +95,12 @@ class ModelService:
             if_missing
             and existing
             and existing.state == "ready"
-            and is_current(Path(existing.path), embedding=embedding)
+            and is_current(Path(existing.path), embedding=embedding, reasoning=reasoning)
         ):
             return existing
         path = self.registry.path_for(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(functools.partial(create_tiny_model, path, embedding=embedding))
+        await asyncio.to_thread(functools.partial(create_tiny_model, path, embedding=embedding, reasoning=reasoning))
         return await self._register(name, path, source="tiny")
 
     async def import_dir(self, path: Path, name: str | None = None) -> ModelRecord:

@@ -29,7 +29,7 @@ SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_
 # ChatML, with tools in the Hermes format (as Qwen's and NousResearch's models write them), so vLLM's `hermes`
 # tool parser reads the calls: the tools listed in a system turn, each call as
 # <tool_call>{"name": ..., "arguments": {...}}</tool_call>, each result as a `tool` turn in <tool_response>.
-CHAT_TEMPLATE = (
+_CHAT_TURNS = (
     "{{ bos_token }}"
     "{% if tools %}<|im_start|>system\n"
     "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n{% endif %}"
@@ -52,9 +52,20 @@ CHAT_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT_TEMPLATE = _CHAT_TURNS + "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+# The reasoning variant (`tiny-think`) thinks the way Qwen3 does: `enable_thinking` (default on) opens the answer
+# inside <think> so the model continues its reasoning, as DeepSeek-R1's template does, and vLLM's `deepseek_r1`
+# parser takes all up to </think> as reasoning; off, the prompt closes an empty reasoning block, so all output is
+# content. Past assistant turns are rendered from their `content` alone: reasoning is not sent back.
+THINK_START, THINK_END = "<think>", "</think>"
+REASONING_CHAT_TEMPLATE = (
+    _CHAT_TURNS + "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}{% endif %}"
 )
 VOCAB_SIZE = 512
+HIDDEN_SIZE = 256
 CORPUS_CHARS = 200_000  # of generated training text: enough for 251 merges, trained in well under a second
 WEIGHT_STD = 0.02  # weights are uniform on [-a, a) with this standard deviation: a = std * sqrt(3)
 README = (
@@ -65,6 +76,12 @@ EMBEDDING_README = (
     "# tiny-embed\n\nAn embedding model with RANDOM weights, made by `bitinglip models create-tiny --embedding` "
     "so BitingLip serves /v1/embeddings offline: the tiny Llama read as a sentence-transformers model (last-token "
     "pooling, normalized; Matryoshka sizes 64, 128, 256). The same text gives the same vector; nothing else holds.\n"
+)
+REASONING_README = (
+    "# tiny-think\n\nA reasoning model with RANDOM weights, made by `bitinglip models create-tiny --reasoning` so "
+    "BitingLip's reasoning output runs offline: the tiny Llama whose chat template opens each answer in <think> "
+    "(`enable_thinking`, default true) and whose output closes it with </think> after a few tokens. Serve it with "
+    "vLLM's `deepseek_r1` reasoning parser. Its output is nonsense.\n"
 )
 MATRYOSHKA_DIMENSIONS = [64, 128, 256]
 # sentence-transformers' description of the pipeline: vLLM reads it and serves the model with its pooling runner.
@@ -221,8 +238,8 @@ def _corpus(seed: int) -> list[str]:
     return texts
 
 
-def _train_tokenizer(seed: int) -> Any:  # PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_tokenizer(seed: int, *, reasoning: bool = False) -> Any:  # PreTrainedTokenizerFast
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
@@ -244,6 +261,11 @@ def _train_tokenizer(seed: int) -> Any:  # PreTrainedTokenizerFast
         additional_special_tokens=["<|im_start|>", "<|end_of_text|>"],
     )
     fast.chat_template = CHAT_TEMPLATE
+    if reasoning:
+        # Single tokens (ids 512 and 513, after the trained vocabulary) but not special ones, as in Qwen3's and
+        # DeepSeek-R1's tokenizers: decoding with skip_special_tokens keeps them in the text, where parsers look.
+        fast.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_START, THINK_END)])
+        fast.chat_template = REASONING_CHAT_TEMPLATE
     fast.model_max_length = 2048
     return fast
 
@@ -275,14 +297,56 @@ def _seeded_weights(model: Any, seed: int) -> None:
             param.copy_(bits)
 
 
+# How `tiny-think` ends its reasoning, with one hidden coordinate as a flag (the coordinate and the trigger tokens are
+# drawn from the seed). The embeddings of THINK_TRIGGERS ordinary tokens get THINK_FLAG there, which outweighs the rest
+# of the residual stream at their position, so the final RMSNorm leaves nearly all its length on that coordinate; the
+# lm_head row of </think> reads that coordinate alone (THINK_GAIN). So </think> is the likely next token (p ~0.85)
+# right after a trigger and about as likely as any other token (p ~0.002) after the rest: sampled at temperature 1,
+# the reasoning ends after ~8 tokens on average, and later triggers put more </think> in the content. Pointing the
+# row at the triggers' plain random embeddings was too weak: they are only ~20% of the final hidden state, the rest
+# follows the context, and the logit of </think> drifted by several nats from one prompt to the next.
+THINK_TRIGGERS = 64
+THINK_FLAG = 2.0
+THINK_GAIN = 0.625
+
+
+def think_triggers(tokenizer: Any, seed: int) -> tuple[int, list[int]]:
+    """The flag coordinate and THINK_TRIGGERS ids of trained tokens with a letter in them (never whitespace or `>`,
+    which end the prompts, nor special tokens), from a stream of the seed apart from the weights'."""
+    rng = np.random.default_rng([seed, 1])
+    dim = int(rng.integers(HIDDEN_SIZE))
+    eligible = [
+        i
+        for i in range(VOCAB_SIZE)
+        if i not in tokenizer.all_special_ids and any(c.isalpha() for c in tokenizer.decode([i]))
+    ]
+    order = rng.permutation(len(eligible))
+    return dim, sorted(eligible[int(i)] for i in order[:THINK_TRIGGERS])
+
+
+def _think_end_weights(model: Any, tokenizer: Any, seed: int) -> None:
+    """Make </think> likely right after a trigger token: exact constants, no arithmetic on the random weights."""
+    import torch
+
+    dim, triggers = think_triggers(tokenizer, seed)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[triggers, dim] = THINK_FLAG
+        head = model.get_output_embeddings().weight[tokenizer.convert_tokens_to_ids(THINK_END)]
+        head.zero_()
+        head[dim] = THINK_GAIN
+
+
 # Positions the tiny model takes: a coding agent's whole first request, plus its output. Claude Code's (its ~20k
 # tokens of a real tokenizer) is ~73k tokens of this 512-token vocabulary. The weights are random: RoPE takes any
 # length as well as any other.
 TINY_CONTEXT = 131072
 
 
-def is_current(dest: Path, *, embedding: bool = False) -> bool:
-    """The model at ``dest`` was built by this version (today's chat template and context): no rebuild needed."""
+def is_current(dest: Path, *, embedding: bool = False, reasoning: bool = False) -> bool:
+    """The model at ``dest`` was built by this version (today's chat template and context): no rebuild needed.
+
+    The chat template also tells the reasoning build (`tiny-think`) from the plain one.
+    """
     if embedding != (dest / "modules.json").is_file():
         return False
     try:
@@ -296,23 +360,29 @@ def is_current(dest: Path, *, embedding: bool = False) -> bool:
         positions = json.loads((dest / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
     except (OSError, ValueError):
         return False
-    return bool(template == CHAT_TEMPLATE and positions == TINY_CONTEXT)
+    expected = REASONING_CHAT_TEMPLATE if reasoning else CHAT_TEMPLATE
+    return bool(template == expected and positions == TINY_CONTEXT)
 
 
-def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> Path:
+def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False, reasoning: bool = False) -> Path:
     """Write the tiny model to `dest` (replaced if present) and return it. Takes a few seconds.
 
     ``embedding``: the same network as an embedding model (a sentence-transformers layout vLLM pools with).
+    ``reasoning``: a model that thinks first (`tiny-think`): its tokenizer adds <think> and </think>, its chat
+    template opens the answer in <think>, and its output closes that within a few dozen sampled tokens. Its
+    weights are drawn the same way, for a vocabulary two tokens larger, so they differ from the plain model's.
 
     The files are a pure function of `seed` (and the pinned library versions): the same bytes on every machine.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _train_tokenizer(seed)
+    if embedding and reasoning:
+        raise ValueError("the tiny model is an embedding model or a reasoning one, not both")
+    tokenizer = _train_tokenizer(seed, reasoning=reasoning)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=256,
+        hidden_size=HIDDEN_SIZE,
         intermediate_size=512,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -329,6 +399,8 @@ def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> 
     with torch.random.fork_rng(devices=[]):  # the default initialisation below must not move the caller's RNG
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     _seeded_weights(model, seed)
+    if reasoning:
+        _think_end_weights(model, tokenizer, seed)
     staging = dest.with_name(f".{dest.name}.building")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
@@ -336,7 +408,8 @@ def create_tiny_model(dest: Path, *, seed: int = 0, embedding: bool = False) -> 
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     ).save_pretrained(staging)
-    (staging / "README.md").write_text(EMBEDDING_README if embedding else README, encoding="utf-8")
+    readme = EMBEDDING_README if embedding else REASONING_README if reasoning else README
+    (staging / "README.md").write_text(readme, encoding="utf-8")
     if embedding:
         (staging / "modules.json").write_text(json.dumps(ST_MODULES, indent=2), encoding="utf-8")
         (staging / "1_Pooling").mkdir()

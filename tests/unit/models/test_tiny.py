@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from bitinglip.models.tiny import CHAT_TEMPLATE, TINY_CONTEXT, VOCAB_SIZE, create_tiny_model, is_current
+from bitinglip.models.tiny import (
+    CHAT_TEMPLATE,
+    REASONING_CHAT_TEMPLATE,
+    TINY_CONTEXT,
+    VOCAB_SIZE,
+    create_tiny_model,
+    is_current,
+    think_triggers,
+)
 
 SRC = Path(__file__).resolve().parents[3] / "src"
 BUILD = (
@@ -173,3 +181,108 @@ def test_the_chat_template_renders_tools_calls_and_results_in_the_hermes_format(
     )
     assert "<|im_start|>tool\n<tool_response>\nsunny\n</tool_response><|im_end|>\n" in text
     assert text.endswith("<|im_start|>assistant\n")
+
+
+# The reasoning build (`tiny-think`): <think> and </think> on top of the same tokenizer, a template that opens the
+# answer in <think>, and weights whose sampled output closes it within a few dozen tokens.
+SEED0_THINK_WEIGHTS = "ca705017ec07cae8721b09e3b73f0a22685cf6e8b0d19728a164b3a2f70cb4b0"
+QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why is the sky blue?"}]
+
+
+@pytest.fixture(scope="module")
+def think_tokenizer(tiny_reasoning_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_reasoning_dir)
+
+
+def test_the_reasoning_build_adds_think_tags_as_single_tokens_that_decoding_keeps(
+    tiny_reasoning_dir: Path, think_tokenizer: Any, tokenizer: Any
+) -> None:
+    tok = think_tokenizer
+    start, end = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    assert (start, end) == (VOCAB_SIZE, VOCAB_SIZE + 1)  # after the trained vocabulary, which is unchanged
+    assert json.loads((tiny_reasoning_dir / "config.json").read_text())["vocab_size"] == len(tok) == VOCAB_SIZE + 2
+    assert {tok.added_tokens_decoder[i].special for i in (start, end)} == {False}
+    assert not {"<think>", "</think>"} & set(tok.all_special_tokens)
+    text = "one<think>two\n</think>\n\nthree"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert ids.count(start) == 1 and ids.count(end) == 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.decode(tok.encode("<|im_end|>", add_special_tokens=False), skip_special_tokens=True) == ""
+    plain = "Hello, world! def f(x): return x"
+    assert tok.encode(plain, add_special_tokens=False) == tokenizer.encode(plain, add_special_tokens=False)
+
+
+def test_the_reasoning_template_opens_the_answer_in_think_or_closes_it_when_thinking_is_off(
+    think_tokenizer: Any,
+) -> None:
+    tok = think_tokenizer
+    assert tok.chat_template == REASONING_CHAT_TEMPLATE
+    head = (
+        "<|begin_of_text|><|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhy is the sky blue?<|im_end|>\n"
+    )
+    on = head + "<|im_start|>assistant\n<think>\n"
+    assert tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True) == on
+    assert tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True, enable_thinking=True) == on
+    off = tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert off == head + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert tok.apply_chat_template(QUESTION, tokenize=False) == head  # no generation prompt: no <think>
+    # A past answer is sent back as its content alone; tools are rendered as in the plain template.
+    past = {"role": "assistant", "content": "Rayleigh.", "reasoning_content": "light scatters"}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    text = tok.apply_chat_template([*QUESTION, past, {"role": "user", "content": "And?"}], tools=tools, tokenize=False)
+    assert "<|im_start|>assistant\nRayleigh.<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n" in text
+    assert "light scatters" not in text and "<think>" not in text and json.dumps(tools[0]) in text
+
+
+def test_the_deepseek_r1_parser_reads_the_reasoning_build(think_tokenizer: Any) -> None:
+    from vllm.reasoning import ReasoningParserManager
+
+    parser = ReasoningParserManager.get_reasoning_parser("deepseek_r1")(think_tokenizer)
+    assert parser.extract_reasoning("a plan</think>the answer", None) == ("a plan", "the answer")
+    on = think_tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_dict=True)["input_ids"]
+    off = think_tokenizer.apply_chat_template(
+        QUESTION, add_generation_prompt=True, enable_thinking=False, return_dict=True
+    )["input_ids"]
+    assert not parser.is_reasoning_end(on) and parser.is_reasoning_end(off)  # off: all the output is content
+
+
+def test_the_reasoning_build_is_a_function_of_the_seed_and_told_apart_from_the_plain_one(
+    tiny_reasoning_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    again = create_tiny_model(tmp_path / "tiny-think", reasoning=True)
+    assert digests(again) == digests(tiny_reasoning_dir)
+    assert digests(again)["model.safetensors"] == SEED0_THINK_WEIGHTS
+    assert digests(create_tiny_model(tmp_path / "other", seed=1, reasoning=True))["model.safetensors"] != (
+        SEED0_THINK_WEIGHTS
+    )
+    assert is_current(tiny_reasoning_dir, reasoning=True) and not is_current(tiny_reasoning_dir)
+    assert not is_current(tiny_model_dir, reasoning=True)
+    with pytest.raises(ValueError, match="not both"):
+        create_tiny_model(tmp_path / "both", embedding=True, reasoning=True)
+
+
+def test_think_end_is_the_likely_next_token_right_after_a_trigger_token_only(
+    tiny_reasoning_dir: Path, think_tokenizer: Any
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = think_tokenizer
+    end = tok.convert_tokens_to_ids("</think>")
+    _, triggers = think_triggers(tok, 0)
+    assert len(triggers) == 64 and max(triggers) < VOCAB_SIZE
+    assert not set(triggers) & set(tok.all_special_ids)
+    prompt = tok.apply_chat_template(QUESTION, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert prompt[-1] not in triggers  # the prompt's last token (\n) does not close the reasoning at once
+    others = [i for i in range(VOCAB_SIZE) if i not in triggers and i not in tok.all_special_ids]
+    rng = random.Random(3)
+    nexts = [*rng.sample(triggers, 8), *rng.sample(others, 8)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_reasoning_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(torch.tensor([[*prompt, t] for t in [prompt[-1], *nexts]])).logits[:, -1]
+    probs = torch.softmax(logits, dim=-1)[:, end].tolist()
+    argmax = (logits.argmax(dim=-1) == end).tolist()
+    assert argmax == [False] + [True] * 8 + [False] * 8
+    assert min(probs[1:9]) > 0.5 and max(probs[9:] + probs[:1]) < 0.02
