@@ -47,13 +47,14 @@ def check_reasoning_fits(name: str, tokenizer: Any, model: str) -> None:
 class _Split:
     """One choice's text and token ids so far, and its streaming parser (vLLM's keep state per response)."""
 
-    __slots__ = ("ids", "parser", "reasoning", "text")
+    __slots__ = ("ended", "ids", "parser", "reasoning", "text")
 
     def __init__(self, parser: Any) -> None:
         self.parser = parser
         self.text = ""
         self.ids: list[int] = []
         self.reasoning: list[str] = []
+        self.ended = False  # the reasoning has ended: the rest is answer, passed as it comes
 
 
 class VllmReasoning:
@@ -88,12 +89,17 @@ class VllmReasoning:
         split = self._splits.get(index)
         if split is None:
             split = self._splits[index] = _Split(self._cls(self._tokenizer))
+        if split.ended:
+            # Past the end the parser has nothing to split, and vLLM's would drop a lone end marker that the whole
+            # answer keeps (a weak model writes `</think>` again): the stream must say what the whole answer says.
+            return None, text or None
         previous_text, previous_ids = split.text, split.ids
         split.text = previous_text + text
         split.ids = previous_ids + list(token_ids)
         delta = split.parser.extract_reasoning_streaming(
             previous_text, split.text, text, previous_ids, split.ids, list(token_ids)
         )
+        split.ended = split.parser.is_reasoning_end_streaming(split.ids, token_ids)
         if delta is None:
             return None, None  # the delta is the start or end marker alone
         if delta.reasoning:
