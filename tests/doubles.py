@@ -250,6 +250,7 @@ class FakeEngines:
                 max_model_len=engine.max_model_len,
                 chat=not engine.embedding,
                 tools=engine.tool_call_parser is not None,
+                reasoning=engine.reasoning_parser is not None,
                 embedding=engine.embedding,
             )
         ]

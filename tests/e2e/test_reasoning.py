@@ -44,6 +44,11 @@ def client(think_server: Server) -> openai.OpenAI:
     return think_server.openai()
 
 
+def test_the_model_says_it_reasons(client: openai.OpenAI) -> None:
+    (card,) = [m for m in client.models.list().data if m.id == MODEL]
+    assert card.model_extra["capabilities"]["reasoning"] is True
+
+
 def _answered(client: openai.OpenAI) -> tuple[int, Any]:
     """A seed whose sampled answer closes its reasoning and goes on to answer text, and that answer."""
     for seed in range(12):

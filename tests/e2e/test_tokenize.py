@@ -40,6 +40,7 @@ def test_models_say_their_context_length_and_what_they_serve(server: Server, cli
         "chat": True,  # the tiny model has a chat template
         "completions": True,
         "tools": True,  # settings/default.toml names the hermes tool parser, the tiny model's format
+        "reasoning": False,
         "structured_outputs": True,
         "embeddings": False,
     }
@@ -48,6 +49,7 @@ def test_models_say_their_context_length_and_what_they_serve(server: Server, cli
         "chat": False,
         "completions": False,
         "tools": False,
+        "reasoning": False,
         "structured_outputs": False,
         "embeddings": True,
     }

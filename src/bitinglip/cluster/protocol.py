@@ -275,6 +275,7 @@ class ServedModel(msgspec.Struct, kw_only=True):
     max_model_len: int | None = None
     chat: bool | None = None  # has a chat template; None while no engine has loaded it
     tools: bool | None = None  # parses tool calls (a tool_call_parser); None while no engine has loaded it
+    reasoning: bool | None = None  # parses reasoning (a reasoning_parser); None while no engine has loaded it
     embedding: bool | None = None  # pools (embeddings) instead of generating; None while not loaded
 
 

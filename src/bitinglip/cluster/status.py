@@ -181,5 +181,6 @@ def served_model(d: Deployment) -> ServedModel:
         max_model_len=engine.max_model_len if engine is not None else None,
         chat=engine.chat if engine is not None else None,
         tools=engine.chat and engine.tool_call_parser is not None if loaded else None,  # type: ignore[union-attr]
+        reasoning=engine.chat and engine.reasoning_parser is not None if loaded else None,  # type: ignore[union-attr]
         embedding=engine.embedding if loaded else None,  # type: ignore[union-attr]
     )

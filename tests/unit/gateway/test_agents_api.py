@@ -79,6 +79,7 @@ def test_each_route_refuses_the_other_kind_of_model(client: TestClient, embedder
         "chat": False,
         "completions": False,
         "tools": False,
+        "reasoning": False,
         "structured_outputs": False,
         "embeddings": True,
     }

@@ -205,6 +205,7 @@ def test_every_request_releases_its_hold_on_the_engine(client: TestClient, servi
                 "chat": True,
                 "completions": True,
                 "tools": False,
+                "reasoning": False,
                 "structured_outputs": True,
                 "embeddings": False,
             },

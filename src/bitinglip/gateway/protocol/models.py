@@ -13,6 +13,7 @@ class ModelCapabilities(msgspec.Struct, kw_only=True):
     chat: bool | None
     completions: bool | None = True
     tools: bool | None = False  # tool calls parsed (its deployment names a tool_call_parser)
+    reasoning: bool | None = False  # reasoning given apart from the answer (its deployment names a reasoning_parser)
     structured_outputs: bool | None = True
     embeddings: bool | None = False
 

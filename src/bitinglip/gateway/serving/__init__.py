@@ -21,7 +21,12 @@ from bitinglip.gateway.serving.responses import ResponsesServing
 def _capabilities(m: ServedModel) -> ModelCapabilities:
     generates = None if m.embedding is None else not m.embedding
     return ModelCapabilities(
-        chat=m.chat, completions=generates, tools=m.tools, structured_outputs=generates, embeddings=m.embedding
+        chat=m.chat,
+        completions=generates,
+        tools=m.tools,
+        reasoning=m.reasoning,
+        structured_outputs=generates,
+        embeddings=m.embedding,
     )
 
 
