@@ -50,6 +50,7 @@ class FakeRequestOutput:
     outputs: list[FakeCompletionOutput]
     finished: bool = False
     prompt_logprobs: list[dict[int, FakeLogprob] | None] | None = None
+    num_cached_tokens: int | None = None  # the double has no prefix cache to report
 
 
 @dataclass

@@ -154,3 +154,27 @@ def test_errors_surface_as_openai_exceptions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=100_000)
     assert "maximum context length" in str(bad.value)
+
+
+def test_a_repeated_prompt_reports_the_tokens_its_prefix_cache_held(client: openai.OpenAI) -> None:
+    """The engine's prefix cache keeps a prompt's blocks: the same long prompt again is read from it, and usage
+    says how many tokens (OpenAI's `cached_tokens`, a part of the prompt's), whole and streamed, chat and Responses."""
+    text = "The quick model reads every token of this long and quite repetitive prompt again. " * 12 + "Say hi"
+    messages = [{"role": "user", "content": text}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    again = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    assert first.usage is not None and again.usage is not None
+    details = again.usage.prompt_tokens_details
+    assert details is not None and 0 < (details.cached_tokens or 0) <= again.usage.prompt_tokens
+    streamed = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    last = [chunk for chunk in streamed][-1]
+    assert last.usage is not None and last.usage.prompt_tokens_details is not None
+    assert last.usage.prompt_tokens_details.cached_tokens == details.cached_tokens
+    response = client.responses.create(model=MODEL, input=text, max_output_tokens=2, store=False)
+    assert response.usage is not None and 0 < response.usage.input_tokens_details.cached_tokens

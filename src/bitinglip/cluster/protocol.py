@@ -55,6 +55,11 @@ class EngineOutput(Protocol):
         """The prompt's tokens' logprobs (the first is None) when asked for, in the request's first output."""
         ...
 
+    @property
+    def num_cached_tokens(self) -> int | None:
+        """The prompt's tokens the engine found in its prefix cache (not computed again); None: it does not say."""
+        ...
+
 
 class ToolCall(msgspec.Struct, kw_only=True):
     """A tool call read from a whole answer: its arguments are a JSON text, as OpenAI sends them."""

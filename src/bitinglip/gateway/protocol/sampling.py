@@ -254,10 +254,16 @@ class CompletionTokensDetails(msgspec.Struct):
     reasoning_tokens: int
 
 
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int
+
+
 class Usage(msgspec.Struct, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Where the engine says: how many of the prompt's tokens its prefix cache held (not computed again).
+    prompt_tokens_details: PromptTokensDetails | None = None
     # Where the model reasons (its deployment names a `reasoning_parser`): how many of the completion's tokens.
     completion_tokens_details: CompletionTokensDetails | None = None
 

@@ -18,7 +18,13 @@ import msgspec
 
 from bitinglip.cluster import CompletionDelta, EngineClient, EngineOutput, Reasoning
 from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, error_response, get_logger
-from bitinglip.gateway.protocol.sampling import NO_OUTPUT_LIMITS, CompletionTokensDetails, OutputLimits, Usage
+from bitinglip.gateway.protocol.sampling import (
+    NO_OUTPUT_LIMITS,
+    CompletionTokensDetails,
+    OutputLimits,
+    PromptTokensDetails,
+    Usage,
+)
 
 log = get_logger(__name__)
 
@@ -122,13 +128,22 @@ class Finished(msgspec.Struct, kw_only=True):
 class Tally:
     """What a generation made, filled in as it runs; read when the request ends (limits, usage, metrics)."""
 
-    __slots__ = ("completion_tokens", "error", "first_token_at", "on_first")
+    __slots__ = ("cached", "completion_tokens", "error", "first_token_at", "on_first")
 
     def __init__(self, on_first: Callable[[], None] | None = None) -> None:
         self.completion_tokens = 0
+        self.cached: dict[int, int] = {}  # per prompt: its tokens the engine's prefix cache held, where it says
         self.first_token_at: float | None = None  # time.perf_counter() at the first output
         self.error = False  # ended with an error event (the stream had started: the status is 200)
         self.on_first = on_first
+
+    def cached_from(self, prompt_index: int, output: EngineOutput) -> None:
+        if (cached := output.num_cached_tokens) is not None:
+            self.cached[prompt_index] = cached
+
+    @property
+    def cached_tokens(self) -> int | None:
+        return sum(self.cached.values()) if self.cached else None
 
     def first(self) -> None:
         self.first_token_at = time.perf_counter()
@@ -194,10 +209,13 @@ def with_reasoning(used: Usage, reasoning: Reasoning | None) -> Usage:
     return msgspec.structs.replace(used, completion_tokens_details=details)
 
 
-def usage(prep: Prepared, completion_tokens: int) -> Usage:
+def usage(prep: Prepared, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
     prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
     return Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=None if cached_tokens is None else PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 
@@ -291,6 +309,7 @@ class Serving(ABC):
         completion_tokens = 0
         # No first-token time here: a whole response asks the engine for its final output only.
         async for prompt_index, output in self.outputs(prep, request_id):
+            tally.cached_from(prompt_index, output)
             if output.prompt_logprobs is not None:
                 prompt_logprobs[prompt_index] = output.prompt_logprobs
             for out in output.outputs:
@@ -310,7 +329,7 @@ class Serving(ABC):
             texts={index: "".join(parts) for index, parts in sorted(texts.items())},
             finish=finish,
             logprobs=logprobs,
-            usage=usage(prep, completion_tokens),
+            usage=usage(prep, completion_tokens, tally.cached_tokens),
             prompt_logprobs=prompt_logprobs,
             stop_strings=stop_strings,
         )
@@ -346,6 +365,9 @@ class Serving(ABC):
                     prompt_index, output = (0, item) if single else item
                     if tally.first_token_at is None:
                         tally.first()
+                        tally.cached_from(prompt_index, output)
+                    elif not single and prompt_index not in tally.cached:
+                        tally.cached_from(prompt_index, output)
                     for out in output.outputs:
                         index = prompt_index * prep.n + out.index
                         completion_tokens += 0 if prep.score_only else len(out.token_ids)
@@ -367,7 +389,7 @@ class Serving(ABC):
                         else:
                             held.append(event)
             if prep.include_usage:
-                usage_chunk = self.closing(ctx, usage(prep, completion_tokens))
+                usage_chunk = self.closing(ctx, usage(prep, completion_tokens, tally.cached_tokens))
                 held.append(b"data: " + encode(usage_chunk) + b"\n\n")
             ended = True
         except BitingLipError as exc:

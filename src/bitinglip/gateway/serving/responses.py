@@ -29,6 +29,7 @@ from bitinglip.cluster import EngineClient, ToolCall
 from bitinglip.core import BitingLipError, FinalEvent, InvalidInput, get_logger
 from bitinglip.gateway.protocol.responses import (
     IncompleteDetails,
+    InputTokensDetails,
     OutputFunctionCall,
     OutputItem,
     OutputMessage,
@@ -129,11 +130,12 @@ class ResponsesPrepared(Prepared, kw_only=True):
     context: Context
 
 
-def usage_of(input_tokens: int, output_tokens: int, reasoning_tokens: int) -> ResponseUsage:
+def usage_of(input_tokens: int, output_tokens: int, reasoning_tokens: int, cached_tokens: int) -> ResponseUsage:
     return ResponseUsage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         total_tokens=input_tokens + output_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=cached_tokens),
         output_tokens_details=OutputTokensDetails(reasoning_tokens=reasoning_tokens),
     )
 
@@ -192,7 +194,7 @@ class ResponsesServing:
             status = "incomplete" if cut and not turn.calls else "completed"
             output.append(OutputMessage(id=new_id("msg"), status=status, content=[OutputText(text=turn.text)]))
         output.extend(_call_item(ctx, call) for call in turn.calls)
-        usage = usage_of(turn.prompt_tokens, turn.completion_tokens, turn.reasoning_tokens)
+        usage = usage_of(turn.prompt_tokens, turn.completion_tokens, turn.reasoning_tokens, turn.cached_tokens)
         response = ctx.response("incomplete" if cut else "completed", output, usage)
         await self._keep(ctx, response)
         return response
@@ -232,7 +234,12 @@ class ResponsesServing:
         # A call still open when the tokens ran out is unfinished, whichever limit it was.
         closing = items.close(cut or failed is not None, finish == "length" or failed is not None)
         thought = prep.reasoning.tokens() if prep.reasoning is not None else 0
-        usage = usage_of(prompt_tokens(prep), tally.completion_tokens, min(thought, tally.completion_tokens))
+        usage = usage_of(
+            prompt_tokens(prep),
+            tally.completion_tokens,
+            min(thought, tally.completion_tokens),
+            tally.cached_tokens or 0,
+        )
         if failed is not None:
             # The response's error code is one of OpenAI's few; the `error` event carries the server's own.
             code = "rate_limit_exceeded" if failed.status == 429 else "server_error"

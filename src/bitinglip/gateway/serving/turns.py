@@ -33,6 +33,7 @@ class Turn:
     stop_sequence: str | None = None  # the request's stop sequence that ended it (finish "stop")
     reasoning: str | None = None  # the model's reasoning before its answer (a model that reasons)
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's, held by the engine's prefix cache
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ async def whole_turn(chat: ChatServing, prep: Prepared, request_id: str, tally: 
         stop_sequence=done.stop_strings.get(0) if choice.finish_reason == "stop" else None,
         reasoning=choice.message.reasoning_content,
         reasoning_tokens=reasoning_tokens(response.usage),
+        cached_tokens=tally.cached_tokens or 0,
     )
 
 
@@ -88,6 +90,7 @@ async def turn_deltas(prep: Prepared, request_id: str, tally: Tally) -> AsyncGen
             async for output in source:
                 if tally.first_token_at is None:
                     tally.first()
+                    tally.cached_from(0, output)
                 for out in output.outputs:
                     tally.completion_tokens += len(out.token_ids)
                     finish = out.finish_reason
