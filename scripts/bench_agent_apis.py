@@ -8,7 +8,7 @@ what the stream's usage reports. For each server the API process's own CPU time 
 targets checked: BitingLip's API CPU per token for Responses and Messages at most 1.1x its chat completions', and
 its tokens/s at least 1.1x `vllm serve`'s on the same API.
 
-    .venv/bin/python scripts/bench_agent_apis.py [--concurrency 64] [--rounds 3] [--max-tokens 32] [--json out.json]
+    .venv/bin/python scripts/bench_agent_apis.py [--concurrency 64] [--rounds 5] [--max-tokens 32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -270,10 +270,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "data/models/tiny", help="model directory")
     parser.add_argument("--concurrency", type=positive_int, default=64)
-    parser.add_argument("--requests", type=positive_int, help="per run (default: 8 x concurrency)")
+    parser.add_argument(
+        "--requests", type=positive_int, help="per run (default 32 x concurrency: short runs are noisy)"
+    )
     parser.add_argument("--max-tokens", type=positive_int, default=32)
     parser.add_argument("--prompt-tokens", type=positive_int, default=64)
-    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args()
     model_dir = model_dir_of(args.model)
@@ -281,7 +283,7 @@ def main() -> int:
         return 2
     warn_about_machine()
     os.environ.update(IDLE_QUIET)
-    count = args.requests or 8 * args.concurrency
+    count = args.requests or 32 * args.concurrency
     prompts = list(itertools.islice(itertools.cycle(make_prompts(model_dir, count, args.prompt_tokens)), count))
     spec = LoadSpec(prompts, args.concurrency, args.max_tokens)
     with tempfile.TemporaryDirectory(prefix="bitinglip-bench-") as workdir:

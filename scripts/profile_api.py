@@ -54,7 +54,21 @@ PARTS = [
 ]
 
 
-async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[float, int]:
+def request(api: str, i: int, tokens: int) -> tuple[str, dict[str, object]]:
+    """The route and streaming body of request ``i`` on ``api``: the same prompt and tokens on each."""
+    prompt = f"Request {i}: the quick brown fox"
+    if api == "completions":
+        body = {"prompt": prompt, "max_tokens": tokens, "ignore_eos": True}
+        return "/v1/completions", body
+    if api == "chat":
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens, "ignore_eos": True}
+        return "/v1/chat/completions", body
+    if api == "responses":
+        return "/v1/responses", {"input": prompt, "max_output_tokens": tokens, "ignore_eos": True, "store": False}
+    return "/v1/messages", {"messages": [{"role": "user", "content": prompt}], "max_tokens": tokens}
+
+
+async def load(url: str, requests: int, concurrency: int, tokens: int, api: str = "completions") -> tuple[float, int]:
     # aiohttp, as make bench's load: an httpx client kept only 5-20 requests in flight at "64 at once" here.
     gate = asyncio.Semaphore(concurrency)
     events = 0
@@ -64,16 +78,11 @@ async def load(url: str, requests: int, concurrency: int, tokens: int) -> tuple[
 
         async def one(i: int) -> None:
             nonlocal events
-            body = {
-                "model": MODEL.name,
-                "prompt": f"Request {i}: the quick brown fox",
-                "max_tokens": tokens,
-                "stream": True,
-                "ignore_eos": True,
-            }
+            path, body = request(api, i, tokens)
+            body |= {"model": MODEL.name, "stream": True}
             async with gate:
                 try:
-                    async with client.post(f"{url}/v1/completions", json=body) as r:
+                    async with client.post(url + path, json=body) as r:
                         async for line in r.content:
                             events += line.startswith(b"data: {")
                 except (aiohttp.ClientError, TimeoutError) as exc:  # counted: one failure does not lose the profile
@@ -100,6 +109,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--port", type=int, default=8031)
+    parser.add_argument("--api", choices=("completions", "chat", "responses", "messages"), default="completions")
     parser.add_argument("--save", type=Path, help="keep the raw profile here (pstats), e.g. for cumulative times")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bl-profile-"))
@@ -127,10 +137,10 @@ def main() -> int:
         else:
             print(f"server not ready; see {home / 'server.log'}", file=sys.stderr)
             return 1
-        asyncio.run(load(url, 64, min(64, args.concurrency), args.tokens))  # warm up
+        asyncio.run(load(url, 64, min(64, args.concurrency), args.tokens, args.api))  # warm up
         cpu = bench.process_cpu_s(proc.pid)
         proc.send_signal(signal.SIGUSR1)
-        seconds, events = asyncio.run(load(url, args.requests, args.concurrency, args.tokens))
+        seconds, events = asyncio.run(load(url, args.requests, args.concurrency, args.tokens, args.api))
         proc.send_signal(signal.SIGUSR2)
         used = bench.process_cpu_s(proc.pid) - cpu
         time.sleep(2)
