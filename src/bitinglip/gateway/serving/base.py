@@ -11,7 +11,7 @@ import contextlib
 import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, ClassVar, Literal, Protocol, cast
 
 import msgspec
@@ -25,6 +25,7 @@ from bitinglip.gateway.protocol.sampling import (
     PromptTokensDetails,
     Usage,
 )
+from bitinglip.gateway.serving.merge import merge, tagged
 
 log = get_logger(__name__)
 
@@ -287,12 +288,12 @@ class Serving(ABC):
         """(prompt index, output) pairs; one prompt is iterated directly, several are merged."""
         if len(prep.prompts) == 1:
             ids, text = prep.prompts[0]
-            return _tagged(0, prep.engine.generate(ids, text, prep.params, request_id, prep.priority))
+            return tagged(0, prep.engine.generate(ids, text, prep.params, request_id, prep.priority))
         streams = [
-            _tagged(i, prep.engine.generate(ids, text, prep.params, f"{request_id}-{i}", prep.priority))
+            tagged(i, prep.engine.generate(ids, text, prep.params, f"{request_id}-{i}", prep.priority))
             for i, (ids, text) in enumerate(prep.prompts)
         ]
-        return _merge(streams)
+        return merge(streams)
 
     async def complete(self, prep: Prepared, request_id: str, tally: Tally | None = None) -> msgspec.Struct:
         return self.response(prep, request_id, await self.finished(prep, request_id, tally))
@@ -403,45 +404,3 @@ class Serving(ABC):
             if not ended:  # closed early: the client went away (its engine request is aborted on the way out)
                 log.info("request.client_gone", engine_request_id=request_id, completion_tokens=completion_tokens)
         yield FinalEvent(b"".join(held) + DONE)
-
-
-async def _tagged(
-    index: int, stream: AsyncGenerator[EngineOutput, None]
-) -> AsyncGenerator[tuple[int, EngineOutput], None]:
-    # Closed at once when our consumer stops (that aborts the request), not whenever it is collected.
-    async with contextlib.aclosing(stream):
-        async for item in stream:
-            yield index, item
-
-
-async def _merge(
-    streams: Sequence[AsyncIterator[tuple[int, EngineOutput]]],
-) -> AsyncGenerator[tuple[int, EngineOutput], None]:
-    """Interleave several streams as their items arrive; closing the merge closes them all."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    end = object()
-
-    async def pump(stream: AsyncIterator[tuple[int, EngineOutput]]) -> None:
-        try:
-            async for item in stream:
-                await queue.put(item)
-        except BaseException as exc:
-            await queue.put(exc)
-        finally:
-            await queue.put(end)
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is end:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
