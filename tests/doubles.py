@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.cluster import (
+    Adapter,
     EngineClient,
     EngineFactory,
     EngineLookup,
@@ -81,6 +82,7 @@ class ScriptedEngine:
     tool_call_parser: str | None = None  # the double parses no tool calls (the real parsers are vLLM's)
     reasoning_parser: str | None = None  # nor reasoning
     embedding: bool = False
+    adapters: list[str] = field(default_factory=list)  # the adapters requests named, as the engine would hold them
 
     @property
     def alive(self) -> bool:
@@ -108,6 +110,15 @@ class ScriptedEngine:
     async def stop(self) -> None:
         self.calls.append("stop")
         self.started = False
+
+    def for_adapter(self, adapter: Adapter) -> EngineClient:
+        """The double answers as itself, and remembers the adapter as held."""
+        if adapter.name not in self.adapters:
+            self.adapters.append(adapter.name)
+        return self
+
+    async def refresh_adapters(self) -> None:
+        self.calls.append("refresh_adapters")
 
     async def sleep(self) -> None:
         self.calls.append("sleep")
@@ -267,9 +278,10 @@ class FakeEngines:
 class FakeCatalog:
     """Registered models by name; resolving one gives a folder under ``root``."""
 
-    def __init__(self, root: Path, names: list[str]) -> None:
+    def __init__(self, root: Path, names: list[str], adapters: list[Adapter] | None = None) -> None:
         self.root = root
         self.names = names
+        self.adapter_list = adapters or []
 
     async def resolve(self, spec: str) -> tuple[Path, str]:
         if spec not in self.names:
@@ -278,6 +290,9 @@ class FakeCatalog:
 
     async def loadable(self) -> list[str]:
         return list(self.names)
+
+    async def adapters(self) -> list[Adapter]:
+        return list(self.adapter_list)
 
 
 class ScriptedFactory:

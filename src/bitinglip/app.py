@@ -15,7 +15,7 @@ from typing import Any
 
 from litestar import Litestar
 
-from bitinglip.cluster import Cluster, ClusterPlugin, EngineLookup, supported_architectures
+from bitinglip.cluster import Adapter, Cluster, ClusterPlugin, EngineLookup, peft_problems, supported_architectures
 from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
 from bitinglip.gateway import (
     Accounting,
@@ -60,7 +60,9 @@ class Components:
         self.hub = HubClient(
             endpoint=settings.models.hub_endpoint, token=settings.models.hub_token, offline=settings.models.offline
         )
-        self.models = ModelService(self.registry, self.hub, supported_architectures(models_dir / ".cache"))
+        self.models = ModelService(
+            self.registry, self.hub, supported_architectures(models_dir / ".cache"), adapter_problems=peft_problems
+        )
         self.keys = KeyStore(self.db)
         self.usage = UsageRecorder(self.db, settings.gateway.usage_flush_s)
         self.metrics = Metrics()
@@ -165,7 +167,20 @@ class _Catalog:
         return await self.models.resolve_to_load(spec)
 
     async def loadable(self) -> list[str]:
-        return [m.name for m in await self.models.registry.list_models() if m.state == "ready"]
+        return [m.name for m in await self.models.registry.list_models() if m.state == "ready" and not m.adapter]
+
+    async def adapters(self) -> list[Adapter]:
+        return [
+            Adapter(
+                name=m.name,
+                base=m.base_model or "",
+                path=m.path,
+                rank=m.lora_rank or 0,
+                target_modules=tuple(m.target_modules or ()),
+            )
+            for m in await self.models.registry.list_models()
+            if m.adapter and m.state == "ready"
+        ]
 
 
 class _Capacity:

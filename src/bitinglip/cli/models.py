@@ -32,6 +32,14 @@ def _progress_line(status: PullStatus, width: int = 24) -> str:
 
 
 async def _create_tiny(components: Components, args: argparse.Namespace) -> int:
+    if args.adapter_of:
+        name = args.name or f"{args.adapter_of}-lora-{args.seed}"
+        record = await components.models.create_tiny_adapter(name, args.adapter_of, seed=args.seed, rank=args.rank)
+        print(
+            f"{record.name}: {record.path} ({_size(record.size_bytes)}, a LoRA adapter of {record.base_model}, "
+            f"rank {record.lora_rank}, random weights)"
+        )
+        return 0
     name = args.name or ("tiny-embed" if args.embedding else "tiny-think" if args.reasoning else "tiny")
     record = await components.models.create_tiny(
         name, if_missing=args.if_missing, embedding=args.embedding, reasoning=args.reasoning
@@ -50,11 +58,15 @@ async def _list(components: Components, args: argparse.Namespace) -> int:
     if not records:
         print("no models yet: `bitinglip models create-tiny` or `bitinglip models pull ORG/NAME`")
         return 0
-    print(f"{'NAME':<32} {'STATE':<8} {'SIZE':>9} {'ARCH':<24} {'CONTEXT':>7} {'SOURCE':<6} {'REVISION':<20} LAST USED")
+    print(
+        f"{'NAME':<32} {'STATE':<8} {'SIZE':>9} {'KIND':<22} {'ARCH':<24} {'CONTEXT':>7} {'SOURCE':<6} "
+        f"{'REVISION':<20} LAST USED"
+    )
     for r in records:
         revision = f"{r.revision or 'main'}@{r.commit_sha[:7]}" if r.commit_sha else "-"
+        kind = f"adapter of {r.base_model}" if r.adapter else "model"
         print(
-            f"{r.name:<32} {r.state:<8} {_size(r.size_bytes):>9} {(r.architecture or '-'):<24} "
+            f"{r.name:<32} {r.state:<8} {_size(r.size_bytes):>9} {kind:<22} {(r.architecture or '-'):<24} "
             f"{r.context_length or '-':>7} {r.source:<6} {revision:<20} {_when(r.last_used_at)}"
         )
     return 0
@@ -64,6 +76,8 @@ async def _show(components: Components, args: argparse.Namespace) -> int:
     record = await components.registry.require(args.name)
     for key, value in msgspec.structs.asdict(record).items():
         print(f"{key:<15} {value if value is not None else '-'}")
+    if not record.adapter and (adapters := await components.registry.adapters_of(record.name)):
+        print(f"{'adapters':<15} {', '.join(a.name for a in adapters)}")
     return 0
 
 
@@ -125,8 +139,9 @@ async def _pull(components: Components, args: argparse.Namespace) -> int:
 
 
 async def _import(components: Components, args: argparse.Namespace) -> int:
-    record = await components.models.import_dir(Path(args.path), args.name)
-    print(f"imported {record.name} from {record.path} ({record.architecture}, {_size(record.size_bytes)})")
+    record = await components.models.import_dir(Path(args.path), args.name, args.base)
+    what = f"a LoRA adapter of {record.base_model}, rank {record.lora_rank}" if record.adapter else record.architecture
+    print(f"imported {record.name} from {record.path} ({what}, {_size(record.size_bytes)})")
     return 0
 
 
@@ -139,6 +154,13 @@ def add_commands(sub: Subcommands) -> None:
     variant.add_argument(
         "--reasoning", action="store_true", help="a reasoning model: <think>...</think> first (vLLM's deepseek_r1)"
     )
+    variant.add_argument(
+        "--adapter-of",
+        metavar="BASE",
+        help="a random LoRA adapter of the registered model BASE (default name BASE-lora-SEED)",
+    )
+    tiny.add_argument("--seed", type=int, default=1, help="with --adapter-of: its random weights' seed")
+    tiny.add_argument("--rank", type=int, default=8, help="with --adapter-of: its LoRA rank")
     tiny.add_argument("--if-missing", action="store_true", help="do nothing if it exists, is ready and up to date")
     tiny.set_defaults(func=_with_components(_create_tiny))
     search = models.add_parser("search", help="find models on the hub")
@@ -158,11 +180,12 @@ def add_commands(sub: Subcommands) -> None:
     shw = models.add_parser("show", help="show one model")
     shw.add_argument("name")
     shw.set_defaults(func=_with_components(_show))
-    rm = models.add_parser("rm", help="remove a model and its files")
+    rm = models.add_parser("rm", help="remove a model and its files (a base with adapters: only with --force)")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true")
     rm.set_defaults(func=_with_components(_rm))
-    imp = models.add_parser("import", help="register a local model directory")
+    imp = models.add_parser("import", help="register a local model directory, or a LoRA adapter's (PEFT layout)")
     imp.add_argument("path")
     imp.add_argument("--name")
+    imp.add_argument("--base", help="an adapter's base model (default: the registered model its config names)")
     imp.set_defaults(func=_with_components(_import))

@@ -89,8 +89,17 @@ def _until(d: dict[str, Any]) -> str:
     return _from_now(max(0.0, float(d["unloads_in_s"])))
 
 
+def _adapters(d: dict[str, Any]) -> str:
+    """Its model's LoRA adapters: how many its engines hold loaded of those registered, and which."""
+    registered = d.get("adapters") or []
+    if not registered:
+        return "-"
+    held = sorted({a for r in d.get("replicas") or [] for a in r.get("adapters") or []})
+    return f"{len(held)}/{len(registered)} loaded" + (f": {_shorten(', '.join(held), 40)}" if held else "")
+
+
 def _deployments_table(deployments: list[dict[str, Any]]) -> str:
-    headers = ("NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL")
+    headers = ("NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL", "ADAPTERS")
     rows = [
         (
             str(d.get("name")),
@@ -101,6 +110,7 @@ def _deployments_table(deployments: list[dict[str, Any]]) -> str:
             _kv_cache(d),
             str((d.get("stats") or {}).get("in_flight", 0)),
             _until(d),
+            _adapters(d),
         )
         for d in deployments
     ]

@@ -5,6 +5,7 @@ from bitinglip.cluster.deployment import Deployment, DeploymentState, keep_alive
 from bitinglip.cluster.devices import Device, DeviceProcess, list_devices
 from bitinglip.cluster.plugin import ClusterPlugin
 from bitinglip.cluster.protocol import (
+    Adapter,
     CompletionDelta,
     EngineClient,
     EngineFactory,
@@ -21,9 +22,10 @@ from bitinglip.cluster.protocol import (
 )
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.status import DeploymentStatus
-from bitinglip.cluster.vllm import check_engine_args, supported_architectures
+from bitinglip.cluster.vllm import check_engine_args, peft_problems, supported_architectures
 
 __all__ = [
+    "Adapter",
     "Cluster",
     "ClusterPlugin",
     "CompletionDelta",
@@ -49,5 +51,6 @@ __all__ = [
     "check_engine_args",
     "keep_alive_seconds",
     "list_devices",
+    "peft_problems",
     "supported_architectures",
 ]

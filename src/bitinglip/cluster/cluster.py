@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
+from bitinglip.cluster.adapters import AdapterBook
 from bitinglip.cluster.deployment import Deployment, keep_alive_seconds
 from bitinglip.cluster.devices import Device, list_devices
 from bitinglip.cluster.health import Supervisor
@@ -29,10 +30,11 @@ from bitinglip.cluster.placement import (
     weights_bytes,
 )
 from bitinglip.cluster.placement import device_count as args_device_count
-from bitinglip.cluster.protocol import EngineFactory, Lease, ManagedEngine, ServedModel
+from bitinglip.cluster.protocol import Adapter, EngineFactory, Lease, ManagedEngine, ServedModel
 from bitinglip.cluster.reaper import EngineRecords
 from bitinglip.cluster.status import DeploymentStatus, Readiness, deployment_status, readiness, served_model
 from bitinglip.cluster.vllm import (
+    LORA_ARGS,
     VllmEngine,
     check_engine_args,
     effective_engine_args,
@@ -40,11 +42,15 @@ from bitinglip.cluster.vllm import (
     fit_context,
     is_cpu_platform,
     kv_cache_bytes,
+    lora_args,
+    lora_bytes,
+    uncovered,
 )
 from bitinglip.core import (
     ClusterSettings,
     Conflict,
     DeploymentSettings,
+    InvalidInput,
     NotFound,
     SettingsError,
     Unavailable,
@@ -65,7 +71,11 @@ class ModelCatalog(Protocol):
         ...
 
     async def loadable(self) -> list[str]:
-        """Registered models ready to load."""
+        """Registered models ready to load (not adapters)."""
+        ...
+
+    async def adapters(self) -> list[Adapter]:
+        """Every registered LoRA adapter, with its base."""
         ...
 
 
@@ -93,6 +103,7 @@ class Cluster:
         self._cpu_platform = cpu_platform
         self._lock = asyncio.Lock()  # engine starts, stops, sleeps, wakes: one at a time
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.adapters = AdapterBook(catalog.adapters)
         self.health = Supervisor(
             settings,
             self.deployments,
@@ -212,8 +223,8 @@ class Cluster:
         try:
             if d.path is None:
                 d.progress("resolving the model")
-                path, _ = await self.catalog.resolve(d.spec.model)
-                d.resolved(path)
+                path, model_name = await self.catalog.resolve(d.spec.model)
+                d.resolved(path, model_name)
             async with self._lock:
                 if self.deployments.get(d.name) is not d or d.state != "loading":
                     return  # removed while it waited
@@ -264,12 +275,15 @@ class Cluster:
         path = d.path
         if d.estimate is None:
             d.engine_args = await asyncio.to_thread(fit_context, d.engine_args, d.spec.engine, path)
+            # LoRA on where adapters are registered for the model, sized for them (or where the settings ask).
+            d.engine_args = lora_args(d.engine_args, await self.adapters.of(d.model_name or ""))
             kv_cache, sized = await asyncio.to_thread(kv_cache_bytes, self.settings, d.engine_args, path)
             d.estimated(
                 MemoryEstimate(
                     weights_bytes=await asyncio.to_thread(weights_bytes, path),
                     kv_cache_bytes=kv_cache,
                     overhead_bytes=self._overhead(),
+                    lora_bytes=await asyncio.to_thread(lora_bytes, path, d.engine_args, cpu=self.cpu),
                 ),
                 sized_kv_cache=sized,
             )
@@ -300,33 +314,53 @@ class Cluster:
     # -- requests
 
     def capacity(self, model: str) -> tuple[int | None, int]:
-        """(requests ``model``'s engines run at once, None while it is not serving; interactive ones in flight)."""
+        """(requests ``model``'s engines run at once, None while it is not serving; interactive ones in flight).
+        An adapter's are its base's."""
         d = self.deployments.get(model)
+        if d is None and (adapter := self.adapters.known(model)) is not None:
+            d = self._serving(adapter.base)
         if d is None:
             return None, 0
         return d.slots(), d.in_flight - d.background
 
+    def _serving(self, model_name: str) -> Deployment | None:
+        """The deployment of the registered model ``model_name`` (the one ready, if several serve it)."""
+        found = [d for d in self.deployments.values() if d.state != "draining" and model_name in (d.model_name, d.name)]
+        return next((d for d in found if d.state == "ready"), found[0] if found else None)
+
     async def acquire(self, model: str, keep_alive: float | str | None = None, *, background: bool = False) -> Lease:
         d = self.deployments.get(model)
+        if d is None and (adapter := await self.adapters.get(model)) is not None:
+            return await self._acquire_adapter(adapter, keep_alive, background)
         if d is None:
-            if not self.settings.load_on_demand or model not in await self.catalog.loadable():
-                raise NotFound(
-                    f"the model `{model}` does not exist or is not served here; GET /v1/models lists what is",
-                    param="model",
-                    code="model_not_found",
-                )
-            d = self.deployments.get(model)
-            if d is None:
-                d = self._add(DeploymentSettings(model=model), on_demand=True)
-                log.info("deployment.on_demand", deployment=model)
-                self._begin_load(d)
+            d = await self._on_demand(model)
+        await self._until_ready(d, model, keep_alive)
+        return d.lease(background)
+
+    async def _on_demand(self, model: str) -> Deployment:
+        """A deployment added for a registered model a request names (load_on_demand), loading; NotFound otherwise."""
+        if not self.settings.load_on_demand or model not in await self.catalog.loadable():
+            raise NotFound(
+                f"the model `{model}` does not exist or is not served here; GET /v1/models lists what is",
+                param="model",
+                code="model_not_found",
+            )
+        d = self.deployments.get(model)
+        if d is None:
+            d = self._add(DeploymentSettings(model=model), on_demand=True)
+            log.info("deployment.on_demand", deployment=model)
+            self._begin_load(d)
+        return d
+
+    async def _until_ready(self, d: Deployment, model: str, keep_alive: float | str | None) -> None:
+        """Return once ``d`` is ready, loading (or waking) it first if need be, within `load_timeout_s`."""
         if keep_alive is not None:
             d.set_keep_alive(keep_alive_seconds(keep_alive))
         deadline = time.monotonic() + self.settings.load_timeout_s
         loaded = False
         while True:
             if d.state == "ready":
-                return d.lease(background)
+                return
             if d.state in ("stopped", "sleeping") and loaded:  # the load this request waited for did not work
                 raise Unavailable(f"model {model} is {d.state}: {d.reason}", retry_after=30, code="model_not_loaded")
             if d.state in ("stopped", "sleeping"):
@@ -349,14 +383,60 @@ class Cluster:
                 )
             await d.changed(left)
 
+    async def _acquire_adapter(self, adapter: Adapter, keep_alive: float | str | None, background: bool) -> Lease:
+        """A lease on an engine of the adapter's base that generates with the adapter (the base loaded on demand
+        if need be). Engines that cannot serve it (started without LoRA, or for smaller ranks or other modules) are
+        restarted with LoRA sized for every adapter of the base, as soon as no request is in flight on them;
+        until then the request is told to retry."""
+        d = self._serving(adapter.base) or await self._on_demand(adapter.base)
+        for attempt in range(2):
+            await self._until_ready(d, d.name, keep_alive)
+            why = uncovered(d.engine_args, adapter)
+            if why is None:
+                return d.lease(background, adapter)
+            # What a restart would start with: the settings' own arguments, sized for the base's adapters.
+            wanted = lora_args(
+                effective_engine_args(self.settings, d.spec.engine), await self.adapters.of(adapter.base)
+            )
+            if attempt or (fixed := uncovered(wanted, adapter)) is not None:
+                raise InvalidInput(
+                    f"adapter {adapter.name} cannot run on model {d.name}: {fixed if not attempt else why}; change the "
+                    f"deployment's engine settings ({', '.join(LORA_ARGS)})",
+                    param="model",
+                    code="adapter_not_served",
+                )
+            if d.in_flight:
+                raise Unavailable(
+                    f"adapter {adapter.name} cannot run on model {d.name} yet: {why}. Its engines restart with LoRA "
+                    "for it as soon as their requests in flight finish; retry shortly",
+                    retry_after=5,
+                    code="adapter_pending",
+                )
+            await self._reconfigure(d, f"restarting for adapter {adapter.name}: {why}")
+        raise AssertionError("unreachable")  # the second attempt returns or raises
+
+    async def _reconfigure(self, d: Deployment, reason: str) -> None:
+        """Stop ``d``'s idle engines and load it again with its arguments worked out anew (LoRA for new adapters)."""
+        async with self._lock:
+            if d.state != "ready" or d.in_flight or self.deployments.get(d.name) is not d:
+                return  # another request did it, or it is busy again (it is then retried)
+            await d.evict(reason)
+            d.reconfigured(effective_engine_args(self.settings, d.spec.engine))
+        await self.health.engines_changed(went=True)
+        self._begin_load(d)
+
     async def served_models(self) -> list[ServedModel]:
-        served = [served_model(d) for d in self.deployments.values() if d.state != "draining"]
-        if self.settings.load_on_demand:
-            served += [
-                ServedModel(name=name, state="on_demand")
-                for name in await self.catalog.loadable()
-                if name not in self.deployments
-            ]
+        deployments = [d for d in self.deployments.values() if d.state != "draining"]
+        served = [served_model(d) for d in deployments]
+        adapters = await self.adapters.all()
+        on_demand = await self.catalog.loadable() if self.settings.load_on_demand else []
+        for a in adapters:
+            d = self._serving(a.base)
+            if d is not None:
+                served.append(served_model(d, a.name))
+            elif a.base in on_demand:
+                served.append(ServedModel(name=a.name, state="on_demand", parent=a.base))
+        served += [ServedModel(name=name, state="on_demand") for name in on_demand if name not in self.deployments]
         return served
 
     # -- the admin API
@@ -400,7 +480,7 @@ class Cluster:
         await self.health.engines_changed(went=True)
 
     def status(self) -> list[DeploymentStatus]:
-        return [deployment_status(d) for d in self.deployments.values()]
+        return [deployment_status(d, self.adapters.names_of(d.model_name)) for d in self.deployments.values()]
 
     def readiness(self) -> Readiness:
         """What `/ready` answers: every declared deployment serves, or is put away and loads on the next request."""

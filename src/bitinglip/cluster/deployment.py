@@ -25,7 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from bitinglip.cluster.placement import MemoryEstimate, Placement
-from bitinglip.cluster.protocol import EngineClient, EngineFactory, ManagedEngine
+from bitinglip.cluster.protocol import Adapter, EngineClient, EngineFactory, ManagedEngine
 from bitinglip.core import (
     BitingLipError,
     ClusterSettings,
@@ -103,14 +103,17 @@ class Replica:
 
 
 class _Lease:
-    __slots__ = ("_background", "_deployment", "_queued", "_released", "_replica", "_waits")
+    __slots__ = ("_adapter", "_background", "_deployment", "_queued", "_released", "_replica", "_waits")
 
-    def __init__(self, deployment: Deployment, replica: Replica, background: bool, waits: bool) -> None:
+    def __init__(
+        self, deployment: Deployment, replica: Replica, background: bool, waits: bool, adapter: Adapter | None
+    ) -> None:
         self._deployment = deployment
         self._replica = replica
         self._released = False
         self._background = background
         self._waits = waits  # admitted past the engine's running slots: its prompt queues
+        self._adapter = adapter  # a LoRA adapter of the deployment's model: the engine generates with it
         self._queued = 0
 
     @property
@@ -118,7 +121,7 @@ class _Lease:
         engine = self._replica.engine
         if engine is None:
             raise Unavailable(f"model {self._deployment.name} was stopped", retry_after=5)
-        return engine
+        return engine if self._adapter is None else engine.for_adapter(self._adapter)
 
     def queue_prompt(self, tokens: int) -> None:
         """The request's prompt tokens wait for the engine until `started()` (or release), if it was admitted
@@ -165,6 +168,7 @@ class Deployment:
         self._keep_alive_s = keep_alive_s
         self._refusal: BitingLipError | None = None  # why it was refused before an engine started (unknown, no room)
         self._path: Path | None = None
+        self._model_name: str | None = None  # its model's registry name, once resolved
         self._estimate: MemoryEstimate | None = None
         self._placement: Placement | None = None
         self._state: DeploymentState = "loading"
@@ -205,6 +209,11 @@ class Deployment:
     @property
     def path(self) -> Path | None:
         return self._path
+
+    @property
+    def model_name(self) -> str | None:
+        """The registry name of its model, once resolved (adapters name their base by it)."""
+        return self._model_name
 
     @property
     def estimate(self) -> MemoryEstimate | None:
@@ -328,8 +337,13 @@ class Deployment:
     def set_keep_alive(self, seconds: float | None) -> None:
         self._keep_alive_s = seconds
 
-    def resolved(self, path: Path) -> None:
-        self._path = path
+    def resolved(self, path: Path, model_name: str) -> None:
+        self._path, self._model_name = path, model_name
+
+    def reconfigured(self, engine_args: dict[str, Any]) -> None:
+        """Its engines are to start with other arguments (LoRA for a new adapter): placed and sized anew."""
+        self.engine_args = engine_args
+        self._estimate = None
 
     def estimated(self, estimate: MemoryEstimate, *, sized_kv_cache: bool = False) -> None:
         """Its memory, as placed; ``sized_kv_cache``: the estimate's KV cache was sized for the model, and its
@@ -424,7 +438,7 @@ class Deployment:
         serving = sum(r.serving for r in self.replicas)
         return self.limits()[0] * serving if self._state == "ready" and serving else None
 
-    def lease(self, background: bool = False) -> _Lease:
+    def lease(self, background: bool = False, adapter: Adapter | None = None) -> _Lease:
         serving = [r for r in self.replicas if r.serving]
         if self._state != "ready" or not serving:
             raise self.unavailable()
@@ -448,7 +462,7 @@ class Deployment:
         replica.in_flight += 1
         self._requests += 1
         self._background += background
-        return _Lease(self, replica, background, waits=waits)
+        return _Lease(self, replica, background, waits=waits, adapter=adapter)
 
     def _queue(self, replica: Replica, tokens: int) -> None:
         replica.queued_tokens += tokens
@@ -556,3 +570,4 @@ class ReplicaStatus(msgspec.Struct, kw_only=True):
     last_restart: str | None
     error: str | None
     in_flight: int
+    adapters: list[str]  # the LoRA adapters its engine holds loaded

@@ -83,6 +83,11 @@ class Supervisor:
             for replica in d.replicas:
                 if replica.state == "ready" and replica.engine is not None:
                     self._check_engine(d, replica, replica.engine)
+                    if d.engine_args.get("enable_lora") and not replica.engine.dead:
+                        try:
+                            await replica.engine.refresh_adapters()  # which adapters it holds, for the status
+                        except Exception as exc:  # a dying engine: the next round's check restarts it
+                            log.warning("engine.adapters_unknown", deployment=d.name, error=str(exc))
             if d.state == "ready" and not d.busy and d.keep_alive_s is not None and d.idle_for >= d.keep_alive_s:
                 d.busy_with(self._spawn(self._put_away(d, f"idle for {round(d.idle_for)} s")))
         since = self._ticks - self._measured_tick
@@ -166,7 +171,7 @@ class Supervisor:
                 continue
             if d.estimate and held and replica.state == "ready" and d.placement:
                 count = len(d.placement.devices)
-                extra = (held - d.estimate.weights_bytes - d.estimate.kv_cache_bytes) // count
+                extra = (held - d.estimate.weights_bytes - d.estimate.kv_cache_bytes - d.estimate.lora_bytes) // count
                 if extra > self._overhead_seen:
                     self._overhead_seen = extra
                     log.info("cluster.engine_overhead_measured", bytes=extra, size=size(extra), deployment=d.name)

@@ -1,8 +1,8 @@
 """Placement by real memory: what a deployment needs, which devices have it, and what holds it otherwise.
 
-A deployment's need is its weights (exact, from the safetensors headers) plus its fixed KV cache plus an
-engine's overhead, split over its devices. A GPU's room is what NVML says is free now: engines start one at
-a time, so that figure already counts every engine that runs. The CPU's room is a budget
+A deployment's need is its weights (exact, from the safetensors headers) plus its fixed KV cache plus its LoRA
+adapters' slots plus an engine's overhead, split over its devices. A GPU's room is what NVML says is free now:
+engines start one at a time, so that figure already counts every engine that runs. The CPU's room is a budget
 (`cluster.cpu_memory_budget_gib`) less what our deployments hold, and never more than the system has
 available. Pure functions over plain data: the cluster gathers the figures, these decide.
 """
@@ -27,13 +27,15 @@ class MemoryEstimate(msgspec.Struct, kw_only=True):
     weights_bytes: int
     kv_cache_bytes: int
     overhead_bytes: int  # per device
+    lora_bytes: int = 0  # LoRA adapters' slots, which vLLM reserves at start-up
 
     def per_device(self, count: int) -> int:
-        """Weights and KV cache are split over the devices (tensor/pipeline parallel); each carries an overhead."""
-        return -(-(self.weights_bytes + self.kv_cache_bytes) // count) + self.overhead_bytes
+        """Weights, KV cache and LoRA slots are split over the devices (tensor/pipeline parallel); each carries an
+        overhead."""
+        return -(-(self.weights_bytes + self.kv_cache_bytes + self.lora_bytes) // count) + self.overhead_bytes
 
     def total(self, count: int) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.overhead_bytes * count
+        return self.weights_bytes + self.kv_cache_bytes + self.lora_bytes + self.overhead_bytes * count
 
 
 class Holder(msgspec.Struct, kw_only=True):

@@ -121,6 +121,16 @@ class Reasoning(Protocol):
         ...
 
 
+class Adapter(msgspec.Struct, frozen=True, kw_only=True):
+    """A LoRA adapter as the cluster serves it: on the engines of its base model, by its own name."""
+
+    name: str
+    base: str  # the registry name of its base model
+    path: str
+    rank: int
+    target_modules: tuple[str, ...]
+
+
 class EngineClient(Protocol):
     """One running engine serving one model."""
 
@@ -247,6 +257,19 @@ class ManagedEngine(EngineClient, Protocol):
     @property
     def unfinished_requests(self) -> int: ...
 
+    @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters it holds loaded (as of its last `refresh_adapters`), least recently used first."""
+        ...
+
+    def for_adapter(self, adapter: Adapter) -> EngineClient:
+        """The engine as ``adapter``: it generates with the adapter (loaded on first use), all else is its own."""
+        ...
+
+    async def refresh_adapters(self) -> None:
+        """Ask the engine which adapters it holds now (its slots evict the least recently used)."""
+        ...
+
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def sleep(self) -> None: ...
@@ -282,6 +305,7 @@ class ServedModel(msgspec.Struct, kw_only=True):
     tools: bool | None = None  # parses tool calls (a tool_call_parser); None while no engine has loaded it
     reasoning: bool | None = None  # parses reasoning (a reasoning_parser); None while no engine has loaded it
     embedding: bool | None = None  # pools (embeddings) instead of generating; None while not loaded
+    parent: str | None = None  # a LoRA adapter's: the model it is served on
 
 
 class EngineLookup(Protocol):

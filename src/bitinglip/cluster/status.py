@@ -18,6 +18,7 @@ class DeploymentMemory(msgspec.Struct, kw_only=True):
     weights_bytes: int
     kv_cache_bytes: int
     overhead_bytes: int  # per device
+    lora_bytes: int  # LoRA adapters' slots (and, on the CPU, the adapters it keeps loaded)
     held_bytes: int | None  # measured: the resident memory of its engine processes (GPU: what NVML says they use)
 
 
@@ -43,6 +44,7 @@ class DeploymentStatus(msgspec.Struct, kw_only=True):
     name: str
     model: str
     path: str | None
+    adapters: list[str]  # the LoRA adapters registered for its model (served by name on its engines)
     state: DeploymentState
     reason: str | None
     declared: bool
@@ -107,7 +109,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def deployment_status(d: Deployment) -> DeploymentStatus:
+def deployment_status(d: Deployment, adapters: list[str] | None = None) -> DeploymentStatus:
     now, mono = time.time(), time.monotonic()
     engines = [r.engine for r in d.replicas if r.engine is not None]
     unloads_in = None
@@ -120,6 +122,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
         name=d.name,
         model=d.spec.model,
         path=str(d.path) if d.path else None,
+        adapters=adapters or [],
         state=d.state,
         reason=d.reason,
         declared=d.declared,
@@ -134,6 +137,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
                 last_restart=r.last_restart,
                 error=r.error,
                 in_flight=r.in_flight,
+                adapters=list(r.engine.adapters) if r.engine else [],
             )
             for r in d.replicas
         ],
@@ -148,6 +152,7 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
             weights_bytes=d.estimate.weights_bytes,
             kv_cache_bytes=d.estimate.kv_cache_bytes,
             overhead_bytes=d.estimate.overhead_bytes,
+            lora_bytes=d.estimate.lora_bytes,
             held_bytes=sum(held) if held else None,
         )
         if d.estimate
@@ -170,12 +175,14 @@ def deployment_status(d: Deployment) -> DeploymentStatus:
     )
 
 
-def served_model(d: Deployment) -> ServedModel:
-    """What clients see of a deployment in /v1/models: the facts its engine knows once loaded."""
+def served_model(d: Deployment, adapter: str | None = None) -> ServedModel:
+    """What clients see of a deployment in /v1/models: the facts its engine knows once loaded; ``adapter``: one of
+    its model's LoRA adapters, served on it."""
     engine = next((r.engine for r in d.replicas if r.engine), None)
     loaded = engine is not None and engine.max_model_len > 0
     return ServedModel(
-        name=d.name,
+        name=adapter or d.name,
+        parent=d.name if adapter else None,
         state=d.state,
         path=str(d.path) if d.path else None,
         max_model_len=engine.max_model_len if engine is not None else None,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bitinglip.core.settings import DbSettings
 
-SCHEMA_VERSION = 2  # raise it with each migration a module registers
+SCHEMA_VERSION = 3  # raise it with each migration a module registers
 
 metadata = sa.MetaData()
 # to version -> SQL statements that take a file from the version before to it

@@ -36,6 +36,7 @@ class PullRequest(msgspec.Struct, forbid_unknown_fields=True):
 class ImportRequest(msgspec.Struct, forbid_unknown_fields=True):
     path: str
     name: str | None = None
+    base: str | None = None  # a LoRA adapter's base model; default: the registered model its config names
 
 
 class LocalModelList(msgspec.Struct):
@@ -134,12 +135,12 @@ class ModelsController(Controller):
     @post(
         "/import",
         operation_id="importModel",
-        summary="Register a local model directory",
+        summary="Register a local model directory, or a LoRA adapter's (PEFT layout) with its base",
         status_code=201,
         responses=error_responses(400, 409),
     )
     async def import_model(self, models: NamedDependency[ModelService], data: JSONBody[ImportRequest]) -> ModelRecord:
-        return await models.import_dir(Path(data.path), data.name)
+        return await models.import_dir(Path(data.path), data.name, data.base)
 
     @get("/{name:path}", operation_id="showLocalModel", summary="One registered model", responses=error_responses(404))
     async def show_model(self, models: NamedDependency[ModelService], name: FromPath[str]) -> ModelRecord:

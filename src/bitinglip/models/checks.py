@@ -23,11 +23,7 @@ class ModelCheckFailed(BitingLipError):
     code = "model_check_failed"
 
 
-def check_model_dir(path: Path, expected: Iterable[HubFile], supported: Set[str] | None) -> ModelFacts:
-    """Return the model's facts, or raise ModelCheckFailed listing every problem found.
-
-    ``supported`` is the set of architectures the installed vLLM serves; None skips that check.
-    """
+def _file_problems(path: Path, expected: Iterable[HubFile]) -> list[str]:
     problems: list[str] = []
     for f in expected:
         on_disk = path / f.path
@@ -35,6 +31,21 @@ def check_model_dir(path: Path, expected: Iterable[HubFile], supported: Set[str]
             problems.append(f"{f.path} is missing")
         elif (size := on_disk.stat().st_size) != f.size:
             problems.append(f"{f.path} has {size} bytes, the hub lists {f.size}")
+    return problems
+
+
+def check_files(path: Path, expected: Iterable[HubFile]) -> None:
+    """Every file the hub lists is there with its size (an adapter's check; a model's is `check_model_dir`)."""
+    if problems := _file_problems(path, expected):
+        raise ModelCheckFailed("; ".join(problems))
+
+
+def check_model_dir(path: Path, expected: Iterable[HubFile], supported: Set[str] | None) -> ModelFacts:
+    """Return the model's facts, or raise ModelCheckFailed listing every problem found.
+
+    ``supported`` is the set of architectures the installed vLLM serves; None skips that check.
+    """
+    problems = _file_problems(path, expected)
 
     config: object = None
     try:

@@ -44,7 +44,10 @@ TOKENIZER_SOURCES = (
     "sentencepiece.bpe.model",
 )
 TIKTOKEN_SUFFIX = ".tiktoken"
-CONFIG_FILES = frozenset({"config.json", "generation_config.json", "model.safetensors.index.json"})
+# adapter_config.json: a LoRA adapter's (its weights are adapter_model.safetensors, or .bin).
+CONFIG_FILES = frozenset(
+    {"config.json", "generation_config.json", "model.safetensors.index.json", "adapter_config.json"}
+)
 SAFETENSORS_SUFFIX = ".safetensors"
 PYTORCH_SUFFIX = ".bin"
 PYTORCH_INDEX = "pytorch_model.bin.index.json"

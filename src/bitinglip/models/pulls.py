@@ -18,14 +18,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Set
+from collections.abc import Awaitable, Callable, Set
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from bitinglip.core import BitingLipError, Conflict, InvalidInput, NotFound, Unavailable, get_logger
-from bitinglip.models.checks import bytes_on_disk, check_model_dir, files_present
+from bitinglip.models.adapters import is_adapter_dir
+from bitinglip.models.checks import bytes_on_disk, check_files, check_model_dir, files_present
 from bitinglip.models.hub import (
     PARTIAL_DIR,
     DownloadCancelled,
@@ -37,7 +39,7 @@ from bitinglip.models.hub import (
 )
 from bitinglip.models.layout import select_files
 from bitinglip.models.pull_state import Pull, PullState
-from bitinglip.models.registry import ModelRecord, ModelRegistry
+from bitinglip.models.registry import ModelRecord, ModelRegistry, inspect_dir
 
 log = get_logger(__name__)
 
@@ -73,11 +75,14 @@ class PullManager:
         hub: HubClient,
         supported_architectures: Callable[[], Set[str]],
         is_in_use: Callable[[ModelRecord], bool],
+        adapter_fields: Callable[[Path, str | None], Awaitable[dict[str, Any]]],
     ) -> None:
         self.registry = registry
         self.hub = hub
         self.supported_architectures = supported_architectures
         self.is_in_use = is_in_use
+        # An adapter's row fields once it is checked against its base (ModelService.adapter_fields).
+        self.adapter_fields = adapter_fields
         self._pulls: dict[str, Pull] = {}  # id -> pull, finished ones for a while
         self._active: dict[str, Pull] = {}  # repo id -> the pull running for it
         self._tasks: set[asyncio.Task[None]] = set()
@@ -254,8 +259,14 @@ class PullManager:
         seconds = time.monotonic() - began
 
         pull.state = "verifying"
-        supported = await asyncio.to_thread(self.supported_architectures)
-        facts = await asyncio.to_thread(check_model_dir, dest, files, supported)
+        adapter: dict[str, Any] = {}
+        if is_adapter_dir(dest):  # a LoRA adapter: checked against its base, which must be registered
+            await asyncio.to_thread(check_files, dest, files)
+            adapter = await self.adapter_fields(dest, None)
+            facts = await asyncio.to_thread(inspect_dir, dest)
+        else:
+            supported = await asyncio.to_thread(self.supported_architectures)
+            facts = await asyncio.to_thread(check_model_dir, dest, files, supported)
 
         current = await self.registry.get(pull.repo_id)
         if current is None:  # removed while we downloaded
@@ -270,13 +281,14 @@ class PullManager:
                 revision=snapshot.revision,
                 commit_sha=sha,
                 size_bytes=facts.size_bytes,
-                architecture=facts.architecture,
-                context_length=facts.context_length,
+                architecture=adapter.pop("architecture", facts.architecture),
+                context_length=adapter.pop("context_length", facts.context_length),
                 dtype=facts.dtype,
                 parameters=facts.parameters,
                 created_at=current.created_at,
                 last_used_at=current.last_used_at,
                 used_by_pid=current.used_by_pid,
+                **adapter,
             )
         )
         fetched = pull.bytes_total - pull.resumed_bytes

@@ -17,6 +17,7 @@ from bitinglip.core import Database, InvalidInput, NotFound
 from bitinglip.models import tables
 
 State = Literal["pulling", "ready", "failed"]
+Kind = Literal["model", "adapter"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?(@[A-Za-z0-9._/-]{1,100})?$")
 # First path segments that are not model names: API routes under /api/models, and the folder of hub pulls.
 RESERVED_NAMES = frozenset({"pulls", "search", "import", "hub"})
@@ -45,6 +46,14 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     pull_patterns: str | None = None
     pull_pid: int | None = None
     used_by_pid: int | None = None
+    kind: Kind = "model"
+    base_model: str | None = None  # an adapter's base: the registry name of the model it is served on
+    lora_rank: int | None = None
+    target_modules: list[str] | None = None
+
+    @property
+    def adapter(self) -> bool:
+        return self.kind == "adapter"
 
 
 class ModelFacts(msgspec.Struct, kw_only=True):
@@ -137,6 +146,8 @@ class ModelRegistry:
         record.updated_at = now
         record.created_at = record.created_at or now
         values = msgspec.structs.asdict(record)
+        if record.target_modules is not None:
+            values["target_modules"] = json.dumps(record.target_modules)
         async with self.db.engine.begin() as conn:
             exists = (
                 await conn.execute(sa.select(tables.models.c.name).where(tables.models.c.name == record.name))
@@ -163,6 +174,12 @@ class ModelRegistry:
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(sa.select(tables.models).order_by(tables.models.c.name))).mappings().all()
         return [_record(r) for r in rows]
+
+    async def adapters_of(self, base: str) -> list[ModelRecord]:
+        """The adapters registered for the model named ``base``."""
+        async with self.db.engine.connect() as conn:
+            query = sa.select(tables.models).where(tables.models.c.base_model == base).order_by(tables.models.c.name)
+            return [_record(r) for r in (await conn.execute(query)).mappings().all()]
 
     async def find_by_path(self, path: Path) -> ModelRecord | None:
         async with self.db.engine.connect() as conn:
@@ -206,4 +223,6 @@ def _record(row: Any) -> ModelRecord:
         # SQLite hands datetimes back without their zone; they were written in UTC.
         if values.get(key) is not None and values[key].tzinfo is None:
             values[key] = values[key].replace(tzinfo=UTC)
+    if values.get("target_modules") is not None:
+        values["target_modules"] = json.loads(values["target_modules"])
     return ModelRecord(**values)

@@ -9,10 +9,12 @@ import os
 import shutil
 from collections.abc import Callable, Set
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from bitinglip.core import Conflict, InvalidInput, NotFound, get_logger
+from bitinglip.models.adapters import fit_problems, is_adapter_dir, read_adapter, read_config
 from bitinglip.models.hub import HubClient, OfflineError, parse_ref
 from bitinglip.models.pull_state import Pull
 from bitinglip.models.pulls import PullManager, pid_alive
@@ -39,13 +41,17 @@ class ModelService:
         registry: ModelRegistry,
         hub: HubClient,
         supported_architectures: Callable[[], Set[str]],
+        adapter_problems: Callable[[dict[str, Any]], list[str]] = lambda _config: [],
     ) -> None:
         self.registry = registry
         self.hub = hub
         self.supported_architectures = supported_architectures
+        # What the installed vLLM refuses in an adapter's config (DoRA, a bias, a rank past its largest...): injected
+        # by the app, as this module never imports vllm.
+        self.adapter_problems = adapter_problems
         # Names this process has loaded in an engine; other processes see them through the rows' used_by_pid.
         self.in_use: set[str] = set()
-        self.pulls = PullManager(registry, hub, supported_architectures, self.is_in_use)
+        self.pulls = PullManager(registry, hub, supported_architectures, self.is_in_use, self.adapter_fields)
 
     async def start(self, *, resume_pulls: bool) -> None:
         """Forget the in-use marks of dead processes; a server also resumes pulls a dead process left behind."""
@@ -103,32 +109,106 @@ class ModelService:
         await asyncio.to_thread(functools.partial(create_tiny_model, path, embedding=embedding, reasoning=reasoning))
         return await self._register(name, path, source="tiny")
 
-    async def import_dir(self, path: Path, name: str | None = None) -> ModelRecord:
+    async def import_dir(self, path: Path, name: str | None = None, base: str | None = None) -> ModelRecord:
+        """Register a local model folder, or a LoRA adapter folder (of ``base``, else of the model its config names)."""
         path = path.expanduser().resolve()
-        if not (path / "config.json").is_file():
-            raise InvalidInput(f"{path} is not a model directory: it has no config.json", param="path")
+        adapter = is_adapter_dir(path)
+        if not adapter and not (path / "config.json").is_file():
+            raise InvalidInput(
+                f"{path} is neither a model directory (config.json) nor a LoRA adapter (adapter_config.json)",
+                param="path",
+            )
+        if base is not None and not adapter:
+            raise InvalidInput(f"{path} is a model, not an adapter: `base` is for adapters", param="base")
         name = validate_name(name or path.name)
         existing = await self.registry.get(name)
         if existing and Path(existing.path).resolve() != path:
             raise Conflict(
                 f"a model named {name!r} already exists at {existing.path}; pick another --name", param="name"
             )
+        if adapter:
+            fields = await self.adapter_fields(path, base)
+            return await self._register(name, path, source="local", **fields)
         return await self._register(name, path, source="local")
+
+    async def create_tiny_adapter(self, name: str, base: str, *, seed: int = 1, rank: int = 8) -> ModelRecord:
+        """A random LoRA adapter of the registered model ``base`` (tests and offline examples)."""
+        from bitinglip.models.adapters import create_tiny_adapter
+
+        base_record = await self._base(base, param="base")
+        path = self.registry.path_for(name)
+        existing = await self.registry.get(name)
+        if existing is not None and Path(existing.path).resolve() != path.resolve():
+            raise Conflict(f"a model named {name!r} already exists at {existing.path}", param="name")
+        await asyncio.to_thread(
+            functools.partial(
+                create_tiny_adapter, path, Path(base_record.path), base_name=base_record.name, seed=seed, rank=rank
+            )
+        )
+        fields = await self.adapter_fields(path, base_record.name)
+        return await self._register(name, path, source="tiny", **fields)
+
+    async def adapter_fields(self, path: Path, base: str | None) -> dict[str, Any]:
+        """An adapter's own fields of its row, once it is known to fit its base: InvalidInput naming what does not
+        (the base unknown, shapes that do not match it, what vLLM cannot serve)."""
+        facts = await asyncio.to_thread(read_adapter, path)
+        if base is not None:
+            base_record = await self._base(base, param="base")
+        elif facts.base_model is None:
+            raise InvalidInput(
+                f"adapter {path.name}: its adapter_config.json names no base_model_name_or_path; name its base",
+                param="base_model_name_or_path",
+            )
+        else:
+            base_record = await self._base(facts.base_model, param="base_model_name_or_path")
+        problems = await asyncio.to_thread(fit_problems, path, Path(base_record.path))
+        problems += self.adapter_problems(await asyncio.to_thread(read_config, path))
+        if problems:
+            raise InvalidInput(
+                f"adapter {path.name} cannot be served on {base_record.name}: {'; '.join(problems)}",
+                param="adapter",
+                code="adapter_does_not_fit",
+            )
+        return {
+            "kind": "adapter",
+            "base_model": base_record.name,
+            "lora_rank": facts.rank,
+            "target_modules": facts.target_modules,
+            "architecture": base_record.architecture,
+            "context_length": base_record.context_length,
+        }
+
+    async def _base(self, ref: str, *, param: str) -> ModelRecord:
+        """The registered model an adapter names as its base: by registry name, hub id or path."""
+        records = await self.registry.list_models()
+        where = str(Path(ref).expanduser().resolve()) if ref.startswith(("/", ".", "~")) else None
+        found = next(
+            (r for r in records if ref in (r.name, r.repo_id) or (where is not None and r.path == where)), None
+        )
+        if found is None:
+            raise InvalidInput(
+                f"the adapter's base {ref!r} ({param}) is not a registered model: pull or import it first, or name "
+                "the base (`--base NAME`)",
+                param=param,
+                code="base_model_not_found",
+            )
+        if found.adapter:
+            raise InvalidInput(f"{found.name!r} is an adapter itself, not a base model", param=param)
+        if found.state != "ready":
+            raise Conflict(f"the adapter's base {found.name!r} is {found.state}, not ready", param=param)
+        return found
 
     async def _register(self, name: str, path: Path, *, source: str, **fields: object) -> ModelRecord:
         facts = await asyncio.to_thread(inspect_dir, path)
-        record = ModelRecord(
-            name=name,
-            source=source,
-            path=str(path),
-            state="ready",
-            size_bytes=facts.size_bytes,
-            architecture=facts.architecture,
-            context_length=facts.context_length,
-            dtype=facts.dtype,
-            parameters=facts.parameters,
-            **fields,  # type: ignore[arg-type]
-        )
+        values: dict[str, Any] = {
+            "size_bytes": facts.size_bytes,
+            "architecture": facts.architecture,
+            "context_length": facts.context_length,
+            "dtype": facts.dtype,
+            "parameters": facts.parameters,
+            **fields,  # an adapter's: its base's architecture and context
+        }
+        record = ModelRecord(name=name, source=source, path=str(path), state="ready", **values)
         saved = await self.registry.save(record)
         log.info("model.registered", name=name, path=str(path), source=source)
         return saved
@@ -147,6 +227,13 @@ class ModelService:
 
     async def _resolve(self, spec: str) -> tuple[Path, str]:
         record = await self.registry.get(spec)
+        if record is not None and record.adapter:
+            raise InvalidInput(
+                f"{spec!r} is a LoRA adapter of {record.base_model}: it is served on that model's engines when a "
+                f"request names it; deploy {record.base_model} instead",
+                param="model",
+                code="adapter_not_deployable",
+            )
         if record is not None:
             if record.state == "ready":
                 return Path(record.path), record.name
@@ -215,6 +302,16 @@ class ModelService:
 
     async def remove(self, name: str, *, force: bool = False) -> ModelRecord:
         record = await self.registry.require(name)
+        adapters = [] if record.adapter else await self.registry.adapters_of(name)
+        if adapters and not force:
+            names = ", ".join(a.name for a in adapters)
+            raise Conflict(
+                f"model {name!r} has adapters ({names}): remove them first, or force the removal to remove them too",
+                param="name",
+                code="model_has_adapters",
+            )
+        for adapter in adapters:
+            await self.remove(adapter.name, force=True)
         if self.is_in_use(record) and not force:
             where = "here" if name in self.in_use else f"by the server with pid {record.used_by_pid}"
             raise Conflict(f"model {name!r} is being served {where}; stop it first or force the removal", param="name")

@@ -32,6 +32,18 @@ models = sa.Table(
     sa.Column("pull_pid", sa.Integer),  # the process running that pull; a dead pid means it was interrupted
     # The server process that has this model loaded, so `rm` in another process can refuse it; a dead pid is ignored.
     sa.Column("used_by_pid", sa.Integer),
+    # "model", or "adapter": a LoRA adapter of the model named `base_model`, served on that model's engines.
+    sa.Column("kind", sa.String(20), nullable=False, server_default="model"),
+    sa.Column("base_model", sa.String(200)),
+    sa.Column("lora_rank", sa.Integer),
+    sa.Column("target_modules", sa.Text),  # JSON list of module names
 )
 
 migration(2, "ALTER TABLE models RENAME COLUMN serving_pid TO used_by_pid")
+migration(
+    3,
+    "ALTER TABLE models ADD COLUMN kind VARCHAR(20) NOT NULL DEFAULT 'model'",
+    "ALTER TABLE models ADD COLUMN base_model VARCHAR(200)",
+    "ALTER TABLE models ADD COLUMN lora_rank INTEGER",
+    "ALTER TABLE models ADD COLUMN target_modules TEXT",
+)

@@ -10,9 +10,11 @@ from bitinglip.cluster.vllm.args import (
     kv_cache_bytes,
 )
 from bitinglip.cluster.vllm.engine import VllmEngine
+from bitinglip.cluster.vllm.lora import LORA_ARGS, lora_args, lora_bytes, peft_problems, uncovered
 from bitinglip.cluster.vllm.tokens import token_bytes
 
 __all__ = [
+    "LORA_ARGS",
     "VllmEngine",
     "check_engine_args",
     "effective_engine_args",
@@ -20,6 +22,10 @@ __all__ = [
     "fit_context",
     "is_cpu_platform",
     "kv_cache_bytes",
+    "lora_args",
+    "lora_bytes",
+    "peft_problems",
     "supported_architectures",
     "token_bytes",
+    "uncovered",
 ]

@@ -15,12 +15,13 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bitinglip.cluster.protocol import EngineOutput
+from bitinglip.cluster.protocol import Adapter, EngineClient, EngineOutput
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available
 from bitinglip.cluster.vllm.finite import admits_finite_output, constraint_grammar
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
+from bitinglip.cluster.vllm.lora import AdapterView, EngineAdapters
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.reasoning import VllmReasoning, check_reasoning_fits
 from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
@@ -64,6 +65,8 @@ class VllmEngine:
         self.embedding = False  # pools instead of generating: vLLM's model config says, once started
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self.hooks: dict[str, bool] = {}  # each of hooks.HOOKS by name: whether it took at the last start
+        self._adapters = EngineAdapters()
+        self._views: dict[tuple[str, str], AdapterView] = {}
         self._llm: Any = None
         self._tokenizer: Any = None
         self._encode: Callable[[str], list[int]] | None = None
@@ -156,6 +159,21 @@ class VllmEngine:
         params = self.sampling_params({"max_tokens": 1, "ignore_eos": True})
         async for _ in self.generate(ids, None, params, "bitinglip-warmup"):
             pass
+
+    @property
+    def adapters(self) -> list[str]:
+        return self._adapters.held
+
+    def for_adapter(self, adapter: Adapter) -> EngineClient:
+        key = (adapter.name, adapter.path)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = AdapterView(self, adapter, self._adapters.request(adapter))
+        return view
+
+    async def refresh_adapters(self) -> None:
+        if self._llm is not None and self.engine_args.get("enable_lora"):
+            await self._adapters.refresh(self._llm)
 
     async def sleep(self) -> None:
         """Level 1: weights to host memory, KV cache freed; `wake_up` brings it back in seconds."""
@@ -298,16 +316,27 @@ class VllmEngine:
                 )
 
     async def generate(
-        self, prompt_ids: list[int], prompt_text: str | None, params: object, request_id: str, priority: int = 0
+        self,
+        prompt_ids: list[int],
+        prompt_text: str | None,
+        params: object,
+        request_id: str,
+        priority: int = 0,
+        lora: Any = None,
     ) -> AsyncGenerator[EngineOutput, None]:
-        """Yield vLLM RequestOutput deltas. Closing or cancelling the iterator aborts the request."""
+        """Yield vLLM RequestOutput deltas. Closing or cancelling the iterator aborts the request. ``lora``: the
+        `LoRARequest` of an adapter (`for_adapter` passes it), loaded first if it is not yet."""
         from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
         from vllm.inputs.engine import tokens_input
         from vllm.v1.engine.exceptions import EngineDeadError
 
         if self._llm is None:
             raise Unavailable("the engine is not running", retry_after=5)
-        stream = self._llm.generate(tokens_input(prompt_ids, prompt=prompt_text), params, request_id, priority=priority)
+        if lora is not None:
+            await self._adapters.ensure(self._llm, lora)
+        stream = self._llm.generate(
+            tokens_input(prompt_ids, prompt=prompt_text), params, request_id, priority=priority, lora_request=lora
+        )
         first = FirstText(self._llm, request_id, getattr(params, "stream_interval", None) or 1)
         stats = self.stats
         try:

@@ -25,6 +25,7 @@ class ModelCard(msgspec.Struct):
     object: Literal["model"] = "model"
     max_model_len: int | None = None  # the context length, once an engine has loaded it
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model, as `vllm serve` lists its adapters
     # "ready", "loading", "sleeping", "stopped", "failed" for a deployment; "on_demand": loads when asked for.
     status: str | None = None
     capabilities: ModelCapabilities | None = None

@@ -64,6 +64,7 @@ class OpenAIServing:
                     created=created,
                     max_model_len=m.max_model_len,
                     root=m.path,
+                    parent=m.parent,
                     status=m.state,
                     capabilities=_capabilities(m),
                 )
