@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from bitinglip.cluster.protocol import Adapter
 
 REFRESH_S = 5.0
-MISS_REFRESH_S = 0.5  # a name not known: read again, but no more often than this (unknown names are 404s)
 
 
 class AdapterBook:
@@ -28,8 +27,8 @@ class AdapterBook:
         self._read_at = time.monotonic()
 
     async def get(self, name: str) -> Adapter | None:
-        age = time.monotonic() - self._read_at
-        if age > REFRESH_S or (name not in self._by_name and age > MISS_REFRESH_S):
+        # A name not known is read for again (as an unknown model name is looked up in the registry anyway).
+        if name not in self._by_name or time.monotonic() - self._read_at > REFRESH_S:
             await self._refresh()
         return self._by_name.get(name)
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bitinglip.models import ModelService
+from bitinglip.models import ModelService, Pull
 
 # What the tests pretend the installed vLLM serves (importing vLLM's registry takes ~10 s).
 ARCHS = frozenset({"LlamaForCausalLM", "Qwen2ForCausalLM"})
@@ -30,3 +30,8 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+async def finished(pull: Pull, timeout: float = 30) -> Pull:
+    assert await pull.wait(timeout), f"pull {pull.ref} still {pull.state} after {timeout} s"
+    return pull

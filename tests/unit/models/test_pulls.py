@@ -13,21 +13,16 @@ from collections import namedtuple
 from pathlib import Path
 
 import pytest
-from pull_support import TINY, MakeService
+from pull_support import TINY, MakeService, finished
 
 import hubstub
 from bitinglip.core import Conflict, InvalidInput, NotFound
-from bitinglip.models import ModelService, Pull
+from bitinglip.models import ModelService
 from bitinglip.models.checks import ModelCheckFailed
 from bitinglip.models.hub import PARTIAL_DIR, GatedRepo, NotEnoughDisk, OfflineError, RepoNotFound, RevisionNotFound
 from bitinglip.models.tiny import TINY_CONTEXT
 
 BIN = Path(sys.executable).parent / "bitinglip"
-
-
-async def finished(pull: Pull, timeout: float = 30) -> Pull:
-    assert await pull.wait(timeout), f"pull {pull.ref} still {pull.state} after {timeout} s"
-    return pull
 
 
 def weight_gets(stub: hubstub.HubStub, weights: bytes) -> list[tuple[str, str, dict[str, str]]]:
