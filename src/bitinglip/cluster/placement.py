@@ -161,9 +161,10 @@ class InsufficientMemory(Conflict):
     code = "insufficient_memory"
 
     def __init__(self, name: str, want: int, need: MemoryEstimate, where: str, short: int) -> None:
+        lora = f" + LoRA adapters {size(need.lora_bytes)}" if need.lora_bytes else ""
         super().__init__(
             f"not enough memory for deployment {name}: it needs {size(want)} ({want} bytes: weights "
-            f"{size(need.weights_bytes)} + KV cache {size(need.kv_cache_bytes)} + engine overhead "
+            f"{size(need.weights_bytes)} + KV cache {size(need.kv_cache_bytes)}{lora} + engine overhead "
             f"{size(need.overhead_bytes)}) but {where}; short by {size(short)} ({short} bytes)"
         )
         self.short_bytes = short

@@ -131,22 +131,37 @@ DEVICES = [
 
 
 def test_ps_table(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
-    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": [READY, LOADING, FAILED, FOREVER]}))
+    with_adapters = READY | {
+        "adapters": ["chat-fr", "chat-sql"],
+        "replicas": [READY["replicas"][0] | {"adapters": ["chat-sql"]}],
+    }
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": [with_adapters, LOADING, FAILED, FOREVER]}))
     code, out, err = run(capsys, "ps")
     assert code == 0 and err == ""
     assert server.urls == [URL]
     table = rows(out)
-    assert table[0] == ["NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL"]
-    assert table[1] == ["chat", "org/tiny-chat", "ready", "gpu 0,1", "2.5 GB", "1.1 GB", "3", "4 minutes from now"]
+    assert table[0] == ["NAME", "MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL", "ADAPTERS"]
+    assert table[1] == [
+        "chat",
+        "org/tiny-chat",
+        "ready",
+        "gpu 0,1",
+        "2.5 GB",
+        "1.1 GB",
+        "3",
+        "4 minutes from now",
+        "1/2 loaded: chat-sql",  # of its model's two adapters, the one its engine holds
+    ]
     assert table[2][:6] == ["tiny", "tiny", "loading 12s", "cpu", "~1.5 GB", "536.9 MB"]
-    name, model, state, devices, memory, _, in_flight, until = table[3]
+    name, model, state, devices, memory, _, in_flight, until, adapters = table[3]
+    assert adapters == "-"
     assert (name, model, devices, memory, in_flight, until) == ("big", "org/big-model", "gpu 0", "~2.4 GB", "0", "-")
     assert state.startswith("failed: engine failed to start: torch.OutOfMemo") and state.endswith("…")
     assert len(state) == tables.REASON_WIDTH
-    assert table[4][-1] == "forever"
+    assert table[4][-2] == "forever"
     # the columns line up: every cell starts where its header does
     lines = out.splitlines()
-    for header in ("MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL"):
+    for header in ("MODEL", "STATE", "DEVICES", "MEMORY", "KV-CACHE", "IN-FLIGHT", "UNTIL", "ADAPTERS"):
         at = lines[0].index(header)
         assert all(line[at - 1] == " " and line[at] != " " for line in lines[1:]), header
 

@@ -200,6 +200,7 @@ def test_every_request_releases_its_hold_on_the_engine(client: TestClient, servi
             "object": "model",
             "max_model_len": 64,
             "root": "/models/fake",
+            "parent": None,  # a base model (an adapter names its base, as `vllm serve` lists them)
             "status": "ready",
             "capabilities": {
                 "chat": True,
