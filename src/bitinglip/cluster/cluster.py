@@ -388,7 +388,16 @@ class Cluster:
         if need be). Engines that cannot serve it (started without LoRA, or for smaller ranks or other modules) are
         restarted with LoRA sized for every adapter of the base, as soon as no request is in flight on them;
         until then the request is told to retry."""
-        d = self._serving(adapter.base) or await self._on_demand(adapter.base)
+        d = self._serving(adapter.base)
+        if d is None:
+            try:
+                d = await self._on_demand(adapter.base)
+            except NotFound:
+                raise NotFound(
+                    f"`{adapter.name}` is a LoRA adapter of {adapter.base}, which is not served here: deploy it",
+                    param="model",
+                    code="model_not_found",
+                ) from None
         for attempt in range(2):
             await self._until_ready(d, d.name, keep_alive)
             why = uncovered(d.engine_args, adapter)
@@ -422,8 +431,8 @@ class Cluster:
                 return  # another request did it, or it is busy again (it is then retried)
             await d.evict(reason)
             d.reconfigured(effective_engine_args(self.settings, d.spec.engine))
-        await self.health.engines_changed(went=True)
         self._begin_load(d)
+        await self.health.engines_changed(went=True)
 
     async def served_models(self) -> list[ServedModel]:
         deployments = [d for d in self.deployments.values() if d.state != "draining"]

@@ -158,3 +158,25 @@ async def test_settings_that_rule_an_adapter_out_are_a_clear_error(tmp_path: Pat
         assert len(factory.made) == 1  # nothing restarted for it
     finally:
         await c.stop()
+
+
+async def test_an_adapter_whose_base_is_not_served_is_a_404_naming_both(
+    tmp_path: Path, factory: ScriptedFactory
+) -> None:
+    catalog = FakeCatalog(tmp_path, ["a", "b"], [adapter("x", base="b")])
+    c = Cluster(
+        settings(deployments=[DeploymentSettings(model="a")], load_on_demand=False),
+        catalog,
+        run_dir=tmp_path / "run",
+        factory=factory,
+        probe_devices=cpu(),
+        cpu_platform=True,
+    )
+    await c.start()
+    try:
+        with pytest.raises(NotFound) as refused:
+            await c.acquire("x")
+        assert "LoRA adapter of b" in refused.value.message and refused.value.code == "model_not_found"
+        assert "x" not in {m.name for m in await c.served_models()}  # not listed while its base cannot load
+    finally:
+        await c.stop()
