@@ -69,17 +69,24 @@ def test_lora_bytes_count_the_slots_of_the_adapted_layers(tmp_path: Path) -> Non
     assert packed == 2 * (per_rank + 256 + 128) * 8 * 4 * 2  # qkv_proj stands for q, k and v
 
 
-@pytest.fixture
-async def lora_cluster(tmp_path: Path, factory: ScriptedFactory) -> AsyncIterator[tuple[Cluster, FakeCatalog]]:
-    catalog = FakeCatalog(tmp_path, ["a", "b"], [adapter("x"), adapter("y")])
-    c = Cluster(
-        settings(deployments=[DeploymentSettings(model="a")]),
+def build(
+    tmp_path: Path, factory: ScriptedFactory, catalog: FakeCatalog, *specs: DeploymentSettings, **kw: object
+) -> Cluster:
+    """A cluster on the CPU declaring ``specs``, its registry ``catalog``."""
+    return Cluster(
+        settings(deployments=list(specs), **kw),
         catalog,
         run_dir=tmp_path / "run",
         factory=factory,
         probe_devices=cpu(),
         cpu_platform=True,
     )
+
+
+@pytest.fixture
+async def lora_cluster(tmp_path: Path, factory: ScriptedFactory) -> AsyncIterator[tuple[Cluster, FakeCatalog]]:
+    catalog = FakeCatalog(tmp_path, ["a", "b"], [adapter("x"), adapter("y")])
+    c = build(tmp_path, factory, catalog, DeploymentSettings(model="a"))
     await c.start()
     await until(lambda: c.ready)
     yield c, catalog
@@ -141,14 +148,7 @@ async def test_an_engine_restarts_with_lora_for_an_adapter_it_does_not_cover_onc
 async def test_settings_that_rule_an_adapter_out_are_a_clear_error(tmp_path: Path, factory: ScriptedFactory) -> None:
     catalog = FakeCatalog(tmp_path, ["a"], [adapter("x", rank=32)])
     spec = DeploymentSettings(model="a", engine={"enable_lora": True, "max_lora_rank": 16})
-    c = Cluster(
-        settings(deployments=[spec]),
-        catalog,
-        run_dir=tmp_path / "run",
-        factory=factory,
-        probe_devices=cpu(),
-        cpu_platform=True,
-    )
+    c = build(tmp_path, factory, catalog, spec)
     await c.start()
     try:
         await until(lambda: c.ready)
@@ -164,14 +164,7 @@ async def test_an_adapter_whose_base_is_not_served_is_a_404_naming_both(
     tmp_path: Path, factory: ScriptedFactory
 ) -> None:
     catalog = FakeCatalog(tmp_path, ["a", "b"], [adapter("x", base="b")])
-    c = Cluster(
-        settings(deployments=[DeploymentSettings(model="a")], load_on_demand=False),
-        catalog,
-        run_dir=tmp_path / "run",
-        factory=factory,
-        probe_devices=cpu(),
-        cpu_platform=True,
-    )
+    c = build(tmp_path, factory, catalog, DeploymentSettings(model="a"), load_on_demand=False)
     await c.start()
     try:
         with pytest.raises(NotFound) as refused:
