@@ -106,7 +106,7 @@ async def _search(components: Components, args: argparse.Namespace) -> int:
 
 
 async def _pull(components: Components, args: argparse.Namespace) -> int:
-    pull = components.models.pull(args.ref, args.allow or None, args.ignore or None)
+    pull = components.models.pull(args.ref, args.allow or None, args.ignore or None, args.base)
     tty = sys.stderr.isatty()
     # On a terminal one line redrawn in place; in a log, one line every few seconds.
     every, last = (0.2, 0.0) if tty else (5.0, 0.0)
@@ -173,6 +173,7 @@ def add_commands(sub: Subcommands) -> None:
     pull.add_argument("ref", metavar="ORG/NAME[@REVISION]")
     pull.add_argument("--allow", action="append", metavar="PATTERN", help="only files matching (repeatable)")
     pull.add_argument("--ignore", action="append", metavar="PATTERN", help="skip files matching (repeatable)")
+    pull.add_argument("--base", help="a LoRA adapter's base model (default: the registered model its config names)")
     pull.set_defaults(func=_with_components(_pull))
     lst = models.add_parser("list", help="list local models")
     lst.add_argument("--json", action="store_true")

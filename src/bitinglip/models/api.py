@@ -31,6 +31,7 @@ class PullRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: str  # org/name[@revision]
     allow_patterns: list[str] | None = None
     ignore_patterns: list[str] | None = None
+    base: str | None = None  # a LoRA adapter's base model, where its config does not name a registered one
 
 
 class ImportRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,7 +83,7 @@ class ModelsController(Controller):
         responses=error_responses(400, 401, 404, 409, 503),
     )
     async def start_pull(self, models: NamedDependency[ModelService], data: JSONBody[PullRequest]) -> PullStatus:
-        pull = models.pull(data.model, data.allow_patterns, data.ignore_patterns)
+        pull = models.pull(data.model, data.allow_patterns, data.ignore_patterns, data.base)
         # One metadata call decides whether the repo, the revision and the token are good: answer those with
         # their own status (404, 401...) rather than a 202 that fails a moment later.
         await pull.wait_resolved(RESOLVE_WAIT_S)

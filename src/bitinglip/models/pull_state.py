@@ -44,8 +44,16 @@ class PullStatus(msgspec.Struct, kw_only=True):
 class Pull:
     """One pull's live state. Counters are written by the download thread and read by pollers, under a lock."""
 
-    def __init__(self, repo_id: str, revision: str | None, allow: list[str] | None, ignore: list[str] | None) -> None:
+    def __init__(
+        self,
+        repo_id: str,
+        revision: str | None,
+        allow: list[str] | None,
+        ignore: list[str] | None,
+        base: str | None = None,
+    ) -> None:
         self.id = uuid.uuid4().hex[:12]
+        self.base = base  # a LoRA adapter's base model, where its config does not name a registered one
         self.repo_id = repo_id
         self.revision = revision
         self.allow = allow

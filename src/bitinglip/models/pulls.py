@@ -89,8 +89,11 @@ class PullManager:
 
     # ------------------------------------------------------------------------------------------ public
 
-    def start(self, ref: str, allow: list[str] | None = None, ignore: list[str] | None = None) -> Pull:
+    def start(
+        self, ref: str, allow: list[str] | None = None, ignore: list[str] | None = None, base: str | None = None
+    ) -> Pull:
         """Start pulling ``org/name[@revision]`` in the background and return at once (needs a running loop).
+        ``base``: for a LoRA adapter, its base model when its config does not name a registered one.
 
         The ref is checked before anything touches the network or the disk.
         """
@@ -104,7 +107,7 @@ class PullManager:
                 return running
             raise Conflict(f"{running.ref} is being pulled; wait for it to finish first", param="model")
         self._forget_old()
-        pull = Pull(repo_id, revision, allow, ignore)
+        pull = Pull(repo_id, revision, allow, ignore, base)
         self._pulls[pull.id] = pull
         self._active[repo_id] = pull
         task = asyncio.create_task(self._run(pull), name=f"pull-{repo_id}")
@@ -139,7 +142,9 @@ class PullManager:
                 continue
             patterns = json.loads(row.pull_patterns) if row.pull_patterns else {}
             try:
-                pull = self.start(row.pull_ref or row.name, patterns.get("allow"), patterns.get("ignore"))
+                pull = self.start(
+                    row.pull_ref or row.name, patterns.get("allow"), patterns.get("ignore"), patterns.get("base")
+                )
             except BitingLipError as e:
                 log.warning("pull.not_resumed", model=row.name, error=e.message)
                 continue
@@ -219,7 +224,7 @@ class PullManager:
 
         in_progress = {
             "pull_ref": pull.ref,
-            "pull_patterns": json.dumps({"allow": pull.allow, "ignore": pull.ignore}),
+            "pull_patterns": json.dumps({"allow": pull.allow, "ignore": pull.ignore, "base": pull.base}),
             "pull_pid": os.getpid(),
         }
         if existing is not None and existing.state == "ready":
@@ -262,7 +267,7 @@ class PullManager:
         adapter: dict[str, Any] = {}
         if is_adapter_dir(dest):  # a LoRA adapter: checked against its base, which must be registered
             await asyncio.to_thread(check_files, dest, files)
-            adapter = await self.adapter_fields(dest, None)
+            adapter = await self.adapter_fields(dest, pull.base)
             facts = await asyncio.to_thread(inspect_dir, dest)
         else:
             supported = await asyncio.to_thread(self.supported_architectures)

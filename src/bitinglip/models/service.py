@@ -213,9 +213,11 @@ class ModelService:
         log.info("model.registered", name=name, path=str(path), source=source)
         return saved
 
-    def pull(self, ref: str, allow: list[str] | None = None, ignore: list[str] | None = None) -> Pull:
+    def pull(
+        self, ref: str, allow: list[str] | None = None, ignore: list[str] | None = None, base: str | None = None
+    ) -> Pull:
         """Start (or join) a background pull of ``org/name[@revision]``; see PullManager."""
-        return self.pulls.start(ref, allow, ignore)
+        return self.pulls.start(ref, allow, ignore, base)
 
     async def resolve_to_load(self, spec: str) -> tuple[Path, str]:
         """A registry name, a local model directory or a hub id -> (path, name), pulled first if need be;

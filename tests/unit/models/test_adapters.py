@@ -164,3 +164,7 @@ async def test_an_adapter_repo_pulls_as_an_adapter_of_its_registered_base(
     stub.add_repo_from_dir("org/orphan-lora", tmp_path / "orphan")
     failed = await finished(service.pull("org/orphan-lora"))
     assert failed.status().state == "failed" and "org/elsewhere" in (failed.status().error or "")
+    # Its base named: pulled (a trainer often writes a local path there).
+    named = await finished(service.pull("org/orphan-lora", base="tiny"))
+    assert named.status().state == "ready", named.status().error
+    assert (await service.registry.require("org/orphan-lora")).base_model == "tiny"
