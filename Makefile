@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model agents run test lint docs bench bench-gateway bench-agents bench-swap bench-batch clean
+.PHONY: help setup model agents run test lint docs bench bench-gateway bench-agents bench-swap bench-batch bench-lora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-swap: setup model ## cold start on demand vs vllm serve cold; one deployme
 
 bench-batch: setup model ## 1,000-line batch vs vLLM offline LLM.generate, tokens/s; TTFT beside a batch
 	$(BIN)/python scripts/bench_batch.py
+
+bench-lora: setup model ## LoRA adapters: base + 2 and 8 adapters, 64 at once, vs base-only and vllm serve; first request
+	$(BIN)/python scripts/bench_lora.py
 
 clean: ## remove the virtual environment (keeps data/)
 	rm -rf $(VENV)

@@ -21,36 +21,31 @@ import itertools
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import msgspec
 import uvloop
 from benchlib import (  # scripts/ is on sys.path when this runs as a script
+    CHAT,
     DEFAULT_ENGINE_ARGS,
     IDLE_QUIET,
     REPO,
+    Api,
     BenchError,
     Figures,
     LoadSpec,
-    Sample,
     bitinglip_server,
-    drive,
-    http_client,
+    engine_settings,
     json_safe,
     make_prompts,
+    measure_api,
+    median_of,
     model_dir_of,
     positive_int,
-    process_cpu_s,
     progress,
-    summarize,
-    toml_value,
     vllm_server,
     warn_about_machine,
 )
@@ -59,34 +54,6 @@ APIS = ("chat", "responses", "messages")
 SERVERS = ("bitinglip", "vllm")
 CPU_TARGET = 1.1  # Responses and Messages API CPU per token at most this times chat's
 SPEED_TARGET = 1.1  # BitingLip's tokens/s at least this times vllm serve's, per API
-
-_decode = msgspec.json.Decoder().decode
-
-
-@dataclasses.dataclass(frozen=True)
-class Api:
-    path: str
-    body: Callable[[str, str, int], dict[str, Any]]
-    # One decoded `data:` event -> (it carries text, output tokens it reports or None, the stream is over).
-    read: Callable[[dict[str, Any]], tuple[bool, int | None, bool]]
-
-
-def _chat_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "ignore_eos": True,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-
-
-def _chat_read(event: dict[str, Any]) -> tuple[bool, int | None, bool]:
-    choices = event.get("choices") or []
-    usage = event.get("usage")
-    return bool(choices and choices[0].get("delta", {}).get("content")), usage and usage["completion_tokens"], False
 
 
 def _responses_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -131,46 +98,10 @@ def _messages_read(event: dict[str, Any]) -> tuple[bool, int | None, bool]:
 
 
 API_SHAPES = {
-    "chat": Api("/v1/chat/completions", _chat_body, _chat_read),
+    "chat": CHAT,
     "responses": Api("/v1/responses", _responses_body, _responses_read),
     "messages": Api("/v1/messages", _messages_body, _messages_read),
 }
-
-
-async def stream_one(client: aiohttp.ClientSession, url: str, api: Api, body: dict[str, Any]) -> Sample:
-    """POST one streaming request and time it; every failure becomes Sample.error, nothing is raised."""
-    start = time.perf_counter()
-    sample = Sample(latency_s=0.0)
-    ended = False
-    try:
-        async with client.post(url + api.path, json=body) as response:
-            if response.status != 200:
-                text = (await response.read()).decode(errors="replace")
-                sample.error = f"HTTP {response.status}: {text[:160]}"
-            else:
-                async for line in response.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[len(b"data:") :].strip()
-                    if data == b"[DONE]":
-                        ended = True
-                        break
-                    text, tokens, over = api.read(_decode(data))
-                    if text and sample.ttft_s is None:
-                        sample.ttft_s = time.perf_counter() - start
-                    if tokens is not None:
-                        sample.tokens = tokens
-                    if over:
-                        ended = True
-                        break
-    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, KeyError, BenchError) as exc:
-        sample.error = f"{type(exc).__name__}: {exc}"[:200]
-    sample.latency_s = time.perf_counter() - start
-    if sample.error is None and not ended:
-        sample.error = "the stream ended before its last event"
-    elif sample.error is None and (sample.ttft_s is None or not sample.tokens):
-        sample.error = "no text or no usage in the stream"
-    return sample
 
 
 @dataclasses.dataclass
@@ -180,24 +111,7 @@ class Up:
 
 
 async def measure(up: Up, model: str, api_name: str, spec: LoadSpec) -> Figures:
-    api = API_SHAPES[api_name]
-    before = process_cpu_s(up.pid)
-    async with http_client(spec.concurrency) as client:
-
-        async def one(_: int, prompt: str) -> Sample:
-            return await stream_one(client, up.url, api, api.body(model, prompt, spec.max_tokens))
-
-        figures = summarize(api_name, *await drive(spec, one))
-    figures.concurrency = spec.concurrency
-    figures.api_cpu_s = process_cpu_s(up.pid) - before
-    tokens = figures.tokens_per_s * figures.wall_s
-    figures.api_cpu_per_1k_tokens = figures.api_cpu_s * 1000 / tokens if tokens else None
-    return figures
-
-
-def median_of(runs: list[Figures], field: str) -> float:
-    values = [v for f in runs if (v := getattr(f, field)) is not None and math.isfinite(v)]
-    return float(statistics.median(values)) if values else math.nan
+    return await measure_api(up.url, up.pid, API_SHAPES[api_name], [model], spec, api_name)
 
 
 def print_report(runs: dict[tuple[str, str], list[Figures]], spec: LoadSpec, rounds: int) -> bool:
@@ -237,9 +151,8 @@ async def start(name: str, model_dir: Path, engine_args: dict[str, Any], workdir
         async with vllm_server(model_dir, model_dir.name, engine_args, workdir) as server:
             yield Up(server.url, server.proc.pid)
         return
-    engine = {f"BITINGLIP_CLUSTER__ENGINE__{k.upper()}": toml_value(v) for k, v in engine_args.items()}
     async with bitinglip_server(
-        workdir / name, name, {**IDLE_QUIET, **engine}, serve_args=["--model", str(model_dir)]
+        workdir / name, name, {**IDLE_QUIET, **engine_settings(engine_args)}, serve_args=["--model", str(model_dir)]
     ) as server:
         yield Up(server.url, server.proc.pid)
 

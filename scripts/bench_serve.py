@@ -29,7 +29,6 @@ import itertools
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from benchlib import (  # scripts/ is on sys.path when this runs as a script
     json_safe,
     make_prompts,
     measure_http,
+    median_of,
     model_dir_of,
     parse_engine_arg,
     positive_int,
@@ -196,11 +196,6 @@ BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Ta
 
 
 # -- report
-
-
-def median_of(runs: list[Figures], field: str) -> float:
-    values = [v for f in runs if (v := getattr(f, field)) is not None and math.isfinite(v)]
-    return float(statistics.median(values)) if values else math.nan
 
 
 ROWS: list[tuple[str, str, str]] = [

@@ -300,6 +300,93 @@ async def measure_http(base_url: str, model: str, spec: LoadSpec) -> tuple[list[
         return await drive(spec, one)
 
 
+# -- streaming requests of an API that says in its own events when text starts, how many tokens it made, and its end
+
+
+@dataclasses.dataclass(frozen=True)
+class Api:
+    path: str
+    body: Callable[[str, str, int], dict[str, Any]]  # (model, prompt, max_tokens) -> the request body
+    # One decoded `data:` event -> (it carries text, output tokens it reports or None, the stream is over).
+    read: Callable[[dict[str, Any]], tuple[bool, int | None, bool]]
+
+
+def chat_body(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """One user message, streamed; `ignore_eos` (vLLM's extension): every request makes max_tokens."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def chat_read(event: dict[str, Any]) -> tuple[bool, int | None, bool]:
+    choices = event.get("choices") or []
+    usage = event.get("usage")
+    return bool(choices and choices[0].get("delta", {}).get("content")), usage and usage["completion_tokens"], False
+
+
+CHAT = Api("/v1/chat/completions", chat_body, chat_read)
+
+
+async def stream_api(client: aiohttp.ClientSession, url: str, api: Api, body: dict[str, Any]) -> Sample:
+    """POST one streaming request and time it; every failure becomes Sample.error, nothing is raised."""
+    start = time.perf_counter()
+    sample = Sample(latency_s=0.0)
+    ended = False
+    try:
+        async with client.post(url + api.path, json=body) as response:
+            if response.status != 200:
+                text = (await response.read()).decode(errors="replace")
+                sample.error = f"HTTP {response.status}: {text[:160]}"
+            else:
+                async for line in response.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[len(b"data:") :].strip()
+                    if data == b"[DONE]":
+                        ended = True
+                        break
+                    text, tokens, over = api.read(_decode(data))
+                    if text and sample.ttft_s is None:
+                        sample.ttft_s = time.perf_counter() - start
+                    if tokens is not None:
+                        sample.tokens = tokens
+                    if over:
+                        ended = True
+                        break
+    except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError, KeyError, BenchError) as exc:
+        sample.error = f"{type(exc).__name__}: {exc}"[:200]
+    sample.latency_s = time.perf_counter() - start
+    if sample.error is None and not ended:
+        sample.error = "the stream ended before its last event"
+    elif sample.error is None and (sample.ttft_s is None or not sample.tokens):
+        sample.error = "no text or no usage in the stream"
+    return sample
+
+
+async def measure_api(url: str, pid: int, api: Api, models: Sequence[str], spec: LoadSpec, label: str) -> Figures:
+    """One run of ``spec`` on ``api``, request i naming models[i % len(models)]; with the CPU time the process
+    ``pid`` (the server's API process, not its engine) spent over the run."""
+    before = process_cpu_s(pid)
+    async with http_client(spec.concurrency) as client:
+
+        async def one(index: int, prompt: str) -> Sample:
+            model = models[index % len(models)]
+            return await stream_api(client, url, api, api.body(model, prompt, spec.max_tokens))
+
+        figures = summarize(label, *await drive(spec, one))
+    figures.concurrency = spec.concurrency
+    figures.api_cpu_s = process_cpu_s(pid) - before
+    tokens = figures.tokens_per_s * figures.wall_s
+    figures.api_cpu_per_1k_tokens = figures.api_cpu_s * 1000 / tokens if tokens else None
+    return figures
+
+
 # -- server processes
 
 
@@ -453,6 +540,25 @@ def bitinglip_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
     )
 
 
+def engine_settings(engine_args: dict[str, Any]) -> dict[str, str]:
+    """vLLM engine arguments as BitingLip's settings (BITINGLIP_CLUSTER__ENGINE__<KEY> variables)."""
+    return {f"BITINGLIP_CLUSTER__ENGINE__{k.upper()}": toml_value(v) for k, v in engine_args.items()}
+
+
+def bitinglip_cli(home: Path, settings: dict[str, str], *args: str) -> str:
+    """Run `bitinglip ARGS` on the home a server started with ``home`` and ``settings`` would have; its output.
+    BenchError with that output when it fails."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = bitinglip_env(home, settings)
+    try:
+        done = subprocess.run([BITINGLIP, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"`bitinglip {' '.join(args[:2])}` did not finish in {exc.timeout:.0f} s") from None
+    if done.returncode != 0:
+        raise BenchError(f"`bitinglip {' '.join(args[:2])}` failed", done.stdout + done.stderr)
+    return done.stdout
+
+
 @dataclasses.dataclass
 class Server:
     url: str
@@ -475,15 +581,7 @@ async def bitinglip_server(
     env = bitinglip_env(home, settings)
     if register is not None:
         model_dir, name = register
-        imported = subprocess.run(
-            [BITINGLIP, "models", "import", str(model_dir), "--name", name],
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
-        if imported.returncode != 0:
-            raise BenchError("`bitinglip models import` failed", imported.stdout + imported.stderr)
+        bitinglip_cli(home, settings, "models", "import", str(model_dir), "--name", name)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = home / "server.log"
@@ -515,28 +613,40 @@ async def wait_deployment(server: Server, name: str, *, gone: bool) -> None:
 
 @contextlib.asynccontextmanager
 async def vllm_server(
-    model_dir: Path, served_name: str, engine_args: dict[str, Any], workdir: Path
+    model_dir: Path,
+    served_name: str,
+    engine_args: dict[str, Any],
+    workdir: Path,
+    *,
+    extra_flags: Sequence[str] = (),
+    label: str = "vllm",
 ) -> AsyncIterator[Server]:
-    """`vllm serve` (vLLM's own OpenAI server) on a free port with these engine arguments, until it serves the
-    model under ``served_name``."""
+    """`vllm serve` (vLLM's own OpenAI server) on a free port with these engine arguments and ``extra_flags``
+    (server options such as `--lora-modules`), until it serves the model under ``served_name``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [
         sys.executable, "-m", VLLM_SERVER_MODULE, "--host", "127.0.0.1", "--port", str(port),
-        "--model", str(model_dir), "--served-model-name", served_name, *vllm_flags(engine_args),
+        "--model", str(model_dir), "--served-model-name", served_name, *vllm_flags(engine_args), *extra_flags,
     ]  # fmt: skip
-    log_path = workdir / "vllm.log"
+    log_path = workdir / f"{label}.log"
 
     async def ready(client: httpx.AsyncClient) -> bool:
         healthy = (await client.get(f"{url}/health")).status_code == 200
         return healthy and served_name in await served_models(client, url)
 
     with server_process(cmd, child_env(IDLE_QUIET), log_path) as proc:
-        progress(f"vllm: ready after {await wait_ready(proc, log_path, ready):.1f} s")
+        progress(f"{label}: ready after {await wait_ready(proc, log_path, ready):.1f} s")
         yield Server(url, proc, log_path)
 
 
 # -- report
+
+
+def median_of(runs: list[Figures], field: str) -> float:
+    """The median of one figure over runs, leaving out the runs that have none."""
+    values = [v for f in runs if (v := getattr(f, field)) is not None and math.isfinite(v)]
+    return float(statistics.median(values)) if values else math.nan
 
 
 def json_safe(figures: dict[str, Any]) -> dict[str, Any]:
