@@ -1,4 +1,4 @@
-"""LoRA adapters on the real engine: two random adapters of the tiny model, registered before the server starts,
+"""LoRA adapters on the real engine: four random adapters of the tiny model, registered before the server starts,
 served by name on the base's one engine, through every API, keys, usage, metrics and batches; a third registered
 while it runs makes the idle engine restart for it. An adapter's greedy output is checked against vLLM's offline
 `LLM.generate` with the same `LoRARequest`."""
@@ -26,7 +26,8 @@ from bitinglip.cli.tables import _deployments_table
 from e2e.conftest import BIN, Server, make_key, start_server, stop_server
 
 BASE = "tiny"
-ADAPTERS = ("tiny-a", "tiny-b")
+# As many as the engine's adapter slots (`max_loras` 4): the last slot is in use when the base runs beside them.
+ADAPTERS = ("tiny-a", "tiny-b", "tiny-c", "tiny-d")
 PROMPT = [5, 17, 42, 99, 7, 123, 64, 8]  # token ids: the same prompt reaches the server and the offline engine
 TOKENS = 16  # greedy, the end of text ignored
 
@@ -98,15 +99,16 @@ def test_adapters_are_listed_with_their_parent_and_its_capabilities(lora: tuple[
     assert (cards[BASE].model_extra or {})["parent"] is None
 
 
-def test_base_and_two_adapters_give_three_outputs_each_the_same_every_time(lora: tuple[Server, str]) -> None:
+def test_base_and_adapters_give_their_own_outputs_each_the_same_every_time(lora: tuple[Server, str]) -> None:
     server, admin = lora
     c = client(server, admin)
     models = [BASE, *ADAPTERS]
     alone = {m: greedy(c, m) for m in models}
-    assert len(set(alone.values())) == 3, alone
+    assert len(set(alone.values())) == len(models), alone
     assert {m: greedy(c, m) for m in models} == alone
-    # All at once, so the engine batches the base's rows and both adapters' in the same steps.
-    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+    # All at once, so the engine batches the base's rows and every adapter's in the same steps (on the CPU build
+    # this needs cluster/vllm/cpu_lora.py: unpatched, the base's rows took the adapter in the last slot).
+    with concurrent.futures.ThreadPoolExecutor(len(models) * 3) as pool:
         together = list(pool.map(lambda m: (m, greedy(c, m)), models * 3))
     for model, tokens in together:
         assert tokens == alone[model], model
@@ -119,7 +121,7 @@ def test_base_and_two_adapters_give_three_outputs_each_the_same_every_time(lora:
         time.sleep(0.2)  # the supervisor asks the engine once a second
         d = deployment(server, admin)
     assert set(d["replicas"][0]["adapters"]) == set(ADAPTERS)
-    assert "2/2 loaded" in _deployments_table([d])  # what `bitinglip ps` prints of it
+    assert f"{len(ADAPTERS)}/{len(ADAPTERS)} loaded" in _deployments_table([d])  # what `bitinglip ps` prints of it
 
 
 def test_an_adapters_output_is_vllms_offline_output(lora: tuple[Server, str], tmp_path: Path) -> None:
@@ -225,7 +227,7 @@ def test_a_batch_line_names_an_adapter(lora: tuple[Server, str]) -> None:
     }
     texts = {m: output[m]["response"]["body"]["choices"][0]["text"] for m in (BASE, *ADAPTERS)}
     assert {output[m]["response"]["body"]["model"] for m in texts} == set(texts)
-    assert len(set(texts.values())) == 3
+    assert len(set(texts.values())) == len(texts)
 
 
 def test_registry_guards_a_base_with_adapters(lora: tuple[Server, str]) -> None:
@@ -250,6 +252,6 @@ def test_a_new_adapter_of_higher_rank_restarts_the_idle_engine_for_it(lora: tupl
     d = deployment(server, admin)
     assert d["replicas"][0]["pids"] != pids and d["engine_args"]["max_lora_rank"] == 16
     assert d["adapters"] == sorted([*ADAPTERS, "tiny-wide"])
-    assert len({greedy(c, m) for m in (BASE, *ADAPTERS, "tiny-wide")}) == 4 and wide
+    assert len({greedy(c, m) for m in (BASE, *ADAPTERS, "tiny-wide")}) == len(ADAPTERS) + 2 and wide
     events = [json.loads(x) for x in server.log().splitlines() if x.startswith("{")]
     assert any(e.get("event") == "deployment.stopped" and "tiny-wide" in (e.get("reason") or "") for e in events)

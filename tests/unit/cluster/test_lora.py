@@ -34,6 +34,9 @@ def test_lora_args_are_sized_for_the_adapters_and_keep_what_the_settings_give() 
     assert lora_args({"enable_lora": False}, [adapter("x")]) == {"enable_lora": False}
     # Turned on by the settings without adapters yet: every module, vLLM's rank.
     assert lora_args({"enable_lora": True}, [])["max_loras"] == 4
+    # A slot for each adapter in one batch, 8 at most.
+    assert lora_args({}, [adapter(f"a{i}") for i in range(6)])["max_loras"] == 6
+    assert lora_args({}, [adapter(f"a{i}") for i in range(20)])["max_loras"] == 8
 
 
 def test_uncovered_says_why_an_engine_cannot_serve_an_adapter() -> None:
@@ -173,3 +176,25 @@ async def test_an_adapter_whose_base_is_not_served_is_a_404_naming_both(
         assert "x" not in {m.name for m in await c.served_models()}  # not listed while its base cannot load
     finally:
         await c.stop()
+
+
+async def test_adapter_lookups_share_one_registry_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bitinglip.cluster import adapters as book_module
+
+    reads = 0
+    registered = [adapter("x")]
+
+    async def read() -> list[Adapter]:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.01)
+        return list(registered)
+
+    book = book_module.AdapterBook(read)
+    found = await asyncio.gather(*(book.get("x") for _ in range(64)), *(book.get("nope") for _ in range(64)))
+    assert reads == 1 and found.count(registered[0]) == 64 and found.count(None) == 64
+    monkeypatch.setattr(book_module, "REFRESH_S", 0.0)  # stale: known names answer at once, one read behind them
+    registered.append(adapter("y"))
+    assert await asyncio.gather(*(book.get("x") for _ in range(64))) == [registered[0]] * 64
+    await asyncio.sleep(0.05)
+    assert reads == 2 and book.known("y") == registered[1]

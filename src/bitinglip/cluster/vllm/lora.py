@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's `max_lora_rank` takes
-DEFAULT_MAX_LORAS = 4  # adapters in one batch
+# Adapters in one batch: the base's adapter count, within these bounds (each slot is memory placement counts).
+MIN_MAX_LORAS, MAX_MAX_LORAS = 4, 8
 DEFAULT_MAX_CPU_LORAS = 16  # adapters kept loaded
 # The engine arguments that decide which adapters an engine serves; a deployment's own settings of them are kept.
 LORA_ARGS = ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_target_modules")
@@ -56,7 +57,7 @@ def lora_args(args: dict[str, Any], adapters: Sequence[Adapter]) -> dict[str, An
         rank = max(a.rank for a in adapters)
         out.setdefault("max_lora_rank", next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1]))
         out.setdefault("lora_target_modules", sorted({m for a in adapters for m in a.target_modules}))
-    out.setdefault("max_loras", DEFAULT_MAX_LORAS)
+    out.setdefault("max_loras", min(max(len(adapters), MIN_MAX_LORAS), MAX_MAX_LORAS))
     out.setdefault("max_cpu_loras", max(int(out["max_loras"]), DEFAULT_MAX_CPU_LORAS))
     return out
 
