@@ -398,22 +398,13 @@ class Cluster:
                     param="model",
                     code="model_not_found",
                 ) from None
-        for attempt in range(2):
-            await self._until_ready(d, d.name, keep_alive)
-            why = uncovered(d.engine_args, adapter)
-            if why is None:
-                return d.lease(background, adapter)
+        await self._until_ready(d, d.name, keep_alive)
+        if (why := uncovered(d.engine_args, adapter)) is not None:
             # What a restart would start with: the settings' own arguments, sized for the base's adapters.
             wanted = lora_args(
                 effective_engine_args(self.settings, d.spec.engine), await self.adapters.of(adapter.base)
             )
-            if attempt or (fixed := uncovered(wanted, adapter)) is not None:
-                raise InvalidInput(
-                    f"adapter {adapter.name} cannot run on model {d.name}: {fixed if not attempt else why}; change the "
-                    f"deployment's engine settings ({', '.join(LORA_ARGS)})",
-                    param="model",
-                    code="adapter_not_served",
-                )
+            self._refuse_uncovered(adapter, d, uncovered(wanted, adapter))
             if d.in_flight:
                 raise Unavailable(
                     f"adapter {adapter.name} cannot run on model {d.name} yet: {why}. Its engines restart with LoRA "
@@ -422,7 +413,20 @@ class Cluster:
                     code="adapter_pending",
                 )
             await self._reconfigure(d, f"restarting for adapter {adapter.name}: {why}")
-        raise AssertionError("unreachable")  # the second attempt returns or raises
+            await self._until_ready(d, d.name, keep_alive)
+            self._refuse_uncovered(adapter, d, uncovered(d.engine_args, adapter))
+        return d.lease(background, adapter)
+
+    @staticmethod
+    def _refuse_uncovered(adapter: Adapter, d: Deployment, why: str | None) -> None:
+        """A 400 naming the settings when the engines (as they would start) cannot serve ``adapter``."""
+        if why is not None:
+            raise InvalidInput(
+                f"adapter {adapter.name} cannot run on model {d.name}: {why}; change the deployment's engine settings "
+                f"({', '.join(LORA_ARGS)})",
+                param="model",
+                code="adapter_not_served",
+            )
 
     async def _reconfigure(self, d: Deployment, reason: str) -> None:
         """Stop ``d``'s idle engines and load it again with its arguments worked out anew (LoRA for new adapters)."""

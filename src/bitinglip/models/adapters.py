@@ -38,6 +38,7 @@ class AdapterFacts(msgspec.Struct, kw_only=True):
     alpha: float
     target_modules: list[str]
     size_bytes: int
+    config: dict[str, Any]  # adapter_config.json as it is (vLLM's own checks read it)
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -85,6 +86,7 @@ def read_adapter(path: Path) -> AdapterFacts:
         alpha=float(alpha) if isinstance(alpha, (int, float)) else float(rank),
         target_modules=sorted(targets),
         size_bytes=sum(p.stat().st_size for p in path.iterdir() if p.is_file()),
+        config=config,
     )
 
 

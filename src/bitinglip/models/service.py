@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from bitinglip.core import Conflict, InvalidInput, NotFound, get_logger
-from bitinglip.models.adapters import fit_problems, is_adapter_dir, read_adapter, read_config
+from bitinglip.models.adapters import fit_problems, is_adapter_dir, read_adapter
 from bitinglip.models.hub import HubClient, OfflineError, parse_ref
 from bitinglip.models.pull_state import Pull
 from bitinglip.models.pulls import PullManager, pid_alive
@@ -162,7 +162,7 @@ class ModelService:
         else:
             base_record = await self._base(facts.base_model, param="base_model_name_or_path")
         problems = await asyncio.to_thread(fit_problems, path, Path(base_record.path))
-        problems += self.adapter_problems(await asyncio.to_thread(read_config, path))
+        problems += self.adapter_problems(facts.config)
         if problems:
             raise InvalidInput(
                 f"adapter {path.name} cannot be served on {base_record.name}: {'; '.join(problems)}",
