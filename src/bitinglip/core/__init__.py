@@ -19,6 +19,7 @@ from bitinglip.core.errors import (
     validation_path,
 )
 from bitinglip.core.events import Events, FinalEvent
+from bitinglip.core.feed import Feed
 from bitinglip.core.heap import settle as settle_heap
 from bitinglip.core.http import (
     EVENT_STREAM,
@@ -71,6 +72,7 @@ __all__ = [
     "ErrorResponse",
     "EventStream",
     "Events",
+    "Feed",
     "FinalEvent",
     "Forbidden",
     "GatewaySettings",

@@ -45,8 +45,11 @@ class Authenticator:
         self.public_docs = "/schema" in public
 
     def is_public(self, path: str) -> bool:
+        # The dashboard's files (/ui) hold no data: the page asks for a key and sends it with each call it makes.
         return (
             path == "/"
+            or path == "/ui"
+            or path.startswith("/ui/")
             or path in self.public_exact
             or (self.public_docs and (path == "/schema" or path.startswith("/schema/")))
         )
