@@ -63,6 +63,8 @@ export async function api(path, { method = "GET", body, raw = false, signal } = 
   return text ? JSON.parse(text) : null;
 }
 
+const BLANK_LINE = /\r\n\r\n|\n\n|\r\r/;
+
 // Server-sent events from a GET or a POST (fetch, not EventSource, so the key goes in a header).
 // Yields {event, data} with `data` parsed as JSON when it is JSON; "[DONE]" ends the stream.
 export async function* sse(path, { method = "GET", body, signal } = {}) {
@@ -87,13 +89,14 @@ export async function* sse(path, { method = "GET", body, signal } = {}) {
     const { value, done } = await reader.read();
     if (done) return;
     buffer += value;
+    // An event ends at a blank line; lines end in \n, \r\n (Litestar's) or \r, as the SSE spec allows.
     let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
+    while ((end = BLANK_LINE.exec(buffer))) {
+      const block = buffer.slice(0, end.index);
+      buffer = buffer.slice(end.index + end[0].length);
       let event = "message";
       const data = [];
-      for (const line of block.split("\n")) {
+      for (const line of block.split(/\r\n|\r|\n/)) {
         if (line.startsWith("event:")) event = line.slice(6).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
