@@ -37,6 +37,13 @@ def shared(browser: Browser, server: Server) -> Iterator[tuple[Page, Console]]:
     context.close()
 
 
+@pytest.fixture
+def tab(shared: tuple[Page, Console]) -> tuple[Page, Console]:
+    """The shared tab, its console errors so far (the last test's, each checked by it) forgotten."""
+    shared[1].errors.clear()
+    return shared
+
+
 def chat_model(server: Server) -> str:
     """The shared server's chat deployment, as /v1/models names it."""
     models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
@@ -44,11 +51,11 @@ def chat_model(server: Server) -> str:
 
 
 def test_overview_shows_the_deployment_its_memory_the_devices_and_a_live_timeline(
-    server: Server, shared: tuple[Page, Console]
+    server: Server, tab: tuple[Page, Console]
 ) -> None:
     from playwright.sync_api import expect
 
-    page, console = shared
+    page, console = tab
     name = chat_model(server)
     page.goto(f"{server.url}/ui/#/overview")
 
@@ -85,10 +92,10 @@ def test_overview_shows_the_deployment_its_memory_the_devices_and_a_live_timelin
     assert console.unexpected() == []
 
 
-def test_the_playground_streams_an_answer_and_its_curl_works(server: Server, shared: tuple[Page, Console]) -> None:
+def test_the_playground_streams_an_answer_and_its_curl_works(server: Server, tab: tuple[Page, Console]) -> None:
     from playwright.sync_api import expect
 
-    page, console = shared
+    page, console = tab
     page.goto(f"{server.url}/ui/#/playground")
     model = chat_model(server)
     expect(page.locator("#model")).to_have_value(model, timeout=WAIT_MS)
@@ -143,17 +150,50 @@ def test_the_playground_streams_an_answer_and_its_curl_works(server: Server, sha
     assert f'base_url="{server.url}/v1"' in python
     assert 'os.environ.get("BITINGLIP_API_KEY", "unused")' in python
     compile(python, "playground.py", "exec")  # it is Python
-
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.click("#copy")
+    expect(page.locator(".toast")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == python
     shoot(page, "playground")
-    assert console.unexpected() == []
+
+    # A refused request shows the envelope's message, and the message goes back into the box.
+    page.fill("#param-temperature", "9")
+    page.fill("#prompt", "Too hot")
+    page.click("#send")
+    expect(page.locator("#chat-error")).to_contain_text("400: `temperature` must be between 0 and 2", timeout=WAIT_MS)
+    expect(page.locator("#prompt")).to_have_value("Too hot")
+    expect(page.locator(".msg")).to_have_count(2)
+    page.fill("#param-temperature", "0")
+
+    # Clear, then stop a long answer while it streams.
+    page.click("#clear")
+    expect(page.locator(".msg")).to_have_count(0)
+    page.fill("#param-max_tokens", "1500")
+    page.fill("#prompt", "Go on for a while")
+    # Stop as the first words land (a click from here could come after the end of a fast answer).
+    page.evaluate(
+        """() => new MutationObserver((ms, observer) => {
+            const content = document.querySelector(".msg.assistant .content");
+            if (content && content.textContent) {
+                observer.disconnect();
+                document.getElementById("stop").click();
+            }
+        }).observe(document.getElementById("chat"), { childList: true, subtree: true })"""
+    )
+    page.click("#send")
+    expect(page.locator(".msg.assistant")).to_contain_text("(stopped)", timeout=WAIT_MS)
+    expect(page.locator("#figures")).to_contain_text("finish: stopped")
+    expect(page.locator("#send")).to_be_enabled()
+
+    assert console.unexpected(400) == []
 
 
 def test_the_requests_page_shows_requests_live_and_filters_them(
-    server: Server, shared: tuple[Page, Console], browser: Browser
+    server: Server, tab: tuple[Page, Console], browser: Browser
 ) -> None:
     from playwright.sync_api import expect
 
-    page, console = shared
+    page, console = tab
     page.goto(f"{server.url}/ui/#/requests")
     expect(page.locator("table.requests tbody tr").first).to_be_visible(timeout=WAIT_MS)
 

@@ -230,8 +230,14 @@ export default {
           }
         }
       } catch (e) {
-        if (e.name === "AbortError") stopped = true;
-        else {
+        if (e.name === "AbortError" && content.textContent) stopped = true;
+        else if (e.name === "AbortError") {
+          // Stopped before the first token: as if it was never sent, the message back in the box.
+          answer.remove();
+          state.messages.pop();
+          chat.lastElementChild?.remove();
+          input.value = text;
+        } else {
           if (!content.textContent) {
             // Nothing came back: the message goes back into the box to send again.
             answer.remove();
@@ -257,7 +263,8 @@ export default {
           usage,
           finish: stopped ? "stopped" : finish,
           ttft: first === null ? null : first - started,
-          rate: completion && first !== null && ended > first ? completion / ((ended - first) / 1000) : null,
+          // The decode rate: the tokens after the first over the time after it.
+          rate: completion > 1 && first !== null && ended > first ? (completion - 1) / ((ended - first) / 1000) : null,
         };
       }
       showFigures();
