@@ -345,6 +345,8 @@ def test_signing_in_with_auth_on(guarded: tuple[Server, str], browser: Browser) 
     expect(page.locator('#deployments tr[data-deployment="tiny"] .badge')).to_have_text("ready", timeout=WAIT_MS)
     page.get_by_role("link", name="Requests").click()
     expect(page.locator("table.requests tbody tr").first).to_be_visible(timeout=WAIT_MS)
+    # The inference key's chat is there, and the key filter names it.
+    expect(page.locator("#filter-key option", has_text="ui-user")).to_have_count(1)
     shoot(page, "signed-in-admin")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible(timeout=WAIT_MS)

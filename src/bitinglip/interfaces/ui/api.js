@@ -101,6 +101,8 @@ export async function* sse(path, { method = "GET", body, signal } = {}) {
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
       if (!data.length) continue;
+      // Stopped: not one more event, even of those already read (a fast answer may arrive in one read).
+      if (signal && signal.aborted) throw signal.reason;
       const text = data.join("\n");
       if (text === "[DONE]") return;
       let parsed = text;

@@ -2,12 +2,19 @@
 // filterable by model, status class, path and key, with a pause. Each line is one row added to the table; a
 // filter only hides rows, so an event costs its own rows and never a rebuild of the ones shown.
 
-import { h, live } from "../api.js";
+import { api, h, live } from "../api.js";
 
 const KEEP = 500; // rows kept in the page
 
 export default {
-  render(root) {
+  async render(root) {
+    // Key ids to names, for labels: the access lines carry the id only. A key made later shows its id.
+    const names = new Map();
+    try {
+      for (const k of (await api("/api/keys?include_revoked=true")).data) names.set(k.id, k.name);
+    } catch {
+      /* labels only: the ids still show */
+    }
     const filters = { model: "", status: "", path: "", key: "" };
     const models = new Set();
     const keys = new Set();
@@ -83,7 +90,7 @@ export default {
     function remember(set, select, value) {
       if (!value || set.has(value)) return;
       set.add(value);
-      select.append(h("option", { value }, value));
+      select.append(h("option", { value }, names.has(value) ? `${names.get(value)} (${value})` : value));
     }
 
     function row(line) {
@@ -97,7 +104,7 @@ export default {
         h("td", { class: "mono" }, line.path),
         h("td", {}, h("span", { class: `status ${cls}` }, String(line.status))),
         h("td", { class: "mono" }, line.model || ""),
-        h("td", { class: "mono" }, line.key_id || ""),
+        h("td", { class: "mono", title: names.get(line.key_id) }, line.key_id || ""),
         h("td", { class: "num" }, num(line.prompt_tokens)),
         h("td", { class: "num" }, num(line.completion_tokens)),
         h("td", { class: "num" }, line.ttft_ms === undefined ? "" : line.ttft_ms.toFixed(0)),
