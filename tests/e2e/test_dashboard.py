@@ -358,3 +358,39 @@ def test_signing_in_with_auth_on(guarded: tuple[Server, str], browser: Browser) 
     for key in (user, admin):
         assert not [u for u in urls if key in u]
         assert key not in server.log()
+
+
+def test_the_playground_shows_a_refusal_for_the_rate_limit_with_its_wait(
+    guarded: tuple[Server, str], browser: Browser
+) -> None:
+    from playwright.sync_api import expect
+
+    server, admin = guarded
+    made = httpx.post(
+        f"{server.url}/api/keys",
+        json={"name": "ui-slow", "scope": "inference", "rpm": 1},
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{server.url}/ui/")
+    page.fill("#key", made.json()["key"])
+    page.click("button[type=submit]")
+    expect(page.locator("#model")).to_have_value("tiny", timeout=WAIT_MS)
+    page.fill("#param-max_tokens", "4")
+    page.fill("#prompt", "One")
+    page.click("#send")
+    expect(page.locator("#figures")).to_contain_text("completion tokens", timeout=ANSWER_MS)
+
+    page.fill("#prompt", "Two")
+    page.click("#send")
+    refusal = page.locator("#chat-error")
+    expect(refusal).to_contain_text("429: ", timeout=WAIT_MS)
+    expect(refusal).to_contain_text(re.compile(r"retry (in|after) \d+ s", re.I))  # the message's, or Retry-After
+    expect(page.locator("#prompt")).to_have_value("Two")  # back in the box to send again
+    shoot(page, "playground-rate-limited")
+    assert console.unexpected(429) == []
+    context.close()

@@ -245,7 +245,8 @@ export default {
             chat.lastElementChild?.remove();
             input.value = text;
           }
-          const wait = e instanceof ApiError && e.retryAfter ? ` Retry after ${e.retryAfter} s.` : "";
+          // Retry-After, where the message does not already say when to retry.
+          const wait = e instanceof ApiError && e.retryAfter && !/retry/i.test(e.message) ? ` (retry after ${e.retryAfter} s)` : "";
           error.textContent = `${e instanceof ApiError && e.status !== 200 ? `${e.status}: ` : ""}${e.message}${wait}`;
         }
       } finally {
