@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from bitinglip.cli.common import _duration, _size, _when, _with_components
+from bitinglip.cli.tables import _json
 from bitinglip.core import BitingLipError
 
 if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
@@ -53,7 +51,7 @@ async def _create_tiny(components: Components, args: argparse.Namespace) -> int:
 async def _list(components: Components, args: argparse.Namespace) -> int:
     records = await components.registry.list_models()
     if args.json:
-        print(msgspec.json.encode(records).decode())
+        print(_json(records))
         return 0
     if not records:
         print("no models yet: `bitinglip models create-tiny` or `bitinglip models pull ORG/NAME`")
@@ -74,6 +72,8 @@ async def _list(components: Components, args: argparse.Namespace) -> int:
 
 async def _show(components: Components, args: argparse.Namespace) -> int:
     record = await components.registry.require(args.name)
+    import msgspec
+
     for key, value in msgspec.structs.asdict(record).items():
         print(f"{key:<15} {value if value is not None else '-'}")
     if not record.adapter and (adapters := await components.registry.adapters_of(record.name)):
@@ -90,7 +90,7 @@ async def _rm(components: Components, args: argparse.Namespace) -> int:
 async def _search(components: Components, args: argparse.Namespace) -> int:
     results = await components.models.search(args.query, limit=args.limit, sort=args.sort)
     if args.json:
-        print(msgspec.json.encode(results).decode())
+        print(_json(results))
         return 0
     if not results:
         print(f"nothing on the hub matches {args.query!r}")
@@ -110,6 +110,8 @@ async def _pull(components: Components, args: argparse.Namespace) -> int:
     tty = sys.stderr.isatty()
     # On a terminal one line redrawn in place; in a log, one line every few seconds.
     every, last = (0.2, 0.0) if tty else (5.0, 0.0)
+    import asyncio
+
     loop = asyncio.get_running_loop()
     try:
         while not await pull.wait(every if tty else 0.5):
