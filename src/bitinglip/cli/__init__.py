@@ -46,7 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a trailing `nargs="*"` positional only the words before the first option (`run tiny -p
+    # temperature=0 why is the sky blue` left "why is the sky blue" unparsed): a command that takes words
+    # anywhere names the attribute they go to.
+    words_to = getattr(args, "words_to", None)
+    if extra and words_to and not any(word.startswith("-") for word in extra):
+        setattr(args, words_to, [*getattr(args, words_to), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:

@@ -178,7 +178,10 @@ def stream_answer(api: Api, body: dict[str, Any], reply: Reply, out: IO[str], *,
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    event = json.loads(data)
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise BitingLipError(f"the server sent an event that is not JSON: {data[:200]!r}") from None
                     if error := event.get("error"):
                         message = error.get("message") if isinstance(error, dict) else str(error)
                         raise BitingLipError(str(message or "the server ended the answer with an error"))

@@ -211,4 +211,4 @@ def add_commands(sub: Subcommands) -> None:
         help="how long the model stays loaded after the last answer (seconds, or 30s/5m/1h; -1 forever)",
     )
     run.add_argument("--verbose", action="store_true", help="tokens and speed after each answer, on stderr")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, words_to="prompt")
