@@ -138,6 +138,23 @@ def test_each_piece_is_written_as_it_arrives() -> None:
     assert (reply.text, reply.finish_reason, reply.usage) == ("abc", "stop", USAGE)
 
 
+def test_a_reasoning_models_thinking_is_shown_dimmed_and_not_sent_back() -> None:
+    stand_in = StandIn()
+    events = [chunk(reasoning_content="hmm, "), chunk(reasoning_content="well"), chunk("Yes."), chunk(finish="stop")]
+    stand_in.on("POST", "/v1/chat/completions", httpx.Response(200, content=sse(*events)))
+    api = Api.__new__(Api)
+    api.url, api.client = URL, stand_in.client(URL)
+    chat, out = Chat("tiny-think"), io.StringIO()
+    reply = chat.send(api, "Is it?", out, show_reasoning=True)
+    assert out.getvalue() == f"{chat_module.DIM}hmm, well{chat_module.RESET}\n\nYes."
+    assert (reply.reasoning, reply.text) == ("hmm, well", "Yes.")
+    assert chat.messages[-1] == {"role": "assistant", "content": "Yes."}
+    stand_in.on("POST", "/v1/chat/completions", httpx.Response(200, content=sse(*events)))
+    quiet = io.StringIO()
+    chat.send(api, "Is it?", quiet, show_reasoning=False)  # not on a terminal: the answer alone
+    assert quiet.getvalue() == "Yes."
+
+
 def test_piped_text_then_the_prompt(
     server: StandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
