@@ -4,8 +4,10 @@ A check on `sys.modules`, not on time, so it cannot flake on a busy machine; doc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,10 +60,11 @@ url = f"http://127.0.0.1:{server.server_address[1]}"
 """
 
 
-def imported(body: str) -> list[str]:
+def imported(body: str, **env: str) -> list[str]:
     """The heavy modules imported once ``body`` has run in a fresh interpreter (asserting what it asserts)."""
     code = f"{body}\nimport sys\nprint('heavy:', *(m for m in {HEAVY!r} if m in sys.modules))\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    environ = os.environ | env
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environ)
     assert done.returncode == 0, done.stderr
     last = done.stdout.splitlines()[-1].split()  # after what the command printed
     assert last[0] == "heavy:", done.stdout
@@ -104,3 +107,14 @@ def test_the_settings_url_path_too() -> None:
     body = "import os\nos.environ.pop('BITINGLIP_URL', None)\nfrom bitinglip.cli import main\n"
     body += "os.environ['BITINGLIP_SERVER__PORT'] = '9'\nassert main(['ps']) == 1\n"
     assert imported(body) == []
+
+
+def test_models_list_and_show_read_the_registry_alone(tmp_path: Path) -> None:
+    """On a database at this release's schema: SQLAlchemy and the `models` table, not the app (nor Litestar)."""
+    home = {"BITINGLIP_HOME": str(tmp_path)}
+    first = "from bitinglip.cli import main\nassert main(['models', 'list']) == 0\n"
+    assert "bitinglip.app" in imported(first, **home)  # no file yet: made (and every table) the app's way
+    registry_alone = ["sqlalchemy", "bitinglip.models"]  # the registry's module and table, nothing of the hub
+    assert imported(first, **home) == registry_alone
+    show = "from bitinglip.cli import main\nassert main(['models', 'show', 'ghost']) == 1\n"
+    assert imported(show, **home) == registry_alone
