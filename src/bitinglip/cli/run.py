@@ -131,9 +131,9 @@ def _deployment(api: Api, model: str) -> tuple[dict[str, Any] | None, bool]:
 def _message(args: argparse.Namespace) -> str | None:
     """What to answer once: the text piped in, then PROMPT (as `ollama run` joins them); None for a conversation."""
     prompt = " ".join(args.prompt).strip()
-    if sys.stdin is None or sys.stdin.isatty():
+    if sys.stdin is not None and sys.stdin.isatty():
         return prompt or None
-    piped = sys.stdin.read().strip()
+    piped = sys.stdin.read().strip() if sys.stdin is not None else ""  # no stdin at all (a service): no text
     text = "\n\n".join(part for part in (piped, prompt) if part)
     if not text:
         raise BitingLipError("nothing to send: give a PROMPT, or pipe text in")
