@@ -36,6 +36,7 @@ from bitinglip.gateway import (
     pull_families,
     task_families,
 )
+from bitinglip.interfaces import UI_PATH, DashboardPlugin, RequestLog
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
 from bitinglip.tasks import BatchService, FileStore, TaskQueue, TasksPlugin, TaskStore
 
@@ -66,6 +67,7 @@ class Components:
         self.keys = KeyStore(self.db)
         self.usage = UsageRecorder(self.db, settings.gateway.usage_flush_s)
         self.metrics = Metrics()
+        self.request_log = RequestLog()
         self.accounting = Accounting(MemoryLimitStore(), self.usage, self.metrics, settings.gateway)
 
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
@@ -213,11 +215,16 @@ def create_app(loaded: LoadedSettings | None = None, *, components: Components |
 
     return Litestar(
         plugins=[
-            CorePlugin(access_log=loaded.settings.server.access_log, observers=[components.metrics.observe_http]),
+            CorePlugin(
+                access_log=loaded.settings.server.access_log,
+                observers=[components.metrics.observe_http, components.request_log.observe],
+                home=UI_PATH,
+            ),
             ModelsPlugin(components.models),
             ClusterPlugin(components.cluster),
             GatewayPlugin(components.openai, components.pipeline, components.keys, auth),
             TasksPlugin(components.batches),
+            DashboardPlugin(components.request_log),
         ],
         lifespan=[lifespan],
         logging_config=None,  # ours (structlog) is set up by the CLI; Litestar's would replace it

@@ -1,7 +1,7 @@
 """Local devices, the deployments on them and their engines. The gateway sees engines only through `protocol.py`."""
 
 from bitinglip.cluster.cluster import Cluster, ModelCatalog
-from bitinglip.cluster.deployment import Deployment, DeploymentState, keep_alive_seconds
+from bitinglip.cluster.deployment import Deployment, DeploymentState, TimelineEvent, keep_alive_seconds
 from bitinglip.cluster.devices import Device, DeviceProcess, list_devices
 from bitinglip.cluster.plugin import ClusterPlugin
 from bitinglip.cluster.protocol import (
@@ -44,6 +44,7 @@ __all__ = [
     "ModelCatalog",
     "Reasoning",
     "ServedModel",
+    "TimelineEvent",
     "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bitinglip.cluster.adapters import AdapterBook
-from bitinglip.cluster.deployment import Deployment, keep_alive_seconds
+from bitinglip.cluster.deployment import Deployment, TimelineEvent, keep_alive_seconds
 from bitinglip.cluster.devices import Device, list_devices
 from bitinglip.cluster.health import Supervisor
 from bitinglip.cluster.placement import (
@@ -50,6 +50,7 @@ from bitinglip.core import (
     ClusterSettings,
     Conflict,
     DeploymentSettings,
+    Feed,
     InvalidInput,
     NotFound,
     SettingsError,
@@ -61,6 +62,7 @@ log = get_logger(__name__)
 
 # POST /api/deployments answers at once when the model is unknown or cannot fit, if that is known this fast.
 PLACEMENT_WAIT_S = 2.0
+TIMELINE_SIZE = 500
 
 
 class ModelCatalog(Protocol):
@@ -100,6 +102,8 @@ class Cluster:
         self.probe_devices = probe_devices
         self.records = EngineRecords(run_dir)
         self.deployments: dict[str, Deployment] = {}
+        # Every deployment's state changes, for the dashboard's timeline (the log has them too).
+        self.timeline: Feed[TimelineEvent] = Feed(TIMELINE_SIZE)
         self._cpu_platform = cpu_platform
         self._lock = asyncio.Lock()  # engine starts, stops, sleeps, wakes: one at a time
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -202,6 +206,7 @@ class Cluster:
             env=engine_env(self.settings),
             factory=self.factory,
             settings=self.settings,
+            timeline=self.timeline,
         )
         self.deployments[name] = deployment
         return deployment

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from bitinglip.core import (
     BitingLipError,
     ClusterSettings,
     DeploymentSettings,
+    Feed,
     NotFound,
     Unavailable,
     get_logger,
@@ -40,6 +42,16 @@ log = get_logger(__name__)
 
 DeploymentState = Literal["loading", "ready", "sleeping", "draining", "stopped", "failed"]
 ReplicaState = Literal["loading", "ready", "sleeping", "stopped", "failed"]
+
+
+class TimelineEvent(msgspec.Struct, kw_only=True):
+    """A deployment's state (or the step of its load) changed: loads, sleeps, evictions, restarts, failures."""
+
+    at: str  # UTC, ISO 8601
+    deployment: str
+    state: DeploymentState
+    reason: str | None
+
 
 # The legal state changes: from each state, the states it may go to.
 TRANSITIONS: dict[DeploymentState, frozenset[DeploymentState]] = {
@@ -155,8 +167,10 @@ class Deployment:
         env: dict[str, str],
         factory: EngineFactory,
         settings: ClusterSettings,
+        timeline: Feed[TimelineEvent] | None = None,
     ) -> None:
         self.name = name
+        self.timeline = timeline
         self.spec = spec
         self.source = source  # the setting that declared it ("cluster.deployments[0]"); None: added at run time
         self.on_demand = on_demand  # added by a request for a registered model; removed if it never fits
@@ -303,6 +317,9 @@ class Deployment:
             log.error("deployment.failed", deployment=self.name, reason=reason, hint=self.failure_hint())
         else:
             log.info(f"deployment.{state}", deployment=self.name, reason=reason)
+        if self.timeline is not None:
+            at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self.timeline.push(TimelineEvent(at=at, deployment=self.name, state=state, reason=reason))
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -30,6 +30,7 @@ from bitinglip.core.errors import (
 if TYPE_CHECKING:  # what mypy sees; at run time `__getattr__` imports these (tests/unit/core/test_lazy_core.py)
     from bitinglip.core.db import Database, metadata, migration
     from bitinglip.core.events import Events, FinalEvent
+    from bitinglip.core.feed import Feed
     from bitinglip.core.heap import settle as settle_heap
     from bitinglip.core.http import (
         EVENT_STREAM,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # what mypy sees; at run time `__getattr__` imports these (te
 _LAZY: dict[str, tuple[str, str]] = {
     **{name: ("db", name) for name in ("Database", "metadata", "migration")},
     **{name: ("events", name) for name in ("Events", "FinalEvent")},
+    "Feed": ("feed", "Feed"),
     "settle_heap": ("heap", "settle"),
     **{
         name: ("http", name)
@@ -144,6 +146,7 @@ __all__ = [
     "ErrorResponse",
     "EventStream",
     "Events",
+    "Feed",
     "FinalEvent",
     "Forbidden",
     "GatewaySettings",

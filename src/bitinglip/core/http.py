@@ -23,6 +23,7 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Reference, Schema
+from litestar.response import Redirect
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from bitinglip.core.errors import BitingLipError
@@ -247,11 +248,25 @@ async def health() -> Health:
 class Root(msgspec.Struct):
     name: Literal["bitinglip"] = "bitinglip"
     docs: str = "/schema"
+    ui: str | None = None  # the web dashboard, where one is mounted
 
 
-@get("/", operation_id="root", tags=["health"], summary="The server answers: its name and where its API docs are")
-async def root() -> Root:
-    return Root()
+def root_route(home: str | None) -> Any:
+    """`GET /`: a browser (it asks for HTML) is sent to ``home``, the dashboard; any other client gets JSON."""
+
+    @get(
+        "/",
+        operation_id="root",
+        tags=["health"],
+        summary="The server answers: its name and where its API docs and dashboard are (browsers go there)",
+        responses={302: ResponseSpec(None, description="To the dashboard, for a client that asks for text/html")},
+    )
+    async def root(request: Request[Any, Any, Any]) -> Response[Root]:
+        if home is not None and "text/html" in request.headers.get("accept", ""):
+            return Redirect(home)
+        return Response(Root(ui=home))
+
+    return root
 
 
 @head("/", operation_id="rootHead", tags=["health"], summary="The server answers (coding agents probe `HEAD /`)")

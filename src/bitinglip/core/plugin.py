@@ -13,7 +13,15 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin, Yaml
 from litestar.plugins import InitPlugin
 from litestar.static_files import create_static_files_router
 
-from bitinglip.core.http import Observer, RequestIdMiddleware, complete_openapi, handle_error, health, root, root_head
+from bitinglip.core.http import (
+    Observer,
+    RequestIdMiddleware,
+    complete_openapi,
+    handle_error,
+    health,
+    root_head,
+    root_route,
+)
 from bitinglip.core.litestar_internals import check as check_litestar
 from bitinglip.core.litestar_internals import wrap_whole_app
 
@@ -22,13 +30,14 @@ SWAGGER_ASSETS = "/schema/assets/swagger-ui"  # vendored swagger-ui-dist (static
 
 
 class CorePlugin(InitPlugin):
-    def __init__(self, access_log: bool = True, observers: Sequence[Observer] = ()) -> None:
+    def __init__(self, access_log: bool = True, observers: Sequence[Observer] = (), home: str | None = None) -> None:
         self.access_log = access_log
         self.observers = observers
+        self.home = home  # where `GET /` sends a browser (the dashboard), if anywhere
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.exception_handlers[Exception] = handle_error
-        app_config.route_handlers.extend([health, root, root_head])
+        app_config.route_handlers.extend([health, root_route(self.home), root_head])
         app_config.openapi_config = OpenAPIConfig(
             title="BitingLip",
             version=importlib.metadata.version("bitinglip"),
