@@ -23,6 +23,7 @@ HEAVY = (
     "bitinglip.app",
     "bitinglip.cluster",
     "bitinglip.gateway",
+    "bitinglip.interfaces",
     "bitinglip.models",
     "bitinglip.tasks",
 )
