@@ -1,7 +1,7 @@
 """`bitinglip ps | deploy | undeploy | cluster devices`: clients of a running server's /api, over HTTP.
 
 They never import the app (and so never vLLM or Litestar), and import httpx and the settings only when they run:
-`bitinglip ps` takes about 0.2 s (docs/cli.md has the figures). What every such client shares (`Api`,
+`bitinglip ps` takes about 0.3 s (docs/cli.md has the figures). What every such client shares (`Api`,
 `server_url`, `_poll`, the --url and --json options) is here too: cli/tasks.py, cli/batches.py and cli/run.py use
 it.
 """

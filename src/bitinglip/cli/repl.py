@@ -157,6 +157,14 @@ class Session:
         return parts[what]
 
     def send(self, text: str) -> None:
+        from bitinglip.cli.run import ensure_served
+
+        # Put away since the last answer (its keep-alive ran out while the user was away): the reload shows its
+        # progress line rather than a silent wait. Ctrl-C there returns to the prompt, the message not sent.
+        try:
+            ensure_served(self.api, self.chat.model)
+        except KeyboardInterrupt:
+            return
         reply = self.chat.send(self.api, text, sys.stdout, show_reasoning=sys.stdout.isatty())
         if reply.interrupted:
             print("\n^C (stopped)" if reply.text else "^C (stopped before the first token)")

@@ -441,6 +441,23 @@ def test_ctrl_c_stops_an_answer_and_keeps_what_was_written(
     ]
 
 
+def test_a_model_put_away_between_turns_loads_again_with_its_progress(
+    conversation: StandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow_load(monkeypatch)
+    put_away = ok({"object": "list", "data": [{"id": "tiny", "status": "stopped"}]})
+    conversation.on("GET", "/v1/models", READY, READY, put_away, READY)  # at start, turn 1, turn 2, turn 3
+    conversation.on("GET", "/api/deployments/tiny", ok({"state": "loading", "reason": "starting the engine"}))
+    conversation.on("POST", "/tokenize", ok({"count": 1}))
+    script(monkeypatch, "one", "two", "three")
+    code, out, err = run(capsys, "run", "tiny")
+    assert code == 0 and out.count("Hi!") == 3
+    assert "loading tiny... starting the engine, 0 s" in err
+    calls = conversation.calls()
+    assert calls.count("POST /tokenize") == 1
+    assert calls.index("POST /tokenize") < [i for i, c in enumerate(calls) if c == "POST /v1/chat/completions"][1]
+
+
 def test_help(conversation: StandIn, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     script(monkeypatch, "/?")
     out = run(capsys, "run", "tiny")[1]
