@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model agents run test lint docs bench bench-gateway bench-agents bench-swap bench-batch bench-lora clean
+.PHONY: help setup model agents browser run test lint docs bench bench-gateway bench-agents bench-swap bench-batch bench-lora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,10 +49,16 @@ $(AGENTS_STAMP):
 			@openai/codex@$(CODEX_VERSION) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) && touch $@; \
 	fi
 
+browser: ## Debian's Chromium for the dashboard's browser tests (tests/e2e/test_dashboard*.py), from apt if missing
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && \
+		{ echo "browser: installing Chromium from the machine's packages"; \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+		echo "browser: no Chromium and no apt-get; the dashboard tests will fail until one is installed"
+
 run: setup model ## set up, prepare the default model, serve on 127.0.0.1:8000
 	$(BIN)/bitinglip serve
 
-test: setup agents ## the whole suite (unit and end-to-end with the real engine and the real coding agents)
+test: setup agents browser ## the whole suite (unit and end-to-end with the real engine, the coding agents, a browser)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter contracts (pyproject.toml)

@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from typing import Any, NoReturn
 
 from bitinglip.core import BitingLipError, Forbidden, GatewaySettings, RateLimited
-from bitinglip.gateway.keys import ApiKey
+from bitinglip.gateway.keys import ApiKey, Headroom
 from bitinglip.gateway.limits import Bucket, Limits, LimitStore, Reservation, rate_headers
 from bitinglip.gateway.metrics import Metrics
 from bitinglip.gateway.serving import Prepared, Tally
@@ -46,6 +46,17 @@ class Accounting:
 
     def rate_headers(self, key: ApiKey) -> list[tuple[bytes, bytes]]:
         return rate_headers(self.limits, key_bucket(key))
+
+    def headroom(self, key: ApiKey) -> Headroom | None:
+        """What the key may still send this minute, where it is limited (None: no rpm or tpm)."""
+        if key.rpm is None and key.tpm is None:
+            return None
+        snap = self.limits.snapshot(key_bucket(key))
+        return Headroom(
+            requests_left=snap.requests_left if key.rpm is not None else None,
+            tokens_left=snap.tokens_left if key.tpm is not None else None,
+            reset_s=round(snap.reset_s, 3),
+        )
 
     def begin(self, state: MutableMapping[str, Any], model: str | None, *, owner: str | None = None) -> Exchange:
         """Open the books of a request for ``model`` made with the key in ``state`` (none while auth is off).

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, KwargDefinition
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bitinglip.core import InvalidInput, error_responses
-from bitinglip.gateway.auth import Authenticator
+from bitinglip.core import InvalidInput, Unauthorized, error_responses
+from bitinglip.gateway.accounting import Accounting
+from bitinglip.gateway.auth import Authenticator, request_token
 from bitinglip.gateway.keys import ApiKey, KeyCreate, KeyList, KeyStore, KeyView, NewKey, view
 from bitinglip.gateway.metrics import Metrics
 from bitinglip.gateway.usage import UsageRecorder, UsageReport
@@ -32,13 +34,26 @@ class KeysController(Controller):
     async def create(self, keys: NamedDependency[KeyStore], data: JSONBody[KeyCreate]) -> NewKey:
         return await keys.create(data)
 
-    @get("/", operation_id="listKeys", summary="The API keys (never the keys themselves); revoked ones on request")
-    async def list_keys(self, keys: NamedDependency[KeyStore], include_revoked: FromQuery[bool] = False) -> KeyList:
-        return KeyList(data=[view(k) for k in await keys.list(include_revoked=include_revoked)])
+    @get(
+        "/",
+        operation_id="listKeys",
+        summary="The API keys (never the keys themselves) with their limits' headroom now; revoked ones on request",
+    )
+    async def list_keys(
+        self,
+        keys: NamedDependency[KeyStore],
+        accounting: NamedDependency[Accounting],
+        include_revoked: FromQuery[bool] = False,
+    ) -> KeyList:
+        found = await keys.list(include_revoked=include_revoked)
+        return KeyList(data=[view(k, accounting.headroom(k)) for k in found])
 
     @get("/{key:str}", operation_id="getKey", summary="One API key, by id or name", responses=error_responses(404))
-    async def get_key(self, keys: NamedDependency[KeyStore], key: FromPath[str]) -> KeyView:
-        return view(await keys.find(key))
+    async def get_key(
+        self, keys: NamedDependency[KeyStore], accounting: NamedDependency[Accounting], key: FromPath[str]
+    ) -> KeyView:
+        found = await keys.find(key)
+        return view(found, accounting.headroom(found))
 
     @delete(
         "/{key:str}",
@@ -88,6 +103,35 @@ class UsageController(Controller):
         if caller is not None and caller.scope != "admin":
             key_id = caller.id
         return await usage.report(key_id=key_id, model=model, start=_day(start, "start"), end=_day(end, "end"))
+
+
+class Caller(msgspec.Struct, kw_only=True):
+    """Who a request's key is, for sign-in pages: answered without a key, never as an error."""
+
+    auth: bool  # whether this server asks for keys; when it does not, every caller may do everything
+    scope: Literal["admin", "inference"] | None  # None: no key, or one that is refused (`reason` says why)
+    key: KeyView | None = None
+    reason: str | None = None
+
+
+@get(
+    "/api/me",
+    operation_id="whoAmI",
+    tags=["keys"],
+    summary="The scope, limits and headroom of the key sent (no key: says whether one is needed); never a 401",
+)
+async def who_am_i(
+    request: Request[Any, Any, Any],
+    auth: NamedDependency[Authenticator | None],
+    accounting: NamedDependency[Accounting],
+) -> Caller:
+    if auth is None:
+        return Caller(auth=False, scope="admin")
+    try:
+        key = await auth.authenticate(request_token(request.scope))
+    except Unauthorized as refused:
+        return Caller(auth=True, scope=None, reason=refused.message)
+    return Caller(auth=True, scope=key.scope, key=view(key, accounting.headroom(key)))
 
 
 MetricsText = Annotated[str, KwargDefinition(description="Prometheus's text exposition format")]

@@ -45,9 +45,11 @@ class Authenticator:
         self.public_docs = "/schema" in public
 
     def is_public(self, path: str) -> bool:
-        # The dashboard's files (/ui) hold no data: the page asks for a key and sends it with each call it makes.
+        # The dashboard's files (/ui) hold no data: the page asks for a key and sends it with each call it makes;
+        # /api/me checks the key it is sent itself (a sign-in page asks it which key it has).
         return (
             path == "/"
+            or path == "/api/me"
             or path == "/ui"
             or path.startswith("/ui/")
             or path in self.public_exact
@@ -87,7 +89,8 @@ class Authenticator:
         return key
 
 
-def _token(scope: Scope) -> str | None:
+def request_token(scope: Scope) -> str | None:
+    """The key a request sends: `Authorization: Bearer <key>` or `x-api-key`."""
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, credentials = value.decode("latin-1").partition(" ")
@@ -113,7 +116,7 @@ class AuthMiddleware:
         if scope["type"] != ScopeType.HTTP or self.auth.is_public(path):
             await self.app(scope, receive, send)
             return
-        key = await self.auth.authenticate(_token(scope))
+        key = await self.auth.authenticate(request_token(scope))
         if required_scope(path) == "admin" and key.scope != "admin":
             raise Forbidden(f"this API key has scope `{key.scope}`; {path} needs an `admin` key", code="scope_required")
         state = scope.setdefault("state", {})

@@ -58,6 +58,14 @@ class ApiKey(msgspec.Struct, kw_only=True):
         return self.rpm is not None or self.tpm is not None or self.max_concurrent is not None
 
 
+class Headroom(msgspec.Struct, kw_only=True):
+    """A key's per-minute limits now: what is left of each (None where it has none) and when the window empties."""
+
+    requests_left: int | None
+    tokens_left: int | None
+    reset_s: float
+
+
 class KeyView(msgspec.Struct, kw_only=True):
     """A key as /api/keys and `bitinglip keys list` show it."""
 
@@ -73,6 +81,7 @@ class KeyView(msgspec.Struct, kw_only=True):
     revoked_at: float | None
     state: str
     prefix: str  # what the key starts with, to tell keys apart: "bl_<id>_"
+    headroom: Headroom | None = None  # on /api/keys and /api/me: what its per-minute limits leave now
 
 
 class NewKey(msgspec.Struct, kw_only=True):
@@ -92,7 +101,7 @@ class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     expires_at: float | None = None  # Unix seconds
 
 
-def view(key: ApiKey) -> KeyView:
+def view(key: ApiKey, headroom: Headroom | None = None) -> KeyView:
     return KeyView(
         id=key.id,
         name=key.name,
@@ -106,6 +115,7 @@ def view(key: ApiKey) -> KeyView:
         revoked_at=key.revoked_at,
         state=key.state(),
         prefix=f"bl_{key.id}_",
+        headroom=headroom,
     )
 
 

@@ -9,7 +9,7 @@ from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.plugins import InitPlugin
 
-from bitinglip.gateway.admin import KeysController, UsageController, metrics_route
+from bitinglip.gateway.admin import KeysController, UsageController, metrics_route, who_am_i
 from bitinglip.gateway.anthropic import AnthropicController
 from bitinglip.gateway.api import OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
@@ -39,6 +39,7 @@ class GatewayPlugin(InitPlugin):
                 TokenizeController,
                 KeysController,
                 UsageController,
+                who_am_i,
                 metrics_route,
             ]
         )

@@ -11,6 +11,7 @@ from gateway_support import build_gateway
 from litestar.testing import TestClient
 
 from bitinglip.core import Feed
+from bitinglip.gateway import KeyCreate
 from doubles import ScriptedEngine
 
 ASK = [{"role": "user", "content": "hi"}]
@@ -65,3 +66,24 @@ def test_the_event_stream_has_the_cluster_and_the_requests_so_far(tmp_path: Path
         assert chat["status"] == 200 and chat["model"] == "fake" and chat["completion_tokens"] >= 1
         assert chat["request_id"] == answer.headers["x-request-id"]
         assert any(line["status"] == 404 for line in lines)
+
+
+def test_me_says_who_a_key_is_and_never_answers_401(tmp_path: Path) -> None:
+    gateway = build_gateway(ScriptedEngine(), tmp_path, auth=True)
+    with TestClient(gateway.app) as c:
+        nobody = c.get("/api/me")
+        assert nobody.status_code == 200 and nobody.json() == {
+            "auth": True,
+            "scope": None,
+            "key": None,
+            "reason": nobody.json()["reason"],
+        }
+        assert "no API key" in nobody.json()["reason"]
+        assert c.get("/api/me", headers={"authorization": "Bearer bl_nope_x"}).json()["scope"] is None
+        made = c.blocking_portal.call(gateway.keys.create, KeyCreate(name="app", scope="inference", rpm=5))
+        me = c.get("/api/me", headers={"authorization": f"Bearer {made.key}"}).json()
+        assert me["scope"] == "inference" and me["key"]["name"] == "app"
+        assert me["key"]["headroom"] == {"requests_left": 5, "tokens_left": None, "reset_s": 0.0}
+        assert made.key not in str(me)
+    with TestClient(build_gateway(ScriptedEngine(), tmp_path / "open").app) as c:
+        assert c.get("/api/me").json()["scope"] == "admin"
