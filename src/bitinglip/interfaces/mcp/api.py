@@ -9,7 +9,7 @@ it; nothing is counted twice (the `/mcp` request itself generates nothing and re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from litestar.types import ASGIApp
@@ -30,7 +30,8 @@ class LocalApi:
     def __init__(self, app: ASGIApp) -> None:
         # No timeout: the call is bounded by the API's own limits (output tokens, queues); it has no socket to
         # stall on. raise_app_exceptions=False: an error the app did not answer itself still comes back as a 500.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        # Any: httpx types ASGI with its own aliases, Litestar with its own; the same three callables.
+        transport = httpx.ASGITransport(app=cast(Any, app), raise_app_exceptions=False)
         self.http = httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=None)
 
     def as_caller(self, headers: Mapping[str, str], request_id: str | None, *, admin: bool) -> Caller:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 from litestar import Litestar, asgi
 from litestar.config.app import AppConfig
 from litestar.exceptions import MethodNotAllowedException
 from litestar.plugins import InitPlugin
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 
@@ -50,21 +51,22 @@ class McpPlugin(InitPlugin):
         )
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        sessions = self.sessions
+        # The SDK types ASGI with Starlette's aliases, Litestar with its own: the same three callables.
+        handle = cast(ASGIApp, self.sessions.handle_request)
 
         # copy_scope: what the SDK writes into the scope stays there; the state (key, log fields) is shared.
         @asgi(MCP_PATH, copy_scope=True, name="mcp")
         async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
             if scope.get("method") != "POST":
                 # Stateless: no stream to GET (the SDK would hold one open for ever) and no session to DELETE.
-                raise MethodNotAllowedException(headers={"Allow": "POST"})
+                raise MethodNotAllowedException()
 
             async def send_int_status(message: Message) -> None:
                 if message["type"] == "http.response.start":
                     message["status"] = int(message["status"])  # the SDK's is an HTTPStatus: logs want the number
                 await send(message)
 
-            await sessions.handle_request(scope, receive, send_int_status)
+            await handle(scope, receive, send_int_status)
 
         app_config.route_handlers.append(mcp)
         app_config.lifespan.append(self.running)  # after the components': the tools need them up

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -24,8 +24,7 @@ from bitinglip.interfaces.mcp.api import Caller, ToolFailure
 WAIT_LIMIT_S = 300.0  # `wait: true` returns the state it reached by then, with a note
 POLL_S = 1.0
 MAX_RESULTS = 200  # batch result lines a batch_status answer carries; the output file has them all
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
+CHAT: Final = "/v1/chat/completions"
 
 
 @dataclass
@@ -68,8 +67,7 @@ class DeployArgs(_Args):
     name: Annotated[str, _doc("What requests will send as `model` (default: the model's registry name)")] | None = None
     replicas: Annotated[int, msgspec.Meta(ge=1, description="Engines serving this name (default 1)")] | None = None
     keep_alive: (
-        Annotated[float | str, _doc('Idle time before it is put away: seconds, or "30s", "5m", "1h"; -1 never')]
-        | None
+        Annotated[float | str, _doc('Idle time before it is put away: seconds, or "30s", "5m", "1h"; -1 never')] | None
     ) = None
     wait: Annotated[bool, _doc(f"Wait until it is ready or failed (at most {WAIT_LIMIT_S:.0f} s)")] = False
 
@@ -129,9 +127,7 @@ class UsageArgs(_Args):
 async def list_models(api: Caller, _: NoArgs) -> Reply:
     served = await api.get("/v1/models")
     data: dict[str, Any] = {
-        "served": [
-            _some(card, "id", "status", "max_model_len", "parent") for card in served.get("data", [])
-        ]
+        "served": [_some(card, "id", "status", "max_model_len", "parent") for card in served.get("data", [])]
     }
     if api.admin:
         registry = await api.get("/api/models")
@@ -224,7 +220,10 @@ async def submit_batch(api: Caller, args: BatchArgs) -> Reply:
     ]
     content = ("\n".join(lines) + "\n").encode()
     file = await api.call(
-        "POST", "/v1/files", files={"file": ("mcp-batch.jsonl", content, "application/jsonl")}, data={"purpose": "batch"}
+        "POST",
+        "/v1/files",
+        files={"file": ("mcp-batch.jsonl", content, "application/jsonl")},
+        data={"purpose": "batch"},
     )
     batch = await api.post(
         "/v1/batches", {"input_file_id": file["id"], "endpoint": args.endpoint, "completion_window": "24h"}
@@ -279,9 +278,7 @@ def _reads(title: str) -> ToolAnnotations:
 
 
 def _acts(title: str, *, destructive: bool = False, open_world: bool = False) -> ToolAnnotations:
-    return ToolAnnotations(
-        title=title, read_only_hint=False, destructive_hint=destructive, open_world_hint=open_world
-    )
+    return ToolAnnotations(title=title, read_only_hint=False, destructive_hint=destructive, open_world_hint=open_world)
 
 
 TOOLS = [
