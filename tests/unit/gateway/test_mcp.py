@@ -13,6 +13,7 @@ from gateway_support import Gateway, build_gateway
 from litestar.testing import TestClient
 
 from bitinglip.gateway import KeyCreate
+from bitinglip.interfaces import DashboardPlugin
 from doubles import ScriptedEngine
 
 TOOLS = {
@@ -31,8 +32,12 @@ MCP_HEADERS = {"accept": "application/json, text/event-stream", "mcp-protocol-ve
 LOCAL = "http://127.0.0.1:8000"
 
 
-def rpc(client: TestClient[Any], method: str, params: dict[str, Any], key: str | None = None) -> Any:
+def rpc(
+    client: TestClient[Any], method: str, params: dict[str, Any], key: str | None = None, request_id: str | None = None
+) -> Any:
     headers = MCP_HEADERS | ({"Authorization": f"Bearer {key}"} if key else {})
+    if request_id is not None:
+        headers["x-request-id"] = request_id
     r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 7, "method": method, "params": params}, headers=headers)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -86,12 +91,26 @@ def test_every_tool_is_listed_with_an_object_schema(keyless: TestClient[Any]) ->
 
 
 def test_chat_answers_the_text_and_the_usage(keyless: TestClient[Any]) -> None:
-    result = call(keyless, "chat", model="fake", prompt="hi", max_tokens=2, system="Be brief.")
+    result = rpc(
+        keyless,
+        "tools/call",
+        {"name": "chat", "arguments": {"model": "fake", "prompt": "hi", "max_tokens": 2, "system": "Be brief."}},
+        request_id="trace-me",
+    )["result"]
     assert result["isError"] is False
     assert text(result) == "Hello there"
     data = result["structuredContent"]
     assert data["finish_reason"] == "length" and data["usage"]["completion_tokens"] == 2
     assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + 2
+    # One request id finds the MCP call and the API call it made, each with its own access line.
+    dashboard = keyless.app.plugins.get(DashboardPlugin)
+    lines = [(line.path, line.completion_tokens) for line in dashboard.request_log.feed.since(0)]
+    traced = [
+        (line.path, line.completion_tokens)
+        for line in dashboard.request_log.feed.since(0)
+        if line.request_id == "trace-me"
+    ]
+    assert traced == [("/v1/chat/completions", 2), ("/mcp", None)], lines
     conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     again = call(keyless, "chat", model="fake", messages=[*conversation, {"role": "user", "content": "more"}])
     assert again["isError"] is False and text(again).startswith("Hello")
@@ -116,6 +135,21 @@ def test_bad_arguments_and_api_errors_are_tool_errors_naming_the_cause(keyless: 
     assert both["isError"] is True and "either" in text(both)
     no_tool = rpc(keyless, "tools/call", {"name": "rm_rf", "arguments": {}})
     assert "rm_rf" in no_tool["error"]["message"]
+
+
+def test_the_2026_protocol_needs_no_handshake(keyless: TestClient[Any]) -> None:
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+    }
+    params = {"name": "chat", "arguments": {"model": "fake", "prompt": "hi", "max_tokens": 1}, "_meta": envelope}
+    headers = MCP_HEADERS | {"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "chat"}
+    r = keyless.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}, headers=headers
+    )
+    assert r.status_code == 200, r.text
+    assert text(r.json()["result"]) == "Hello"
 
 
 def test_a_keyless_local_server_wants_local_hosts_and_takes_only_post(keyless: TestClient[Any]) -> None:
