@@ -130,16 +130,18 @@ async def test_a_batch_runs_to_its_results(server: Server) -> None:
     assert status["usage"]["output_tokens"] == sum(r["usage"]["completion_tokens"] for r in results)
 
 
-async def test_a_pull_from_the_hub(server: Server, hub: Hub, tiny_model_dir: Path) -> None:
-    sha = hub.stub.add_repo_from_dir("org/mcp-pulled", tiny_model_dir)
+async def test_a_pull_from_the_hub(server: Server, hub: Hub) -> None:
+    """Of what is served already: the same commit, nothing downloaded again (a new model here would show in
+    /v1/models, which other modules of the session count)."""
+    gets_before = len(hub.stub.file_gets())
     async with mcp(server) as session:
-        pulled = data(await session.call_tool("pull_model", {"model": "org/mcp-pulled", "wait": True}))
+        pulled = data(await session.call_tool("pull_model", {"model": MODEL, "wait": True}))
         again = data(await session.call_tool("pull_status", {"pull_id": pulled["id"]}))
         missing = await session.call_tool("pull_model", {"model": "org/not-on-the-hub"})
-    assert pulled["state"] == "ready" and pulled["model"] == "org/mcp-pulled" and pulled["path"].endswith(sha)
-    assert pulled["bytes_done"] == pulled["bytes_total"] > 0 and pulled["percent"] == 100.0
+    assert pulled["state"] == "ready" and pulled["model"] == MODEL and pulled["path"].endswith(hub.sha)
+    assert pulled["up_to_date"] is True and len(hub.stub.file_gets()) == gets_before
     assert again["id"] == pulled["id"] and again["state"] == "ready"
-    assert missing.is_error and "(404" in text(missing)
+    assert missing.is_error and "org/not-on-the-hub" in text(missing) and "(404" in text(missing), text(missing)
 
 
 # -- auth on

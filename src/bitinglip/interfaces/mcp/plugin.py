@@ -16,18 +16,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from litestar import Litestar, asgi
 from litestar.config.app import AppConfig
 from litestar.exceptions import MethodNotAllowedException
 from litestar.plugins import InitPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
 
 from bitinglip.interfaces.mcp.api import LocalApi
-from bitinglip.interfaces.mcp.server import McpServer
+
+if TYPE_CHECKING:
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    from bitinglip.interfaces.mcp.server import McpServer
 
 MCP_PATH = "/mcp"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -35,7 +37,14 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 class McpPlugin(InitPlugin):
     def __init__(self, *, host: str, auth: bool) -> None:
-        self.server = McpServer()
+        # The SDK is a second of imports: it loads when an app is built, not for every CLI command (they import
+        # the composition root, and so this module, too).
+        from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        from bitinglip.interfaces.mcp.server import McpServer
+
+        self.server: McpServer = McpServer()
         local = not auth and host.strip("[]") in LOOPBACK
         security = (
             TransportSecuritySettings(
@@ -46,7 +55,7 @@ class McpPlugin(InitPlugin):
             else None
         )
         # Built with the app and run once (its run() may not be entered twice): one per create_app.
-        self.sessions = StreamableHTTPSessionManager(
+        self.sessions: StreamableHTTPSessionManager = StreamableHTTPSessionManager(
             app=self.server.lowlevel, json_response=True, stateless=True, security_settings=security
         )
 

@@ -420,7 +420,7 @@ def _deployment(d: dict[str, Any]) -> dict[str, Any]:
 def _pull(p: dict[str, Any]) -> dict[str, Any]:
     total = p.get("bytes_total")
     done = p.get("bytes_done", 0)
-    view = _some(p, "id", "model", "state", "bytes_done", "bytes_total", "eta_s", "path", "error", "error_code")
+    view = _some(p, "id", "model", "state", "bytes_done", "bytes_total", "eta_s", "up_to_date", "path", "error")
     if total:
         view["percent"] = round(100 * done / total, 1)
     if p.get("rate"):
