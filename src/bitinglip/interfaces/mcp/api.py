@@ -72,10 +72,11 @@ class Caller:
 def error_text(response: httpx.Response) -> str:
     """The envelope's message, then its status and code: `this API key has scope ... (403 scope_required)`."""
     try:
-        error = response.json().get("error")
+        body = response.json()
     except ValueError:
-        error = None
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and error.get("message"):
-        code = error.get("code") or error.get("type") or ""
-        return f"{error['message']} ({response.status_code} {code})".replace(" )", ")")
+        code = error.get("code") or error.get("type")
+        return f"{error['message']} ({response.status_code}{f' {code}' if code else ''})"
     return f"{response.status_code} {response.reason_phrase}: {response.text.strip()[:300]}"
