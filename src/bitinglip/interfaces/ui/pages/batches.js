@@ -67,7 +67,7 @@ export default {
     const batches = h(
       "section",
       { class: "card", id: "batches" },
-      h("h2", {}, "Batches"),
+      h("div", { class: "spread" }, h("h2", {}, "Batches"), h("button", { class: "secondary", onclick: () => refresh() }, "Refresh")),
       batchesError,
       h(
         "table",
