@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -207,13 +208,13 @@ def line(custom_id: str, max_tokens: int) -> str:
 def test_batches_progress_download_and_cancel(browser: Browser, server: Server) -> None:
     page, console = open_page(browser, server, "batches")
     page.evaluate("window.notReloaded = true")
-    lines = [line(f"ui{i}", 24) for i in range(40)]
+    lines = [line(f"ui{i}", 400) for i in range(60)]
     page.locator("#submit-batch input[type=file]").set_input_files(
         {"name": "ui.jsonl", "mimeType": "application/jsonl", "buffer": "\n".join(lines).encode()}
     )
     page.locator("#submit-batch button[type=submit]").click()
     answer = page.locator("#submit-batch [role=status]")
-    expect(answer).to_contain_text("with 40 requests", timeout=WAIT_MS)
+    expect(answer).to_contain_text("with 60 requests", timeout=WAIT_MS)
     batch_id = answer.locator(".mono").inner_text()
     row = page.locator(f"#batches tr[data-batch='{batch_id}']")
     bar = row.get_by_role("progressbar")
@@ -229,7 +230,7 @@ def test_batches_progress_download_and_cancel(browser: Browser, server: Server) 
         page.wait_for_timeout(200)
     assert row.get_attribute("data-state") == "completed", seen
     expect(bar).to_have_attribute("aria-valuenow", "100")
-    expect(row.locator(".counts")).to_have_text("40 of 40")
+    expect(row.locator(".counts")).to_have_text("60 of 60")
     assert seen[0] < 100 and seen == sorted(seen), seen
     assert page.evaluate("window.notReloaded") is True
 
@@ -240,10 +241,14 @@ def test_batches_progress_download_and_cancel(browser: Browser, server: Server) 
     assert download.suggested_filename == f"{batch_id}-output.jsonl"
     assert not download.url.startswith("http")  # blob:, not the server's URL
     output = [json.loads(x) for x in Path(download.path()).read_text().splitlines()]
-    assert [o["custom_id"] for o in output] == [f"ui{i}" for i in range(40)]
+    assert [o["custom_id"] for o in output] == [f"ui{i}" for i in range(60)]
     assert all(o["response"]["status_code"] == 200 for o in output)
-    assert output[0]["response"]["body"]["usage"]["completion_tokens"] == 24
-    expect(page.locator("#tasks tr[data-task] td:nth-child(6)", has_text=batch_id).first).to_be_visible()
+    assert output[0]["response"]["body"]["usage"]["completion_tokens"] == 400
+    # Its lines are tasks too, listed when asked for.
+    expect(page.locator("#tasks td", has_text=batch_id)).to_have_count(0)
+    page.locator("#tasks input[name=batch_lines]").check()
+    expect(page.locator("#tasks td", has_text=batch_id).first).to_be_visible(timeout=WAIT_MS)
+    page.locator("#tasks input[name=batch_lines]").uncheck()
 
     # Another batch, long enough to be cancelled on the page while it runs.
     api = server.openai()
@@ -259,3 +264,33 @@ def test_batches_progress_download_and_cancel(browser: Browser, server: Server) 
     shoot(page, "batches")
     assert console.unexpected() == []
     page.close()
+
+
+def test_a_task_is_listed_and_cancelled(browser: Browser, server: Server) -> None:
+    """Enough long tasks (2,000 tokens each, 40 at once share the engine's steps) that the last is still queued
+    or running when the page cancels it; the others are cancelled after, as the engine is the session's."""
+    request = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Go on."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+    }
+    ids = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for _ in range(40):
+                r = http.post("/api/tasks", json={"kind": "chat", "request": request})
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["id"])
+        page, console = open_page(browser, server, "batches")
+        row = page.locator(f"#tasks tr[data-task='{ids[-1]}']")
+        expect(row).to_have_attribute("data-state", re.compile("queued|running"), timeout=WAIT_MS)
+        row.get_by_role("button", name="Cancel").click()
+        expect(row).to_have_attribute("data-state", "cancelled", timeout=WAIT_MS)
+        assert httpx.get(f"{server.url}/api/tasks/{ids[-1]}", timeout=30).json()["state"] == "cancelled"
+        shoot(page, "tasks")
+        assert console.unexpected() == []
+        page.close()
+    finally:
+        for task_id in ids[:-1]:
+            httpx.post(f"{server.url}/api/tasks/{task_id}/cancel", timeout=30)

@@ -7,6 +7,8 @@ import { badge, count, download, field, progressBar, when } from "../widgets.js"
 
 const BATCH_RUNNING = new Set(["validating", "in_progress", "finalizing", "cancelling"]);
 const TASK_RUNNING = new Set(["queued", "running"]);
+const FETCHED_TASKS = 200;
+const SHOWN_TASKS = 25;
 const ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"];
 
 export default {
@@ -140,11 +142,18 @@ export default {
     // --- Tasks ----------------------------------------------------------------------------------------------
     const tasksBody = h("tbody");
     const tasksError = h("p", { class: "error", role: "alert" });
+    const batchLines = h("input", { type: "checkbox", name: "batch_lines", onchange: () => refresh() });
+    const stateFilter = h(
+      "select",
+      { name: "state", "aria-label": "Task state", onchange: () => refresh() },
+      h("option", { value: "" }, "every state"),
+      ["queued", "running", "succeeded", "failed", "cancelled", "expired"].map((s) => h("option", { value: s }, s)),
+    );
     const tasks = h(
       "section",
       { class: "card", id: "tasks" },
-      h("h2", {}, "Tasks"),
-      h("p", { class: "muted small" }, "Background requests (POST /api/tasks) and the lines of batches; the newest 50."),
+      h("div", { class: "spread" }, h("h2", {}, "Tasks"), h("div", { class: "row" }, stateFilter, h("label", { class: "check" }, batchLines, "Include the lines of batches"))),
+      h("p", { class: "muted small" }, `Background requests (POST /api/tasks), newest first: the ${SHOWN_TASKS} newest of the last ${FETCHED_TASKS}.`),
       tasksError,
       h(
         "table",
@@ -194,7 +203,7 @@ export default {
 
     async function refresh() {
       let running = false;
-      const [b, t] = await Promise.allSettled([api("/v1/batches?limit=50"), api("/api/tasks?limit=50")]);
+      const [b, t] = await Promise.allSettled([api("/v1/batches?limit=50"), api(`/api/tasks?limit=${FETCHED_TASKS}${stateFilter.value ? `&state=${stateFilter.value}` : ""}`)]);
       if (b.status === "fulfilled") {
         batchesError.textContent = "";
         const list = b.value.data;
@@ -207,10 +216,10 @@ export default {
       } else batchesError.textContent = b.reason.message;
       if (t.status === "fulfilled") {
         tasksError.textContent = "";
-        const list = t.value.data;
-        running ||= list.some((x) => TASK_RUNNING.has(x.state));
+        running ||= t.value.data.some((x) => TASK_RUNNING.has(x.state));
+        const list = t.value.data.filter((x) => batchLines.checked || !x.batch_id).slice(0, SHOWN_TASKS);
         tasksBody.replaceChildren(
-          ...(list.length ? list.map(taskRow) : [h("tr", {}, h("td", { colspan: "9", class: "muted" }, "No tasks: POST /api/tasks queues one."))]),
+          ...(list.length ? list.map(taskRow) : [h("tr", {}, h("td", { colspan: "9", class: "muted" }, "No tasks here: POST /api/tasks queues one (kind chat or completion, and the request)."))]),
         );
       } else tasksError.textContent = t.reason.message;
       schedule(running ? 2000 : 15000);

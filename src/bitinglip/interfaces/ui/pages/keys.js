@@ -333,7 +333,7 @@ export default {
       }
       const totals = days.map((d) => [...cells.get(d).values()].reduce((a, b) => a + b, 0));
       const top = niceTop(Math.max(10, ...totals));
-      const W = 800;
+      const W = Math.max(400, Math.round(chartSlot.clientWidth || 800)); // one SVG unit a pixel: text stays its size
       const H = 220;
       const left = 56;
       const bottom = 24;
@@ -394,6 +394,6 @@ function niceTop(v) {
 function compact(v) {
   if (v >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
   if (v >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
-  return String(Math.round(v));
+  return String(+v.toFixed(1));
 }
 
