@@ -26,7 +26,7 @@ function headroom(k) {
   const parts = [];
   if (room.requests_left !== null) parts.push(`${count(room.requests_left)} of ${count(k.rpm)} requests`);
   if (room.tokens_left !== null) parts.push(`${count(room.tokens_left)} of ${count(k.tpm)} tokens`);
-  return h("span", { class: "headroom" }, `${parts.join(", ")} left this minute`, h("span", { class: "muted small" }, ` (resets in ${room.reset_s.toFixed(0)} s)`));
+  return h("span", { class: "headroom" }, `${parts.join(", ")} left this minute`, room.reset_s > 0 ? h("span", { class: "muted small" }, ` (full again in ${Math.ceil(room.reset_s)} s)`) : null);
 }
 
 function modelsText(k) {
