@@ -86,7 +86,9 @@ export async function* sse(path, { method = "GET", body, signal } = {}) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buffer += value;
+    // Litestar ends lines with \r\n (the spec allows \r\n, \n or \r): one form, so "\n\n" ends an event. A
+    // chunk that ends between \r and \n keeps its \r until the next one.
+    buffer = (buffer + value).replace(/\r\n/g, "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
