@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model agents browser run test lint docs bench bench-gateway bench-agents bench-swap bench-batch bench-lora clean
+.PHONY: help setup model agents browser run test lint docs bench bench-dashboard bench-gateway bench-agents bench-swap bench-batch bench-lora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, sam
 	$(BIN)/python scripts/bench_serve.py
 	$(BIN)/python scripts/bench_gateway.py
 	$(BIN)/python scripts/bench_agent_apis.py
+	$(BIN)/python scripts/bench_dashboard.py
+
+bench-dashboard: setup model ## API-process CPU per token at 64 at once with the dashboard's live feed open vs closed
+	$(BIN)/python scripts/bench_dashboard.py
 
 bench-gateway: setup model ## the gateway's overhead per request: auth, key limits and usage on vs auth off
 	$(BIN)/python scripts/bench_gateway.py

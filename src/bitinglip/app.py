@@ -36,7 +36,7 @@ from bitinglip.gateway import (
     pull_families,
     task_families,
 )
-from bitinglip.interfaces import UI_PATH, DashboardPlugin, RequestLog
+from bitinglip.interfaces import UI_PATH, DashboardPlugin, McpPlugin, RequestLog
 from bitinglip.models import HubClient, ModelRegistry, ModelService, ModelsPlugin
 from bitinglip.tasks import BatchService, FileStore, TaskQueue, TasksPlugin, TaskStore
 
@@ -225,6 +225,7 @@ def create_app(loaded: LoadedSettings | None = None, *, components: Components |
             GatewayPlugin(components.openai, components.pipeline, components.keys, auth),
             TasksPlugin(components.batches),
             DashboardPlugin(components.request_log),
+            McpPlugin(host=loaded.settings.server.host, auth=auth is not None),
         ],
         lifespan=[lifespan],
         logging_config=None,  # ours (structlog) is set up by the CLI; Litestar's would replace it

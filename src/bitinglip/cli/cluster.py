@@ -1,7 +1,9 @@
 """`bitinglip ps | deploy | undeploy | cluster devices`: clients of a running server's /api, over HTTP.
 
-They never import the app (and so never vLLM): they start in under a second. What every such client shares
-(`Api`, `server_url`, `_poll`, the --url and --json options) is here too: cli/tasks.py and cli/batches.py use it.
+They never import the app (and so never vLLM or Litestar), and import httpx and the settings only when they run:
+`bitinglip ps` takes about 0.3 s (docs/cli.md has the figures). What every such client shares (`Api`,
+`server_url`, `_poll`, the --url and --json options) is here too: cli/tasks.py, cli/batches.py and cli/run.py use
+it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
-
 from bitinglip.cli.tables import _deployments_table, _devices, _devices_table, _elapsed, _memory, _print_json
-from bitinglip.core import BitingLipError, load_settings
+from bitinglip.core import BitingLipError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # httpx takes 0.1 s to import: only when a command talks to the server
+    import httpx
+
     from bitinglip.cli.common import Subcommands
 
 URL_ENV = "BITINGLIP_URL"
+KEY_ENV = "BITINGLIP_API_KEY"  # sent as `Authorization: Bearer` when set (a server with auth on wants one)
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.5
@@ -33,6 +36,8 @@ LOG_EVERY_S = 5.0  # progress lines when stderr is not a terminal
 
 
 def _client(url: str) -> httpx.Client:
+    import httpx
+
     return httpx.Client(base_url=url, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
 
 
@@ -45,6 +50,8 @@ def server_url(args: argparse.Namespace) -> str:
     given = getattr(args, "url", None) or os.environ.get(URL_ENV)
     if given:
         return str(given).rstrip("/")
+    from bitinglip.core import load_settings
+
     server = load_settings().settings.server
     host = "127.0.0.1" if server.host in ("", "0.0.0.0", "::", "[::]") else server.host
     if ":" in host and not host.startswith("["):
@@ -58,6 +65,8 @@ class Api:
     def __init__(self, url: str) -> None:
         self.url = url
         self.client = client_factory(url)
+        if key := os.environ.get(KEY_ENV, "").strip():
+            self.client.headers["Authorization"] = f"Bearer {key}"
 
     def __enter__(self) -> Api:
         return self
@@ -91,6 +100,8 @@ class Api:
     @contextlib.contextmanager
     def _reaching(self, method: str, path: str) -> Iterator[None]:
         """httpx's connection and transport errors as a `BitingLipError` that says what to do."""
+        import httpx
+
         try:
             yield
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

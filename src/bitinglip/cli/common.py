@@ -1,19 +1,19 @@
 """What several commands share: settings from the command line, the app's components for the commands that work
-on the database directly, and human-readable sizes, times and durations."""
+on the database directly, and human-readable sizes, times and durations.
+
+Importing it is cheap (the standard library's argparse and typing): `bitinglip --help` builds every command's
+parser, so what a command needs to run is imported when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from bitinglip.core import LoadedSettings, configure_logging, load_settings
-
 if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
+    from datetime import datetime
+
     from bitinglip.app import Components
 
     # What `add_subparsers()` returns: each command module adds its commands to it.
@@ -33,18 +33,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _load(args: argparse.Namespace) -> LoadedSettings:
-    loaded = load_settings(_overrides(args))
-    configure_logging(loaded.settings.server, loaded.settings.env)
-    return loaded
-
-
 def _with_components(work: Command) -> Callable[[argparse.Namespace], int]:
     """Run ``work(components, args)`` inside `Components.running(serve=False)`: the database open, and on the way
     out (Ctrl-C too) pulls stopped with their partial files kept, so the next pull resumes them."""
 
     def run(args: argparse.Namespace) -> int:
+        import asyncio
+
+        import msgspec
+
         from bitinglip.app import Components
+        from bitinglip.core import configure_logging, load_settings
 
         loaded = load_settings(_overrides(args))
         server = loaded.settings.server

@@ -11,10 +11,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from bitinglip.cli.common import _with_components
-from bitinglip.cli.tables import _fields, _shorten, _table
+from bitinglip.cli.tables import _fields, _json, _shorten, _table
 from bitinglip.core import InvalidInput, parse_duration
 
 if TYPE_CHECKING:  # the gateway comes with the app, imported when a command runs
@@ -137,7 +135,7 @@ async def _create(components: Components, args: argparse.Namespace) -> int:
     )
     new = await components.keys.create(spec)
     if args.json:
-        print(msgspec.json.encode(new).decode())
+        print(_json(new))
         return 0
     # The key first and alone on its line, so `| head -1` gets it; only its hash is kept.
     print(new.key)
@@ -154,7 +152,7 @@ async def _list(components: Components, args: argparse.Namespace) -> int:
 
     keys = [view(k) for k in await components.keys.list(include_revoked=args.all)]
     if args.json:
-        print(msgspec.json.encode(keys).decode())
+        print(_json(keys))
         return 0
     if not keys:
         hidden = "" if args.all else " (revoked ones are shown with --all)"

@@ -1,22 +1,65 @@
-"""`bitinglip models ...`: commands that work on the registry directly, without a server."""
+"""`bitinglip models ...`: commands that work on the registry directly, without a server.
+
+`list` and `show` only read the registry: they open the database as it is (SQLAlchemy and the `models` table,
+not the app, which imports every module and Litestar) when its schema is this release's, and go the app's way
+(which creates or migrates it) otherwise.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import msgspec
+from typing import TYPE_CHECKING, Protocol
 
 from bitinglip.cli.common import _duration, _size, _when, _with_components
+from bitinglip.cli.tables import _json
 from bitinglip.core import BitingLipError
 
 if TYPE_CHECKING:  # the app imports every module (and, through the cluster, vLLM): only when a command needs it
     from bitinglip.app import Components
     from bitinglip.cli.common import Subcommands
-    from bitinglip.models import PullStatus
+    from bitinglip.models import ModelRegistry, PullStatus
+
+
+class HasRegistry(Protocol):
+    """What the reading commands need: the app's components, or the registry alone."""
+
+    @property
+    def registry(self) -> ModelRegistry: ...
+
+
+class _RegistryOnly:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+
+def _reading(work: Callable[[HasRegistry, argparse.Namespace], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+    """Run ``work`` on the registry alone when the database can be read as it is, else as `_with_components` does."""
+    full = _with_components(work)
+
+    def run(args: argparse.Namespace) -> int:
+        import asyncio
+
+        from bitinglip.core import Database, load_settings
+        from bitinglip.models import ModelRegistry
+
+        settings = load_settings().settings
+
+        async def main() -> int | None:
+            db = Database(settings.db)
+            if not await db.open_current():
+                return None
+            try:
+                return await work(_RegistryOnly(ModelRegistry(db, Path(settings.models.dir))), args)
+            finally:
+                await db.stop()
+
+        code = asyncio.run(main())
+        return full(args) if code is None else code
+
+    return run
 
 
 def _progress_line(status: PullStatus, width: int = 24) -> str:
@@ -50,10 +93,10 @@ async def _create_tiny(components: Components, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _list(components: Components, args: argparse.Namespace) -> int:
+async def _list(components: HasRegistry, args: argparse.Namespace) -> int:
     records = await components.registry.list_models()
     if args.json:
-        print(msgspec.json.encode(records).decode())
+        print(_json(records))
         return 0
     if not records:
         print("no models yet: `bitinglip models create-tiny` or `bitinglip models pull ORG/NAME`")
@@ -72,8 +115,10 @@ async def _list(components: Components, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _show(components: Components, args: argparse.Namespace) -> int:
+async def _show(components: HasRegistry, args: argparse.Namespace) -> int:
     record = await components.registry.require(args.name)
+    import msgspec
+
     for key, value in msgspec.structs.asdict(record).items():
         print(f"{key:<15} {value if value is not None else '-'}")
     if not record.adapter and (adapters := await components.registry.adapters_of(record.name)):
@@ -90,7 +135,7 @@ async def _rm(components: Components, args: argparse.Namespace) -> int:
 async def _search(components: Components, args: argparse.Namespace) -> int:
     results = await components.models.search(args.query, limit=args.limit, sort=args.sort)
     if args.json:
-        print(msgspec.json.encode(results).decode())
+        print(_json(results))
         return 0
     if not results:
         print(f"nothing on the hub matches {args.query!r}")
@@ -110,6 +155,8 @@ async def _pull(components: Components, args: argparse.Namespace) -> int:
     tty = sys.stderr.isatty()
     # On a terminal one line redrawn in place; in a log, one line every few seconds.
     every, last = (0.2, 0.0) if tty else (5.0, 0.0)
+    import asyncio
+
     loop = asyncio.get_running_loop()
     try:
         while not await pull.wait(every if tty else 0.5):
@@ -177,10 +224,10 @@ def add_commands(sub: Subcommands) -> None:
     pull.set_defaults(func=_with_components(_pull))
     lst = models.add_parser("list", help="list local models")
     lst.add_argument("--json", action="store_true")
-    lst.set_defaults(func=_with_components(_list))
+    lst.set_defaults(func=_reading(_list))
     shw = models.add_parser("show", help="show one model")
     shw.add_argument("name")
-    shw.set_defaults(func=_with_components(_show))
+    shw.set_defaults(func=_reading(_show))
     rm = models.add_parser("rm", help="remove a model and its files (a base with adapters: only with --force)")
     rm.add_argument("name")
     rm.add_argument("--force", action="store_true")

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from bitinglip.cli.common import _overrides
-from bitinglip.core import LoadedSettings, configure_logging, get_logger, load_settings
+from bitinglip.core import InvalidInput
 
 if TYPE_CHECKING:
     from bitinglip.cli.common import Subcommands
-
-log = get_logger("bitinglip.cli")
+    from bitinglip.core import LoadedSettings
 
 
 def _cmdline(process: Any) -> list[str]:
@@ -86,24 +85,39 @@ def _server_class() -> Any:
 def serve_settings(args: argparse.Namespace) -> LoadedSettings:
     """The settings `serve` runs with: the layers, then the command line. ``--model X`` serves X alone: it
     replaces every deployment the settings declare (`cluster.deployments`, and `cluster.embedding_model` beside
-    `cluster.model`), as a user who names one model expects; "" declares none."""
+    `cluster.model`), as a user who names one model expects; "" declares none. `serve X` (as `vllm serve X`) is
+    the same as `--model X`."""
+    from bitinglip.core import configure_logging, load_settings
+
+    model = served_model(args)
     overrides = _overrides(args)
-    if args.model is not None:
-        overrides["cluster"] = {"model": args.model, "embedding_model": "", "deployments": []}
+    if model is not None:
+        overrides["cluster"] = {"model": model, "embedding_model": "", "deployments": []}
     loaded = load_settings(overrides)
     configure_logging(loaded.settings.server, loaded.settings.env)
     return loaded
 
 
+def served_model(args: argparse.Namespace) -> str | None:
+    """The model named on the command line: positional or --model (both: the same one)."""
+    given: str | None = getattr(args, "served", None)
+    option: str | None = args.model
+    if given is not None and option is not None and given != option:
+        raise InvalidInput(f"two models given: {given} and --model {option}; name one", param="model")
+    return given if given is not None else option
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    loaded = serve_settings(args)  # bad settings or two models are refused before the app's imports (seconds)
     import uvicorn
 
     from bitinglip.app import create_app
     from bitinglip.cli.http_protocol import header_deadline
+    from bitinglip.core import get_logger
 
-    loaded = serve_settings(args)
+    log = get_logger("bitinglip.cli")
     settings = loaded.settings
     app = create_app(loaded)
     config = uvicorn.Config(
@@ -154,13 +168,22 @@ def _exit_process(code: int) -> int:
 
 
 def add_commands(sub: Subcommands) -> None:
-    serve = sub.add_parser("serve", help="start the server (OpenAI API on /v1)")
+    serve = sub.add_parser(
+        "serve",
+        help="start the server (OpenAI API on /v1)",
+        description="Start the server in the foreground. `bitinglip serve ORG/NAME` serves that model alone, as "
+        "`vllm serve ORG/NAME` does (pulled first if it is not in the registry); without a model, the deployments "
+        "the settings declare.",
+    )
+    serve.add_argument(
+        "served",
+        nargs="?",
+        metavar="MODEL",
+        help="serve this model alone (a registry name, local model directory or hub id ORG/NAME): it replaces the "
+        "deployments the settings declare (cluster.model, cluster.embedding_model, cluster.deployments); "
+        '"" for none, every registered model then loading on its first request',
+    )
     serve.add_argument("--host", help="address to listen on (server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (server.port)")
-    serve.add_argument(
-        "--model",
-        help="serve this model alone (a registry name, local model directory or hub id): it replaces the deployments "
-        'the settings declare (cluster.model, cluster.embedding_model, cluster.deployments); "" for none, '
-        "every registered model then loading on its first request",
-    )
+    serve.add_argument("--model", help="the same as MODEL (kept for scripts written before MODEL)")
     serve.set_defaults(func=cmd_serve)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-import msgspec
-
-from bitinglip.core import describe, is_secret, load_settings
-
 if TYPE_CHECKING:
     from bitinglip.cli.common import Subcommands
 
 
 def cmd_settings_show(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from bitinglip.core import describe, is_secret, load_settings
+
     loaded = load_settings()
     rows = describe(loaded)
     if args.json:

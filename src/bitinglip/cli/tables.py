@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import msgspec
-
 from bitinglip.cli.common import _size, _when
 
 REASON_WIDTH = 48
@@ -180,6 +178,20 @@ def _task_result(task: dict[str, Any]) -> str:
     return text if isinstance(text, str) else json.dumps(first, indent=2)  # a tool call, say
 
 
+def _task_summary(task: dict[str, Any]) -> str:
+    """One line on a finished task: its id, its tokens, how long it ran (what `tasks submit --wait` puts on
+    stderr beside the text)."""
+    parts = [f"{task['id']} {task['state']}"]
+    result = task.get("result")
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if isinstance(usage, dict):
+        parts.append(f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens")
+    started, finished = task.get("started_at"), task.get("finished_at")
+    if started is not None and finished is not None:
+        parts.append(f"ran {finished - started:.1f} s")
+    return ", ".join(parts)
+
+
 def _task_state(task: dict[str, Any]) -> str:
     state = str(task.get("state") or "-")
     message = (task.get("error") or {}).get("message")
@@ -298,5 +310,12 @@ def _batch_fields(batch: dict[str, Any]) -> str:
     return (text + "\nerrors:" + "".join(f"\n  {line}" for line in errors)) if errors else text
 
 
+def _json(value: Any) -> str:
+    """msgspec's JSON of ``value`` (structs, dataclasses, datetimes included), as text."""
+    import msgspec
+
+    return msgspec.json.encode(value).decode()
+
+
 def _print_json(value: Any) -> None:
-    print(msgspec.json.encode(value).decode())
+    print(_json(value))

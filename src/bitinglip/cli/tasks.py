@@ -20,6 +20,7 @@ from bitinglip.cli.tables import (
     _task_error,
     _task_fields,
     _task_result,
+    _task_summary,
     _tasks_table,
 )
 from bitinglip.core import BitingLipError
@@ -104,7 +105,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if task["state"] != "succeeded":
         raise BitingLipError(_task_error(task))
     if not args.json:
+        # The text alone on stdout (what a script reads); which task and what it cost beside it, on stderr.
         print(_task_result(task))
+        print(_task_summary(task), file=sys.stderr)
     return 0
 
 
@@ -164,7 +167,8 @@ def add_commands(sub: Subcommands) -> None:
         parents=[url, as_json],
         help="queue one request; --wait prints its result",
         description="Queue a chat or completion request on the running server. With --wait, print the generated "
-        "text once it has run (exit 1 if it failed).",
+        "text once it has run on stdout, and its task id and tokens on stderr (exit 1 if it failed; --json prints "
+        "the whole task).",
     )
     submit.add_argument("--kind", choices=("chat", "completion"), default="chat", help="default %(default)s")
     submit.add_argument("--model", metavar="M", help="the deployed model (or the `model` in the --file body)")
@@ -179,7 +183,9 @@ def add_commands(sub: Subcommands) -> None:
     submit.add_argument("--priority", type=int, metavar="P", help="higher runs first (default 0)")
     submit.add_argument("--key", metavar="KEY", help="an idempotency key: sent again, it returns the same task")
     submit.add_argument("--max-attempts", type=int, metavar="N", help="tries before it fails (default: the server's)")
-    submit.add_argument("--wait", action="store_true", help="wait until it has run and print its result")
+    submit.add_argument(
+        "--wait", action="store_true", help="wait until it has run; print its text (stdout), its id and tokens (stderr)"
+    )
     submit.set_defaults(func=cmd_submit)
 
     listing = tasks.add_parser("list", parents=[url, as_json], help="tasks, newest first")

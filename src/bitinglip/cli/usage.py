@@ -10,10 +10,8 @@ import argparse
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from bitinglip.cli.common import _with_components
-from bitinglip.cli.tables import _table
+from bitinglip.cli.tables import _json, _table
 from bitinglip.core import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:  # the gateway comes with the app, imported when a command runs
@@ -87,7 +85,7 @@ async def _usage(components: Components, args: argparse.Namespace) -> int:
     key_id = await _key_id(components.keys, args.key) if args.key is not None else None
     report = await components.usage.report(key_id=key_id, model=args.only_model, start=start, end=end)
     if args.json:
-        print(msgspec.json.encode(report).decode())
+        print(_json(report))
         return 0
     if not report.data:
         print(f"no usage from {start} to {end or 'today'} (UTC days)")

@@ -91,6 +91,26 @@ class Database:
             if lock is not None:
                 lock.close()
 
+    async def open_current(self) -> bool:
+        """Open an existing file whose schema is this release's, creating and migrating nothing: a reader that
+        imports only the tables it reads (`bitinglip models list`) must not start the schema, which would run only
+        the migrations of the modules it imported and then record the file as current. False, with nothing left
+        open, for a file that is missing, not a database of ours, or at another version: `start()` is the way then.
+        """
+        path = sqlite_path(self.url)
+        if path is None or not path.is_file():
+            return False
+        self._engine = create_async_engine(self.url)
+        event.listen(self._engine.sync_engine, "connect", _set_pragmas)
+        try:
+            version = await self.version()
+        except sa.exc.DBAPIError:  # no schema_version table: not made by `start()`
+            version = None
+        if version != SCHEMA_VERSION:
+            await self.stop()
+            return False
+        return True
+
     async def _create_schema(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)

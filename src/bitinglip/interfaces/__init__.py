@@ -4,6 +4,7 @@ Both are clients of the same HTTP API and keys as any other: they add views, not
 """
 
 from bitinglip.interfaces.dashboard import UI_PATH, DashboardPlugin
+from bitinglip.interfaces.mcp import MCP_PATH, McpPlugin
 from bitinglip.interfaces.requests import AccessLine, RequestLog
 
-__all__ = ["UI_PATH", "AccessLine", "DashboardPlugin", "RequestLog"]
+__all__ = ["MCP_PATH", "UI_PATH", "AccessLine", "DashboardPlugin", "McpPlugin", "RequestLog"]

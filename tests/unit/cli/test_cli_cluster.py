@@ -454,5 +454,29 @@ def test_serve_help_says_model_replaces_the_declared_deployments(capsys: pytest.
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--model MODEL serve this model alone" in text
+    assert "MODEL serve this model alone" in text and "--model MODEL the same as MODEL" in text
     assert "it replaces the deployments the settings declare" in text and "cluster.embedding_model" in text
+    assert "as `vllm serve ORG/NAME` does" in text
+
+
+def test_serve_takes_the_model_positionally_as_vllm_serve_does(
+    declared_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorder = ServeRecorder(monkeypatch)
+    assert run(capsys, "serve", "org/pulled")[0] == 0
+    assert run(capsys, "serve", "org/pulled", "--model", "org/pulled", "--port", "9001")[0] == 0  # the same: fine
+    assert run(capsys, "serve", "")[0] == 0
+    alone, both, none = recorder.settings
+    assert (alone.cluster.model, alone.cluster.embedding_model, alone.cluster.deployments) == ("org/pulled", "", [])
+    assert (both.cluster.model, both.server.port) == ("org/pulled", 9001)
+    assert (none.cluster.model, none.cluster.deployments) == ("", [])
+
+
+def test_serve_refuses_two_different_models(
+    declared_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorder = ServeRecorder(monkeypatch)
+    code, out, err = run(capsys, "serve", "org/a", "--model", "org/b")
+    assert (code, out) == (1, "")
+    assert err == "bitinglip: two models given: org/a and --model org/b; name one\n"
+    assert recorder.settings == []  # refused before anything started

@@ -121,20 +121,23 @@ def test_submit_wait_prints_the_result(server: StandIn, capsys: pytest.CaptureFi
     server.on("POST", "/api/tasks", ok(task(), 202))
     server.on("GET", "/api/tasks/task_1", ok(task()), ok(running), ok(DONE))
     code, out, err = run(capsys, "tasks", "submit", "--model", "tiny", "--prompt", "hi", "--wait")
-    assert (code, out) == (0, "Hello there\n"), err
+    assert (code, out) == (0, "Hello there\n"), err  # the text alone on stdout, for scripts
     assert server.calls() == ["POST /api/tasks"] + ["GET /api/tasks/task_1"] * 3
     assert "task_1 queued … 0s" in err  # not a terminal: the first progress line (then one every few seconds)
+    # which task it was and what it cost, on stderr
+    assert err.splitlines()[-1] == "task_1 succeeded, 3 prompt + 2 completion tokens, ran 2.0 s"
 
 
 def test_submit_wait_prints_a_completions_text(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     result = {"object": "text_completion", "choices": [{"index": 0, "text": " upon a time", "finish_reason": "length"}]}
     done = task(kind="completion", state="succeeded", result=result)
     server.on("POST", "/api/tasks", ok(done, 200))  # the idempotency key was seen: the task made first, ended
-    code, out, _ = run(
+    code, out, err = run(
         capsys, "tasks", "submit", "--kind", "completion", "--model", "tiny", "--prompt", "Once", "--wait"
     )
     assert (code, out) == (0, " upon a time\n")
     assert server.calls() == ["POST /api/tasks"]
+    assert err == "task_1 succeeded\n"  # no usage, no times in this result: only what there is
 
 
 def test_submit_wait_exits_1_when_it_did_not_succeed(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,8 +63,6 @@ export async function api(path, { method = "GET", body, raw = false, signal } = 
   return text ? JSON.parse(text) : null;
 }
 
-const BLANK_LINE = /\r\n\r\n|\n\n|\r\r/;
-
 // Server-sent events from a GET or a POST (fetch, not EventSource, so the key goes in a header).
 // Yields {event, data} with `data` parsed as JSON when it is JSON; "[DONE]" ends the stream.
 export async function* sse(path, { method = "GET", body, signal } = {}) {
@@ -88,15 +86,16 @@ export async function* sse(path, { method = "GET", body, signal } = {}) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buffer += value;
-    // An event ends at a blank line; lines end in \n, \r\n (Litestar's) or \r, as the SSE spec allows.
+    // Litestar ends lines with \r\n (the spec allows \r\n, \n or \r): one form, so "\n\n" ends an event. A
+    // chunk that ends between \r and \n keeps its \r until the next one.
+    buffer = (buffer + value).replace(/\r\n/g, "\n");
     let end;
-    while ((end = BLANK_LINE.exec(buffer))) {
-      const block = buffer.slice(0, end.index);
-      buffer = buffer.slice(end.index + end[0].length);
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
       let event = "message";
       const data = [];
-      for (const line of block.split(/\r\n|\r|\n/)) {
+      for (const line of block.split("\n")) {
         if (line.startsWith("event:")) event = line.slice(6).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
