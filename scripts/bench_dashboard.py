@@ -7,7 +7,7 @@ is `make bench`'s at 64 at once: streaming /v1/completions, 32 tokens each. Meas
 CPU time (/proc/<pid>/stat, not its engine child) per 1,000 generated tokens, tokens/s and TTFT p50, medians over
 the rounds. Target: "open" within 3 % of "closed" in CPU per token.
 
-    .venv/bin/python scripts/bench_dashboard.py [--rounds 6] [--requests 256] [--concurrency 64] [--json out.json]
+    .venv/bin/python scripts/bench_dashboard.py [--rounds 6] [--requests 2048] [--concurrency 64] [--json out.json]
 """
 
 from __future__ import annotations
@@ -148,7 +148,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "data/models/tiny", help="model directory")
     parser.add_argument("--rounds", type=positive_int, default=6, help="closed/open pairs, ABBA")
-    parser.add_argument("--requests", type=positive_int, default=256, help="per run")
+    parser.add_argument(
+        "--requests", type=positive_int, default=2048, help="per run (long enough for /proc's 10 ms CPU ticks)"
+    )
     parser.add_argument("--concurrency", type=positive_int, default=64)
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """A real browser for the dashboard's tests: Debian's Chromium driven by Playwright (its own browsers are never
 downloaded: `make browser` installs the system one), a page that records every console error, and screenshots.
 
-Test modules take the `browser` fixture from here (`from browser import browser`): one browser per module, so
+Test modules take the `browser` fixture from here (`from e2e.browser import browser`): one browser per module, so
 Playwright's own event loop lives only as long as the sync tests that use it.
 """
 
