@@ -208,13 +208,14 @@ def line(custom_id: str, max_tokens: int) -> str:
 def test_batches_progress_download_and_cancel(browser: Browser, server: Server) -> None:
     page, console = open_page(browser, server, "batches")
     page.evaluate("window.notReloaded = true")
-    lines = [line(f"ui{i}", 400) for i in range(60)]
+    # 96,000 tokens: several seconds even when the engine has the machine to itself, so the page reads it part done.
+    lines = [line(f"ui{i}", 400) for i in range(240)]
     page.locator("#submit-batch input[type=file]").set_input_files(
         {"name": "ui.jsonl", "mimeType": "application/jsonl", "buffer": "\n".join(lines).encode()}
     )
     page.locator("#submit-batch button[type=submit]").click()
     answer = page.locator("#submit-batch [role=status]")
-    expect(answer).to_contain_text("with 60 requests", timeout=WAIT_MS)
+    expect(answer).to_contain_text("with 240 requests", timeout=WAIT_MS)
     batch_id = answer.locator(".mono").inner_text()
     row = page.locator(f"#batches tr[data-batch='{batch_id}']")
     bar = row.get_by_role("progressbar")
@@ -230,7 +231,7 @@ def test_batches_progress_download_and_cancel(browser: Browser, server: Server) 
         page.wait_for_timeout(200)
     assert row.get_attribute("data-state") == "completed", seen
     expect(bar).to_have_attribute("aria-valuenow", "100")
-    expect(row.locator(".counts")).to_have_text("60 of 60")
+    expect(row.locator(".counts")).to_have_text("240 of 240")
     assert seen[0] < 100 and seen == sorted(seen), seen
     assert page.evaluate("window.notReloaded") is True
 
@@ -241,7 +242,7 @@ def test_batches_progress_download_and_cancel(browser: Browser, server: Server) 
     assert download.suggested_filename == f"{batch_id}-output.jsonl"
     assert not download.url.startswith("http")  # blob:, not the server's URL
     output = [json.loads(x) for x in Path(download.path()).read_text().splitlines()]
-    assert [o["custom_id"] for o in output] == [f"ui{i}" for i in range(60)]
+    assert [o["custom_id"] for o in output] == [f"ui{i}" for i in range(240)]
     assert all(o["response"]["status_code"] == 200 for o in output)
     assert output[0]["response"]["body"]["usage"]["completion_tokens"] == 400
     # Its lines are tasks too, listed when asked for.
@@ -267,8 +268,9 @@ def test_batches_progress_download_and_cancel(browser: Browser, server: Server) 
 
 
 def test_a_task_is_listed_and_cancelled(browser: Browser, server: Server) -> None:
-    """Enough long tasks (2,000 tokens each, 40 at once share the engine's steps) that the last is still queued
-    or running when the page cancels it; the others are cancelled after, as the engine is the session's."""
+    """Enough long tasks (120 of 2,000 tokens each: 240,000 tokens, half a minute and more of the engine) that the
+    last is still queued or running when the page cancels it; the others are cancelled after, as the engine is
+    the session's."""
     request = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Go on."}],
@@ -278,7 +280,7 @@ def test_a_task_is_listed_and_cancelled(browser: Browser, server: Server) -> Non
     ids = []
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            for _ in range(40):
+            for _ in range(120):
                 r = http.post("/api/tasks", json={"kind": "chat", "request": request})
                 assert r.status_code == 202, r.text
                 ids.append(r.json()["id"])

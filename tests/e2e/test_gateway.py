@@ -78,6 +78,9 @@ def test_every_route_but_the_public_ones_wants_a_key(guarded: tuple[Server, str]
             if path in ("/health", "/ready", "/"):  # "/" says only that the server answers (agents probe it)
                 assert r.status_code != 401, path
                 continue
+            if path == "/api/me":  # says whether a key is needed, for sign-in pages: never a 401, never a scope
+                assert r.status_code == 200 and r.json()["scope"] is None, r.text
+                continue
             assert r.status_code == 401, f"{method.upper()} {path} answered {r.status_code} without a key"
             envelope = r.json()
             # Anthropic's routes answer in Anthropic's envelope, every other route in OpenAI's.

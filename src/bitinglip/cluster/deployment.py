@@ -312,7 +312,11 @@ class Deployment:
 
     def _enter(self, state: DeploymentState, reason: str | None) -> None:
         self._state, self._reason = state, reason
-        if state == "failed":
+        if state == "failed" and self._refusal is not None and not self.declared:
+            # Asked for at run time and refused before an engine started (unknown model, no room): the caller's
+            # answer (a 404, a 409) says so; nothing went wrong with the server.
+            log.warning("deployment.failed", deployment=self.name, reason=reason, hint=self.failure_hint())
+        elif state == "failed":
             # Not a stuck state: it stays failed until removed, so say so where the operator looks, with what to do.
             log.error("deployment.failed", deployment=self.name, reason=reason, hint=self.failure_hint())
         else:

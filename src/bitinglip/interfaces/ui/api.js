@@ -40,9 +40,9 @@ function headers(extra) {
   return h;
 }
 
-// A JSON call. `body` is sent as JSON unless it is FormData; `raw` returns the Response (files, text).
-export async function api(path, { method = "GET", body, raw = false, signal } = {}) {
-  const init = { method, signal, headers: headers() };
+// The request itself: `body` as JSON unless it is FormData; a failure as an ApiError with the envelope's message.
+async function send(path, method, body, signal, sent) {
+  const init = { method, signal, headers: sent };
   if (body instanceof FormData) init.body = body;
   else if (body !== undefined) {
     init.body = JSON.stringify(body);
@@ -58,6 +58,12 @@ export async function api(path, { method = "GET", body, raw = false, signal } = 
     }
     throw new ApiError(r.status, parsed, r.headers);
   }
+  return r;
+}
+
+// A JSON call. `body` is sent as JSON unless it is FormData; `raw` returns the Response (files, text).
+export async function api(path, { method = "GET", body, raw = false, signal } = {}) {
+  const r = await send(path, method, body, signal, headers());
   if (raw) return r;
   const text = await r.text();
   return text ? JSON.parse(text) : null;
@@ -66,21 +72,7 @@ export async function api(path, { method = "GET", body, raw = false, signal } = 
 // Server-sent events from a GET or a POST (fetch, not EventSource, so the key goes in a header).
 // Yields {event, data} with `data` parsed as JSON when it is JSON; "[DONE]" ends the stream.
 export async function* sse(path, { method = "GET", body, signal } = {}) {
-  const init = { method, signal, headers: headers({ Accept: "text/event-stream" }) };
-  if (body !== undefined) {
-    init.body = JSON.stringify(body);
-    init.headers["Content-Type"] = "application/json";
-  }
-  const r = await fetch(path, init);
-  if (!r.ok) {
-    let parsed = null;
-    try {
-      parsed = await r.json();
-    } catch {
-      /* not JSON */
-    }
-    throw new ApiError(r.status, parsed, r.headers);
-  }
+  const r = await send(path, method, body, signal, headers({ Accept: "text/event-stream" }));
   const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
