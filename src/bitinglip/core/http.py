@@ -21,6 +21,7 @@ import structlog
 from litestar import Litestar, Request, Response, get, head
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Reference, Schema
 from litestar.response import Redirect
@@ -251,7 +252,7 @@ class Root(msgspec.Struct):
     ui: str | None = None  # the web dashboard, where one is mounted
 
 
-def root_route(home: str | None) -> Any:
+def root_route(home: str | None) -> HTTPRouteHandler:
     """`GET /`: a browser (it asks for HTML) is sent to ``home``, the dashboard; any other client gets JSON."""
 
     @get(

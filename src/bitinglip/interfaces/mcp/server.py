@@ -1,6 +1,6 @@
 """The MCP server itself: `tools/list` and `tools/call` on the SDK's low-level `Server`.
 
-The low-level server rather than `MCPServer`: the tools' schemas come from msgspec Structs (tools.py), as the
+The low-level server rather than `MCPServer`: the tools' schemas come from msgspec Structs (arguments.py), as the
 rest of the project's wire types do, and `MCPServer` sets up the standard library's logging when built, over
 ours. A call's arguments are checked against its Struct; a bad argument, a refusal or an API error is the tool's
 error result (`isError`, the message naming what is wrong), never a protocol error or a crash.
@@ -26,7 +26,8 @@ from mcp_types import (
 
 from bitinglip.core import get_logger
 from bitinglip.interfaces.mcp.api import LocalApi, ToolFailure
-from bitinglip.interfaces.mcp.tools import TOOLS, ToolSpec, input_schema
+from bitinglip.interfaces.mcp.arguments import input_schema
+from bitinglip.interfaces.mcp.tools import TOOLS, ToolSpec
 
 log = get_logger(__name__)
 

@@ -1,9 +1,9 @@
 """The MCP tools: each one a few calls to BitingLip's HTTP API (api.py) with the caller's key, its answer made
 compact for an agent to read.
 
-Each tool's arguments are a msgspec Struct: it gives the input schema `tools/list` shows and checks the
-arguments of `tools/call`. What a tool may do is what the caller's key may do through the API: deploy,
-undeploy and pull need an admin key, and the API's own 403 (naming the scope) is the tool's error.
+Each tool's arguments are a msgspec Struct (arguments.py). What a tool may do is what the caller's key may do
+through the API: deploy, undeploy and pull need an admin key, and the API's own 403 (naming the scope) is the
+tool's error.
 """
 
 from __future__ import annotations
@@ -13,18 +13,29 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import Any
 from urllib.parse import quote
 
-import msgspec
 from mcp_types import ToolAnnotations
 
 from bitinglip.interfaces.mcp.api import Caller, ToolFailure
+from bitinglip.interfaces.mcp.arguments import (
+    CHAT,
+    WAIT_LIMIT_S,
+    Args,
+    BatchArgs,
+    BatchStatusArgs,
+    ChatArgs,
+    DeployArgs,
+    NameArgs,
+    NoArgs,
+    PullArgs,
+    PullStatusArgs,
+    UsageArgs,
+)
 
-WAIT_LIMIT_S = 300.0  # `wait: true` returns the state it reached by then, with a note
 POLL_S = 1.0
 MAX_RESULTS = 200  # batch result lines a batch_status answer carries; the output file has them all
-CHAT: Final = "/v1/chat/completions"
 
 
 @dataclass
@@ -36,89 +47,6 @@ class Reply:
 
     def as_text(self) -> str:
         return self.text if self.text is not None else json.dumps(self.data, separators=(",", ":"))
-
-
-# -- arguments
-
-
-def _doc(text: str) -> msgspec.Meta:
-    return msgspec.Meta(description=text)
-
-
-class _Args(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class NoArgs(_Args):
-    pass
-
-
-class Message(msgspec.Struct, forbid_unknown_fields=True):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-MaxTokens = Annotated[int, msgspec.Meta(ge=1, description="The most tokens to generate (default: the server's)")]
-Temperature = Annotated[float, msgspec.Meta(ge=0, le=2, description="Sampling temperature, 0 to 2 (default 1)")]
-
-
-class DeployArgs(_Args):
-    model: Annotated[str, _doc("A registered model's name, a local model directory, or a hub id (org/name)")]
-    name: Annotated[str, _doc("What requests will send as `model` (default: the model's registry name)")] | None = None
-    replicas: Annotated[int, msgspec.Meta(ge=1, description="Engines serving this name (default 1)")] | None = None
-    keep_alive: (
-        Annotated[float | str, _doc('Idle time before it is put away: seconds, or "30s", "5m", "1h"; -1 never')] | None
-    ) = None
-    wait: Annotated[bool, _doc(f"Wait until it is ready or failed (at most {WAIT_LIMIT_S:.0f} s)")] = False
-
-
-class NameArgs(_Args):
-    name: Annotated[str, _doc("The deployment's name, as list_deployments shows it")]
-
-
-class PullArgs(_Args):
-    model: Annotated[str, _doc("A hub repository: org/name, or org/name@revision")]
-    wait: Annotated[bool, _doc(f"Wait until the pull ends (at most {WAIT_LIMIT_S:.0f} s)")] = False
-
-
-class PullStatusArgs(_Args):
-    pull_id: Annotated[str, _doc("The id pull_model answered")]
-
-
-class ChatArgs(_Args):
-    model: Annotated[str, _doc("A model name, as list_models shows it")]
-    prompt: Annotated[str, _doc("The user's message (or give `messages`)")] | None = None
-    messages: Annotated[list[Message], _doc("The whole conversation, oldest first (or give `prompt`)")] | None = None
-    system: Annotated[str, _doc("A system message put first")] | None = None
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-    seed: Annotated[int, _doc("Sampling seed: the same seed and request give the same answer")] | None = None
-
-
-class BatchArgs(_Args):
-    model: Annotated[str, _doc("The model every line runs on (a request body may name its own)")]
-    prompts: Annotated[list[str], _doc("One user message per line (or give `requests`)")] | None = None
-    requests: (
-        Annotated[
-            list[dict[str, Any]],
-            _doc("Request bodies of `endpoint`, one per line, as the OpenAI API takes them (or give `prompts`)"),
-        ]
-        | None
-    ) = None
-    endpoint: Annotated[Literal["/v1/chat/completions", "/v1/completions"], _doc("The API each line calls")] = CHAT
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = None
-
-
-class BatchStatusArgs(_Args):
-    batch_id: Annotated[str, _doc("The id submit_batch answered")]
-
-
-class UsageArgs(_Args):
-    key_id: Annotated[str, _doc("Only this key (admin keys; any other key sees its own usage only)")] | None = None
-    model: Annotated[str, _doc("Only this model")] | None = None
-    start: Annotated[str, _doc("First UTC day, as 2026-11-24")] | None = None
-    end: Annotated[str, _doc("Last UTC day, as 2026-11-24")] | None = None
 
 
 # -- the tools
@@ -268,7 +196,7 @@ async def usage(api: Caller, args: UsageArgs) -> Reply:
 class ToolSpec:
     name: str
     description: str
-    args: type[_Args]
+    args: type[Args]
     run: Callable[[Caller, Any], Awaitable[Reply]]
     annotations: ToolAnnotations
 
@@ -363,27 +291,6 @@ TOOLS = [
         _reads("Usage"),
     ),
 ]
-
-
-def input_schema(args: type[_Args]) -> dict[str, Any]:
-    """The arguments' JSON schema, self-contained: the object itself at the root, what it refers to in `$defs`."""
-    _, components = msgspec.json.schema_components([args], ref_template="#/$defs/{name}")
-    root = dict(components.pop(args.__name__))
-    root.pop("title", None)
-    root.pop("description", None)  # the tool's own description says it
-    root["properties"] = {name: _optional(prop) for name, prop in root["properties"].items()}
-    if components:
-        root["$defs"] = components
-    return root
-
-
-def _optional(prop: dict[str, Any]) -> dict[str, Any]:
-    """An optional argument as its own type: `{"type": "string", "description": ...}` rather than msgspec's
-    `anyOf` with null (null is still taken, as not given); what is not required is optional already."""
-    branches = prop.get("anyOf")
-    if prop.get("default", 0) is None and branches and len(branches) == 2 and {"type": "null"} in branches:
-        return next(b for b in branches if b != {"type": "null"})
-    return prop
 
 
 # -- compact views
