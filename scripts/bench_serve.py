@@ -12,7 +12,12 @@ each target in turn, the order rotated every round, so a drift of the machine fa
 Every engine's OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE, the same for all), so the engines that
 wait cost the one measured nothing. For the two servers the API process's own CPU time (from /proc/<pid>/stat:
 the server process, not its engine child) is read around each run: CPU seconds per 1,000 generated tokens.
-Figures are medians over the rounds.
+
+Measured as a user's own load tool would see it: each server runs in a session of its own (as if started from
+another terminal: its own scheduler autogroup, apart from this client's), and every run opens a fresh client
+session (new connections). Figures are medians over the rounds, and beside them each target's lowest round, the
+lowest over the median, and its worst round's client TTFT p99; a round under half its target's median is flagged
+as COLLAPSED at the end of the report, so a median cannot hide it.
 
     .venv/bin/python scripts/bench_serve.py [--targets bitinglip,bitinglip-1,vllm,engine] [--concurrency 1,16,64,256]
         [--rounds 3] [--json out.json]
@@ -69,6 +74,7 @@ from benchlib import (  # scripts/ is on sys.path when this runs as a script
 TARGETS = ("bitinglip", "bitinglip-1", "vllm", "engine")
 CONCURRENCIES = (1, 16, 64, 256)
 WARMUP_REQUESTS = 8
+COLLAPSED = 0.5  # a round under this fraction of its target's median is flagged
 
 
 # -- the four targets
@@ -201,7 +207,7 @@ BENCHES: dict[str, Callable[[Context], contextlib.AbstractAsyncContextManager[Ta
 ROWS: list[tuple[str, str, str]] = [
     ("generated tokens/s", "tokens_per_s", "{:,.0f}"),
     ("TTFT p50 ms", "ttft_p50_ms", "{:.1f}"),
-    ("TTFT p99 ms", "ttft_p99_ms", "{:.1f}"),
+    ("TTFT p99 ms (client)", "ttft_p99_ms", "{:.1f}"),
     ("latency p50 ms", "latency_p50_ms", "{:.1f}"),
     ("API CPU s / 1k tokens", "api_cpu_per_1k_tokens", "{:.3f}"),
 ]
@@ -237,11 +243,16 @@ def print_report(all_runs: dict[str, list[Figures]], ctx: Context) -> None:
                 value = median_of(runs[name], field)
                 cells.append(fmt.format(value) if math.isfinite(value) else "-")
             print(f"{label:<{label_width}}" + "".join(f"{cell:>12}" for cell in cells))
-        spread = []
+        lowest, steadiness, worst_p99 = [], [], []
         for name in names:
-            values = [f.tokens_per_s for f in runs[name] if math.isfinite(f.tokens_per_s)]
-            spread.append(f"{min(values):,.0f}-{max(values):,.0f}" if values else "-")
-        print(f"{'  tokens/s, rounds':<{label_width}}" + "".join(f"{cell:>12}" for cell in spread))
+            low, median = lowest_round(runs[name]), median_of(runs[name], "tokens_per_s")
+            lowest.append(f"{low:,.0f}" if math.isfinite(low) else "-")
+            steadiness.append(f"{low / median:.2f}x" if math.isfinite(low) and median else "-")
+            p99s = [f.ttft_p99_ms for f in runs[name] if math.isfinite(f.ttft_p99_ms)]
+            worst_p99.append(f"{max(p99s):.1f}" if p99s else "-")
+        print(f"{'tokens/s, lowest round':<{label_width}}" + "".join(f"{cell:>12}" for cell in lowest))
+        print(f"{'  lowest / median':<{label_width}}" + "".join(f"{cell:>12}" for cell in steadiness))
+        print(f"{'TTFT p99 ms, worst round':<{label_width}}" + "".join(f"{cell:>12}" for cell in worst_p99))
         for who in ("bitinglip", "bitinglip-1"):
             if who in runs and "vllm" in runs:
                 ratios = ", ".join(f"{label} {ratio_of(runs, who, 'vllm', field)}" for label, field in RATIOS)
@@ -250,8 +261,32 @@ def print_report(all_runs: dict[str, list[Figures]], ctx: Context) -> None:
             print(f"bitinglip / engine: tokens/s {ratio_of(runs, 'bitinglip', 'engine', 'tokens_per_s')}")
 
 
+def lowest_round(runs: list[Figures]) -> float:
+    values = [f.tokens_per_s for f in runs if math.isfinite(f.tokens_per_s)]
+    return min(values) if values else math.nan
+
+
+def collapsed_rounds(all_runs: dict[str, list[Figures]]) -> list[str]:
+    """A line for every run under half its target's median tokens/s at the same concurrency: a collapse that a
+    median alone would hide."""
+    lines = []
+    for name, runs in all_runs.items():
+        for concurrency in sorted({f.concurrency for f in runs}):
+            same = [f for f in runs if f.concurrency == concurrency]
+            median = median_of(same, "tokens_per_s")
+            for index, f in enumerate(same, 1):
+                if f.tokens_per_s < COLLAPSED * median:
+                    lines.append(
+                        f"{name}, concurrency {concurrency}, round {index}: {f.tokens_per_s:,.0f} tokens/s, under "
+                        f"half its median {median:,.0f} (TTFT p99 {f.ttft_p99_ms:,.0f} ms)"
+                    )
+    return lines
+
+
 def print_problems(all_runs: dict[str, list[Figures]], failures: dict[str, str]) -> None:
     """Errors go last and loud: figures from a run with failed requests are not comparable."""
+    for line in collapsed_rounds(all_runs):
+        print(f"\n!!! COLLAPSED ROUND: {line}")
     for name, runs in all_runs.items():
         errors = sum(f.errors for f in runs)
         if errors:

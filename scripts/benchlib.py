@@ -409,7 +409,7 @@ def _group_alive(pgid: int) -> bool:
 
 def stop_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the server's whole process group (its engine core is a child), SIGKILL what is left after grace_s."""
-    pgid = proc.pid  # process_group=0 made the server the leader of its own group
+    pgid = proc.pid  # start_new_session made the server the leader of its own session and group
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -433,10 +433,10 @@ def tail(path: Path, lines: int = 60) -> str:
 def server_process(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     progress(f"starting: {' '.join(cmd)}")
     with log_path.open("wb") as log:
-        # A process group, not a session: Linux's autogroup schedules each session as one CPU group, and a load
-        # client in another group than the servers was kept off the CPU for over a second after a burst
-        # (/proc/self/schedstat: 1.4 s runnable, not run), which made rounds 3-5x apart.
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        # A session of its own, as a user's server started from another terminal: Linux's autogroup then schedules
+        # it apart from this client, as it does a user's. Rounds 3-5x apart here were once hidden by keeping both in
+        # one session; their cause was the engine's busy-wait (src/bitinglip/cluster/vllm/spin.py).
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
     finally:

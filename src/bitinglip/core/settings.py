@@ -144,6 +144,10 @@ class ClusterSettings(_Section, frozen=True):
     executor: Literal["mp", "ray"] = "mp"
     # The Ray cluster to join when executor = "ray" (e.g. "10.0.0.1:6379"); default: RAY_ADDRESS, or a local Ray.
     ray_address: str | None = None
+    # How often vLLM's engine processes look for each other's next message while busy, in microseconds, instead of
+    # spinning on a core. Default: 100 on the CPU build (the spin took the core the API process and the clients need;
+    # docs/performance.md), vLLM's own spin on GPUs. 0: vLLM's own spin everywhere.
+    engine_poll_us: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
 
 
 class LimitSettings(_Section, frozen=True):

@@ -150,8 +150,21 @@ def kv_cache_bytes(settings: ClusterSettings, engine_args: Mapping[str, Any], mo
     return (cap if need is None else min(cap, need)), True
 
 
-def engine_env(settings: ClusterSettings) -> dict[str, str]:
-    """Environment the engine processes need: vLLM's Ray executor joins the cluster named by RAY_ADDRESS."""
+CPU_ENGINE_POLL_US = 100  # `cluster.engine_poll_us` on the CPU build when unset
+
+
+def engine_env(settings: ClusterSettings, *, cpu: bool | None = None) -> dict[str, str]:
+    """Environment the engine processes need: vLLM's Ray executor joins the cluster named by RAY_ADDRESS; the
+    engine processes poll for each other's messages instead of spinning (`spin.py`) where `cluster.engine_poll_us`
+    says so, by default on the CPU build. ``cpu``: whether this is the CPU build (default: vLLM's platform says)."""
+    from bitinglip.cluster.vllm.spin import POLL_ENV
+
+    env: dict[str, str] = {}
     if settings.executor == "ray" and settings.ray_address:
-        return {"RAY_ADDRESS": settings.ray_address}
-    return {}
+        env["RAY_ADDRESS"] = settings.ray_address
+    poll_us = settings.engine_poll_us
+    if poll_us is None:
+        poll_us = CPU_ENGINE_POLL_US if (is_cpu_platform() if cpu is None else cpu) else 0
+    if poll_us:
+        env[POLL_ENV] = f"{poll_us / 1e6:.6f}"
+    return env
