@@ -16,8 +16,8 @@ GAP_S = 0.2  # between two messages: a reader waits this long within vLLM's 1 s 
 MESSAGES = 5
 
 
-def reader_cpu_while_waiting() -> tuple[float, list[float]]:
-    """A writer sends MESSAGES messages GAP_S apart through vLLM's ring; the reader, in a thread, takes them.
+def reader_cpu_while_waiting(gap_s: float = GAP_S, messages: int = MESSAGES) -> tuple[float, list[float]]:
+    """A writer sends ``messages`` messages ``gap_s`` apart through vLLM's ring; the reader, in a thread, takes them.
     Returns the reader thread's CPU seconds and how late it got each message (after the write)."""
     from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
 
@@ -30,7 +30,7 @@ def reader_cpu_while_waiting() -> tuple[float, list[float]]:
         reader = MessageQueue.create_from_handle(handle, 0)
         reader.wait_until_ready()
         start = time.thread_time()
-        for _ in range(MESSAGES):
+        for _ in range(messages):
             sent = reader.dequeue(timeout=10)
             late.append(time.monotonic() - sent)
         result["cpu_s"] = time.thread_time() - start
@@ -38,8 +38,8 @@ def reader_cpu_while_waiting() -> tuple[float, list[float]]:
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
     writer.wait_until_ready()
-    for _ in range(MESSAGES):
-        time.sleep(GAP_S)
+    for _ in range(messages):
+        time.sleep(gap_s)
         writer.enqueue(time.monotonic())
     thread.join(timeout=20)
     assert not thread.is_alive(), "the reader never got every message"
@@ -72,6 +72,22 @@ def test_a_polling_reader_sleeps_between_messages_and_misses_none(
     assert polling_cpu_s < 0.25 * spinning_cpu_s, (polling_cpu_s, spinning_cpu_s)
     # Every message is seen within a few polls (vLLM's lost notifications would cost 5 s each).
     assert len(late) == MESSAGES and max(late) < 0.05, late
+
+
+def test_short_waits_spin_and_long_ones_sleep() -> None:
+    assert spin.spin_budget(0.0) == spin.SPIN_AT_LEAST_S  # the message was there: the next wait spins a little
+    assert spin.spin_budget(0.003) == pytest.approx(1.5 * 0.003 + spin.SPIN_AT_LEAST_S)  # one stream's step
+    assert spin.spin_budget(0.030) == 0.0  # a loaded engine's step: sleep between looks from the start
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_of_short_waits_still_spins(original_wait: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(spin.POLL_ENV, "0.0001")
+    assert spin.register()
+    cpu_s, late = reader_cpu_while_waiting(gap_s=0.002, messages=200)
+    # Waits of 2 ms are spun through, as vLLM does: the reader is on the CPU most of the time, and quick.
+    assert cpu_s > 0.5 * 0.002 * 200, cpu_s
+    assert sorted(late)[len(late) // 2] < 0.001, late
 
 
 def test_nothing_changes_without_the_variable(original_wait: None, monkeypatch: pytest.MonkeyPatch) -> None:
