@@ -11,9 +11,10 @@ answer: vLLM's notifications can be lost (it re-reads the ring every 5 s for tha
 Sleeping between looks costs the other way: a core that goes idle takes long to wake on a virtual machine, and
 with one stream (steps of 3-4 ms) that cost a quarter of the tokens/s.
 
-So a reader spins, as vLLM does, while the wait is short: until 1.5x what its last wait took (and 0.5 ms more), when
-that was at most `SPIN_UP_TO_S`. A longer wait (the steps of a loaded engine take tens of milliseconds) sleeps `poll_s()` between
-looks instead: it sees the message at most that much later and costs a few per cent of a core instead of all of it.
+So a reader spins, as vLLM does, while the wait is short: until 1.5x what its last wait took (and 0.5 ms more),
+when that was at most `SPIN_UP_TO_S`. A longer wait (a loaded engine's steps take tens of milliseconds) sleeps
+`poll_s()` between looks instead: it sees the message at most that much later, and costs a few per cent of a core
+instead of all of it.
 
 The engine processes load vLLM's "general plugins" (entry points of the group `vllm.general_plugins`) when they
 start: `register` is one (pyproject.toml). It changes nothing unless the environment sets `POLL_ENV`, which
