@@ -176,7 +176,9 @@ async def bench_engine(ctx: Context) -> AsyncIterator[Target]:
         try:
             async for output in llm.generate(prompt, params, f"bench-{next(request_ids)}"):
                 new = len(output.outputs[0].token_ids)
-                if new and sample.ttft_s is None:
+                # Timed to the first text, as the servers' streams are: a first token that is part of a UTF-8
+                # character (often, with random weights) has none yet.
+                if output.outputs[0].text and sample.ttft_s is None:
                     sample.ttft_s = time.perf_counter() - begin
                     sample.prompt_tokens = len(output.prompt_token_ids or [])
                 sample.tokens += new
