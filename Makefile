@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model agents browser run test lint docs bench bench-dashboard bench-gateway bench-agents bench-swap bench-batch bench-lora clean
+.PHONY: help setup model agents browser postgres run test lint docs bench bench-dashboard bench-gateway bench-agents bench-swap bench-batch bench-lora clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -55,10 +55,17 @@ browser: ## Debian's Chromium for the dashboard's browser tests (tests/e2e/test_
 		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
 		echo "browser: no Chromium and no apt-get; the dashboard tests will fail until one is installed"
 
+# PostgreSQL's binaries for the suites that run on it (tests/postgres.py starts and stops its own server).
+postgres: ## Debian's PostgreSQL server binaries for the tests on PostgreSQL, from apt if missing
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v apt-get >/dev/null && \
+		{ echo "postgres: installing PostgreSQL from the machine's packages"; \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }; } || \
+		echo "postgres: no PostgreSQL and no apt-get; the tests on PostgreSQL will fail until one is installed"
+
 run: setup model ## set up, prepare the default model, serve on 127.0.0.1:8000
 	$(BIN)/bitinglip serve
 
-test: setup agents browser ## the whole suite (unit and end-to-end with the real engine, the coding agents, a browser)
+test: setup agents browser postgres ## the whole suite (unit and end-to-end with the real engine, the coding agents, a browser, PostgreSQL)
 	$(BIN)/python -m pytest
 
 lint: setup ## ruff (lint and format), mypy (strict) over src/, import-linter contracts (pyproject.toml)

@@ -97,3 +97,22 @@ def tiny_reasoning_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bitinglip.models.tiny import create_tiny_model
 
     return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny-think", reasoning=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL server (tests/postgres.py), one for the whole session; each test makes its own database."""
+    from postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind BitingLip runs on: the stores' suites run on both."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/bitinglip.db"
+    url: str = request.getfixturevalue("postgres_server").new_url()
+    return url

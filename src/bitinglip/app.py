@@ -15,7 +15,17 @@ from typing import Any
 
 from litestar import Litestar
 
-from bitinglip.cluster import Adapter, Cluster, ClusterPlugin, EngineLookup, peft_problems, supported_architectures
+from bitinglip.cluster import (
+    Adapter,
+    Cluster,
+    ClusterPlugin,
+    EngineLookup,
+    Instances,
+    advertised_url,
+    peft_problems,
+    summarize,
+    supported_architectures,
+)
 from bitinglip.core import CorePlugin, Database, LoadedSettings, get_logger, load_settings
 from bitinglip.gateway import (
     Accounting,
@@ -69,6 +79,13 @@ class Components:
         self.metrics = Metrics()
         self.request_log = RequestLog()
         self.accounting = Accounting(MemoryLimitStore(), self.usage, self.metrics, settings.gateway)
+        server = settings.server
+        self.instances = Instances(
+            self.db,
+            advertised_url(server.host, server.port, server.advertise_url),
+            lambda: summarize(self.cluster.status()),
+            heartbeat_s=settings.cluster.heartbeat_s,
+        )
 
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
     @functools.cached_property
@@ -98,7 +115,7 @@ class Components:
 
     @functools.cached_property
     def queue(self) -> TaskQueue:
-        queue = TaskQueue(TaskStore(self.db), self.settings.tasks, _Capacity(self.cluster))
+        queue = TaskQueue(TaskStore(self.db), self.settings.tasks, _Capacity(self.cluster, self.instances))
         openai = self.openai
         background = Background(self.pipeline, openai.chat, openai.completion, openai.responses)
         for kind, handler in background.kinds().items():
@@ -149,6 +166,8 @@ class Components:
                 stack.push_async_callback(self._stopped, "usage", self.usage.stop)  # the last counts written
                 await self.cluster.start()
                 stack.push_async_callback(self._stopped, "cluster", self.cluster.stop)
+                await self.instances.start()
+                stack.push_async_callback(self._stopped, "instance", self.instances.stop)
                 await self.queue.start()
                 stack.push_async_callback(self._stopped, "tasks", self.queue.stop)
             yield self
@@ -188,17 +207,24 @@ class _Catalog:
 class _Capacity:
     """The cluster as the task queue sees it (`tasks.Capacity`): room per model, and the models it may name."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, instances: Instances) -> None:
         self.cluster = cluster
+        self.instances = instances
 
     def slots(self, target: str) -> int | None:
-        return self.cluster.capacity(target)[0]
+        slots = self.cluster.capacity(target)[0]
+        if slots is None and not self.cluster.settings.load_on_demand:
+            return 0  # not served here and never loaded here: its lines are for the instances that serve it
+        return slots
 
     def interactive(self, target: str) -> int:
         return self.cluster.capacity(target)[1]
 
     async def known(self) -> set[str]:
-        return {m.name for m in await self.cluster.served_models()}
+        """What this instance serves, and what the other live instances on the database serve: a batch made
+        here may name a model only another instance runs (its queue takes those lines)."""
+        elsewhere = {n for i in await self.instances.live() for d in i.deployments for n in (d.name, *d.adapters)}
+        return {m.name for m in await self.cluster.served_models()} | elsewhere
 
 
 def create_app(loaded: LoadedSettings | None = None, *, components: Components | None = None) -> Litestar:
@@ -221,7 +247,7 @@ def create_app(loaded: LoadedSettings | None = None, *, components: Components |
                 home=UI_PATH,
             ),
             ModelsPlugin(components.models),
-            ClusterPlugin(components.cluster),
+            ClusterPlugin(components.cluster, components.instances),
             GatewayPlugin(components.openai, components.pipeline, components.keys, auth),
             TasksPlugin(components.batches),
             DashboardPlugin(components.request_log),

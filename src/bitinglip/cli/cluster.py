@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from bitinglip.cli.tables import _deployments_table, _devices, _devices_table, _elapsed, _memory, _print_json
+from bitinglip.cli.tables import (
+    _deployments_table,
+    _devices,
+    _devices_table,
+    _elapsed,
+    _instances_table,
+    _memory,
+    _print_json,
+)
 from bitinglip.core import BitingLipError
 
 if TYPE_CHECKING:  # httpx takes 0.1 s to import: only when a command talks to the server
@@ -186,12 +194,18 @@ def _poll(
 def cmd_ps(args: argparse.Namespace) -> int:
     with Api(server_url(args)) as api:
         deployments = api.request("GET", "/api/deployments")["data"]
+        # Other instances on the same database; a server from before they were listed answers 404.
+        instances = (api.request("GET", "/api/cluster/instances", missing_ok=True) or {}).get("data", [])
     if args.json:
         _print_json(deployments)
-    elif not deployments:
+        return 0
+    if not deployments:
         print("nothing deployed: `bitinglip deploy MODEL` loads one")
     else:
         print(_deployments_table(deployments))
+    if len(instances) > 1:
+        print(f"\n{len(instances)} instances on this database (* this one):")
+        print(_instances_table(instances, time.time()))
     return 0
 
 

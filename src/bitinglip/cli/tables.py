@@ -115,6 +115,22 @@ def _deployments_table(deployments: list[dict[str, Any]]) -> str:
     return _table(headers, rows)
 
 
+def _instances_table(instances: list[dict[str, Any]], now: float) -> str:
+    """Every instance on the shared database: the one that answered marked with *, what each serves."""
+    headers = ("INSTANCE", "URL", "UP", "SEEN", "DEPLOYMENTS")
+    rows = [
+        (
+            f"{i['id'].rsplit(':', 1)[0]}{' *' if i.get('this') else ''}",
+            str(i["url"]),
+            _elapsed(max(now - i["started_at"], 0)),
+            f"{_elapsed(max(now - i['heartbeat_at'], 0))} ago",
+            ", ".join(f"{d['name']} ({d['state']})" for d in i["deployments"]) or "-",
+        )
+        for i in instances
+    ]
+    return _table(headers, rows)
+
+
 def _devices_table(devices: list[dict[str, Any]]) -> str:
     headers = ("INDEX", "KIND", "NAME", "UUID", "MEMORY", "FREE", "UTIL", "TEMP")
     rows = []

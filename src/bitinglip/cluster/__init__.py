@@ -3,6 +3,7 @@
 from bitinglip.cluster.cluster import Cluster, ModelCatalog
 from bitinglip.cluster.deployment import Deployment, DeploymentState, TimelineEvent, keep_alive_seconds
 from bitinglip.cluster.devices import Device, DeviceProcess, list_devices
+from bitinglip.cluster.instances import Instance, InstanceDeployment, Instances, advertised_url, summarize
 from bitinglip.cluster.plugin import ClusterPlugin
 from bitinglip.cluster.protocol import (
     Adapter,
@@ -39,6 +40,9 @@ __all__ = [
     "EngineLookup",
     "EngineOutput",
     "EngineStats",
+    "Instance",
+    "InstanceDeployment",
+    "Instances",
     "Lease",
     "ManagedEngine",
     "ModelCatalog",
@@ -49,9 +53,11 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "ToolCalls",
+    "advertised_url",
     "check_engine_args",
     "keep_alive_seconds",
     "list_devices",
     "peft_problems",
+    "summarize",
     "supported_architectures",
 ]

@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 
 from bitinglip.cluster.cluster import Cluster
 from bitinglip.cluster.devices import Device, list_devices
+from bitinglip.cluster.instances import Instance, Instances
 from bitinglip.cluster.status import DeploymentStatus, Readiness, deployment_status
 from bitinglip.core import DeploymentSettings, error_responses
 
@@ -19,6 +20,12 @@ from bitinglip.core import DeploymentSettings, error_responses
 class ClusterStatus(msgspec.Struct):
     devices: list[Device]
     deployments: list[DeploymentStatus]
+    # Every live instance on this database (this one first) and what each serves: one with SQLite.
+    instances: list[Instance]
+
+
+class InstanceList(msgspec.Struct):
+    data: list[Instance]
 
 
 class DeploymentList(msgspec.Struct):
@@ -29,9 +36,17 @@ class ClusterController(Controller):
     tags = ("cluster",)
 
     @get("/api/cluster", operation_id="getClusterStatus", summary="Devices and deployments with their load")
-    async def status(self, cluster: NamedDependency[Cluster]) -> ClusterStatus:
+    async def status(self, cluster: NamedDependency[Cluster], instances: NamedDependency[Instances]) -> ClusterStatus:
         devices = await asyncio.to_thread(cluster.probe_devices)  # NVML calls block
-        return ClusterStatus(devices=devices, deployments=cluster.status())
+        return ClusterStatus(devices=devices, deployments=cluster.status(), instances=await instances.live())
+
+    @get(
+        "/api/cluster/instances",
+        operation_id="listInstances",
+        summary="Every live BitingLip instance on this database (this one first) and its deployments",
+    )
+    async def list_instances(self, instances: NamedDependency[Instances]) -> InstanceList:
+        return InstanceList(data=await instances.live())
 
     @get("/api/cluster/devices", operation_id="listDevices", summary="GPUs (NVML) and the CPU, with free memory")
     async def devices(self) -> list[Device]:

@@ -28,7 +28,7 @@ from bitinglip.core.errors import (
 )
 
 if TYPE_CHECKING:  # what mypy sees; at run time `__getattr__` imports these (tests/unit/core/test_lazy_core.py)
-    from bitinglip.core.db import Database, metadata, migration
+    from bitinglip.core.db import Database, metadata
     from bitinglip.core.events import Events, FinalEvent
     from bitinglip.core.feed import Feed
     from bitinglip.core.heap import settle as settle_heap
@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # what mypy sees; at run time `__getattr__` imports these (te
 
 # name -> (module under bitinglip.core, its name there): each imported on first use.
 _LAZY: dict[str, tuple[str, str]] = {
-    **{name: ("db", name) for name in ("Database", "metadata", "migration")},
+    **{name: ("db", name) for name in ("Database", "metadata")},
     **{name: ("events", name) for name in ("Events", "FinalEvent")},
     "Feed": ("feed", "Feed"),
     "settle_heap": ("heap", "settle"),
@@ -175,7 +175,6 @@ __all__ = [
     "is_secret",
     "load_settings",
     "metadata",
-    "migration",
     "parse_duration",
     "route_handler_of",
     "send_error",

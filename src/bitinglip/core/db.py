@@ -1,44 +1,40 @@
-"""The SQLite database: one async engine, the pragmas we rely on, tables and a schema version.
+"""The database: one async engine on SQLite (the embedded default) or PostgreSQL (several instances sharing state),
+SQLite's pragmas, and the schema, brought up to date at start by the Alembic revisions in `migrations/`.
 
-Every module declares its tables on ``metadata`` (in its own ``tables.py``) and registers the SQL that
-brings an older file up to date with ``migration()``; ``Database.start`` creates what is missing, runs the
-migrations the file has not had, and records the schema version.
+Every module declares its tables on ``metadata`` (in its own ``tables.py``); a change to them ships as a new
+revision (`scripts/db_revision.py` writes one), the same for both databases. ``Database.start`` runs the revisions
+a database has not had, under a lock so that two processes starting at once do not both run them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bitinglip.core.logging import get_logger
 from bitinglip.core.settings import DbSettings
 
-SCHEMA_VERSION = 3  # raise it with each migration a module registers
+log = get_logger(__name__)
+
+# The newest revision in migrations/versions (a test checks the two agree): a reader compares a database's
+# revision with it without importing Alembic, which would cost every quick CLI command its import.
+HEAD_REVISION = "0002"
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Any constant: the key of the PostgreSQL advisory lock held while the schema is brought up to date.
+_SCHEMA_LOCK_KEY = 0x6269746C  # "bitl"
 
 metadata = sa.MetaData()
-# to version -> SQL statements that take a file from the version before to it
-_migrations: dict[int, list[str]] = {}
-
-
-def migration(to_version: int, *statements: str) -> None:
-    """Register SQL that upgrades an existing database to ``to_version`` (a module's tables.py calls this)."""
-    if not 1 < to_version <= SCHEMA_VERSION:
-        raise ValueError(f"migration to version {to_version}: SCHEMA_VERSION is {SCHEMA_VERSION}")
-    _migrations.setdefault(to_version, []).extend(statements)
-
-
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-)
 
 
 def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -64,9 +60,47 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _make_engine(url: str) -> AsyncEngine:
+    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _set_pragmas)
+        return engine
+    # A pooled connection can outlive a PostgreSQL restart or failover: checked before use, not found dead mid-request.
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _upgrade(connection: sa.Connection) -> None:
+    """Run the revisions this database has not had, in the caller's transaction (PostgreSQL's DDL is transactional:
+    a failed upgrade leaves the schema as it was)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    # Alembic's own lines ("Context impl SQLiteImpl.", one per revision) would go out unstructured on every
+    # start: this module says what changed in one event instead.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None:
+        try:
+            ScriptDirectory.from_config(config).get_revision(current)
+        except CommandError:
+            raise RuntimeError(
+                f"the database is at schema revision {current}, newer than this release's {HEAD_REVISION}"
+            ) from None
+    command.upgrade(config, "head")
+    if current != HEAD_REVISION:
+        log.info("db.schema_upgraded", dialect=connection.dialect.name, revision=HEAD_REVISION, was=current)
+
+
 class Database:
     def __init__(self, settings: DbSettings) -> None:
         self.url = settings.url
+        self.dialect = sa.engine.make_url(self.url).get_backend_name()  # "sqlite" or "postgresql"
         self._engine: AsyncEngine | None = None
 
     @property
@@ -84,53 +118,71 @@ class Database:
             # an exclusive lock file serializes that step. The kernel drops it if the process dies.
             lock = await asyncio.to_thread(_lock, path.with_name(f"{path.name}.init-lock"))
         try:
-            self._engine = create_async_engine(self.url)
-            event.listen(self._engine.sync_engine, "connect", _set_pragmas)
-            await self._create_schema()
+            self._engine = _make_engine(self.url)
+            async with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    # Held to the end of this transaction: instances starting at once upgrade one after the other.
+                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                await conn.run_sync(_upgrade)
+        except BaseException:
+            await self.stop()
+            raise
         finally:
             if lock is not None:
                 lock.close()
 
     async def open_current(self) -> bool:
-        """Open an existing file whose schema is this release's, creating and migrating nothing: a reader that
-        imports only the tables it reads (`bitinglip models list`) must not start the schema, which would run only
-        the migrations of the modules it imported and then record the file as current. False, with nothing left
-        open, for a file that is missing, not a database of ours, or at another version: `start()` is the way then.
+        """Open an existing database whose schema is this release's, creating and migrating nothing: a reader
+        (`bitinglip models list`) must stay quick and must not write. False, with nothing left open, for a SQLite
+        file that is missing, a database not of ours, or one at another revision: `start()` is the way then.
         """
-        path = sqlite_path(self.url)
-        if path is None or not path.is_file():
-            return False
-        self._engine = create_async_engine(self.url)
-        event.listen(self._engine.sync_engine, "connect", _set_pragmas)
+        if self.dialect == "sqlite":
+            path = sqlite_path(self.url)
+            if path is None or not path.is_file():
+                return False
+        self._engine = _make_engine(self.url)
         try:
-            version = await self.version()
-        except sa.exc.DBAPIError:  # no schema_version table: not made by `start()`
-            version = None
-        if version != SCHEMA_VERSION:
+            revision = await self.version()
+        except (sa.exc.DBAPIError, OSError):
+            revision = None
+        if revision != HEAD_REVISION:
             await self.stop()
             return False
         return True
 
-    async def _create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            current = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
-            if current is None:  # a new file: create_all made today's schema
-                await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
-            elif current > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"database {self.url} has schema version {current}, newer than this release's {SCHEMA_VERSION}"
-                )
-            elif current < SCHEMA_VERSION:
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in _migrations.get(version, []):
-                        await conn.execute(sa.text(statement))
-                await conn.execute(sa.update(schema_version).values(version=SCHEMA_VERSION))
-
-    async def version(self) -> int | None:
+    async def version(self) -> str | None:
+        """The schema revision the database is at (Alembic's `alembic_version`); None before the first start."""
         async with self.engine.connect() as conn:
-            version: int | None = (await conn.execute(sa.select(sa.func.max(schema_version.c.version)))).scalar()
-            return version
+            if not await conn.run_sync(lambda c: sa.inspect(c).has_table("alembic_version")):
+                return None
+            revision: str | None = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+            return revision
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """True when this process may do the work `name` stands for while the block runs, False when another
+        instance on the database is doing it now. PostgreSQL: a session advisory lock, held on a connection of its
+        own and dropped with it if the process dies. SQLite: always True (one serving process per file; the
+        caller keeps its own process from doing the work twice)."""
+        if self.dialect != "postgresql":
+            yield True
+            return
+        async with self.engine.connect() as conn:
+            key = sa.func.hashtextextended(name, 0)
+            got = bool((await conn.execute(sa.select(sa.func.pg_try_advisory_lock(key)))).scalar())
+            await conn.commit()  # nothing else in that transaction: the lock is the session's, not the transaction's
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    await conn.commit()
+
+    def upsert(self, table: sa.Table) -> Any:
+        """An INSERT with `on_conflict_do_update`/`on_conflict_do_nothing`, whose SQL both databases share."""
+        if self.dialect == "postgresql":
+            return sa.dialects.postgresql.insert(table)
+        return sa.dialects.sqlite.insert(table)
 
     async def stop(self) -> None:
         if self._engine is not None:

@@ -50,12 +50,16 @@ class ServerSettings(_Section, frozen=True):
     # How long a client may take to send a request's headers, from when its connection opens or its request's
     # first byte arrives; a slower one is closed (a connection trickling its headers holds a socket forever).
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Where the other instances on the same database reach this one (`/api/cluster` lists it). Empty:
+    # http://<host>:<port>, with this machine's name in place of an address that listens everywhere (0.0.0.0).
+    advertise_url: str = ""
 
 
 class DbSettings(_Section, frozen=True):
-    """The SQLite database: the model registry, keys, usage, tasks, files and batches."""
+    """The database: the model registry, keys, usage, tasks, files, batches and the instances serving on it."""
 
-    # Empty: `<home>/bitinglip.db`. A relative SQLite path is taken relative to the home.
+    # Empty: `<home>/bitinglip.db` (SQLite). A relative SQLite path is taken relative to the home.
+    # `postgresql+asyncpg://user:password@host:5432/name`: several instances share one PostgreSQL database.
     url: str = ""
 
 
@@ -148,6 +152,9 @@ class ClusterSettings(_Section, frozen=True):
     # spinning on a core. Default: 100 on the CPU build (the spin took the core the API process and the clients need;
     # docs/performance.md), vLLM's own spin on GPUs. 0: vLLM's own spin everywhere.
     engine_poll_us: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    # How often this instance renews its row in the database's `instances` table (its URL and deployments); an
+    # instance silent for three of these is taken for gone.
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 5.0
 
 
 class LimitSettings(_Section, frozen=True):

@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import insert
 
 from bitinglip.core import Database, get_logger
 from bitinglip.gateway.tables import usage
@@ -97,8 +96,10 @@ class UsageRecorder:
             batch, self.pending = self.pending, {}
             try:
                 async with self.db.engine.begin() as conn:
-                    for (day, key_id, model), (requests, prompt, completion, errors) in batch.items():
-                        statement = insert(usage).values(
+                    # In key order: two instances adding to the same rows at once lock them in the same order
+                    # (PostgreSQL), so neither waits on the other forever.
+                    for (day, key_id, model), (requests, prompt, completion, errors) in sorted(batch.items()):
+                        statement = self.db.upsert(usage).values(
                             day=day,
                             key_id=key_id,
                             model=model,

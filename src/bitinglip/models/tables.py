@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from bitinglip.core import metadata, migration
+from bitinglip.core import metadata
 
 models = sa.Table(
     "models",
@@ -37,13 +37,4 @@ models = sa.Table(
     sa.Column("base_model", sa.String(200)),
     sa.Column("lora_rank", sa.Integer),
     sa.Column("target_modules", sa.Text),  # JSON list of module names
-)
-
-migration(2, "ALTER TABLE models RENAME COLUMN serving_pid TO used_by_pid")
-migration(
-    3,
-    "ALTER TABLE models ADD COLUMN kind VARCHAR(20) NOT NULL DEFAULT 'model'",
-    "ALTER TABLE models ADD COLUMN base_model VARCHAR(200)",
-    "ALTER TABLE models ADD COLUMN lora_rank INTEGER",
-    "ALTER TABLE models ADD COLUMN target_modules TEXT",
 )

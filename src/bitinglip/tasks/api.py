@@ -120,7 +120,7 @@ class FilesController(Controller):
         self, files: NamedDependency[FileStore], request: Request[Any, Any, Any], file_id: FromPath[str]
     ) -> File:
         found = await files.get(file_id, owner_of(request))
-        return File(path=files.path(file_id), filename=found.filename, media_type=FILE_MEDIA_TYPE)
+        return File(path=await files.local_path(file_id), filename=found.filename, media_type=FILE_MEDIA_TYPE)
 
     @delete(
         "/{file_id:str}",

@@ -169,13 +169,22 @@ class BatchService:
             return
         self._busy.add(batch_id)
         try:
+            async with self.db.exclusive(f"batch:{batch_id}") as mine:
+                if mine:  # else another instance is validating it
+                    await self._validate_mine(batch_id)
+        finally:
+            self._busy.discard(batch_id)
+
+    async def _validate_mine(self, batch_id: str) -> None:
+        try:
             row = await self._row(batch_id)
             if row.status != "validating":
                 return
             handler = self.queue.kinds[row.kind]
+            source = await self.files.local_path(row.input_file_id)
             lines, errors = await asyncio.to_thread(
                 read_lines,
-                self.files.path(row.input_file_id),
+                source,
                 endpoint=row.endpoint,
                 target_of=handler.target,
                 known=await self.queue.capacity.known(),
@@ -203,8 +212,6 @@ class BatchService:
                     [BatchError(code="file_not_found", message="the input file is gone")]
                 ).decode(),
             )
-        finally:
-            self._busy.discard(batch_id)
 
     async def _start_lines(self, row: Any, lines: list[Line]) -> None:
         now = time.time()
@@ -282,37 +289,42 @@ class BatchService:
             return
         self._busy.add(batch_id)
         try:
-            row = await self._row(batch_id)
-            if row.status not in ("in_progress", "cancelling", "finalizing"):
-                return
-            final = "expired" if expired else ("cancelled" if row.status == "cancelling" else "completed")
-            if row.status == "in_progress" and final == "completed":
-                await self._set(batch_id, "finalizing", finalizing_at=time.time())
-            async with self.db.engine.connect() as conn:
-                query = (
-                    sa.select(tasks.c.id, tasks.c.custom_id, tasks.c.state, tasks.c.result, tasks.c.error)
-                    .where(tasks.c.batch_id == batch_id)
-                    .order_by(tasks.c.line)
-                )
-                lines = (await conn.execute(query)).all()
-            output, errors, usage = _output_lines(lines)
-            now = time.time()
-            async with self.db.engine.begin() as conn:
-                values: dict[str, Any] = {"status": final, f"{final}_at": now, "usage": usage}
-                if output:
-                    out = await self.files.write(
-                        output, f"{batch_id}_output.jsonl", "batch_output", row.owner, conn, row.output_expires_s
-                    )
-                    values["output_file_id"] = out.id
-                if errors:
-                    err = await self.files.write(
-                        errors, f"{batch_id}_error.jsonl", "batch_output", row.owner, conn, row.output_expires_s
-                    )
-                    values["error_file_id"] = err.id
-                await conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
-            log.info(f"batch.{final}", batch=batch_id, lines=len(lines), output=len(output), errors=len(errors))
+            async with self.db.exclusive(f"batch:{batch_id}") as mine:
+                if mine:  # else another instance is finalizing it
+                    await self._finalize_mine(batch_id, expired)
         finally:
             self._busy.discard(batch_id)
+
+    async def _finalize_mine(self, batch_id: str, expired: bool) -> None:
+        row = await self._row(batch_id)
+        if row.status not in ("in_progress", "cancelling", "finalizing"):
+            return
+        final = "expired" if expired else ("cancelled" if row.status == "cancelling" else "completed")
+        if row.status == "in_progress" and final == "completed":
+            await self._set(batch_id, "finalizing", finalizing_at=time.time())
+        async with self.db.engine.connect() as conn:
+            query = (
+                sa.select(tasks.c.id, tasks.c.custom_id, tasks.c.state, tasks.c.result, tasks.c.error)
+                .where(tasks.c.batch_id == batch_id)
+                .order_by(tasks.c.line)
+            )
+            lines = (await conn.execute(query)).all()
+        output, errors, usage = _output_lines(lines)
+        now = time.time()
+        async with self.db.engine.begin() as conn:
+            values: dict[str, Any] = {"status": final, f"{final}_at": now, "usage": usage}
+            if output:
+                out = await self.files.write(
+                    output, f"{batch_id}_output.jsonl", "batch_output", row.owner, conn, row.output_expires_s
+                )
+                values["output_file_id"] = out.id
+            if errors:
+                err = await self.files.write(
+                    errors, f"{batch_id}_error.jsonl", "batch_output", row.owner, conn, row.output_expires_s
+                )
+                values["error_file_id"] = err.id
+            await conn.execute(batches.update().where(batches.c.id == batch_id).values(**values))
+        log.info(f"batch.{final}", batch=batch_id, lines=len(lines), output=len(output), errors=len(errors))
 
     async def sweep(self) -> None:
         """Retention: files, finished tasks and ended batches older than `tasks.retention_days` go."""

@@ -2,6 +2,7 @@
 
 A file is written under a temporary name and renamed into place before its row is committed, so a row never
 names a half-written file; a file on disk without a row (a crash between the two) is removed by `sweep`.
+On PostgreSQL the content is also written to table `file_chunks` with the row, for instances on other machines.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from bitinglip.core import Database, InvalidInput, NotFound, TasksSettings, get_logger
 from bitinglip.tasks.store import new_id, page
-from bitinglip.tasks.tables import files
+from bitinglip.tasks.tables import file_chunks, files
 from bitinglip.tasks.wire import FileList, FileObject
 
 log = get_logger(__name__)
@@ -62,9 +63,39 @@ class FileStore:
         self.db = db
         self.settings = settings
         self.dir = Path(settings.files_dir)
+        # On PostgreSQL a file's content is kept in the database too (table `file_chunks`): an instance on another
+        # machine reads it from there. `files_dir` is then each instance's copy, made on first use.
+        self.shared = db.dialect == "postgresql"
 
     def path(self, file_id: str) -> Path:
+        """Where the file is on this machine; `local_path` first makes sure it is there."""
         return self.dir / file_id
+
+    async def local_path(self, file_id: str) -> Path:
+        """The file on this machine's disk, copied from the database first when another instance made it."""
+        path = self.path(file_id)
+        if not self.shared or await asyncio.to_thread(path.exists):
+            return path
+        query = sa.select(file_chunks.c.data).where(file_chunks.c.file_id == file_id).order_by(file_chunks.c.n)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        partial = self.dir / f".{file_id}.{os.getpid()}.fetch"
+        async with self.db.engine.connect() as conn:
+            chunks = await conn.stream(query)
+            with partial.open("wb") as out:
+                async for (data,) in chunks:
+                    await asyncio.to_thread(out.write, data)
+                await asyncio.to_thread(os.fsync, out.fileno())
+        partial.rename(path)  # two instances (or requests) fetching at once each rename a whole copy
+        log.info("file.fetched", file=file_id, bytes=path.stat().st_size)
+        return path
+
+    async def _share(self, conn: Any, file_id: str) -> None:
+        """Copy a file just written into the database, in the transaction that adds its row, a chunk at a time."""
+        with self.path(file_id).open("rb") as source:
+            n = 0
+            while data := await asyncio.to_thread(source.read, CHUNK):
+                await conn.execute(file_chunks.insert().values(file_id=file_id, n=n, data=data))
+                n += 1
 
     def _expires(self, now: float, lifetime_s: float | None = None) -> float:
         return now + (lifetime_s if lifetime_s is not None else self.settings.retention_days * 86400)
@@ -119,6 +150,8 @@ class FileStore:
         expires = self._expires(now, lifetime_s)
         values = {"id": file_id, "owner": owner, "purpose": purpose, "filename": filename, "bytes": size}
         await conn.execute(files.insert().values(**values, created_at=now, expires_at=expires))
+        if self.shared:
+            await self._share(conn, file_id)
         log.info("file.created", file=file_id, purpose=purpose, bytes=size)
         return FileObject(
             id=file_id, bytes=size, created_at=int(now), expires_at=int(expires), filename=filename, purpose=purpose
@@ -163,6 +196,7 @@ class FileStore:
         await self.get(file_id, owner)
         async with self.db.engine.begin() as conn:
             await conn.execute(files.delete().where(files.c.id == file_id))
+            await conn.execute(file_chunks.delete().where(file_chunks.c.file_id == file_id))
         self.path(file_id).unlink(missing_ok=True)
         log.info("file.deleted", file=file_id)
 
@@ -173,6 +207,7 @@ class FileStore:
             expired = [i for (i,) in (await conn.execute(sa.select(files.c.id).where(files.c.expires_at < now))).all()]
             if expired:
                 await conn.execute(files.delete().where(files.c.id.in_(expired)))
+                await conn.execute(file_chunks.delete().where(file_chunks.c.file_id.in_(expired)))
             known = {i for (i,) in (await conn.execute(sa.select(files.c.id))).all()}
         return await asyncio.to_thread(self._remove_strays, set(expired), known, now)
 

@@ -134,13 +134,20 @@ class TaskStore:
                 found = await self._by_key(conn, row["owner"], key)
                 if found is not None:
                     return found, False
-            try:
+                # Another submit with the key may land between that look and this insert (another instance, too):
+                # the unique (owner, key) decides, without an error that would end the transaction (PostgreSQL).
+                insert = (
+                    self.db.upsert(tasks)
+                    .values(**row)
+                    .on_conflict_do_nothing(index_elements=[tasks.c.owner, tasks.c.idempotency_key])
+                )
+                if (await conn.execute(insert)).rowcount == 0:
+                    found = await self._by_key(conn, row["owner"], key)
+                    if found is None:  # the row that won was deleted in between
+                        raise Conflict("the task with this idempotency key changed; try again")
+                    return found, False
+            else:
                 await conn.execute(tasks.insert().values(**row))
-            except sa.exc.IntegrityError:
-                found = await self._by_key(conn, row["owner"], key) if key is not None else None
-                if found is None:
-                    raise
-                return found, False
         return await self.get(row["id"], row["owner"]), True
 
     @staticmethod
@@ -188,32 +195,40 @@ class TaskStore:
             .where(tasks.c.state == "queued", tasks.c.target == target, tasks.c.not_before <= now)
             .order_by(tasks.c.priority.desc(), tasks.c.seq)
             .limit(n)
-            .scalar_subquery()
-        )
-        update = (
-            tasks.update()
-            .where(tasks.c.seq.in_(chosen))
-            .values(
-                state="running",
-                attempts=tasks.c.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + lease_s,
-                started_at=sa.func.coalesce(tasks.c.started_at, now),
-            )
-            .returning(
-                tasks.c.id,
-                tasks.c.kind,
-                tasks.c.target,
-                tasks.c.payload,
-                tasks.c.attempts,
-                tasks.c.max_attempts,
-                tasks.c.priority,
-                tasks.c.seq,
-                tasks.c.batch_id,
-                tasks.c.owner,
-            )
+            # PostgreSQL: instances claiming at once each take rows the others have not locked, instead of
+            # queueing on the same ones (SQLite has one writer at a time and ignores it).
+            .with_for_update(skip_locked=True)
         )
         async with self.db.engine.begin() as conn:
+            # Two statements, not `UPDATE ... WHERE seq IN (SELECT ... LIMIT n)`: PostgreSQL may run that subquery
+            # again for each row it updates, taking more than n.
+            seqs = (await conn.execute(chosen)).scalars().all()
+            if not seqs:
+                return []
+            update = (
+                tasks.update()
+                # Checked again on the row as it is now: never a task another claim just took.
+                .where(tasks.c.seq.in_(seqs), tasks.c.state == "queued")
+                .values(
+                    state="running",
+                    attempts=tasks.c.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + lease_s,
+                    started_at=sa.func.coalesce(tasks.c.started_at, now),
+                )
+                .returning(
+                    tasks.c.id,
+                    tasks.c.kind,
+                    tasks.c.target,
+                    tasks.c.payload,
+                    tasks.c.attempts,
+                    tasks.c.max_attempts,
+                    tasks.c.priority,
+                    tasks.c.seq,
+                    tasks.c.batch_id,
+                    tasks.c.owner,
+                )
+            )
             rows = (await conn.execute(update)).all()
         claimed = [Claimed(**r._mapping) for r in rows]
         claimed.sort(key=lambda c: (-c.priority, c.seq))

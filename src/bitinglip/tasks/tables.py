@@ -86,3 +86,13 @@ batches = sa.Table(
     sa.Column("cancelled_at", sa.Float),
     sa.Index("ix_batches_status", "status"),
 )
+
+# A file's content, on PostgreSQL only: instances sharing the database share no filesystem, so each reads a file
+# from here into its own `tasks.files_dir` on first use. On SQLite (one machine) the file on disk is the content.
+file_chunks = sa.Table(
+    "file_chunks",
+    metadata,
+    sa.Column("file_id", sa.String(40), primary_key=True),
+    sa.Column("n", sa.Integer, primary_key=True),  # 0, 1, ...: the chunk's place in the file
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)

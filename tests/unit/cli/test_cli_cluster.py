@@ -480,3 +480,27 @@ def test_serve_refuses_two_different_models(
     assert (code, out) == (1, "")
     assert err == "bitinglip: two models given: org/a and --model org/b; name one\n"
     assert recorder.settings == []  # refused before anything started
+
+
+def test_ps_lists_the_other_instances_on_the_database(server: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    now = time.time()
+    server.on("GET", "/api/deployments", httpx.Response(200, json={"data": [READY]}))
+    instances = [
+        {"id": "box-a:41:ab12cd34", "url": "http://box-a:8000", "host": "box-a", "pid": 41, "this": True,
+         "started_at": now - 125, "heartbeat_at": now - 2,
+         "deployments": [{"name": "chat", "model": "org/tiny-chat", "state": "ready", "adapters": []}]},
+        {"id": "box-b:7:ef56ab78", "url": "http://box-b:8000", "host": "box-b", "pid": 7, "this": False,
+         "started_at": now - 30, "heartbeat_at": now - 4, "deployments": []},
+    ]  # fmt: skip
+    server.on("GET", "/api/cluster/instances", httpx.Response(200, json={"data": instances}))
+    code, out, _ = run(capsys, "ps")
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index("2 instances on this database (* this one):")
+    assert rows("\n".join(lines[at + 1 :])) == [
+        ["INSTANCE", "URL", "UP", "SEEN", "DEPLOYMENTS"],
+        ["box-a:41 *", "http://box-a:8000", "2m05s", "2s ago", "chat (ready)"],
+        ["box-b:7", "http://box-b:8000", "30s", "4s ago", "-"],
+    ]

@@ -14,10 +14,10 @@ from cluster_support import cluster, until
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from bitinglip.cluster import Cluster, ClusterPlugin, Deployment
+from bitinglip.cluster import Cluster, ClusterPlugin, Deployment, Instances
 from bitinglip.cluster import deployment as deployment_module
 from bitinglip.cluster.deployment import TRANSITIONS, IllegalTransition
-from bitinglip.core import DeploymentSettings, Unavailable
+from bitinglip.core import Database, DbSettings, DeploymentSettings, Unavailable
 from doubles import ScriptedFactory
 
 Start = Callable[..., Awaitable[Cluster]]
@@ -232,7 +232,7 @@ async def test_a_declared_deployment_whose_model_is_missing_fails_loudly_and_rea
     assert level == "error" and fields["deployment"] == name and hint in fields["hint"]
     assert "/ready answers 503 until it is removed (`bitinglip undeploy" in fields["hint"]
 
-    async with AsyncTestClient(Litestar(plugins=[ClusterPlugin(c)])) as client:
+    async with AsyncTestClient(Litestar(plugins=[ClusterPlugin(c, unstarted_instances(c))])) as client:
         answer = await client.get("/ready")
         body = answer.json()
         # Failed for good: 503 with the reason and the hint, and no Retry-After (waiting will not change it).
@@ -250,7 +250,7 @@ async def test_ready_says_what_it_waits_for_and_to_retry_while_declared_deployme
     start: Start, factory: ScriptedFactory
 ) -> None:
     c = await starting_a(start, factory)
-    async with AsyncTestClient(Litestar(plugins=[ClusterPlugin(c)])) as client:
+    async with AsyncTestClient(Litestar(plugins=[ClusterPlugin(c, unstarted_instances(c))])) as client:
         answer = await client.get("/ready")
         assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
         body = answer.json()
@@ -258,3 +258,8 @@ async def test_ready_says_what_it_waits_for_and_to_retry_while_declared_deployme
         await until(lambda: c.ready)
         answer = await client.get("/ready")
         assert answer.status_code == 200 and answer.json()["ready"] is True
+
+
+def unstarted_instances(c: Cluster) -> Instances:
+    """What the plugin wants beside the cluster; `/ready` never reads it (nothing here starts it)."""
+    return Instances(Database(DbSettings(url="sqlite+aiosqlite://")), "http://127.0.0.1:8000", list, heartbeat_s=5)

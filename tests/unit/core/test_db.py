@@ -1,4 +1,4 @@
-"""The SQLite file: pragmas, tables, schema version."""
+"""The database: SQLite's pragmas, the schema brought to this release's revision, once, under a lock."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import sqlalchemy as sa
 
 from bitinglip.core import DbSettings
-from bitinglip.core.db import SCHEMA_VERSION, Database, schema_version
+from bitinglip.core.db import HEAD_REVISION, Database
 
 
-async def test_start_creates_the_file_with_wal_and_a_schema_version(tmp_path: Path) -> None:
+async def test_start_creates_the_file_with_wal_at_the_head_revision(tmp_path: Path) -> None:
     db = Database(DbSettings(url=f"sqlite+aiosqlite:///{tmp_path}/sub/dir/bl.db"))
     await db.start()
     try:
@@ -20,33 +20,32 @@ async def test_start_creates_the_file_with_wal_and_a_schema_version(tmp_path: Pa
             assert (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar() == "wal"
             assert (await conn.execute(sa.text("PRAGMA foreign_keys"))).scalar() == 1
             assert (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar() == 5000
-        assert await db.version() == SCHEMA_VERSION
+        assert await db.version() == HEAD_REVISION
     finally:
         await db.stop()
 
 
-async def test_restart_keeps_one_version_row_and_refuses_a_newer_schema(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/bl.db"
+async def test_restart_keeps_one_version_row_and_refuses_a_newer_schema(db_url: str) -> None:
     for _ in range(2):
-        db = Database(DbSettings(url=url))
+        db = Database(DbSettings(url=db_url))
         await db.start()
         await db.stop()
-    db = Database(DbSettings(url=url))
+    db = Database(DbSettings(url=db_url))
     await db.start()
     async with db.engine.begin() as conn:
-        assert len((await conn.execute(sa.select(schema_version))).all()) == 1
-        await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION + 1))
+        assert (await conn.execute(sa.text("SELECT count(*) FROM alembic_version"))).scalar() == 1
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))  # a later release's
     await db.stop()
     with pytest.raises(RuntimeError, match="newer than this release"):
-        await Database(DbSettings(url=url)).start()
+        await Database(DbSettings(url=db_url)).start()
 
 
-def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path) -> None:
+def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path, db_url: str) -> None:
     import subprocess
     import sys
     import time
 
-    url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    url = db_url
     go = tmp_path / "go"
     # Each process imports first, then waits for the same moment to start: the race a CLI and a server can hit.
     code = (
@@ -68,9 +67,10 @@ def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path) ->
         db = Database(DbSettings(url=url))
         await db.start()
         async with db.engine.connect() as conn:
-            count = len((await conn.execute(sa.select(schema_version))).all())
+            count = (await conn.execute(sa.text("SELECT count(*) FROM alembic_version"))).scalar()
+            assert await db.version() == HEAD_REVISION
         await db.stop()
-        return count
+        return int(count or 0)
 
     import asyncio
 
@@ -78,10 +78,9 @@ def test_processes_creating_the_schema_at_once_do_not_collide(tmp_path: Path) ->
 
 
 async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
-    """A version-1 file (the models table with `serving_pid`) gets the column renamed, its rows kept."""
+    """A file from before Alembic at version 1 (the models table with `serving_pid`, the `schema_version` table)
+    gets the column renamed and the columns added, its rows kept, and the tables it lacked."""
     import sqlite3
-
-    import bitinglip.models.tables  # noqa: F401  (registers the models table and its migrations)
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
@@ -92,9 +91,31 @@ async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
     db = Database(DbSettings(url=f"sqlite+aiosqlite:///{path}"))
     await db.start()
     try:
-        assert await db.version() == SCHEMA_VERSION
+        assert await db.version() == HEAD_REVISION
         async with db.engine.connect() as conn:
-            rows = (await conn.execute(sa.text("SELECT name, used_by_pid FROM models"))).all()
-        assert rows == [("kept", 42)]
+            rows = (await conn.execute(sa.text("SELECT name, used_by_pid, kind FROM models"))).all()
+            tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+        assert rows == [("kept", 42, "model")]
+        assert {"api_keys", "usage", "tasks", "batches", "files", "responses"} <= tables
+        assert "schema_version" not in tables
     finally:
         await db.stop()
+
+
+async def test_exclusive_work_is_one_instances_at_a_time(db_url: str) -> None:
+    """On PostgreSQL a second instance asking for the same work while the first holds it is told no; the work is
+    free again once the first is done. SQLite (one serving process) always says yes."""
+    first, second = Database(DbSettings(url=db_url)), Database(DbSettings(url=db_url))
+    await first.start()
+    await second.start()
+    try:
+        async with first.exclusive("batch:b1") as mine:
+            assert mine
+            async with second.exclusive("batch:b1") as theirs, second.exclusive("batch:b2") as other:
+                assert theirs is (first.dialect == "sqlite")
+                assert other  # other work is free
+        async with second.exclusive("batch:b1") as theirs:
+            assert theirs
+    finally:
+        await first.stop()
+        await second.stop()

@@ -1,5 +1,5 @@
 """The gateway as the app mounts it (keys, limits, usage, metrics, auth) over a scripted engine and a real
-SQLite file: what the gateway's unit tests run against."""
+database: what the gateway's unit tests run against."""
 
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ class Gateway:
     limits: LimitStore
 
 
-def build_gateway(engine: ScriptedEngine, data: Path, *, auth: bool = False, **gateway: Any) -> Gateway:
-    """The app as `create_app` builds it, its engines one scripted engine, no deployment declared."""
+def build_gateway(
+    engine: ScriptedEngine, data: Path, *, auth: bool = False, db_url: str | None = None, **gateway: Any
+) -> Gateway:
+    """The app as `create_app` builds it, its engines one scripted engine, no deployment declared; its database
+    a SQLite file in `data` unless `db_url` names another."""
     tree = {
-        "db": {"url": f"sqlite+aiosqlite:///{data / 'gateway.db'}"},
+        "db": {"url": db_url or f"sqlite+aiosqlite:///{data / 'gateway.db'}"},
         "models": {"dir": str(data / "models"), "offline": True},
         "tasks": {"files_dir": str(data / "files")},
         "cluster": {"model": "", "embedding_model": ""},

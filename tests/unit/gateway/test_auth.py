@@ -20,8 +20,8 @@ from doubles import ScriptedEngine
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Gateway:
-    return build_gateway(ScriptedEngine(), tmp_path, auth=True, model_limits={"fake": {"rpm": 1000}})
+def gateway(tmp_path: Path, db_url: str) -> Gateway:
+    return build_gateway(ScriptedEngine(), tmp_path, auth=True, db_url=db_url, model_limits={"fake": {"rpm": 1000}})
 
 
 @pytest.fixture

@@ -231,8 +231,8 @@ def test_the_chain_of_earlier_turns_comes_before_the_new_input_without_their_ins
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Gateway:
-    return build_gateway(ScriptedEngine(), tmp_path, auth=True)
+def gateway(tmp_path: Path, db_url: str) -> Gateway:
+    return build_gateway(ScriptedEngine(), tmp_path, auth=True, db_url=db_url)
 
 
 @pytest.fixture

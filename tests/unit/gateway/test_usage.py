@@ -3,8 +3,6 @@ stop, kept (bounded) when a write fails."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bitinglip.core import Database, DbSettings
@@ -12,12 +10,12 @@ from bitinglip.gateway import UsageRecorder
 from bitinglip.gateway import usage as usage_module
 
 
-def database(tmp_path: Path) -> Database:
-    return Database(DbSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"))
+def database(url: str) -> Database:
+    return Database(DbSettings(url=url))
 
 
-async def test_counters_are_added_to_their_rows_and_a_stop_writes_the_rest(tmp_path: Path) -> None:
-    db = database(tmp_path)
+async def test_counters_are_added_to_their_rows_and_a_stop_writes_the_rest(db_url: str) -> None:
+    db = database(db_url)
     await db.start()
     recorder = UsageRecorder(db, flush_s=3600)
     await recorder.start()
@@ -42,8 +40,8 @@ async def test_counters_are_added_to_their_rows_and_a_stop_writes_the_rest(tmp_p
     await db.stop()
 
 
-async def test_a_failed_write_keeps_the_counts_for_the_next_one(tmp_path: Path) -> None:
-    db = database(tmp_path)
+async def test_a_failed_write_keeps_the_counts_for_the_next_one(db_url: str) -> None:
+    db = database(db_url)
     recorder = UsageRecorder(db)
     recorder.record("k", "tiny", 3, 4, error=False)
     await recorder.flush()  # the database is not started: the write fails
@@ -57,11 +55,9 @@ async def test_a_failed_write_keeps_the_counts_for_the_next_one(tmp_path: Path) 
     await db.stop()
 
 
-async def test_counters_waiting_on_a_broken_database_stay_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_counters_waiting_on_a_broken_database_stay_bounded(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(usage_module, "MAX_CELLS", 10)
-    recorder = UsageRecorder(database(tmp_path))
+    recorder = UsageRecorder(database(db_url))
     for i in range(25):
         recorder.record("k", f"model-{i}", 1, 1, error=False)
         await recorder.flush()  # fails every time

@@ -44,12 +44,14 @@ def models_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def make_service(tmp_path: Path, models_dir: Path, stub: hubstub.HubStub) -> AsyncIterator[MakeService]:
+async def make_service(
+    tmp_path: Path, models_dir: Path, stub: hubstub.HubStub, db_url: str
+) -> AsyncIterator[MakeService]:
     """Build a ModelService on the test's database; call it again for a "restarted" process on the same files."""
     made: list[ModelService] = []
 
     async def make(**hub_options: object) -> ModelService:
-        db = Database(DbSettings(url=f"sqlite+aiosqlite:///{tmp_path}/bitinglip.db"))
+        db = Database(DbSettings(url=db_url))
         await db.start()
         options = {"endpoint": stub.url, "timeout": 10.0, "max_retries": 2, "backoff_s": 0.01} | hub_options
         service = ModelService(ModelRegistry(db, models_dir), HubClient(**options), lambda: ARCHS)  # type: ignore[arg-type]

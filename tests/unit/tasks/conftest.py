@@ -1,4 +1,4 @@
-"""The `env` fixture: a queue, files and batches on a real SQLite file in tmp_path."""
+"""The `env` fixture: a queue, files and batches on a real database: a SQLite file in tmp_path, then PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from bitinglip.tasks import BatchService, FileStore
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    db = Database(DbSettings(url=f"sqlite+aiosqlite:///{tmp_path}/t.db"))
+async def env(tmp_path: Path, db_url: str) -> AsyncIterator[Env]:
+    db = Database(DbSettings(url=db_url))
     await db.start()
     settings = make_settings(tmp_path)
     capacity, work = FakeCapacity(), Work()
