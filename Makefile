@@ -10,7 +10,7 @@ export BITINGLIP_HOME ?= $(CURDIR)/data
 ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup model agents browser postgres run test lint docs bench bench-dashboard bench-gateway bench-agents bench-swap bench-batch bench-lora clean
+.PHONY: help setup model agents browser postgres run test lint docs bench bench-dashboard bench-gateway bench-agents bench-swap bench-batch bench-lora bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -82,6 +82,9 @@ bench: setup model ## BitingLip vs vllm serve vs the bare engine, same load, sam
 	$(BIN)/python scripts/bench_gateway.py
 	$(BIN)/python scripts/bench_agent_apis.py
 	$(BIN)/python scripts/bench_dashboard.py
+
+bench-scale: setup model postgres ## SQLite vs PostgreSQL vs a forwarding instance: API CPU per request, TTFT
+	$(BIN)/python scripts/bench_scale.py
 
 bench-dashboard: setup model ## API-process CPU per token at 64 at once with the dashboard's live feed open vs closed
 	$(BIN)/python scripts/bench_dashboard.py

@@ -31,6 +31,7 @@ from bitinglip.gateway import (
     Accounting,
     Authenticator,
     Background,
+    Forwarder,
     GatewayPlugin,
     KeyStore,
     MemoryLimitStore,
@@ -40,6 +41,7 @@ from bitinglip.gateway import (
     OutputLimits,
     Pipeline,
     ResponseStore,
+    SharedLimitStore,
     UsageRecorder,
     auth_enabled,
     deployment_families,
@@ -78,7 +80,6 @@ class Components:
         self.usage = UsageRecorder(self.db, settings.gateway.usage_flush_s)
         self.metrics = Metrics()
         self.request_log = RequestLog()
-        self.accounting = Accounting(MemoryLimitStore(), self.usage, self.metrics, settings.gateway)
         server = settings.server
         self.instances = Instances(
             self.db,
@@ -86,6 +87,14 @@ class Components:
             lambda: summarize(self.cluster.status()),
             heartbeat_s=settings.cluster.heartbeat_s,
         )
+        # Several instances share a PostgreSQL database: their limits are kept there, exact across all of them.
+        self.shared_limits = (
+            SharedLimitStore(self.db, self.instances.id, self.instances.live_ids)
+            if self.db.dialect == "postgresql"
+            else None
+        )
+        limits = self.shared_limits or MemoryLimitStore()
+        self.accounting = Accounting(limits, self.usage, self.metrics, settings.gateway)
 
     # Built on first use: the cluster asks vLLM about the platform (seconds), which `bitinglip models` never needs.
     @functools.cached_property
@@ -102,6 +111,10 @@ class Components:
         limits = OutputLimits(default=gateway.default_max_tokens, ceiling=gateway.max_output_tokens)
         store = ResponseStore(self.db)
         return OpenAIServing(self.engines, store, stream_interval=gateway.stream_interval, limits=limits)
+
+    @functools.cached_property
+    def forwarder(self) -> Forwarder:
+        return Forwarder(self.instances, self.cluster.has, refresh_s=self.settings.cluster.heartbeat_s)
 
     @functools.cached_property
     def pipeline(self) -> Pipeline:
@@ -168,6 +181,10 @@ class Components:
                 stack.push_async_callback(self._stopped, "cluster", self.cluster.stop)
                 await self.instances.start()
                 stack.push_async_callback(self._stopped, "instance", self.instances.stop)
+                if self.shared_limits is not None:
+                    await self.shared_limits.start()
+                    stack.push_async_callback(self._stopped, "limits", self.shared_limits.stop)
+                stack.push_async_callback(self.forwarder.stop)
                 await self.queue.start()
                 stack.push_async_callback(self._stopped, "tasks", self.queue.stop)
             yield self
@@ -248,7 +265,7 @@ def create_app(loaded: LoadedSettings | None = None, *, components: Components |
             ),
             ModelsPlugin(components.models),
             ClusterPlugin(components.cluster, components.instances),
-            GatewayPlugin(components.openai, components.pipeline, components.keys, auth),
+            GatewayPlugin(components.openai, components.pipeline, components.keys, auth, components.forwarder),
             TasksPlugin(components.batches),
             DashboardPlugin(components.request_log),
             McpPlugin(host=loaded.settings.server.host, auth=auth is not None),

@@ -1,11 +1,13 @@
 """Two servers on one PostgreSQL database, as two machines behind a load balancer would run: A serves the tiny
-model, B serves nothing of its own (and loads nothing on demand). Keys, usage, batches and files are shared; each
-lists the other; a batch made on B runs on A's engine, and survives B's kill -9."""
+chat model, B the tiny embedding model (and loads nothing on demand). Keys, limits, usage, batches and files are
+shared; each lists the other; B forwards chat to A; a batch made on B runs on A's engine, and survives B's
+kill -9."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from e2e.conftest import Server, make_key, server_env, start_server, stop_server
+from e2e.conftest import BIN, Server, make_key, server_env, start_server, stop_server
 
 SHARED = {
     "BITINGLIP_GATEWAY__AUTH": "true",
@@ -32,6 +34,7 @@ class Pair:
     b: Server
     admin: str
     model: str  # A's deployment
+    embedding: str  # B's
 
     def api(self, server: Server, key: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key or self.admin}"}, timeout=60)
@@ -41,7 +44,9 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, postgres_server: Any) -> Iterator[Pair]:
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_embedding_dir: Path, postgres_server: Any
+) -> Iterator[Pair]:
     url = postgres_server.new_url()
     homes = [tmp_path_factory.mktemp(name) for name in ("instance-a", "instance-b")]
     shared = SHARED | {"BITINGLIP_DB__URL": url}
@@ -49,12 +54,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, postgre
     admin = make_key(server_env(homes[0], "", 0) | shared, "--name", "admin", "--scope", "admin")
     a = start_server(homes[0], tiny_model_dir, **shared)
     try:
-        b = start_server(homes[1], "", BITINGLIP_CLUSTER__LOAD_ON_DEMAND="false", **shared)
+        b = start_server(homes[1], tiny_embedding_dir, BITINGLIP_CLUSTER__LOAD_ON_DEMAND="false", **shared)
     except BaseException:
         stop_server(a)
         raise
     try:
-        yield Pair(a, b, admin, tiny_model_dir.name)
+        yield Pair(a, b, admin, tiny_model_dir.name, tiny_embedding_dir.name)
     finally:
         stop_server(b)
         stop_server(a)
@@ -69,16 +74,23 @@ def instances(pair: Pair, server: Server) -> list[dict[str, Any]]:
 
 
 def test_each_instance_lists_both_and_what_each_serves(pair: Pair) -> None:
-    seen_from_b = instances(pair, pair.b)
+    deadline = time.monotonic() + 10  # a deployment's state reaches the table with the next heartbeat (1 s here)
+    while True:
+        seen_from_b = instances(pair, pair.b)
+        if {d["state"] for i in seen_from_b for d in i["deployments"]} == {"ready"}:
+            break
+        assert time.monotonic() < deadline, seen_from_b
+        time.sleep(0.2)
     assert [i["this"] for i in seen_from_b] == [True, False]
     assert [i["url"] for i in seen_from_b] == [pair.b.url, pair.a.url]
-    assert seen_from_b[0]["deployments"] == []
+    assert [(d["name"], d["state"]) for d in seen_from_b[0]["deployments"]] == [(pair.embedding, "ready")]
     assert [(d["name"], d["state"]) for d in seen_from_b[1]["deployments"]] == [(pair.model, "ready")]
     assert [i["url"] for i in instances(pair, pair.a)] == [pair.a.url, pair.b.url]
     with pair.api(pair.a) as api:
         assert [i["url"] for i in api.get("/api/cluster").json()["instances"]] == [pair.a.url, pair.b.url]
 
-    ps = pair.b.cli("ps", "--url", pair.b.url)
+    env = pair.b.env | {"BITINGLIP_API_KEY": pair.admin}
+    ps = subprocess.run([str(BIN), "ps", "--url", pair.b.url], env=env, capture_output=True, text=True, timeout=60)
     assert ps.returncode == 0, ps.stderr
     assert "2 instances on this database" in ps.stdout and pair.a.url in ps.stdout
 
@@ -88,16 +100,61 @@ def test_a_key_made_on_one_works_on_the_other_until_revoked_there(pair: Pair) ->
         made = api.post("/api/keys", json={"name": "team", "scope": "inference"})
         assert made.status_code == 201, made.text
     key = made.json()["key"]
-    on_b = pair.openai(pair.b, key)
-    assert pair.model in {m.id for m in on_b.models.list()}  # B lists what the instances serve
+    with pair.api(pair.b, key) as api:
+        assert api.get("/v1/models").status_code == 200  # B takes the key A made
     with pair.api(pair.b) as api:
-        assert api.delete(f"/api/keys/{made.json()['id']}").status_code == 200  # revoked on B
+        assert api.delete(f"/api/keys/{made.json()['info']['id']}").status_code == 200  # revoked on B
     deadline = time.monotonic() + 10
     with pair.api(pair.a, key) as api:
         while (status := api.get("/v1/models").status_code) == 200:
             assert time.monotonic() < deadline, "A still takes the key revoked on B"
             time.sleep(0.2)
     assert status == 401
+
+
+def test_a_request_for_a_model_only_the_other_serves_is_forwarded_and_streams(pair: Pair) -> None:
+    on_b = pair.openai(pair.b)
+    whole = on_b.with_options(default_headers={"X-Request-ID": "via-b-1"}).chat.completions.with_raw_response.create(
+        model=pair.model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert whole.headers["x-request-id"] == "via-b-1"  # A answered it under the caller's id
+    assert whole.parse().model == pair.model and whole.parse().usage is not None
+    chunks = list(
+        on_b.chat.completions.create(
+            model=pair.model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len(chunks) >= 3 and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    # A's access line has the request: it served it, and counts it against the key there.
+    assert '"request_id": "via-b-1"' in pair.a.log() or "request_id=via-b-1" in pair.a.log()
+    with pytest.raises(openai.NotFoundError):  # a model nobody serves: B's own answer
+        on_b.chat.completions.create(model="nobody-serves-this", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_keys_requests_per_minute_hold_across_both_instances(pair: Pair) -> None:
+    """rpm 10, and 20 requests spread over both (chat served by A, embeddings by B): exactly 10 answered."""
+    with pair.api(pair.a) as api:
+        made = api.post("/api/keys", json={"name": "rpm-10", "rpm": 10})
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    statuses, retry_after = [], []
+    with pair.api(pair.a, key) as on_a, pair.api(pair.b, key) as on_b:
+        for n in range(20):
+            if n % 2:
+                body = {"model": pair.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+                answer = on_a.post("/v1/chat/completions", json=body)
+            else:
+                answer = on_b.post("/v1/embeddings", json={"model": pair.embedding, "input": "hi"})
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                retry_after.append(int(answer.headers["retry-after"]))
+                assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert statuses.count(200) == 10 and statuses.count(429) == 10, statuses
+    assert all(1 <= s <= 60 for s in retry_after)
 
 
 def batch_lines(model: str, n: int) -> bytes:

@@ -318,6 +318,13 @@ class Cluster:
 
     # -- requests
 
+    def has(self, model: str) -> bool:
+        """Whether a request for ``model`` is this instance's to serve: a deployment of it (by name or model, in any
+        state) or an adapter whose base one serves."""
+        if model in self.deployments or self.adapters.known(model) is not None:
+            return True
+        return any(model == d.model_name for d in self.deployments.values())
+
     def capacity(self, model: str) -> tuple[int | None, int]:
         """(requests ``model``'s engines run at once, None while it is not serving; interactive ones in flight).
         An adapter's are its base's."""

@@ -117,6 +117,9 @@ class Instances:
         ]
         return sorted(found, key=lambda i: not i.this)
 
+    async def live_ids(self) -> set[str]:
+        return {i.id for i in await self.live()}
+
     async def stop(self) -> None:
         if self._beat is not None:
             self._beat.cancel()

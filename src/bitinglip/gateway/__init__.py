@@ -5,6 +5,7 @@ from bitinglip.gateway.accounting import Accounting
 from bitinglip.gateway.aliases import ModelAliases
 from bitinglip.gateway.auth import Authenticator, auth_enabled
 from bitinglip.gateway.background import Background
+from bitinglip.gateway.forward import Forwarder
 from bitinglip.gateway.keys import ApiKey, KeyCreate, KeyStore, KeyView, NewKey, view
 from bitinglip.gateway.limits import LimitStore, MemoryLimitStore
 from bitinglip.gateway.metrics import Metrics, deployment_families, pull_families, task_families
@@ -13,6 +14,7 @@ from bitinglip.gateway.plugin import GatewayPlugin
 from bitinglip.gateway.protocol.sampling import OutputLimits
 from bitinglip.gateway.response_store import ResponseStore
 from bitinglip.gateway.serving import OpenAIServing
+from bitinglip.gateway.shared_limits import SharedLimitStore
 from bitinglip.gateway.usage import UsageRecorder, UsageReport, UsageRow
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "Authenticator",
     "Background",
     "Call",
+    "Forwarder",
     "GatewayPlugin",
     "KeyCreate",
     "KeyStore",
@@ -34,6 +37,7 @@ __all__ = [
     "OutputLimits",
     "Pipeline",
     "ResponseStore",
+    "SharedLimitStore",
     "UsageRecorder",
     "UsageReport",
     "UsageRow",

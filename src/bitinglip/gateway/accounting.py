@@ -4,7 +4,8 @@
 model list (403) and a cheap check of its buckets (429). `Exchange.admit`, once the prompt is tokenized,
 reserves prompt + max_tokens in every bucket. `Exchange.finish` runs exactly once however the request ends
 (done, failed, refused, the client gone): it settles the reservation on the real count, adds to usage and
-metrics, and puts the request's numbers on its access-log line. Nothing here awaits or writes to disk.
+metrics, and puts the request's numbers on its access-log line. Nothing here writes to disk; only a shared
+store (several instances on PostgreSQL) awaits, in `admit`.
 """
 
 from __future__ import annotations
@@ -106,13 +107,13 @@ class Exchange:
         self.accounting.served.add(self.model)
         self.state["model"] = self.model
 
-    def admit(self, prep: Prepared) -> None:
+    async def admit(self, prep: Prepared) -> None:
         """Reserve what the request may use at most (prompt + max_tokens per sequence); 429 if it does not fit."""
         self.prompt_tokens = sum(len(ids) for ids, _ in prep.prompts)
         if self.buckets:
             most = self.prompt_tokens + len(prep.prompts) * prep.n * prep.max_tokens
             try:
-                self.reservation = self.accounting.limits.reserve(self.buckets, most)
+                self.reservation = await self.accounting.limits.reserve(self.buckets, most)
             except RateLimited as exc:
                 self.fail(exc)
 

@@ -31,6 +31,7 @@ from litestar.types import (
 )
 
 from bitinglip.core import Events, get_logger, handler_body_limit, route_handler_of, send_error, skipped_by_bypass
+from bitinglip.gateway.forward import Forwarder
 from bitinglip.gateway.generation import GENERATION, JSON_HEADERS, Generation, GenerationRoute, whole_body
 
 log = get_logger(__name__)
@@ -48,9 +49,10 @@ class _Taken:
 class FastGeneration:
     """Route middleware: takes the POSTs of every route declared with `generation_post`; the rest goes on."""
 
-    def __init__(self, app: ASGIApp, generation: Generation) -> None:
+    def __init__(self, app: ASGIApp, generation: Generation, forwarder: Forwarder | None = None) -> None:
         self.app = app
         self.generation = generation
+        self.forwarder = forwarder
         self.routes: dict[int, _Taken | None] = {}  # by the handler's id: None for a route it leaves alone
 
     def _taken(self, scope: Scope) -> _Taken | None:
@@ -89,6 +91,9 @@ class FastGeneration:
             return send(message)
 
         try:
+            if self.forwarder is not None and (url := await self._elsewhere(data, scope)) is not None:
+                await self.forwarder.send(url, scope, _body(read), receive, sending)
+                return
             outcome = await self.generation.run(taken.route, data, scope, receive)
             if isinstance(outcome, Events):
                 await outcome.send(scope, receive, sending)
@@ -106,6 +111,15 @@ class FastGeneration:
             if started:
                 raise
             await send_error(scope, receive, send, exc)
+
+    async def _elsewhere(self, data: Any, scope: Scope) -> str | None:
+        """Another instance's URL when it serves the model and this one does not; None on any doubt."""
+        assert self.forwarder is not None
+        try:
+            return await self.forwarder.target(getattr(data, "model", None), scope)
+        except Exception as exc:  # the database is away: serve here as if alone (a 404 names the model)
+            log.warning("gateway.forward_lookup_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
 
 
 async def _read(receive: Receive, taken: _Taken, read: list[ReceiveMessage]) -> Any:
@@ -129,6 +143,11 @@ async def _read(receive: Receive, taken: _Taken, read: list[ReceiveMessage]) -> 
         return taken.decoder.decode(parts[0] if len(parts) == 1 else b"".join(parts))
     except msgspec.MsgspecError:
         return None
+
+
+def _body(read: list[ReceiveMessage]) -> bytes:
+    """The request's body as read, to send on."""
+    return b"".join(part for m in read if isinstance(part := m.get("body"), bytes))
 
 
 def _replay(read: list[ReceiveMessage], receive: Receive) -> Receive:

@@ -7,7 +7,7 @@ room for it in the 60 s ending now. Because a reservation only ever shrinks, no 
 than the limit, and nothing is refused while the window has room for what the request may still use.
 
 `LimitStore` is what the gateway talks to; `MemoryLimitStore` keeps the buckets in this process (one server
-is exact). A shared store (Redis, say) would implement the same four calls for several servers.
+is exact), `SharedLimitStore` (shared_limits.py) in the PostgreSQL database several instances share.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class LimitStore(Protocol):
     def check(self, buckets: Sequence[Bucket]) -> None:
         """Raise RateLimited if a bucket is full already: the cheap refusal before the prompt is tokenized."""
 
-    def reserve(self, buckets: Sequence[Bucket], tokens: int) -> Reservation:
+    async def reserve(self, buckets: Sequence[Bucket], tokens: int) -> Reservation:
         """Admit one request that may use ``tokens`` in all, or raise RateLimited saying when to retry."""
         ...
 
@@ -105,7 +105,7 @@ class _Held:
         self.settled = False
 
 
-def _refuse(bucket: Bucket, what: str, limit: int, wait_s: float) -> RateLimited:
+def refuse(bucket: Bucket, what: str, limit: int, wait_s: float) -> RateLimited:
     retry = max(1, math.ceil(wait_s))
     return RateLimited(
         f"rate limit reached for {bucket.name}: {what} limit {limit}; retry in {retry} s", retry_after=retry
@@ -149,7 +149,7 @@ class MemoryLimitStore:
                 code="concurrency_limit_exceeded",
             )
         if rpm is not None and len(state.entries) >= rpm:
-            raise _refuse(bucket, "requests per minute", rpm, state.entries[0].at + WINDOW_S - now)
+            raise refuse(bucket, "requests per minute", rpm, state.entries[0].at + WINDOW_S - now)
         if tpm is not None:
             if tokens > tpm:
                 raise RateLimited(
@@ -158,9 +158,13 @@ class MemoryLimitStore:
                     code="request_too_large",
                 )
             if state.tokens + max(tokens, 1) > tpm:
-                raise _refuse(bucket, "tokens per minute", tpm, state.wait_for_tokens(max(tokens, 1), tpm, now))
+                raise refuse(bucket, "tokens per minute", tpm, state.wait_for_tokens(max(tokens, 1), tpm, now))
 
-    def reserve(self, buckets: Sequence[Bucket], tokens: int) -> _Held:
+    async def reserve(self, buckets: Sequence[Bucket], tokens: int) -> _Held:
+        return self.take(buckets, tokens)
+
+    def take(self, buckets: Sequence[Bucket], tokens: int) -> _Held:
+        """`reserve` without awaiting: nothing here waits on anything."""
         now = self._clock()
         states = [self._state(b.name, now) for b in buckets]
         for bucket, state in zip(buckets, states, strict=True):

@@ -111,7 +111,7 @@ class Pipeline:
         tally = Tally(on_first=lease.started)
         try:
             prep = await call.codec.prepare(req, lease.engine)
-            exchange.admit(prep)
+            await exchange.admit(prep)
             if prep.asked_max_tokens is not None:
                 clamped = f"{prep.asked_max_tokens}->{prep.max_tokens}"
                 call.state.setdefault(RESPONSE_HEADERS, []).append((b"x-max-tokens-clamped", clamped.encode()))

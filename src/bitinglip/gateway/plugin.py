@@ -14,6 +14,7 @@ from bitinglip.gateway.anthropic import AnthropicController
 from bitinglip.gateway.api import OpenAIController
 from bitinglip.gateway.auth import Authenticator, AuthMiddleware
 from bitinglip.gateway.fast import FastGeneration
+from bitinglip.gateway.forward import Forwarder
 from bitinglip.gateway.generation import Generation
 from bitinglip.gateway.keys import KeyStore
 from bitinglip.gateway.pipeline import Pipeline
@@ -23,7 +24,15 @@ from bitinglip.gateway.tokenize import TokenizeController
 
 
 class GatewayPlugin(InitPlugin):
-    def __init__(self, openai: OpenAIServing, pipeline: Pipeline, keys: KeyStore, auth: Authenticator | None) -> None:
+    def __init__(
+        self,
+        openai: OpenAIServing,
+        pipeline: Pipeline,
+        keys: KeyStore,
+        auth: Authenticator | None,
+        forwarder: Forwarder | None = None,
+    ) -> None:
+        self.forwarder = forwarder  # None: requests are never sent to another instance
         self.openai = openai
         self.pipeline = pipeline
         self.accounting = pipeline.accounting
@@ -63,7 +72,7 @@ class GatewayPlugin(InitPlugin):
                 DefineMiddleware(AuthMiddleware, auth=self.auth, rate_headers=self.accounting.rate_headers)
             )
         # Inside the key check (its rate-limit headers reach these responses too): the generation routes' hot path.
-        app_config.middleware.append(DefineMiddleware(FastGeneration, generation=generation))
+        app_config.middleware.append(DefineMiddleware(FastGeneration, generation=generation, forwarder=self.forwarder))
         return app_config
 
 

@@ -54,3 +54,17 @@ responses = sa.Table(
     sa.Column("input", sa.Text, nullable=False),  # JSON list of input items, each with an id
     sa.Column("response", sa.Text, nullable=False),  # JSON: the response object as it was answered
 )
+
+# The shared limiter's log (PostgreSQL, several instances): one row per request and bucket it was admitted to,
+# its reserved (then used) tokens, and whether it has ended. Rows leave once ended and out of the 60 s window.
+limit_holds = sa.Table(
+    "limit_holds",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the request's hold
+    sa.Column("bucket", sa.String(250), primary_key=True),  # "key <id>" or "model <name>"
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("instance", sa.String(100), nullable=False),  # whose request: a dead instance's holds are ended
+    sa.Index("ix_limit_holds_bucket_at", "bucket", "at"),
+)

@@ -27,58 +27,58 @@ def test_requests_per_minute_refuse_the_one_over_and_say_when(clock: Clock) -> N
     store = MemoryLimitStore(clock)
     bucket = Bucket("key k", Limits(rpm=3))
     for _ in range(3):
-        store.settle(store.reserve([bucket], 10), 10)
+        store.settle(store.take([bucket], 10), 10)
         clock.now += 10
     with pytest.raises(RateLimited) as refused:
-        store.reserve([bucket], 10)
+        store.take([bucket], 10)
     # The first request was made 30 s ago: its place frees 30 s from now.
     assert refused.value.retry_after == 30 and "requests per minute" in refused.value.message
     clock.now += 30
-    store.reserve([bucket], 10)
+    store.take([bucket], 10)
 
 
 def test_tokens_reserve_max_tokens_then_settle_on_the_real_count(clock: Clock) -> None:
     store = MemoryLimitStore(clock)
     bucket = Bucket("key k", Limits(tpm=1000))
-    first = store.reserve([bucket], 600)  # prompt 100 + max_tokens 500
+    first = store.take([bucket], 600)  # prompt 100 + max_tokens 500
     with pytest.raises(RateLimited):
-        store.reserve([bucket], 600)  # 1200 might be used: refused while the first runs
+        store.take([bucket], 600)  # 1200 might be used: refused while the first runs
     store.settle(first, 150)  # it used 150
-    second = store.reserve([bucket], 600)  # 750 now fits
+    second = store.take([bucket], 600)  # 750 now fits
     store.settle(second, 600)
     assert store.snapshot(bucket).tokens_left == 250
-    store.reserve([bucket], 250)  # exactly at the limit: admitted
+    store.take([bucket], 250)  # exactly at the limit: admitted
     with pytest.raises(RateLimited):
-        store.reserve([bucket], 1)
+        store.take([bucket], 1)
 
 
 def test_a_request_larger_than_the_limit_is_refused_without_a_retry_hint(clock: Clock) -> None:
     store = MemoryLimitStore(clock)
     with pytest.raises(RateLimited) as refused:
-        store.reserve([Bucket("key k", Limits(tpm=100))], 101)
+        store.take([Bucket("key k", Limits(tpm=100))], 101)
     assert refused.value.code == "request_too_large" and refused.value.retry_after is None
 
 
 def test_concurrency_frees_a_slot_when_a_request_ends(clock: Clock) -> None:
     store = MemoryLimitStore(clock)
     bucket = Bucket("key k", Limits(max_concurrent=2))
-    a, _ = store.reserve([bucket], 1), store.reserve([bucket], 1)
+    a, _ = store.take([bucket], 1), store.take([bucket], 1)
     with pytest.raises(RateLimited) as refused:
         store.check([bucket])
     assert refused.value.code == "concurrency_limit_exceeded"
     store.settle(a, 1)
     store.settle(a, 1)  # settling twice frees one slot, not two
-    store.reserve([bucket], 1)
+    store.take([bucket], 1)
     with pytest.raises(RateLimited):
-        store.reserve([bucket], 1)
+        store.take([bucket], 1)
 
 
 def test_every_bucket_must_fit_and_a_refusal_takes_nothing(clock: Clock) -> None:
     store = MemoryLimitStore(clock)
     key, model = Bucket("key k", Limits(rpm=10)), Bucket("model m", Limits(rpm=1))
-    store.reserve([key, model], 1)
+    store.take([key, model], 1)
     with pytest.raises(RateLimited) as refused:
-        store.reserve([key, model], 1)
+        store.take([key, model], 1)
     assert "model m" in refused.value.message
     assert store.snapshot(key).requests_left == 9  # the refused request was not counted against the key
 
@@ -104,7 +104,7 @@ def test_random_traffic_never_exceeds_the_limit_in_any_window_nor_is_refused_wit
         reserve = rng.randint(20, 400)
         window = [e for e in admitted if e[0] > clock.now - WINDOW_S]
         try:
-            reservation = store.reserve([bucket], reserve)
+            reservation = store.take([bucket], reserve)
         except RateLimited:
             refusals += 1
             held = sum(e[1] for e in window)
@@ -123,7 +123,7 @@ def test_random_traffic_never_exceeds_the_limit_in_any_window_nor_is_refused_wit
 def test_rate_headers_as_openai_sends_them(clock: Clock) -> None:
     store = MemoryLimitStore(clock)
     bucket = Bucket("key k", Limits(rpm=60, tpm=1000))
-    store.settle(store.reserve([bucket], 300), 120)
+    store.settle(store.take([bucket], 300), 120)
     clock.now += 15
     headers = dict(rate_headers(store, bucket))
     assert headers[b"x-ratelimit-limit-requests"] == b"60"

@@ -1,5 +1,6 @@
 """Several instances on one database: the `instances` table (each process serving on it, its URL and heartbeat)
-and `file_chunks` (a file's content, for instances that share no filesystem; used on PostgreSQL).
+`file_chunks` (a file's content, for instances that share no filesystem) and `limit_holds` (limits exact across
+instances); the last two used on PostgreSQL.
 
 Revision ID: 0002
 Revises: 0001
@@ -38,8 +39,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("file_id", "n"),
     )
 
+    op.create_table(
+        "limit_holds",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("bucket", sa.String(length=250), nullable=False),
+        sa.Column("at", sa.Float(), nullable=False),
+        sa.Column("tokens", sa.BigInteger(), nullable=False),
+        sa.Column("done", sa.Boolean(), nullable=False),
+        sa.Column("instance", sa.String(length=100), nullable=False),
+        sa.PrimaryKeyConstraint("id", "bucket"),
+    )
+    op.create_index("ix_limit_holds_bucket_at", "limit_holds", ["bucket", "at"])
+
 
 def downgrade() -> None:
+    op.drop_index("ix_limit_holds_bucket_at", table_name="limit_holds")
+    op.drop_table("limit_holds")
     op.drop_table("file_chunks")
     op.drop_index("ix_instances_heartbeat", table_name="instances")
     op.drop_table("instances")

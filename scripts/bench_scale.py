@@ -1,0 +1,131 @@
+"""Several instances on PostgreSQL: what the shared database and forwarding cost a request.
+
+Three `bitinglip serve` processes on one machine, each with its own home, the first two with the tiny model:
+"sqlite" (the embedded default), "postgresql" (the same server on a PostgreSQL database the script starts, as
+tests/postgres.py does) and "front" (on the same PostgreSQL, serving nothing and loading nothing: every request
+it gets is forwarded to "postgresql"). The same load goes to each in turn, over --rounds rounds (order rotated):
+streaming chat, --requests requests, --concurrency at once, --max-tokens tokens each.
+
+Reading the output: per target the medians over the rounds of TTFT p50, tokens/s and the CPU time per request of
+the process that took the request (the API process, not the engine; for "front" its own process, the forwarding
+hop, on top of what "postgresql" spends serving it). Targets (issue 26): PostgreSQL at most +0.3 ms of API CPU per
+request against SQLite.
+
+    .venv/bin/python scripts/bench_scale.py [--requests 256] [--concurrency 16] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchlib import (
+    CHAT,
+    REPO,
+    SMALL_ENGINE_ARGS,
+    TINY_MODEL,
+    BenchError,
+    LoadSpec,
+    bitinglip_server,
+    engine_settings,
+    make_prompts,
+    measure_api,
+    progress,
+)
+
+sys.path.insert(0, str(REPO / "tests"))
+from postgres import PostgresServer  # the tests' own server: initdb, pg_ctl, a database per use
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    if not TINY_MODEL.is_dir():
+        raise BenchError(f"no model at {TINY_MODEL}: run `make model` first")
+    base = engine_settings(SMALL_ENGINE_ARGS) | {"BITINGLIP_GATEWAY__AUTH": "false", "OMP_WAIT_POLICY": "PASSIVE"}
+    postgres = PostgresServer()
+    try:
+        url = postgres.new_url()
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            root = Path(tmp)
+            async with contextlib.AsyncExitStack() as stack:
+                model = {"BITINGLIP_CLUSTER__MODEL": "tiny"}
+                sqlite = await stack.enter_async_context(
+                    bitinglip_server(root / "sqlite", "sqlite", base | model, register=(TINY_MODEL, "tiny"))
+                )
+                on_pg = base | model | {"BITINGLIP_DB__URL": url, "BITINGLIP_CLUSTER__HEARTBEAT_S": "1"}
+                pg = await stack.enter_async_context(
+                    bitinglip_server(root / "postgresql", "postgresql", on_pg, register=(TINY_MODEL, "tiny"))
+                )
+                front_settings = on_pg | {"BITINGLIP_CLUSTER__MODEL": "", "BITINGLIP_CLUSTER__LOAD_ON_DEMAND": "false"}
+                front = await stack.enter_async_context(bitinglip_server(root / "front", "front", front_settings))
+                await asyncio.sleep(2)  # a heartbeat: front knows what postgresql serves
+                targets = {"sqlite": sqlite, "postgresql": pg, "front": front}
+                prompts = make_prompts(TINY_MODEL, args.requests, 64)
+                spec = LoadSpec(prompts, args.concurrency, args.max_tokens)
+                results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+                order = list(targets)
+                for round_no in range(args.rounds):
+                    for name in order[round_no % 3 :] + order[: round_no % 3]:
+                        server = targets[name]
+                        figures = await measure_api(server.url, server.proc.pid, CHAT, ["tiny"], spec, name)
+                        if figures.errors:
+                            raise BenchError(f"{name}: {figures.errors} errors, e.g. {figures.error_examples}")
+                        per_request_ms = (figures.api_cpu_s or 0.0) * 1000 / figures.requests
+                        results[name].append(
+                            {
+                                "ttft_p50_ms": figures.ttft_p50_ms,
+                                "tokens_per_s": figures.tokens_per_s,
+                                "api_cpu_ms_per_request": per_request_ms,
+                            }
+                        )
+                        progress(
+                            f"round {round_no + 1} {name}: TTFT p50 {figures.ttft_p50_ms:.1f} ms, "
+                            f"{figures.tokens_per_s:.0f} tokens/s, API CPU {per_request_ms:.3f} ms/request"
+                        )
+    finally:
+        postgres.stop()
+    return {
+        name: {field: statistics.median(r[field] for r in rounds) for field in rounds[0]}
+        for name, rounds in results.items()
+    }
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    try:
+        medians = asyncio.run(run(args))
+    except BenchError as exc:
+        print(f"bench_scale: {exc.message}\n{exc.output[-3000:]}", file=sys.stderr)
+        return 1
+    print(f"\nstreaming chat, {args.requests} requests, {args.concurrency} at once, {args.max_tokens} tokens, "
+          f"medians of {args.rounds} rounds")  # fmt: skip
+    print(f"{'target':<12} {'TTFT p50 ms':>12} {'tokens/s':>10} {'API CPU ms/request':>20}")
+    for name, m in medians.items():
+        print(f"{name:<12} {m['ttft_p50_ms']:>12.1f} {m['tokens_per_s']:>10.0f} {m['api_cpu_ms_per_request']:>20.3f}")
+    extra = medians["postgresql"]["api_cpu_ms_per_request"] - medians["sqlite"]["api_cpu_ms_per_request"]
+    print(f"\nPostgreSQL vs SQLite: {extra:+.3f} ms of API CPU per request (target: at most +0.3)")
+    hop = medians["front"]["ttft_p50_ms"] - medians["postgresql"]["ttft_p50_ms"]
+    print(f"forwarded through another instance: TTFT p50 {hop:+.1f} ms, "
+          f"{medians['front']['api_cpu_ms_per_request']:.3f} ms of the front instance's CPU per request")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(medians, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
