@@ -11,7 +11,12 @@ the process that took the request (the API process, not the engine; for "front" 
 hop, on top of what "postgresql" spends serving it). Targets (issue 26): PostgreSQL at most +0.3 ms of API CPU per
 request against SQLite.
 
-    .venv/bin/python scripts/bench_scale.py [--requests 256] [--concurrency 16] [--rounds 3] [--json out.json]
+--limited: API keys on, and every request made with a key whose rpm, tpm and concurrency are checked, reserved
+and settled (never reached): in this process's memory on "sqlite", in the database on "postgresql" (the limits
+shared by every instance), so the difference is also what exact limits across instances cost.
+
+    .venv/bin/python scripts/bench_scale.py [--requests 256] [--concurrency 16] [--rounds 3] [--limited]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from benchlib import (
     TINY_MODEL,
     BenchError,
     LoadSpec,
+    bitinglip_cli,
     bitinglip_server,
     engine_settings,
     make_prompts,
@@ -43,12 +49,23 @@ sys.path.insert(0, str(REPO / "tests"))
 from postgres import PostgresServer  # the tests' own server: initdb, pg_ctl, a database per use
 
 
+def limited_key(home: Path, settings: dict[str, str]) -> str:
+    """A key whose limits every request is checked, reserved and settled against, and none reaches."""
+    out = bitinglip_cli(
+        home, settings, "keys", "create", "--name", "bench", "--json",
+        "--rpm", "1000000", "--tpm", "1000000000", "--max-concurrent", "10000",
+    )  # fmt: skip
+    key: str = json.loads(out)["key"]
+    return key
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--limited", action="store_true", help="keys on, each request under a limited key")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     return parser
 
@@ -56,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     if not TINY_MODEL.is_dir():
         raise BenchError(f"no model at {TINY_MODEL}: run `make model` first")
-    base = engine_settings(SMALL_ENGINE_ARGS) | {"BITINGLIP_GATEWAY__AUTH": "false", "OMP_WAIT_POLICY": "PASSIVE"}
+    auth = "true" if args.limited else "false"
+    base = engine_settings(SMALL_ENGINE_ARGS) | {"BITINGLIP_GATEWAY__AUTH": auth, "OMP_WAIT_POLICY": "PASSIVE"}
     postgres = PostgresServer()
     try:
         url = postgres.new_url()
@@ -64,10 +82,17 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             root = Path(tmp)
             async with contextlib.AsyncExitStack() as stack:
                 model = {"BITINGLIP_CLUSTER__MODEL": "tiny"}
+                on_pg = base | model | {"BITINGLIP_DB__URL": url, "BITINGLIP_CLUSTER__HEARTBEAT_S": "1"}
+                keys = {}
+                if args.limited:  # one key per database, made before its servers start
+                    keys = {
+                        "sqlite": limited_key(root / "sqlite", base | model),
+                        "postgresql": limited_key(root / "postgresql", on_pg),
+                    }
+                    keys["front"] = keys["postgresql"]
                 sqlite = await stack.enter_async_context(
                     bitinglip_server(root / "sqlite", "sqlite", base | model, register=(TINY_MODEL, "tiny"))
                 )
-                on_pg = base | model | {"BITINGLIP_DB__URL": url, "BITINGLIP_CLUSTER__HEARTBEAT_S": "1"}
                 pg = await stack.enter_async_context(
                     bitinglip_server(root / "postgresql", "postgresql", on_pg, register=(TINY_MODEL, "tiny"))
                 )
@@ -82,7 +107,10 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 for round_no in range(args.rounds):
                     for name in order[round_no % 3 :] + order[: round_no % 3]:
                         server = targets[name]
-                        figures = await measure_api(server.url, server.proc.pid, CHAT, ["tiny"], spec, name)
+                        headers = {"Authorization": f"Bearer {keys[name]}"} if keys else None
+                        figures = await measure_api(
+                            server.url, server.proc.pid, CHAT, ["tiny"], spec, name, headers=headers
+                        )
                         if figures.errors:
                             raise BenchError(f"{name}: {figures.errors} errors, e.g. {figures.error_examples}")
                         per_request_ms = (figures.api_cpu_s or 0.0) * 1000 / figures.requests
@@ -112,8 +140,9 @@ def main() -> int:
     except BenchError as exc:
         print(f"bench_scale: {exc.message}\n{exc.output[-3000:]}", file=sys.stderr)
         return 1
+    keys = "under a limited key" if args.limited else "no keys"
     print(f"\nstreaming chat, {args.requests} requests, {args.concurrency} at once, {args.max_tokens} tokens, "
-          f"medians of {args.rounds} rounds")  # fmt: skip
+          f"medians of {args.rounds} rounds, {keys}")  # fmt: skip
     print(f"{'target':<12} {'TTFT p50 ms':>12} {'tokens/s':>10} {'API CPU ms/request':>20}")
     for name, m in medians.items():
         print(f"{name:<12} {m['ttft_p50_ms']:>12.1f} {m['tokens_per_s']:>10.0f} {m['api_cpu_ms_per_request']:>20.3f}")

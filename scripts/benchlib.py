@@ -282,13 +282,14 @@ async def stream_completion(
     return checked(sample, body["max_tokens"])
 
 
-def http_client(concurrency: int) -> aiohttp.ClientSession:
+def http_client(concurrency: int, headers: dict[str, str] | None = None) -> aiohttp.ClientSession:
     # aiohttp, not httpx: its C parser costs the load a fraction of the CPU, and on 2 cores the client shares the
     # machine with the server it measures (an httpx client at 64 at once kept only 5-20 requests in flight).
     # One connection per concurrent request: a pool smaller than the concurrency would queue requests in the
     # client and hide the server's own queueing from the TTFT figures.
     connector = aiohttp.TCPConnector(limit=concurrency + 8)
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600.0, connect=30.0))
+    timeout = aiohttp.ClientTimeout(total=600.0, connect=30.0)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
 
 
 async def measure_http(base_url: str, model: str, spec: LoadSpec) -> tuple[list[Sample], float]:
@@ -369,11 +370,21 @@ async def stream_api(client: aiohttp.ClientSession, url: str, api: Api, body: di
     return sample
 
 
-async def measure_api(url: str, pid: int, api: Api, models: Sequence[str], spec: LoadSpec, label: str) -> Figures:
+async def measure_api(
+    url: str,
+    pid: int,
+    api: Api,
+    models: Sequence[str],
+    spec: LoadSpec,
+    label: str,
+    *,
+    headers: dict[str, str] | None = None,
+) -> Figures:
     """One run of ``spec`` on ``api``, request i naming models[i % len(models)]; with the CPU time the process
-    ``pid`` (the server's API process, not its engine) spent over the run."""
+    ``pid`` (the server's API process, not its engine) spent over the run. ``headers``: sent with every request
+    (an API key)."""
     before = process_cpu_s(pid)
-    async with http_client(spec.concurrency) as client:
+    async with http_client(spec.concurrency, headers) as client:
 
         async def one(index: int, prompt: str) -> Sample:
             model = models[index % len(models)]

@@ -112,6 +112,22 @@ def refuse(bucket: Bucket, what: str, limit: int, wait_s: float) -> RateLimited:
     )
 
 
+def at_once(bucket: Bucket, concurrent: int) -> RateLimited:
+    return RateLimited(
+        f"rate limit reached for {bucket.name}: {concurrent} requests at once; retry when one ends",
+        retry_after=1,
+        code="concurrency_limit_exceeded",
+    )
+
+
+def too_large(bucket: Bucket, tokens: int, tpm: int) -> RateLimited:
+    return RateLimited(
+        f"request too large for {bucket.name}: it may use {tokens} tokens (prompt + max_tokens), "
+        f"over the limit of {tpm} tokens per minute; lower max_tokens or shorten the prompt",
+        code="request_too_large",
+    )
+
+
 class MemoryLimitStore:
     """The buckets in this process's memory; they go when their window is empty and nothing is in flight."""
 
@@ -143,20 +159,12 @@ class MemoryLimitStore:
     def _fits(self, bucket: Bucket, state: _State, tokens: int, now: float) -> None:
         rpm, tpm, concurrent = bucket.limits
         if concurrent is not None and state.in_flight >= concurrent:
-            raise RateLimited(
-                f"rate limit reached for {bucket.name}: {concurrent} requests at once; retry when one ends",
-                retry_after=1,
-                code="concurrency_limit_exceeded",
-            )
+            raise at_once(bucket, concurrent)
         if rpm is not None and len(state.entries) >= rpm:
             raise refuse(bucket, "requests per minute", rpm, state.entries[0].at + WINDOW_S - now)
         if tpm is not None:
             if tokens > tpm:
-                raise RateLimited(
-                    f"request too large for {bucket.name}: it may use {tokens} tokens (prompt + max_tokens), "
-                    f"over the limit of {tpm} tokens per minute; lower max_tokens or shorten the prompt",
-                    code="request_too_large",
-                )
+                raise too_large(bucket, tokens, tpm)
             if state.tokens + max(tokens, 1) > tpm:
                 raise refuse(bucket, "tokens per minute", tpm, state.wait_for_tokens(max(tokens, 1), tpm, now))
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bitinglip.core import Database, RateLimited, get_logger
-from bitinglip.gateway.limits import WINDOW_S, Bucket, Reservation, Snapshot, refuse
+from bitinglip.core import Database, get_logger
+from bitinglip.gateway.limits import WINDOW_S, Bucket, Reservation, Snapshot, at_once, refuse, too_large
 from bitinglip.gateway.tables import limit_holds
 
 log = get_logger(__name__)
@@ -97,20 +97,12 @@ class SharedLimitStore:
         rpm, tpm, concurrent = bucket.limits
         reset = (oldest if oldest is not None else now) + WINDOW_S - now
         if concurrent is not None and in_flight >= concurrent:
-            raise RateLimited(
-                f"rate limit reached for {bucket.name}: {concurrent} requests at once; retry when one ends",
-                retry_after=1,
-                code="concurrency_limit_exceeded",
-            )
+            raise at_once(bucket, concurrent)
         if rpm is not None and requests >= rpm:
             raise refuse(bucket, "requests per minute", rpm, reset)
         if tpm is not None:
             if tokens > tpm:
-                raise RateLimited(
-                    f"request too large for {bucket.name}: it may use {tokens} tokens (prompt + max_tokens), "
-                    f"over the limit of {tpm} tokens per minute; lower max_tokens or shorten the prompt",
-                    code="request_too_large",
-                )
+                raise too_large(bucket, tokens, tpm)
             if used + max(tokens, 1) > tpm:
                 # The oldest entry leaving may not free enough: the client is told the soonest it could fit.
                 raise refuse(bucket, "tokens per minute", tpm, max(reset, 1.0))
