@@ -12,6 +12,43 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# The shared limiter's admission (gateway/shared_limits.py) in one round trip: lock the buckets (named in order),
+# count each in the 60 s window, and add the request to all of them only if every one has room. A row per bucket
+# with its counts; `refused` on the first that has no room, and then nothing is added. Each statement in
+# PL/pgSQL reads the rows committed before it: a request that waited on a lock counts the one it waited for.
+RESERVE = """
+CREATE OR REPLACE FUNCTION bitinglip_reserve(
+    names text[], rpms bigint[], tpms bigint[], concs bigint[], want bigint, hold text, who text, now_s float8
+) RETURNS TABLE (requests bigint, used bigint, in_flight bigint, oldest float8, refused boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    i int;
+BEGIN
+    FOR i IN 1 .. cardinality(names) LOOP
+        PERFORM pg_advisory_xact_lock(hashtextextended(names[i], 0));
+    END LOOP;
+    FOR i IN 1 .. cardinality(names) LOOP
+        SELECT count(*) FILTER (WHERE h.at > now_s - 60),
+               coalesce(sum(h.tokens) FILTER (WHERE h.at > now_s - 60), 0),
+               count(*) FILTER (WHERE NOT h.done),
+               min(h.at) FILTER (WHERE h.at > now_s - 60)
+          INTO requests, used, in_flight, oldest
+          FROM limit_holds h
+         WHERE h.bucket = names[i] AND (h.at > now_s - 60 OR NOT h.done);
+        refused := (concs[i] IS NOT NULL AND in_flight >= concs[i])
+                OR (rpms[i] IS NOT NULL AND requests >= rpms[i])
+                OR (tpms[i] IS NOT NULL AND used + greatest(want, 1) > tpms[i]);
+        RETURN NEXT;
+        IF refused THEN
+            RETURN;
+        END IF;
+    END LOOP;
+    INSERT INTO limit_holds (id, bucket, at, tokens, done, instance)
+        SELECT hold, n, now_s, want, false, who FROM unnest(names) AS n;
+END
+$$
+"""
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -50,9 +87,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", "bucket"),
     )
     op.create_index("ix_limit_holds_bucket_at", "limit_holds", ["bucket", "at"])
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(RESERVE)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION bitinglip_reserve")
     op.drop_index("ix_limit_holds_bucket_at", table_name="limit_holds")
     op.drop_table("limit_holds")
     op.drop_table("file_chunks")
