@@ -131,6 +131,15 @@ def test_a_request_for_a_model_only_the_other_serves_is_forwarded_and_streams(pa
     assert len(chunks) >= 3 and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
     # A's access line has the request: it served it, and counts it against the key there.
     assert '"request_id": "via-b-1"' in pair.a.log() or "request_id=via-b-1" in pair.a.log()
+    with pair.api(pair.a) as api:
+        limited = api.post("/api/keys", json={"name": "limited", "rpm": 1000}).json()["key"]
+    with pair.api(pair.b, limited) as api:
+        body = {"model": pair.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        answer = api.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    # The serving instance's rate-limit headers, once: the forwarding one adds none of its own.
+    assert answer.headers.get_list("x-ratelimit-limit-requests") == ["1000"]
+    assert answer.headers.get_list("x-ratelimit-remaining-requests") == ["999"]
     with pytest.raises(openai.NotFoundError):  # a model nobody serves: B's own answer
         on_b.chat.completions.create(model="nobody-serves-this", messages=[{"role": "user", "content": "hi"}])
 

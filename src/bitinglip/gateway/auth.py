@@ -129,7 +129,8 @@ class AuthMiddleware:
             return
 
         async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # A request forwarded to another instance carries that instance's headers: it admitted the request.
+            if message["type"] == "http.response.start" and "forwarded_to" not in state:
                 message["headers"] = [*message.get("headers", []), *self.rate_headers(key)]
             await send(message)
 
