@@ -116,7 +116,9 @@ class FastGeneration:
         """Another instance's URL when it serves the model and this one does not; None on any doubt."""
         assert self.forwarder is not None
         try:
-            return await self.forwarder.target(getattr(data, "model", None), scope)
+            # What an alias stands for: the instances list deployments, not the aliases that name them.
+            model = self.generation.pipeline.aliases.resolve(getattr(data, "model", None))
+            return await self.forwarder.target(model, scope)
         except Exception as exc:  # the database is away: serve here as if alone (a 404 names the model)
             log.warning("gateway.forward_lookup_failed", error=f"{type(exc).__name__}: {exc}")
             return None
