@@ -230,8 +230,8 @@ class _Capacity:
 
     def slots(self, target: str) -> int | None:
         slots = self.cluster.capacity(target)[0]
-        if slots is None and not self.cluster.settings.load_on_demand:
-            return 0  # not served here and never loaded here: its lines are for the instances that serve it
+        if slots is None and not self.cluster.settings.load_on_demand and target in self.instances.elsewhere:
+            return 0  # never loaded here, and served by another instance: its lines are for that one
         return slots
 
     def interactive(self, target: str) -> int:

@@ -3,7 +3,14 @@
 from bitinglip.cluster.cluster import Cluster, ModelCatalog
 from bitinglip.cluster.deployment import Deployment, DeploymentState, TimelineEvent, keep_alive_seconds
 from bitinglip.cluster.devices import Device, DeviceProcess, list_devices
-from bitinglip.cluster.instances import Instance, InstanceDeployment, Instances, advertised_url, summarize
+from bitinglip.cluster.instances import (
+    SERVING_STATES,
+    Instance,
+    InstanceDeployment,
+    Instances,
+    advertised_url,
+    summarize,
+)
 from bitinglip.cluster.plugin import ClusterPlugin
 from bitinglip.cluster.protocol import (
     Adapter,
@@ -26,6 +33,7 @@ from bitinglip.cluster.status import DeploymentStatus
 from bitinglip.cluster.vllm import check_engine_args, peft_problems, supported_architectures
 
 __all__ = [
+    "SERVING_STATES",
     "Adapter",
     "Cluster",
     "ClusterPlugin",

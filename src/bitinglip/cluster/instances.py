@@ -22,6 +22,7 @@ from bitinglip.core import Database, get_logger
 log = get_logger(__name__)
 
 MISSED_BEATS = 3  # a row this many beats old is a dead instance's
+SERVING_STATES = frozenset({"loading", "ready", "sleeping"})  # a deployment in these states takes requests
 FORGET_AFTER_S = 3600.0  # and deleted once it is this old
 
 
@@ -63,6 +64,8 @@ class Instances:
         self._deployments = deployments
         self._started_at = 0.0
         self._beat: asyncio.Task[None] | None = None
+        # What the other live instances serve (deployment and adapter names), as of this instance's last beat.
+        self.elsewhere: frozenset[str] = frozenset()
 
     def _values(self, now: float) -> dict[str, object]:
         mine = msgspec.json.encode(self._deployments()).decode()
@@ -74,6 +77,7 @@ class Instances:
         async with self.db.engine.begin() as conn:
             await conn.execute(instances.insert().values(**row))
         log.info("instance.registered", instance=self.id, url=self.url)
+        await self._look_around()
         self._beat = asyncio.get_running_loop().create_task(self._beat_loop(), name="instance-heartbeat")
 
     async def beat(self) -> None:
@@ -87,6 +91,17 @@ class Instances:
                 row = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at}
                 await conn.execute(instances.insert().values(**row, **self._values(now)))
             await conn.execute(instances.delete().where(instances.c.heartbeat_at < now - FORGET_AFTER_S))
+        await self._look_around()
+
+    async def _look_around(self) -> None:
+        self.elsewhere = frozenset(
+            name
+            for i in await self.live()
+            if not i.this
+            for d in i.deployments
+            if d.state in SERVING_STATES
+            for name in (d.name, *d.adapters)
+        )
 
     async def _beat_loop(self) -> None:
         while True:

@@ -19,7 +19,7 @@ import aiohttp
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from multidict import CIMultiDict
 
-from bitinglip.cluster import Instances
+from bitinglip.cluster import SERVING_STATES, Instances
 from bitinglip.core import Unavailable, get_logger
 from bitinglip.gateway.generation import until_disconnect
 
@@ -32,8 +32,6 @@ _REQUEST_DROPPED = frozenset(
 )
 # x-request-id: this instance adds its own, the same id.
 _RESPONSE_DROPPED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server", b"x-request-id"})
-# A deployment in these states takes requests (a sleeping one wakes for it).
-_SERVING = frozenset({"loading", "ready", "sleeping"})
 
 
 class Forwarder:
@@ -73,7 +71,7 @@ class Forwarder:
                     if instance.this:
                         continue
                     for d in instance.deployments:
-                        if d.state in _SERVING:
+                        if d.state in SERVING_STATES:
                             for name in {d.name, *d.adapters}:
                                 by_model.setdefault(name, []).append(instance.url)
                 self._by_model, self._read_at = by_model, time.monotonic()

@@ -25,6 +25,9 @@ async def test_instances_see_each_other_and_a_silent_one_drops_out(db_url: str) 
     try:
         await a.start()
         await b.start()
+        assert a.elsewhere == frozenset() and b.elsewhere == {"tiny"}  # a looked before b was there
+        await a.beat()
+        assert a.elsewhere == {"other"}  # what the others serve, as of this instance's last beat
         seen = await a.live()
         assert [(i.url, i.this) for i in seen] == [("http://a:8000", True), ("http://b:8000", False)]
         assert [d.name for d in seen[1].deployments] == ["other"]
