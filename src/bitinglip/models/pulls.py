@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Awaitable, Callable, Set
 from datetime import UTC, datetime
@@ -63,8 +64,11 @@ def link_unchanged(old: Path, dest: Path, files: list[HubFile]) -> None:
             os.link(source, target)
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether another live process has this pid (our own pid is left over from an earlier life of ours)."""
+def pid_alive(pid: int | None, host: str | None = None) -> bool:
+    """Whether another live process has this pid (our own pid is left over from an earlier life of ours). A pid
+    on another machine (several instances share the registry) cannot be looked at from here: taken for alive."""
+    if pid is not None and host is not None and host != socket.gethostname():
+        return True
     return pid is not None and pid != os.getpid() and psutil.pid_exists(pid)
 
 
@@ -137,8 +141,8 @@ class PullManager:
         """At start-up: restart the pulls a dead process left behind (rows with a pull_ref)."""
         resumed = []
         for row in await self.registry.unfinished_pulls():
-            if pid_alive(row.pull_pid):
-                log.info("pull.left_to_its_process", model=row.name, pid=row.pull_pid)
+            if pid_alive(row.pull_pid, row.host):
+                log.info("pull.left_to_its_process", model=row.name, pid=row.pull_pid, host=row.host)
                 continue
             patterns = json.loads(row.pull_patterns) if row.pull_patterns else {}
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,9 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     base_model: str | None = None  # an adapter's base: the registry name of the model it is served on
     lora_rank: int | None = None
     target_modules: list[str] | None = None
+    # The machine its files are on (and its pull_pid's and used_by_pid's): instances on other machines share the
+    # registry, not the files. None: recorded before hosts were (one machine then).
+    host: str | None = None
 
     @property
     def adapter(self) -> bool:
@@ -142,7 +146,9 @@ class ModelRegistry:
         return path
 
     async def save(self, record: ModelRecord) -> ModelRecord:
+        """Add or replace a model's row; its files are on this machine."""
         now = _now()
+        record.host = socket.gethostname()
         record.updated_at = now
         record.created_at = record.created_at or now
         values = msgspec.structs.asdict(record)
@@ -191,6 +197,8 @@ class ModelRegistry:
         return _record(row) if row else None
 
     async def update(self, name: str, **values: Any) -> None:
+        if values.get("pull_pid") is not None or values.get("used_by_pid") is not None:
+            values["host"] = socket.gethostname()  # whose pid it is
         async with self.db.engine.begin() as conn:
             await conn.execute(
                 tables.models.update().where(tables.models.c.name == name).values(**values, updated_at=_now())
@@ -208,7 +216,12 @@ class ModelRegistry:
         """Forget that process ``pid`` uses any model (it is stopping)."""
         async with self.db.engine.begin() as conn:
             await conn.execute(
-                tables.models.update().where(tables.models.c.used_by_pid == pid).values(used_by_pid=None)
+                tables.models.update()
+                .where(
+                    tables.models.c.used_by_pid == pid,
+                    sa.or_(tables.models.c.host.is_(None), tables.models.c.host == socket.gethostname()),
+                )
+                .values(used_by_pid=None)
             )
 
     async def delete(self, name: str) -> bool:

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import shutil
+import socket
 from collections.abc import Callable, Set
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class ModelService:
     async def start(self, *, resume_pulls: bool) -> None:
         """Forget the in-use marks of dead processes; a server also resumes pulls a dead process left behind."""
         for record in await self.registry.list_models():
-            if record.used_by_pid is not None and not pid_alive(record.used_by_pid):
+            if record.used_by_pid is not None and not pid_alive(record.used_by_pid, record.host):
                 await self.registry.update(record.name, used_by_pid=None)
         if resume_pulls:
             await self.pulls.resume_unfinished()
@@ -68,7 +69,7 @@ class ModelService:
             await self.registry.release_all(os.getpid())
 
     def is_in_use(self, record: ModelRecord) -> bool:
-        return record.name in self.in_use or pid_alive(record.used_by_pid)
+        return record.name in self.in_use or pid_alive(record.used_by_pid, record.host)
 
     async def mark_in_use(self, name: str) -> None:
         self.in_use.add(name)
@@ -238,6 +239,14 @@ class ModelService:
             )
         if record is not None:
             if record.state == "ready":
+                if record.host not in (None, socket.gethostname()) and not Path(record.path).is_dir():
+                    raise Conflict(
+                        f"model {record.name!r} was pulled on {record.host} and its files are there, not on this "
+                        f"machine: deploy it on {record.host} (requests for it are then forwarded there), or give "
+                        "the instances one shared models.dir",
+                        param="model",
+                        code="model_on_another_machine",
+                    )
                 return Path(record.path), record.name
             if record.source == "hub":  # a pull that failed or was cut short: try again (it resumes)
                 return await self._pull_to_load(record.pull_ref or spec)

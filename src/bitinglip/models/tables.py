@@ -37,4 +37,7 @@ models = sa.Table(
     sa.Column("base_model", sa.String(200)),
     sa.Column("lora_rank", sa.Integer),
     sa.Column("target_modules", sa.Text),  # JSON list of module names
+    # The machine the files are on, and pull_pid's and used_by_pid's: several instances may share the database.
+    # NULL in rows from before it was recorded (one machine then).
+    sa.Column("host", sa.String(200)),
 )

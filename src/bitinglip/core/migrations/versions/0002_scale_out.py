@@ -1,6 +1,6 @@
-"""Several instances on one database: the `instances` table (each process serving on it, its URL and heartbeat)
-`file_chunks` (a file's content, for instances that share no filesystem) and `limit_holds` (limits exact across
-instances); the last two used on PostgreSQL.
+"""Several instances on one database: `models.host` (the machine a model's files are on), the `instances` table
+(each process serving on it, its URL and heartbeat), `file_chunks` (a file's content, for instances that share no
+filesystem) and `limit_holds` (limits exact across instances); the last two used on PostgreSQL.
 
 Revision ID: 0002
 Revises: 0001
@@ -56,6 +56,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("models", sa.Column("host", sa.String(length=200), nullable=True))
     op.create_table(
         "instances",
         sa.Column("id", sa.String(length=100), nullable=False),
@@ -99,3 +100,5 @@ def downgrade() -> None:
     op.drop_table("file_chunks")
     op.drop_index("ix_instances_heartbeat", table_name="instances")
     op.drop_table("instances")
+    with op.batch_alter_table("models") as models:
+        models.drop_column("host")
