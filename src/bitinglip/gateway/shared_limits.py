@@ -5,9 +5,9 @@ settled on its real count when it ends), kept in table `limit_holds` instead of 
 Admission is one call of the database function `bitinglip_reserve` (one round trip): it locks the request's
 buckets (advisory locks, taken in name order so that two requests never wait on each other in a cycle), counts
 them and adds the request's rows; another instance admitting to the same bucket waits for that call, so no window
-ever holds more than the limit. Settling is written
-behind the request (a slot is free once that write commits). An instance that dies with requests in flight has
-them ended by the next sweep of a live one, after it misses three heartbeats.
+ever holds more than the limit. Settling is written behind the request (a slot is free once that write commits).
+An instance that dies with requests in flight has them ended by the next sweep of a live one, after it misses
+three heartbeats.
 
 Only limited buckets come here: a request whose key and model have no limits never touches the table.
 """
