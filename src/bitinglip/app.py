@@ -114,7 +114,7 @@ class Components:
 
     @functools.cached_property
     def forwarder(self) -> Forwarder:
-        return Forwarder(self.instances, self.cluster.has, refresh_s=self.settings.cluster.heartbeat_s)
+        return Forwarder(self.instances, self.cluster.has)
 
     @functools.cached_property
     def pipeline(self) -> Pipeline:
@@ -240,8 +240,7 @@ class _Capacity:
     async def known(self) -> set[str]:
         """What this instance serves, and what the other live instances on the database serve: a batch made
         here may name a model only another instance runs (its queue takes those lines)."""
-        elsewhere = {n for i in await self.instances.live() for d in i.deployments for n in (d.name, *d.adapters)}
-        return {m.name for m in await self.cluster.served_models()} | elsewhere
+        return {m.name for m in await self.cluster.served_models()} | self.instances.elsewhere
 
 
 def create_app(loaded: LoadedSettings | None = None, *, components: Components | None = None) -> Litestar:

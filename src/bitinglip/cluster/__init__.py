@@ -9,6 +9,7 @@ from bitinglip.cluster.instances import (
     InstanceDeployment,
     Instances,
     advertised_url,
+    serving_elsewhere,
     summarize,
 )
 from bitinglip.cluster.plugin import ClusterPlugin
@@ -66,6 +67,7 @@ __all__ = [
     "keep_alive_seconds",
     "list_devices",
     "peft_problems",
+    "serving_elsewhere",
     "summarize",
     "supported_architectures",
 ]

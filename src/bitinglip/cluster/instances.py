@@ -49,6 +49,20 @@ def summarize(deployments: list[DeploymentStatus]) -> list[InstanceDeployment]:
     return [InstanceDeployment(d.name, d.model, d.state, d.adapters) for d in deployments]
 
 
+def serving_elsewhere(live: list[Instance]) -> dict[str, list[str]]:
+    """The names the other instances take requests for (their deployments' and those deployments' adapters), each
+    with the URLs of the instances that serve it."""
+    urls: dict[str, list[str]] = {}
+    for instance in live:
+        if instance.this:
+            continue
+        for d in instance.deployments:
+            if d.state in SERVING_STATES:
+                for name in {d.name, *d.adapters}:
+                    urls.setdefault(name, []).append(instance.url)
+    return urls
+
+
 def instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -64,18 +78,26 @@ class Instances:
         self._deployments = deployments
         self._started_at = 0.0
         self._beat: asyncio.Task[None] | None = None
-        # What the other live instances serve (deployment and adapter names), as of this instance's last beat.
-        self.elsewhere: frozenset[str] = frozenset()
+        # What the other live instances take requests for (deployment and adapter names) and their URLs, as of this
+        # instance's last beat: the forwarder and the task queue read it, never the table, on a request's path.
+        self.serving_urls: dict[str, list[str]] = {}
+
+    @property
+    def elsewhere(self) -> frozenset[str]:
+        return frozenset(self.serving_urls)
 
     def _values(self, now: float) -> dict[str, object]:
         mine = msgspec.json.encode(self._deployments()).decode()
         return {"url": self.url, "heartbeat_at": now, "deployments": mine}
 
+    def _row(self, now: float) -> dict[str, object]:
+        fixed = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at}
+        return fixed | self._values(now)
+
     async def start(self) -> None:
         self._started_at = now = time.time()
-        row = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": now} | self._values(now)
         async with self.db.engine.begin() as conn:
-            await conn.execute(instances.insert().values(**row))
+            await conn.execute(instances.insert().values(**self._row(now)))
         log.info("instance.registered", instance=self.id, url=self.url)
         await self._look_around()
         self._beat = asyncio.get_running_loop().create_task(self._beat_loop(), name="instance-heartbeat")
@@ -88,20 +110,12 @@ class Instances:
                 instances.update().where(instances.c.id == self.id).values(**self._values(now))
             )
             if updated.rowcount == 0:
-                row = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at}
-                await conn.execute(instances.insert().values(**row, **self._values(now)))
+                await conn.execute(instances.insert().values(**self._row(now)))
             await conn.execute(instances.delete().where(instances.c.heartbeat_at < now - FORGET_AFTER_S))
         await self._look_around()
 
     async def _look_around(self) -> None:
-        self.elsewhere = frozenset(
-            name
-            for i in await self.live()
-            if not i.this
-            for d in i.deployments
-            if d.state in SERVING_STATES
-            for name in (d.name, *d.adapters)
-        )
+        self.serving_urls = serving_elsewhere(await self.live())
 
     async def _beat_loop(self) -> None:
         while True:

@@ -91,7 +91,7 @@ class FastGeneration:
             return send(message)
 
         try:
-            if self.forwarder is not None and (url := await self._elsewhere(data, scope)) is not None:
+            if self.forwarder is not None and (url := self._elsewhere(data, scope)) is not None:
                 await self.forwarder.send(url, scope, _body(read), receive, sending)
                 return
             outcome = await self.generation.run(taken.route, data, scope, receive)
@@ -112,16 +112,12 @@ class FastGeneration:
                 raise
             await send_error(scope, receive, send, exc)
 
-    async def _elsewhere(self, data: Any, scope: Scope) -> str | None:
-        """Another instance's URL when it serves the model and this one does not; None on any doubt."""
+    def _elsewhere(self, data: Any, scope: Scope) -> str | None:
+        """Another instance's URL when it serves the model and this one does not."""
         assert self.forwarder is not None
-        try:
-            # What an alias stands for: the instances list deployments, not the aliases that name them.
-            model = self.generation.pipeline.aliases.resolve(getattr(data, "model", None))
-            return await self.forwarder.target(model, scope)
-        except Exception as exc:  # the database is away: serve here as if alone (a 404 names the model)
-            log.warning("gateway.forward_lookup_failed", error=f"{type(exc).__name__}: {exc}")
-            return None
+        # What an alias stands for: the instances list deployments, not the aliases that name them.
+        model = self.generation.pipeline.aliases.resolve(getattr(data, "model", None))
+        return self.forwarder.target(model, scope)
 
 
 async def _read(receive: Receive, taken: _Taken, read: list[ReceiveMessage]) -> Any:

@@ -4,22 +4,21 @@ several instances works.
 
 One hop only: a forwarded request carries `X-BitingLip-Forwarded` and is never forwarded again. It keeps the
 caller's request id (`X-Request-ID`) and key; the instance that serves it admits it against the key's limits and
-records its usage, as for a request that reached it directly. Which instance serves what comes from the
-`instances` table (their heartbeats), read at most once per `refresh_s`.
+records its usage, as for a request that reached it directly. Which instance serves what is `Instances`' view of
+the `instances` table as of this instance's last heartbeat: a request's path reads no table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Callable
 
 import aiohttp
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from multidict import CIMultiDict
 
-from bitinglip.cluster import SERVING_STATES, Instances
+from bitinglip.cluster import Instances
 from bitinglip.core import Unavailable, get_logger
 from bitinglip.gateway.generation import until_disconnect
 
@@ -35,47 +34,23 @@ _RESPONSE_DROPPED = frozenset({b"connection", b"keep-alive", b"transfer-encoding
 
 
 class Forwarder:
-    def __init__(
-        self, instances: Instances, here: Callable[[str], bool], *, refresh_s: float, timeout_s: float = 600.0
-    ) -> None:
+    def __init__(self, instances: Instances, here: Callable[[str], bool], *, timeout_s: float = 600.0) -> None:
         self.instances = instances
         self.here = here  # whether this instance has the model (a deployment or an adapter), in any state
-        self.refresh_s = refresh_s
         self.timeout_s = timeout_s
-        self._by_model: dict[str, list[str]] = {}
-        self._read_at = -float("inf")
-        self._reading: asyncio.Lock | None = None
         self._turn = itertools.count()
         self._client: aiohttp.ClientSession | None = None
 
-    async def target(self, model: str | None, scope: Scope) -> str | None:
+    def target(self, model: str | None, scope: Scope) -> str | None:
         """The URL of another instance to send this request to, or None to serve it here."""
         if model is None or self.here(model):
             return None
         if any(name == FORWARDED for name, _ in scope["headers"]):
             return None  # it came from another instance: one hop only
-        urls = (await self._serving()).get(model)
+        urls = self.instances.serving_urls.get(model)
         if not urls:
             return None
         return urls[next(self._turn) % len(urls)]
-
-    async def _serving(self) -> dict[str, list[str]]:
-        if time.monotonic() - self._read_at < self.refresh_s:
-            return self._by_model
-        if self._reading is None:
-            self._reading = asyncio.Lock()
-        async with self._reading:  # one read for the requests that arrive while it runs
-            if time.monotonic() - self._read_at >= self.refresh_s:
-                by_model: dict[str, list[str]] = {}
-                for instance in await self.instances.live():
-                    if instance.this:
-                        continue
-                    for d in instance.deployments:
-                        if d.state in SERVING_STATES:
-                            for name in {d.name, *d.adapters}:
-                                by_model.setdefault(name, []).append(instance.url)
-                self._by_model, self._read_at = by_model, time.monotonic()
-        return self._by_model
 
     async def send(self, url: str, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """Send the request to `url` and its answer to the client; a client gone stops it there too."""

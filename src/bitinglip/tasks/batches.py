@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from bitinglip.core import Conflict, Database, InvalidInput, NotFound, TasksSettings, get_logger, parse_duration
 from bitinglip.tasks.batch_input import Line, read_lines
+from bitinglip.tasks.batch_output import output_lines
 from bitinglip.tasks.files import FileStore
 from bitinglip.tasks.queue import TaskQueue
 from bitinglip.tasks.store import TaskStore, new_id, page
@@ -42,10 +43,6 @@ log = get_logger(__name__)
 
 SWEEP_EVERY_S = 3600.0
 FINAL = {"cancelling": "cancelled", "expiring": "expired"}
-ENDED_LINE = {
-    "cancelled": ("batch_cancelled", "This request was cancelled with its batch before it ran."),
-    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
-}
 
 
 def _ts(value: float | None) -> int | None:
@@ -309,7 +306,7 @@ class BatchService:
                 .order_by(tasks.c.line)
             )
             lines = (await conn.execute(query)).all()
-        output, errors, usage = _output_lines(lines)
+        output, errors, usage = output_lines(lines)
         now = time.time()
         async with self.db.engine.begin() as conn:
             values: dict[str, Any] = {"status": final, f"{final}_at": now, "usage": usage}
@@ -376,36 +373,3 @@ def _to_batch(row: Any, counts: dict[str, int]) -> Batch:
         metadata=msgspec.json.decode(row.metadata) if row.metadata else None,
         usage=msgspec.json.decode(row.usage, type=BatchUsage) if row.usage else None,
     )
-
-
-def _output_lines(rows: Sequence[Any]) -> tuple[list[bytes], list[bytes], str]:
-    """OpenAI's output and error lines, in input order, and the usage of the lines that succeeded (JSON)."""
-    encode = msgspec.json.encode
-    output: list[bytes] = []
-    errors: list[bytes] = []
-    prompt = completion = 0
-    for task_id, custom_id, state, result, error in rows:
-        line_id = f"batch_req_{task_id.removeprefix('task_')}"
-        if state == "succeeded":
-            body = msgspec.Raw(result.encode())
-            response = {"status_code": 200, "request_id": task_id, "body": body}
-            output.append(encode({"id": line_id, "custom_id": custom_id, "response": response, "error": None}))
-            used = msgspec.json.decode(result).get("usage") or {}
-            prompt += used.get("prompt_tokens", 0)
-            completion += used.get("completion_tokens", 0)
-        elif state == "failed":
-            err = (
-                msgspec.json.decode(error)
-                if error
-                else {"status_code": 500, "message": "failed", "type": "server_error"}
-            )
-            status = err.pop("status_code", 500)
-            envelope = {"error": {k: err.get(k) for k in ("message", "type", "param", "code")}}
-            response = {"status_code": status, "request_id": task_id, "body": envelope}
-            errors.append(encode({"id": line_id, "custom_id": custom_id, "response": response, "error": None}))
-        else:
-            code, message = ENDED_LINE.get(state, ("batch_incomplete", f"This request ended {state}."))
-            error_body = {"code": code, "message": message}
-            errors.append(encode({"id": line_id, "custom_id": custom_id, "response": None, "error": error_body}))
-    usage = BatchUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
-    return output, errors, encode(usage).decode()
