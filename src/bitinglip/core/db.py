@@ -72,15 +72,15 @@ def _make_engine(url: str) -> AsyncEngine:
 def _upgrade(connection: sa.Connection) -> None:
     """Run the revisions this database has not had, in the caller's transaction (PostgreSQL's DDL is transactional:
     a failed upgrade leaves the schema as it was)."""
+    # Alembic's own lines (its plugins on import, "Context impl SQLiteImpl.", one per revision) would go out on
+    # every start: this module says what changed in one event instead. Set before the imports that log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    # Alembic's own lines ("Context impl SQLiteImpl.", one per revision) would go out unstructured on every
-    # start: this module says what changed in one event instead.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
