@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import msgspec
 
 from bitinglip.core import BitingLipError, Forbidden, InvalidInput, NotFound, TasksSettings, get_logger
+from bitinglip.tasks.pace import Pace
 from bitinglip.tasks.store import Claimed, Outcome, TaskStore, lease_owner, new_id
 from bitinglip.tasks.wire import Task, TaskError, TaskSubmit
 
@@ -30,6 +31,7 @@ log = get_logger(__name__)
 TICK_S = 1.0  # the scheduler looks again at least this often (sooner when woken)
 FLUSH_S = 0.2
 FLUSH_MAX = 128
+OVERLOADED_WAIT_S = 0.5  # a run the engine refused as overloaded waits this long before it is claimed again
 HEADROOM = 4  # an idle target takes its slots plus a quarter more
 
 
@@ -67,6 +69,11 @@ def error_of(exc: BaseException) -> TaskError:
     )
 
 
+def overloaded(exc: BaseException) -> bool:
+    """The engine's own bounds refused it (too many requests or prompt tokens waiting): the queue sent too much."""
+    return isinstance(exc, BitingLipError) and exc.code == "overloaded"
+
+
 def retryable(exc: BaseException) -> bool:
     """Worth another attempt: the server's trouble (5xx, an engine gone, overload), not the request's (4xx)."""
     return not isinstance(exc, BitingLipError) or exc.status >= 500 or exc.status == 429
@@ -92,6 +99,7 @@ class TaskQueue:
         self.owner = lease_owner()
         self.running: dict[str, asyncio.Task[None]] = {}  # task id -> its run
         self.per_target: dict[str, int] = {}
+        self.pace = Pace()  # fewer at once on a target whose engine refused runs as overloaded
         self.on_written: Callable[[set[str]], Awaitable[None]] | None = None  # batches whose tasks just ended
         self.on_tick: Callable[[], Awaitable[None]] | None = None
         self._outcomes: list[Outcome] = []
@@ -222,7 +230,10 @@ class TaskQueue:
             # A few more than the engines run at once wait inside them, so a finished request's slot is
             # taken at the engine's next step rather than after a round trip through this loop.
             limit = slots + slots // HEADROOM
-        return min(limit, self.settings.max_in_flight) - self.per_target.get(target, 0)
+        if (ceiling := self.pace.ceiling(target)) is not None:
+            limit = min(limit, ceiling)
+        limit = min(limit, self.settings.max_in_flight)
+        return limit - self.per_target.get(target, 0)
 
     async def _schedule_loop(self) -> None:
         last_tick = last_recover = 0.0
@@ -285,9 +296,22 @@ class TaskQueue:
             outcome = Outcome(
                 id=claimed.id, attempt=claimed.attempts, state="succeeded", result=msgspec.json.encode(result).decode()
             )
+            self.pace.succeeded(claimed.target)
         except Exception as exc:  # not a cancel (by stop(), which puts it back, or by a user: the row says so)
             error = msgspec.json.encode(error_of(exc)).decode()
-            if retryable(exc) and claimed.attempts < claimed.max_attempts:
+            if overloaded(exc):
+                # Not the task's fault: this queue sent more than the engine admits (long prompts fill its
+                # waiting tokens before its slots). Back in line, the attempt not counted, and fewer at once.
+                self.pace.refused(claimed.target, self.per_target.get(claimed.target, 1))
+                outcome = Outcome(
+                    id=claimed.id,
+                    attempt=claimed.attempts,
+                    state="queued",
+                    error=error,
+                    not_before=time.time() + OVERLOADED_WAIT_S,
+                    counted=False,
+                )
+            elif retryable(exc) and claimed.attempts < claimed.max_attempts:
                 backoff = self.settings.retry_backoff_s * 2 ** (claimed.attempts - 1)
                 outcome = Outcome(
                     id=claimed.id,

@@ -75,6 +75,7 @@ class Outcome(msgspec.Struct, kw_only=True):
     result: str | None = None
     error: str | None = None
     not_before: float = 0.0
+    counted: bool = True  # False: a queued run that does not count as an attempt (the engine was overloaded)
 
 
 async def page(
@@ -254,6 +255,8 @@ class TaskStore:
                 values: dict[str, Any] = {"state": o.state, "lease_owner": None, "lease_expires_at": None}
                 if o.state == "queued":
                     values |= {"not_before": o.not_before, "error": o.error}
+                    if not o.counted:
+                        values["attempts"] = tasks.c.attempts - 1
                 else:
                     values |= {"result": o.result, "error": o.error, "finished_at": now}
                 update = tasks.update().where(*mine, tasks.c.lease_owner == owner).values(**values)

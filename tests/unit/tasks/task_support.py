@@ -35,7 +35,8 @@ class FakeCapacity:
 
 
 class Work:
-    """The handler: what a payload asks for happens (block until released, fail n times, a bad parameter)."""
+    """The handler: what a payload asks for happens (block until released, fail n times, a bad parameter, refuse
+    as overloaded above `cap` in flight)."""
 
     def __init__(self) -> None:
         self.started: list[str] = []  # payload "name"s, in the order they started
@@ -51,6 +52,8 @@ class Work:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
+            if (cap := payload.get("cap")) is not None and self.in_flight > cap:  # the engine's own bound
+                raise Unavailable("model m is at its limit of prompt tokens waiting", retry_after=1, code="overloaded")
             if payload.get("bad"):
                 raise InvalidInput("`temperature` must be between 0 and 2", param="temperature")
             if self.failures.get(name, 0) < payload.get("fail", 0):

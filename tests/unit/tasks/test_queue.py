@@ -114,6 +114,21 @@ async def test_a_server_error_is_retried_with_attempts_counted_and_a_bad_request
     assert gave_up.error is not None and gave_up.error.code == "model_restarting"
 
 
+async def test_runs_the_engine_refuses_as_overloaded_wait_uncounted_and_the_queue_sends_fewer(env: Env) -> None:
+    """Long prompts fill an engine's waiting tokens before its slots: the queue backs off instead of failing lines."""
+    env.capacity.slots_by_model["m"] = 8
+    submitted = [await submit(env, f"t{i}", cap=3, sleep=0.05) for i in range(30)]
+    await env.queue.start()
+    done = [await ended(env, t.id) for t in submitted]
+    assert [t.state for t in done] == ["succeeded"] * 30
+    assert all(t.attempts == 1 for t in done)  # a refusal is no attempt
+    # The first claim sends its room (10: 8 slots and a quarter), 7 of them refused; after that it paces itself
+    # (without the pacing: 75 refusals, each line tried again and again as fast as runs end).
+    refused = len(env.work.started) - 30
+    assert 7 <= refused < 25
+    assert env.queue.pace.ceiling("m") is not None
+
+
 async def test_cancel_aborts_a_running_task_and_refuses_a_finished_one(env: Env) -> None:
     await env.queue.start()
     task = await submit(env, "long", block=True)
