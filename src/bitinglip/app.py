@@ -43,6 +43,7 @@ from bitinglip.gateway import (
     ResponseStore,
     SharedLimitStore,
     UsageRecorder,
+    Vouches,
     auth_enabled,
     deployment_families,
     pull_families,
@@ -124,7 +125,7 @@ class Components:
         """The key check when auth is on (None when off); SettingsError for a public address without it."""
         if not auth_enabled(self.settings.server, self.settings.gateway):
             return None
-        return Authenticator(self.keys, self.settings.gateway)
+        return Authenticator(self.keys, self.settings.gateway, Vouches(self.instances))
 
     @functools.cached_property
     def queue(self) -> TaskQueue:

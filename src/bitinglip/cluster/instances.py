@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -74,6 +76,8 @@ class Instances:
         self.db = db
         self.url = url
         self.id = instance_id()
+        # Signs the requests this instance forwards (gateway/vouch.py); in its row for the others, never shown.
+        self.secret = secrets.token_hex(32)
         self.heartbeat_s = heartbeat_s
         self._deployments = deployments
         self._started_at = 0.0
@@ -81,6 +85,7 @@ class Instances:
         # What the other live instances take requests for (deployment and adapter names) and their URLs, as of this
         # instance's last beat: the forwarder and the task queue read it, never the table, on a request's path.
         self.serving_urls: dict[str, list[str]] = {}
+        self.peer_secrets: dict[str, bytes] = {}  # the other live instances' secrets, by id, as of the last beat
 
     @property
     def elsewhere(self) -> frozenset[str]:
@@ -91,7 +96,13 @@ class Instances:
         return {"url": self.url, "heartbeat_at": now, "deployments": mine}
 
     def _row(self, now: float) -> dict[str, object]:
-        fixed = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "started_at": self._started_at}
+        fixed = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "secret": self.secret,
+        }
         return fixed | self._values(now)
 
     async def start(self) -> None:
@@ -115,7 +126,9 @@ class Instances:
         await self._look_around()
 
     async def _look_around(self) -> None:
-        self.serving_urls = serving_elsewhere(await self.live())
+        rows = await self._live_rows()
+        self.serving_urls = serving_elsewhere(self._instances(rows))
+        self.peer_secrets = {r.id: r.secret.encode() for r in rows if r.id != self.id and r.secret}
 
     async def _beat_loop(self) -> None:
         while True:
@@ -127,10 +140,15 @@ class Instances:
 
     async def live(self) -> list[Instance]:
         """Every instance whose heartbeat is fresh, this one first, then by when they started."""
+        return self._instances(await self._live_rows())
+
+    async def _live_rows(self) -> list[sa.Row[Any]]:
         since = time.time() - MISSED_BEATS * self.heartbeat_s
         query = sa.select(instances).where(instances.c.heartbeat_at >= since).order_by(instances.c.started_at)
         async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            return list((await conn.execute(query)).all())
+
+    def _instances(self, rows: list[sa.Row[Any]]) -> list[Instance]:
         found = [
             Instance(
                 id=r.id,

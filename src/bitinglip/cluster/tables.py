@@ -17,5 +17,7 @@ instances = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
     sa.Column("deployments", sa.Text, nullable=False),  # JSON list of {name, model, state, adapters}
+    # Random per process, never shown: the key to its signature on the requests it forwards (gateway/vouch.py).
+    sa.Column("secret", sa.String(64), nullable=False, server_default=""),
     sa.Index("ix_instances_heartbeat", "heartbeat_at"),
 )

@@ -16,6 +16,7 @@ from bitinglip.gateway.response_store import ResponseStore
 from bitinglip.gateway.serving import OpenAIServing
 from bitinglip.gateway.shared_limits import SharedLimitStore
 from bitinglip.gateway.usage import UsageRecorder, UsageReport, UsageRow
+from bitinglip.gateway.vouch import Vouches
 
 __all__ = [
     "Accounting",
@@ -41,6 +42,7 @@ __all__ = [
     "UsageRecorder",
     "UsageReport",
     "UsageRow",
+    "Vouches",
     "auth_enabled",
     "deployment_families",
     "pull_families",

@@ -1,7 +1,8 @@
 """API keys on every route but the public ones: who is calling, and may they call this.
 
 `AuthMiddleware` runs on every matched route (Litestar route middleware) before the body is read:
-- the key comes from `Authorization: Bearer <key>` (what the `openai` client sends) or `x-api-key`;
+- the key comes from `Authorization: Bearer <key>` (what the `openai` client sends) or `x-api-key`; a request
+  another instance forwarded with its vouch has the key taken as that instance checked it (gateway/vouch.py);
 - a missing, malformed, unknown, revoked or expired key is a 401; a key without the route's scope a 403
   (`/api/...` needs `admin`, except `/api/tasks` and `/api/usage`; `/v1/...` needs `inference` or `admin`);
 - the key lands in the request's scope state (`key`, `owner`, `models`) for the routes; which models it may
@@ -23,6 +24,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from bitinglip.core import Forbidden, GatewaySettings, ServerSettings, SettingsError, Unauthorized
 from bitinglip.gateway.keys import ApiKey, KeyStore, key_id, matches
+from bitinglip.gateway.vouch import Vouches
 
 PUBLIC_PATHS = {"health": "/health", "ready": "/ready", "metrics": "/metrics", "docs": "/schema"}
 INFERENCE_API = ("/api/tasks", "/api/usage")
@@ -36,8 +38,9 @@ def required_scope(path: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, store: KeyStore, settings: GatewaySettings) -> None:
+    def __init__(self, store: KeyStore, settings: GatewaySettings, vouches: Vouches | None = None) -> None:
         self.store = store
+        self.vouches = vouches  # None: a single instance, nothing is forwarded to it
         self.ttl = settings.key_cache_s
         self._cache: OrderedDict[str, tuple[ApiKey | None, float]] = OrderedDict()
         public = [PUBLIC_PATHS[name] for name in settings.public]
@@ -71,6 +74,16 @@ class Authenticator:
         if len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)
         return found
+
+    async def authenticate_request(self, scope: Scope) -> ApiKey:
+        """The request's key: checked here, or as the instance that forwarded the request checked it."""
+        token = request_token(scope)
+        if token and self.vouches is not None and (ident := key_id(token)) is not None:
+            voucher = self.vouches.voucher(scope, ident)
+            if voucher is not None and (key := await self._lookup(ident)) is not None:
+                scope["state"].setdefault("log", {})["vouched_by"] = voucher  # on the access line
+                return key
+        return await self.authenticate(token)
 
     async def authenticate(self, token: str | None) -> ApiKey:
         if not token:
@@ -116,7 +129,7 @@ class AuthMiddleware:
         if scope["type"] != ScopeType.HTTP or self.auth.is_public(path):
             await self.app(scope, receive, send)
             return
-        key = await self.auth.authenticate(request_token(scope))
+        key = await self.auth.authenticate_request(scope)
         if required_scope(path) == "admin" and key.scope != "admin":
             raise Forbidden(f"this API key has scope `{key.scope}`; {path} needs an `admin` key", code="scope_required")
         state = scope.setdefault("state", {})

@@ -3,9 +3,10 @@ its answer (streamed or whole, error or not) passed back as it comes, so a plain
 several instances works.
 
 One hop only: a forwarded request carries `X-BitingLip-Forwarded` and is never forwarded again. It keeps the
-caller's request id (`X-Request-ID`) and key; the instance that serves it admits it against the key's limits and
-records its usage, as for a request that reached it directly. Which instance serves what is `Instances`' view of
-the `instances` table as of this instance's last heartbeat: a request's path reads no table.
+caller's request id (`X-Request-ID`) and key, and this instance's vouch that it checked that key
+(gateway/vouch.py): the instance that serves it does not check the key again, and admits it against the key's
+limits and records its usage, as for a request that reached it directly. Which instance serves what is
+`Instances`' view of the `instances` table as of this instance's last heartbeat: a request's path reads no table.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from multidict import CIMultiDict
 from bitinglip.cluster import Instances
 from bitinglip.core import Unavailable, get_logger
 from bitinglip.gateway.generation import until_disconnect
+from bitinglip.gateway.vouch import FORWARDED, VOUCH, Vouches
 
 log = get_logger(__name__)
 
-FORWARDED = b"x-bitinglip-forwarded"
 # Not passed on: the connection's own (hop by hop), and what the client library sets for the new request.
 _REQUEST_DROPPED = frozenset(
     {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"x-request-id"}
+    | {FORWARDED, VOUCH}
 )
 # x-request-id: this instance adds its own, the same id.
 _RESPONSE_DROPPED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"date", b"server", b"x-request-id"})
@@ -36,6 +38,7 @@ _RESPONSE_DROPPED = frozenset({b"connection", b"keep-alive", b"transfer-encoding
 class Forwarder:
     def __init__(self, instances: Instances, here: Callable[[str], bool], *, timeout_s: float = 600.0) -> None:
         self.instances = instances
+        self.vouches = Vouches(instances)
         self.here = here  # whether this instance has the model (a deployment or an adapter), in any state
         self.timeout_s = timeout_s
         self._turn = itertools.count()
@@ -63,7 +66,10 @@ class Forwarder:
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
             )
         headers = [(k.decode(), v.decode()) for k, v in scope["headers"] if k not in _REQUEST_DROPPED]
-        headers += [(FORWARDED.decode(), self.instances.id), ("x-request-id", scope["state"]["request_id"])]
+        state = scope["state"]
+        headers += [(FORWARDED.decode(), self.instances.id), ("x-request-id", state["request_id"])]
+        if (key := state.get("key")) is not None:  # auth is on: this instance checked it
+            headers.append(self.vouches.sign(state["request_id"], key.id))
         target = f"{url}{scope['path']}" + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
         method = str(scope.get("method", "POST"))
         try:
