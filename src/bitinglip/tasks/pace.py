@@ -3,8 +3,9 @@
 The queue's room for a target is its engines' slots (and a quarter more). An engine also bounds the prompt tokens
 waiting in it, and long prompts reach that bound first: the engine refuses the run at once (`overloaded`). The
 queue then sends fewer, the way TCP paces a connection: the first refusal after a success halves what is in
-flight, another before any success brings it down to the others in flight, each run that succeeds raises the ceiling by one over its size (one more per ceiling's worth of runs), and
-a target with no refusal for `FORGET_S` has its ceiling dropped (prompts change from batch to batch).
+flight, another before any success brings it down to the others in flight, each run that succeeds raises the
+ceiling by one over its size (one more per ceiling's worth of runs), and a target with no refusal for
+`FORGET_S` has its ceiling dropped (prompts change from batch to batch).
 """
 
 from __future__ import annotations
