@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody
 from bitinglip.cluster.cluster import Cluster
 from bitinglip.cluster.devices import Device, list_devices
 from bitinglip.cluster.instances import Instance, Instances
+from bitinglip.cluster.ray_nodes import RayCluster, RayView
 from bitinglip.cluster.status import DeploymentStatus, Readiness, deployment_status
 from bitinglip.core import DeploymentSettings, error_responses
 
@@ -22,6 +23,8 @@ class ClusterStatus(msgspec.Struct):
     deployments: list[DeploymentStatus]
     # Every live instance on this database (this one first) and what each serves: one with SQLite.
     instances: list[Instance]
+    # The Ray cluster's nodes when `cluster.executor = "ray"`; null otherwise.
+    ray: RayCluster | None = None
 
 
 class InstanceList(msgspec.Struct):
@@ -36,9 +39,15 @@ class ClusterController(Controller):
     tags = ("cluster",)
 
     @get("/api/cluster", operation_id="getClusterStatus", summary="Devices and deployments with their load")
-    async def status(self, cluster: NamedDependency[Cluster], instances: NamedDependency[Instances]) -> ClusterStatus:
+    async def status(
+        self,
+        cluster: NamedDependency[Cluster],
+        instances: NamedDependency[Instances],
+        ray_view: NamedDependency[RayView | None],
+    ) -> ClusterStatus:
         devices = await asyncio.to_thread(cluster.probe_devices)  # NVML calls block
-        return ClusterStatus(devices=devices, deployments=cluster.status(), instances=await instances.live())
+        ray = await ray_view.cluster() if ray_view is not None else None
+        return ClusterStatus(devices=devices, deployments=cluster.status(), instances=await instances.live(), ray=ray)
 
     @get(
         "/api/cluster/instances",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import re
+import tempfile
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, che
 from bitinglip.cluster.vllm.lora import AdapterView, EngineAdapters
 from bitinglip.cluster.vllm.process_group import spawn_in_own_group
 from bitinglip.cluster.vllm.reasoning import VllmReasoning, check_reasoning_fits
+from bitinglip.cluster.vllm.start_error import ERROR_FILE_ENV, first_error
 from bitinglip.cluster.vllm.stats import no_prometheus_logger, stat_logger_factory
 from bitinglip.cluster.vllm.tokens import fast_encoder, token_bytes
 from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
@@ -107,8 +109,10 @@ class VllmEngine:
         import vllm.envs
 
         vllm.envs.disable_envs_cache()
-        before = {key: os.environ.get(key) for key in self.env}
-        os.environ.update(self.env)
+        errors = Path(tempfile.mkstemp(prefix="bitinglip-engine-start-")[1])  # start_error.py writes there
+        env = self.env | {ERROR_FILE_ENV: str(errors)}
+        before = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
         # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
         # a worker thread keeps the event loop answering /health meanwhile.
         try:
@@ -118,8 +122,11 @@ class VllmEngine:
                 stat_loggers=[stat_logger_factory(self.stats), no_prometheus_logger()],
             )
         except Exception as exc:
-            raise BitingLipError(f"engine for {self.served_name} failed to start: {exc}") from exc
+            cause = first_error(errors)
+            detail = f"{cause}, in the engine process ({exc})" if cause is not None and cause not in str(exc) else exc
+            raise BitingLipError(f"engine for {self.served_name} failed to start: {detail}") from exc
         finally:
+            errors.unlink(missing_ok=True)
             for key, value in before.items():
                 if value is None:
                     os.environ.pop(key, None)
