@@ -4,8 +4,9 @@ writer that records results in small transactions.
 One loop schedules: for each target (a model) with ready tasks, it claims as many as the target has room for
 (`Capacity`), highest priority first, and runs each as an asyncio task. A run that ends hands its outcome to
 the writer, which records outcomes together (every `FLUSH_S` or `FLUSH_MAX` of them), so the database sees
-neither a transaction per token nor one at the end. Leases are renewed every third of `tasks.lease_s`; a
-process that dies leaves leases that expire, and their tasks run again, attempts counted. `stop()` ends the
+neither a transaction per token nor one at the end. Leases are renewed every third of `tasks.lease_s`, and a
+run whose task was ended meanwhile by another instance (a batch cancelled there) is stopped then; a process
+that dies leaves leases that expire, and their tasks run again, attempts counted. `stop()` ends the
 loops, then the runs, and puts back in line whatever this queue still holds, its attempt not counted.
 """
 
@@ -362,6 +363,15 @@ class TaskQueue:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 if self.running:
-                    await self.store.renew(self.owner, self.settings.lease_s)
+                    await self._renew()
             except Exception:
                 log.exception("tasks.renew_failed")
+
+    async def _renew(self) -> None:
+        """Renew this queue's leases, and stop the runs whose task is no longer this queue's: cancelled on another
+        instance (a batch cancelled there), or taken by another after this lease had expired."""
+        before = set(self.running)  # each claimed, so committed as running, before it is here
+        held = await self.store.renew(self.owner, self.settings.lease_s)
+        if gone := [task_id for task_id in before - held if task_id in self.running]:
+            log.info("tasks.ended_elsewhere", tasks=len(gone))
+            self.abort(gone)

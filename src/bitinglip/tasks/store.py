@@ -235,14 +235,16 @@ class TaskStore:
         claimed.sort(key=lambda c: (-c.priority, c.seq))
         return claimed
 
-    async def renew(self, owner: str, lease_s: float) -> None:
+    async def renew(self, owner: str, lease_s: float) -> set[str]:
+        """Renew ``owner``'s leases; returns the tasks it still holds (not cancelled, not taken by another)."""
         query = (
             tasks.update()
             .where(tasks.c.lease_owner == owner, tasks.c.state == "running")
             .values(lease_expires_at=time.time() + lease_s)
+            .returning(tasks.c.id)
         )
         async with self.db.engine.begin() as conn:
-            await conn.execute(query)
+            return {task_id for (task_id,) in (await conn.execute(query)).all()}
 
     async def finish(self, outcomes: Sequence[Outcome], owner: str) -> set[str]:
         """Write runs' outcomes in one transaction; returns the batches they belong to. A run whose lease is no

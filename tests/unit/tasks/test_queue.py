@@ -6,10 +6,11 @@ import asyncio
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from task_support import Env, until
+from task_support import Env, make_settings, until
 
 from bitinglip.core import Conflict, InvalidInput, NotFound
 from bitinglip.tasks import Task, TaskSubmit
@@ -143,6 +144,22 @@ async def test_cancel_aborts_a_running_task_and_refuses_a_finished_one(env: Env)
         await env.queue.cancel(task.id)
     queued = await submit(env, "later", block=True)  # a queued one is cancelled before it runs
     assert (await env.queue.cancel(queued.id)).state == "cancelled"
+
+
+async def test_a_run_whose_task_another_instance_ended_stops_at_the_next_lease_renewal(env: Env) -> None:
+    env.settings = make_settings(Path(env.settings.files_dir).parent, lease_s=0.3)  # renewed every 0.1 s
+    env.restart_queue()
+    await env.queue.start()
+    task = await submit(env, "long", block=True)
+    other = await submit(env, "other", block=True)
+    await until(lambda: env.work.in_flight == 2)
+    # Another instance cancels its batch: the row is ended there; this queue only learns it from the table.
+    assert await env.queue.store.end_open("cancelled", task_id=task.id, owner="") == 1
+    await until(lambda: env.work.cancelled == ["long"], timeout=5)
+    assert task.id not in env.queue.running and other.id in env.queue.running  # its own runs go on
+    env.work.gate.set()
+    assert (await ended(env, other.id)).state == "succeeded"
+    assert (await env.queue.store.get(task.id, "")).state == "cancelled"
 
 
 async def test_a_stopping_server_puts_running_tasks_back_without_counting_the_attempt(env: Env) -> None:
