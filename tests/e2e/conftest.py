@@ -67,6 +67,11 @@ def server_env(data: Path, model: Path | str, port: int) -> dict[str, str]:
 
 
 def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
+    return wait_ready(launch_server(data, model, **extra_env))
+
+
+def launch_server(data: Path, model: Path | str, **extra_env: str) -> Server:
+    """`bitinglip serve` started, not waited for: several start at once, then `wait_ready` each."""
     port = free_port()
     env = server_env(data, model, port) | extra_env
     log_path = data / "server.log"
@@ -77,7 +82,12 @@ def start_server(data: Path, model: Path | str, **extra_env: str) -> Server:
         proc = subprocess.Popen(
             [str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data, process_group=0
         )
-    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, env=env)
+    return Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, env=env)
+
+
+def wait_ready(server: Server) -> Server:
+    """Until the server's /ready answers 200; a server that exits or takes too long fails the test, stopped."""
+    proc = server.proc
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.conftest import Server, free_port, start_server, stop_server
+from e2e.conftest import Server, free_port, launch_server, stop_server, wait_ready
 
 RAY = Path(sys.executable).parent / "ray"
 
@@ -72,20 +72,14 @@ def _group_alive(group: int) -> bool:
 @pytest.fixture(scope="module")
 def ray_nodes() -> Iterator[RayNodes]:
     nodes = RayNodes()
-    try:
-        port = free_port()
-        nodes.start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={nodes.temp_dir}",
-                    '--resources={"bl_head": 1}')  # fmt: skip
-        nodes.address = f"127.0.0.1:{port}"
-        nodes.start(f"--address={nodes.address}", '--resources={"bl_second": 1}')
-        yield nodes
-    finally:
-        nodes.stop()
+    nodes.address = f"127.0.0.1:{free_port()}"
+    yield nodes
+    nodes.stop()
 
 
 @pytest.fixture(scope="module")
 def server(ray_nodes: RayNodes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    started = start_server(
+    launched = launch_server(
         tmp_path_factory.mktemp("ray-server"),
         "",  # no model at start: the deployment over both nodes is posted by the test
         BITINGLIP_CLUSTER__EXECUTOR="ray",
@@ -93,9 +87,14 @@ def server(ray_nodes: RayNodes, tmp_path_factory: pytest.TempPathFactory) -> Ite
         RAY_USAGE_STATS_ENABLED="0",
     )
     try:
-        yield started
+        # The two nodes start while the server does: it asks Ray only when asked itself.
+        port = ray_nodes.address.rsplit(":", 1)[1]
+        ray_nodes.start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={ray_nodes.temp_dir}",
+                        '--resources={"bl_head": 1}')  # fmt: skip
+        ray_nodes.start(f"--address={ray_nodes.address}", '--resources={"bl_second": 1}')
+        yield wait_ready(launched)
     finally:
-        stop_server(started)
+        stop_server(launched)
 
 
 def test_the_cluster_shows_both_ray_nodes_with_their_resources(server: Server, ray_nodes: RayNodes) -> None:

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from e2e.conftest import BIN, Server, make_key, server_env, start_server, stop_server
+from e2e.conftest import BIN, Server, launch_server, make_key, server_env, stop_server, wait_ready
 
 SHARED = {
     "BITINGLIP_GATEWAY__AUTH": "true",
@@ -52,10 +52,14 @@ def pair(
     shared = SHARED | {"BITINGLIP_DB__URL": url}
     # The first key, made by the CLI on the shared database before either server starts.
     admin = make_key(server_env(homes[0], "", 0) | shared, "--name", "admin", "--scope", "admin")
-    a = start_server(homes[0], tiny_model_dir, **shared)
+    # Both at once, as a rollout starts them: the schema check at start takes its lock, and neither waits long.
+    a = launch_server(homes[0], tiny_model_dir, **shared)
+    b = launch_server(homes[1], tiny_embedding_dir, BITINGLIP_CLUSTER__LOAD_ON_DEMAND="false", **shared)
     try:
-        b = start_server(homes[1], tiny_embedding_dir, BITINGLIP_CLUSTER__LOAD_ON_DEMAND="false", **shared)
+        wait_ready(a)
+        wait_ready(b)
     except BaseException:
+        stop_server(b)
         stop_server(a)
         raise
     try:
