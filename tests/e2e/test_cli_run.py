@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +36,15 @@ def client_env(server: Server, home: Path, **extra: str) -> dict[str, str]:
 
 def spawn(env: dict[str, str], *args: str) -> pexpect.spawn:
     return pexpect.spawn(
-        str(BIN), list(args), env=env, encoding="utf-8", codec_errors="replace", timeout=TURN_TIMEOUT_S
-    )
+        str(BIN), list(args), env=env, encoding="utf-8", codec_errors="replace", timeout=TURN_TIMEOUT_S,
+        preexec_fn=_sigint_default,
+    )  # fmt: skip
+
+
+def _sigint_default() -> None:
+    """Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a script) has SIGINT ignored, and a
+    child would inherit that and never see the ^C the tests send."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def prompt_tokens(server: Server, messages: list[dict[str, str]], model: str = MODEL) -> int:
