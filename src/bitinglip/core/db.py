@@ -29,7 +29,7 @@ log = get_logger(__name__)
 
 # The newest revision in migrations/versions (a test checks the two agree): a reader compares a database's
 # revision with it without importing Alembic, which would cost every quick CLI command its import.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant: the key of the PostgreSQL advisory lock held while the schema is brought up to date.
 _SCHEMA_LOCK_KEY = 0x6269746C  # "bitl"

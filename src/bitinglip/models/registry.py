@@ -52,8 +52,10 @@ class ModelRecord(msgspec.Struct, kw_only=True):
     lora_rank: int | None = None
     target_modules: list[str] | None = None
     # The machine its files are on (and its pull_pid's and used_by_pid's): instances on other machines share the
-    # registry, not the files. None: recorded before hosts were (one machine then).
+    # registry, not the files; each machine that has the model has a row of its own.
     host: str | None = None
+    # Every machine with a row for this name (read, never written): which instances have the model.
+    hosts: list[str] = msgspec.field(default_factory=list)
 
     @property
     def adapter(self) -> bool:
@@ -146,70 +148,81 @@ class ModelRegistry:
         return path
 
     async def save(self, record: ModelRecord) -> ModelRecord:
-        """Add or replace a model's row; its files are on this machine."""
+        """Add or replace this machine's row of a model; its files are on this machine."""
         now = _now()
-        record.host = socket.gethostname()
+        record.host = here = socket.gethostname()
         record.updated_at = now
         record.created_at = record.created_at or now
         values = msgspec.structs.asdict(record)
+        values.pop("hosts")
         if record.target_modules is not None:
             values["target_modules"] = json.dumps(record.target_modules)
+        mine = (tables.models.c.name == record.name, tables.models.c.host == here)
         async with self.db.engine.begin() as conn:
-            exists = (
-                await conn.execute(sa.select(tables.models.c.name).where(tables.models.c.name == record.name))
-            ).first()
+            exists = (await conn.execute(sa.select(tables.models.c.name).where(*mine))).first()
             if exists:
                 values.pop("created_at")
-                await conn.execute(tables.models.update().where(tables.models.c.name == record.name).values(**values))
+                await conn.execute(tables.models.update().where(*mine).values(**values))
             else:
                 await conn.execute(tables.models.insert().values(**values))
         return record
 
-    async def get(self, name: str) -> ModelRecord | None:
+    async def _rows(self, name: str) -> list[ModelRecord]:
+        """Every machine's row of a model, the most recently updated first, each knowing the others' hosts."""
+        query = sa.select(tables.models).where(tables.models.c.name == name)
         async with self.db.engine.connect() as conn:
-            row = (await conn.execute(sa.select(tables.models).where(tables.models.c.name == name))).mappings().first()
-        return _record(row) if row else None
+            rows = [_record(r) for r in (await conn.execute(query)).mappings().all()]
+        return _with_hosts(rows)
+
+    async def get(self, name: str) -> ModelRecord | None:
+        """This machine's row of a model: what it pulls, imports, serves and removes."""
+        here = socket.gethostname()
+        return next((r for r in await self._rows(name) if r.host == here), None)
+
+    async def find(self, name: str) -> ModelRecord | None:
+        """This machine's row of a model, else another machine's (which then has its files)."""
+        return _preferred(await self._rows(name))
 
     async def require(self, name: str) -> ModelRecord:
-        record = await self.get(name)
+        record = await self.find(name)
         if record is None:
             raise NotFound(f"model {name!r} is not in the registry", param="name", code="model_not_found")
         return record
 
     async def list_models(self) -> list[ModelRecord]:
+        """Every model any machine has, one record each: this machine's row where it has one."""
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(sa.select(tables.models).order_by(tables.models.c.name))).mappings().all()
-        return [_record(r) for r in rows]
+        return _one_per_name([_record(r) for r in rows])
 
     async def adapters_of(self, base: str) -> list[ModelRecord]:
-        """The adapters registered for the model named ``base``."""
+        """The adapters registered for the model named ``base`` (this machine's row of each, where it has one)."""
         async with self.db.engine.connect() as conn:
             query = sa.select(tables.models).where(tables.models.c.base_model == base).order_by(tables.models.c.name)
-            return [_record(r) for r in (await conn.execute(query)).mappings().all()]
+            return _one_per_name([_record(r) for r in (await conn.execute(query)).mappings().all()])
 
     async def find_by_path(self, path: Path) -> ModelRecord | None:
+        here = tables.models.c.host == socket.gethostname()
+        query = sa.select(tables.models).where(tables.models.c.path == str(path.resolve()), here)
         async with self.db.engine.connect() as conn:
-            row = (
-                (await conn.execute(sa.select(tables.models).where(tables.models.c.path == str(path.resolve()))))
-                .mappings()
-                .first()
-            )
+            row = (await conn.execute(query)).mappings().first()
         return _record(row) if row else None
 
     async def update(self, name: str, **values: Any) -> None:
-        if values.get("pull_pid") is not None or values.get("used_by_pid") is not None:
-            values["host"] = socket.gethostname()  # whose pid it is
+        """Change this machine's row of a model."""
+        mine = (tables.models.c.name == name, tables.models.c.host == socket.gethostname())
         async with self.db.engine.begin() as conn:
-            await conn.execute(
-                tables.models.update().where(tables.models.c.name == name).values(**values, updated_at=_now())
-            )
+            await conn.execute(tables.models.update().where(*mine).values(**values, updated_at=_now()))
 
     async def touch(self, name: str) -> None:
         await self.update(name, last_used_at=_now())
 
     async def unfinished_pulls(self) -> list[ModelRecord]:
+        """This machine's pulls that have not finished (another machine resumes its own)."""
+        query = sa.select(tables.models).where(
+            tables.models.c.pull_ref.is_not(None), tables.models.c.host == socket.gethostname()
+        )
         async with self.db.engine.connect() as conn:
-            query = sa.select(tables.models).where(tables.models.c.pull_ref.is_not(None))
             return [_record(r) for r in (await conn.execute(query)).mappings().all()]
 
     async def release_all(self, pid: int) -> None:
@@ -217,17 +230,40 @@ class ModelRegistry:
         async with self.db.engine.begin() as conn:
             await conn.execute(
                 tables.models.update()
-                .where(
-                    tables.models.c.used_by_pid == pid,
-                    sa.or_(tables.models.c.host.is_(None), tables.models.c.host == socket.gethostname()),
-                )
+                .where(tables.models.c.used_by_pid == pid, tables.models.c.host == socket.gethostname())
                 .values(used_by_pid=None)
             )
 
     async def delete(self, name: str) -> bool:
+        """Remove this machine's row of a model; the other machines keep theirs."""
+        mine = (tables.models.c.name == name, tables.models.c.host == socket.gethostname())
         async with self.db.engine.begin() as conn:
-            result = await conn.execute(tables.models.delete().where(tables.models.c.name == name))
+            result = await conn.execute(tables.models.delete().where(*mine))
         return bool(result.rowcount)
+
+
+def _preferred(rows: list[ModelRecord]) -> ModelRecord | None:
+    """This machine's row, else the most recently updated."""
+    if not rows:
+        return None
+    here = socket.gethostname()
+    return next(
+        (r for r in rows if r.host == here), max(rows, key=lambda r: r.updated_at or datetime.min.replace(tzinfo=UTC))
+    )
+
+
+def _with_hosts(rows: list[ModelRecord]) -> list[ModelRecord]:
+    hosts = sorted({r.host for r in rows if r.host})
+    for r in rows:
+        r.hosts = hosts
+    return rows
+
+
+def _one_per_name(rows: list[ModelRecord]) -> list[ModelRecord]:
+    by_name: dict[str, list[ModelRecord]] = {}
+    for r in rows:
+        by_name.setdefault(r.name, []).append(r)
+    return [one for name in sorted(by_name) if (one := _preferred(_with_hosts(by_name[name]))) is not None]
 
 
 def _record(row: Any) -> ModelRecord:

@@ -229,7 +229,7 @@ class ModelService:
         return path, name
 
     async def _resolve(self, spec: str) -> tuple[Path, str]:
-        record = await self.registry.get(spec)
+        record = await self.registry.find(spec)  # this machine's, else another's (to say where it is)
         if record is not None and record.adapter:
             raise InvalidInput(
                 f"{spec!r} is a LoRA adapter of {record.base_model}: it is served on that model's engines when a "
@@ -313,7 +313,15 @@ class ModelService:
 
     async def remove(self, name: str, *, force: bool = False) -> ModelRecord:
         record = await self.registry.require(name)
-        adapters = [] if record.adapter else await self.registry.adapters_of(name)
+        here = socket.gethostname()
+        if record.host not in (None, here):
+            raise Conflict(
+                f"model {name!r} is on {record.host}, not on this machine: remove it there (each machine removes its "
+                "own copy)",
+                param="name",
+                code="model_on_another_machine",
+            )
+        adapters = [] if record.adapter else [a for a in await self.registry.adapters_of(name) if a.host == here]
         if adapters and not force:
             names = ", ".join(a.name for a in adapters)
             raise Conflict(

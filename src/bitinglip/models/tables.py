@@ -1,4 +1,5 @@
-"""The `models` table: one row per model the registry knows, whatever its state."""
+"""The `models` table: one row per model the registry knows and machine that has (or is getting) its files,
+whatever its state."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from bitinglip.core import metadata
 models = sa.Table(
     "models",
     metadata,
+    # A row per model and machine: several instances on one database each have their own copy of a model's files.
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("source", sa.String(20), nullable=False),  # hub, local, tiny
     sa.Column("repo_id", sa.String(200)),
@@ -38,6 +40,5 @@ models = sa.Table(
     sa.Column("lora_rank", sa.Integer),
     sa.Column("target_modules", sa.Text),  # JSON list of module names
     # The machine the files are on, and pull_pid's and used_by_pid's: several instances may share the database.
-    # NULL in rows from before it was recorded (one machine then).
-    sa.Column("host", sa.String(200)),
+    sa.Column("host", sa.String(200), primary_key=True),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,9 @@ async def test_an_older_file_is_migrated_in_place(tmp_path: Path) -> None:
     try:
         assert await db.version() == HEAD_REVISION
         async with db.engine.connect() as conn:
-            rows = (await conn.execute(sa.text("SELECT name, used_by_pid, kind FROM models"))).all()
+            rows = (await conn.execute(sa.text("SELECT name, used_by_pid, kind, host FROM models"))).all()
             tables = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-        assert rows == [("kept", 42, "model")]
+        assert rows == [("kept", 42, "model", socket.gethostname())]  # a row from before hosts: this machine's
         assert {"api_keys", "usage", "tasks", "batches", "files", "responses"} <= tables
         assert "schema_version" not in tables
     finally:

@@ -44,12 +44,34 @@ def test_a_pid_on_another_machine_is_taken_for_alive() -> None:
     assert not pid_alive(os.getpid(), None)  # our own pid: left over from an earlier life of ours
 
 
-async def test_rows_from_before_hosts_were_recorded_are_this_machines(
-    make_service: MakeService, tmp_path: Path
+async def test_the_same_model_on_two_machines_has_a_row_on_each(
+    make_service: MakeService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each machine pulls, serves and removes its own copy; every machine sees which have it."""
     service = await make_service()
-    await service.registry.save(ModelRecord(name="old", source="local", path=str(tmp_path), state="ready"))
-    async with service.registry.db.engine.begin() as conn:
-        await conn.execute(sa.update(models).values(host=None, used_by_pid=2**22 + 12345))
-    await service.start(resume_pulls=False)  # a dead pid of this machine: its mark is cleared
-    assert (await service.registry.require("old")).used_by_pid is None
+    copies = {host: tmp_path / host for host in ("gpu-1", "gpu-2")}  # on those machines' disks, not this one's
+    for host, path in copies.items():
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        await service.registry.save(ModelRecord(name="org/m", source="hub", path=str(path), state="ready"))
+        await service.registry.update("org/m", used_by_pid=os.getpid())  # its own row only
+    for host, path in copies.items():
+        monkeypatch.setattr(socket, "gethostname", lambda host=host: host)
+        record = await service.registry.require("org/m")
+        assert (record.host, record.path, record.hosts) == (host, str(path), ["gpu-1", "gpu-2"])
+        assert [(m.name, m.host) for m in await service.registry.list_models()] == [("org/m", host)]
+    async with service.registry.db.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(models.c.host, models.c.used_by_pid).order_by(models.c.host))).all()
+    assert rows == [("gpu-1", os.getpid()), ("gpu-2", os.getpid())]
+
+    # A third machine has no copy: it is told where the model is, and cannot remove another machine's.
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-3")
+    with pytest.raises(Conflict) as refused:
+        await service.resolve_to_load("org/m")
+    assert refused.value.code == "model_on_another_machine"
+    with pytest.raises(Conflict, match="remove it there"):
+        await service.remove("org/m", force=True)
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-2")
+    await service.remove("org/m", force=True)  # gpu-2's copy only
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-1")
+    kept = await service.registry.require("org/m")
+    assert kept.host == "gpu-1" and kept.hosts == ["gpu-1"] and kept.path == str(copies["gpu-1"])
