@@ -300,28 +300,24 @@ class TaskQueue:
             self.pace.succeeded(claimed.target)
         except Exception as exc:  # not a cancel (by stop(), which puts it back, or by a user: the row says so)
             error = msgspec.json.encode(error_of(exc)).decode()
+            wait: float | None = None  # back in line after this long; None: it failed
             if overloaded(exc):
                 # Not the task's fault: this queue sent more than the engine admits (long prompts fill its
                 # waiting tokens before its slots). Back in line, the attempt not counted, and fewer at once.
                 self.pace.refused(claimed.target, self.per_target.get(claimed.target, 1))
-                outcome = Outcome(
-                    id=claimed.id,
-                    attempt=claimed.attempts,
-                    state="queued",
-                    error=error,
-                    not_before=time.time() + OVERLOADED_WAIT_S,
-                    counted=False,
-                )
+                wait = OVERLOADED_WAIT_S
             elif retryable(exc) and claimed.attempts < claimed.max_attempts:
-                backoff = self.settings.retry_backoff_s * 2 ** (claimed.attempts - 1)
+                wait = self.settings.retry_backoff_s * 2 ** (claimed.attempts - 1)
+                log.warning("task.retry", task=claimed.id, attempt=claimed.attempts, in_s=wait, error=str(exc))
+            if wait is not None:
                 outcome = Outcome(
                     id=claimed.id,
                     attempt=claimed.attempts,
                     state="queued",
                     error=error,
-                    not_before=time.time() + backoff,
+                    not_before=time.time() + wait,
+                    counted=not overloaded(exc),
                 )
-                log.warning("task.retry", task=claimed.id, attempt=claimed.attempts, in_s=backoff, error=str(exc))
             else:
                 outcome = Outcome(id=claimed.id, attempt=claimed.attempts, state="failed", error=error)
                 if not isinstance(exc, BitingLipError):
