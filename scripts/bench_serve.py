@@ -64,6 +64,7 @@ from benchlib import (  # scripts/ is on sys.path when this runs as a script
     process_cpu_s,
     progress,
     served_models,
+    settle,
     summarize,
     tail,
     toml_value,
@@ -75,6 +76,7 @@ TARGETS = ("bitinglip", "bitinglip-1", "vllm", "engine")
 CONCURRENCIES = (1, 16, 64, 256)
 WARMUP_REQUESTS = 8
 COLLAPSED = 0.5  # a round under this fraction of its target's median is flagged
+SETTLE_NOTE_S = 1.0  # a wait for a quiet machine before a run this long or longer is reported
 
 
 # -- the four targets
@@ -119,6 +121,9 @@ def spec_for(ctx: Context, concurrency: int) -> LoadSpec:
 
 async def measure_once(ctx: Context, name: str, target: Target, concurrency: int, label: str) -> Figures:
     spec = spec_for(ctx, concurrency)
+    waited = await settle()
+    if waited >= SETTLE_NOTE_S:
+        progress(f"{name}: waited {waited:.1f} s for the machine to go quiet")
     progress(f"{name}: {label}: {len(spec.prompts)} requests, {concurrency} at once")
     before = process_cpu_s(target.pid) if target.pid is not None else None
     figures = summarize(name, *await target.run(spec))

@@ -59,6 +59,7 @@ READY_TIMEOUT_S = 300.0
 # with all targets up on 2 cores, a spinning idle engine would slow the one measured.
 IDLE_QUIET = {"OMP_WAIT_POLICY": "PASSIVE"}
 STOP_GRACE_S = 30.0
+SETTLED_BELOW = 0.25  # the share of all cores busy under which the machine counts as quiet between runs
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # `vllm serve` flags that keep its per-request logging off; each is used only where this vLLM has it.
 VLLM_QUIET_FLAGS: dict[str, list[str]] = {
@@ -503,6 +504,29 @@ def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (all its threads, not its children), from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """Busy and total CPU time of the whole machine so far (clock ticks, all cores), from /proc/stat."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+
+
+async def settle(quiet_below: float = SETTLED_BELOW, window_s: float = 0.25, at_most_s: float = 10.0) -> float:
+    """Wait until the machine is quiet for one window (under ``quiet_below`` of all its cores busy), so what the
+    last run left running (a `vllm serve` engine core spins for a second after its last message, a server's
+    aborted requests finish) does not fall on the next target's run. Returns the seconds waited (at most about
+    ``at_most_s``: a machine that never settles is measured anyway, and the caller says so)."""
+    start = time.monotonic()
+    busy, total = machine_busy()
+    while time.monotonic() - start < at_most_s:
+        await asyncio.sleep(window_s)
+        now_busy, now_total = machine_busy()
+        share = (now_busy - busy) / max(now_total - total, 1)
+        if share < quiet_below:
+            break
+        busy, total = now_busy, now_total
+    return time.monotonic() - start
 
 
 def vllm_flags(engine_args: dict[str, Any]) -> list[str]:

@@ -7,7 +7,9 @@ that one GPU does not answer (utilization on some boards, process memory inside 
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -32,6 +34,9 @@ class Device(msgspec.Struct, kw_only=True):
     memory_used_bytes: int
     memory_free_bytes: int  # NVML free; for the cpu psutil's available
     cores: int | None = None  # cpu only
+    # cpu only: whether it computes in bfloat16 natively (None: not known here). Without it, bf16 matrix products
+    # are emulated: at 16 rows and more they took 2.5-4.4x float32's time (docs/performance.md).
+    native_bf16: bool | None = None
     utilization_percent: float | None = None
     temperature_c: int | None = None
     processes: list[DeviceProcess] = []  # gpu only: compute processes holding memory; [] when unknown
@@ -118,7 +123,35 @@ def _cpu() -> Device:
         memory_free_bytes=memory.available,
         cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         utilization_percent=psutil.cpu_percent(interval=None),  # since the previous call; 0.0 on the first
+        native_bf16=native_bf16(),
     )
+
+
+# The instruction-set flags (x86 `flags`, arm `Features` in /proc/cpuinfo) that compute in bfloat16.
+_BF16_FLAGS = {"x86_64": {"avx512_bf16", "amx_bf16"}, "aarch64": {"bf16"}}
+
+
+@functools.cache
+def native_bf16() -> bool | None:
+    """Whether this CPU computes in bfloat16 natively; None where /proc/cpuinfo or the architecture does not say."""
+    wanted = _BF16_FLAGS.get(platform.machine())
+    if wanted is None:
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return cpu_flags_have_bf16(text, wanted)
+
+
+def cpu_flags_have_bf16(cpuinfo: str, wanted: set[str]) -> bool | None:
+    """From a /proc/cpuinfo text: whether its first processor lists one of ``wanted``; None without a flags line."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return not wanted.isdisjoint(value.split())
+    return None
 
 
 def _cpu_name() -> str:

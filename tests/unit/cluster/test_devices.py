@@ -230,3 +230,30 @@ def test_the_script_writes_the_fixture_shape(install: Any, init_fails: bool) -> 
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.record() == record
+
+
+X86_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def test_bf16_from_cpuinfo_flags() -> None:
+    from bitinglip.cluster.devices import cpu_flags_have_bf16
+
+    x86 = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx2 avx512f avx512_vnni{}\n\n"
+    assert cpu_flags_have_bf16(x86.format(""), X86_FLAGS) is False
+    assert cpu_flags_have_bf16(x86.format(" avx512_bf16"), X86_FLAGS) is True
+    assert cpu_flags_have_bf16(x86.format(" amx_bf16 amx_tile"), X86_FLAGS) is True
+    assert cpu_flags_have_bf16(x86.format(" avx512_bf16x"), X86_FLAGS) is False  # whole flags only
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes{}\n"
+    assert cpu_flags_have_bf16(arm.format(" bf16 i8mm"), {"bf16"}) is True
+    assert cpu_flags_have_bf16(arm.format(""), {"bf16"}) is False
+    assert cpu_flags_have_bf16("processor\t: 0\nmodel name\t: cpu\n", X86_FLAGS) is None
+
+
+def test_the_cpu_says_whether_it_has_bf16() -> None:
+    from bitinglip.cluster.devices import native_bf16
+
+    cpu = list_devices()[-1]
+    assert cpu.native_bf16 == native_bf16()
+    if sys.platform == "linux" and os.uname().machine == "x86_64":
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        assert cpu.native_bf16 == bool(X86_FLAGS & set(flags.split(":", 1)[1].split()))
