@@ -15,9 +15,11 @@ the server process, not its engine child) is read around each run: CPU seconds p
 
 Measured as a user's own load tool would see it: each server runs in a session of its own (as if started from
 another terminal: its own scheduler autogroup, apart from this client's), and every run opens a fresh client
-session (new connections). Figures are medians over the rounds, and beside them each target's lowest round, the
-lowest over the median, and its worst round's client TTFT p99; a round under half its target's median is flagged
-as COLLAPSED at the end of the report, so a median cannot hide it.
+session (new connections). Before each run the bench waits for the machine to go quiet (under a quarter of its
+cores busy, 10 s at most), so the tail of one target's run does not fall on the next's. Figures are medians over
+the rounds, and beside them each target's lowest round, the lowest over the median, and its worst round's client
+TTFT p99; a round under half its target's median is flagged as COLLAPSED at the end of the report, so a median
+cannot hide it.
 
     .venv/bin/python scripts/bench_serve.py [--targets bitinglip,bitinglip-1,vllm,engine] [--concurrency 1,16,64,256]
         [--rounds 3] [--json out.json]
