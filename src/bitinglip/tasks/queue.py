@@ -301,7 +301,8 @@ class TaskQueue:
         except Exception as exc:  # not a cancel (by stop(), which puts it back, or by a user: the row says so)
             error = msgspec.json.encode(error_of(exc)).decode()
             wait: float | None = None  # back in line after this long; None: it failed
-            if overloaded(exc):
+            refused = overloaded(exc)
+            if refused:
                 # Not the task's fault: this queue sent more than the engine admits (long prompts fill its
                 # waiting tokens before its slots). Back in line, the attempt not counted, and fewer at once.
                 self.pace.refused(claimed.target, self.per_target.get(claimed.target, 1))
@@ -316,7 +317,7 @@ class TaskQueue:
                     state="queued",
                     error=error,
                     not_before=time.time() + wait,
-                    counted=not overloaded(exc),
+                    counted=not refused,
                 )
             else:
                 outcome = Outcome(id=claimed.id, attempt=claimed.attempts, state="failed", error=error)

@@ -16,10 +16,9 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bitinglip.cluster.devices import native_bf16
 from bitinglip.cluster.protocol import Adapter, EngineClient, EngineOutput
 from bitinglip.cluster.stats import EngineStats
-from bitinglip.cluster.vllm.args import FRONTEND_ARGS, is_cpu_platform, sleep_mode_available
+from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available, warn_if_bf16_emulated
 from bitinglip.cluster.vllm.finite import admits_finite_output, constraint_grammar
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
@@ -154,14 +153,7 @@ class VllmEngine:
         # vLLM picks the pooling runner itself for a sentence-transformers model (its modules.json says so).
         self.embedding = getattr(llm.model_config, "runner_type", None) == "pooling"
         self.pids = engine_pids(llm)
-        if str(llm.model_config.dtype) == "torch.bfloat16" and is_cpu_platform() and native_bf16() is False:
-            log.warning(
-                "engine.cpu_bf16_emulated",
-                model=self.served_name,
-                hint='this CPU has no bfloat16 instructions: with many streams at once, dtype = "float32" in the '
-                "engine table runs batched steps up to 1.6x faster; bfloat16 stays faster for one stream of a large "
-                "model (docs/performance.md#bfloat16-on-a-cpu-without-it)",
-            )
+        warn_if_bf16_emulated(str(llm.model_config.dtype), self.served_name)
         await self._warm_up()
         self.hooks = check_hooks(llm, self.served_name)  # once warm: the output handler runs by now
 
