@@ -3,7 +3,9 @@
 Starts `bitinglip serve` on the tiny chat and embedding models, then runs each case below while a second thread
 polls `/health` every 20 ms, and prints, per case, the slowest and the 99th-percentile `/health` answer, the
 event loop's lag as the server measured it (`bitinglip_event_loop_lag_seconds`: the largest bucket reached and
-the mean), and what the case's requests got. The first row is the idle baseline.
+the mean), and what the case's requests got. The first row is the idle baseline. Last, on a second server with
+a deployment admitting 4 running + 4 queued, a flood of ten times that many at once: how soon the ones past the bound
+are refused (503), as the client saw it and as the server decided it.
 
     .venv/bin/python scripts/bench_stall.py [--model DIR] [--embedding-model DIR]
 
@@ -36,7 +38,7 @@ LAG = re.compile(r'^bitinglip_event_loop_lag_seconds_(bucket\{le="([^"]+)"\}|sum
 
 
 @contextlib.contextmanager
-def server(model: Path, embedding: Path | None, home: Path) -> Iterator[str]:
+def server(model: Path, embedding: Path | None, home: Path, **settings: str) -> Iterator[str]:
     port = bench.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BITINGLIP_")}
     env.update(
@@ -46,6 +48,7 @@ def server(model: Path, embedding: Path | None, home: Path) -> Iterator[str]:
         BITINGLIP_SERVER__PORT=str(port),
         BITINGLIP_SERVER__ACCESS_LOG="false",
     )
+    env.update(settings)
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen([bench.BITINGLIP, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
     url = f"http://127.0.0.1:{port}"
@@ -229,6 +232,47 @@ def lag_figures(before: dict[str, float], after: dict[str, float]) -> tuple[str,
     return worst, f"{total / count * 1000:.1f} ms" if count else "-"
 
 
+def flood(model: Path, home: Path, slots: int = 4, rounds: int = 3) -> None:
+    """Ten times a deployment's admission bound at once: how soon the requests past it are refused, as the
+    client saw it and as the server decided it (its access line's `ms`, arrival to answer)."""
+    deployment = {"model": str(model), "name": "tiny", "max_concurrency": slots, "max_queue": slots}
+    settings = {
+        "BITINGLIP_CLUSTER__MODEL": "",
+        "BITINGLIP_CLUSTER__DEPLOYMENTS": "@json " + json.dumps([deployment]),
+        "BITINGLIP_SERVER__ACCESS_LOG": "true",
+    }
+    body = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 200, "ignore_eos": True, "stream": True}
+
+    async def one(http: httpx.AsyncClient) -> tuple[int, float]:
+        began = time.perf_counter()
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            async for _ in response.aiter_lines():
+                pass
+            return response.status_code, time.perf_counter() - began
+
+    async def burst(url: str) -> list[tuple[int, float]]:
+        limits = httpx.Limits(max_connections=20 * slots)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+            return await asyncio.gather(*(one(http) for _ in range(20 * slots)))
+
+    with server(model, None, home, **settings) as url:
+        answers = [answer for _ in range(rounds) for answer in asyncio.run(burst(url))]
+    refused = sorted(took for status, took in answers if status == 503)
+    lines = (home / "server.log").read_text(errors="replace").splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    decided = [e["ms"] for e in entries if e.get("event") == "http.request" and e.get("status") == 503]
+    print(
+        f"\nflood: {rounds} x {len(answers) // rounds} streams at once, admission {slots} running + {slots} queued:"
+        f" {len(answers) - len(refused)} served, {len(refused)} refused (503)"
+    )
+    if refused and decided:
+        print(
+            f"  refused after (client): p50 {statistics.median(refused) * 1000:.0f} ms,"
+            f" max {refused[-1] * 1000:.0f} ms;"
+            f" decided in the server: p50 {statistics.median(decided):.0f} ms, max {max(decided):.0f} ms"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=bench.REPO / "data/models/tiny")
@@ -251,6 +295,8 @@ def main() -> None:
                 f" {took:>6.1f}s  {outcome}",
                 flush=True,
             )
+    with tempfile.TemporaryDirectory() as home:
+        flood(args.model, Path(home))
 
 
 if __name__ == "__main__":
