@@ -242,6 +242,7 @@ def flood(model: Path, home: Path, slots: int = 4, rounds: int = 3) -> None:
         "BITINGLIP_SERVER__ACCESS_LOG": "true",
     }
     body = {"model": "tiny", "prompt": "Tell me a story", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    at_once = 10 * (slots + slots)  # ten times what is admitted: running plus queued
 
     async def one(http: httpx.AsyncClient) -> tuple[int, float]:
         began = time.perf_counter()
@@ -251,9 +252,9 @@ def flood(model: Path, home: Path, slots: int = 4, rounds: int = 3) -> None:
             return response.status_code, time.perf_counter() - began
 
     async def burst(url: str) -> list[tuple[int, float]]:
-        limits = httpx.Limits(max_connections=20 * slots)
+        limits = httpx.Limits(max_connections=at_once)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-            return await asyncio.gather(*(one(http) for _ in range(20 * slots)))
+            return await asyncio.gather(*(one(http) for _ in range(at_once)))
 
     with server(model, None, home, **settings) as url:
         answers = [answer for _ in range(rounds) for answer in asyncio.run(burst(url))]
@@ -262,7 +263,7 @@ def flood(model: Path, home: Path, slots: int = 4, rounds: int = 3) -> None:
     entries = [json.loads(line) for line in lines if line.startswith("{")]
     decided = [e["ms"] for e in entries if e.get("event") == "http.request" and e.get("status") == 503]
     print(
-        f"\nflood: {rounds} x {len(answers) // rounds} streams at once, admission {slots} running + {slots} queued:"
+        f"\nflood: {rounds} x {at_once} streams at once, admission {slots} running + {slots} queued:"
         f" {len(answers) - len(refused)} served, {len(refused)} refused (503)"
     )
     if refused and decided:
