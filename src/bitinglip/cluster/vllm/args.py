@@ -172,10 +172,12 @@ CPU_ENGINE_POLL_US = 100  # `cluster.engine_poll_us` on the CPU build when unset
 def engine_env(settings: ClusterSettings, *, cpu: bool | None = None) -> dict[str, str]:
     """Environment the engine processes need: vLLM's Ray executor joins the cluster named by RAY_ADDRESS; the
     engine processes poll for each other's messages instead of spinning (`spin.py`) where `cluster.engine_poll_us`
-    says so, by default on the CPU build. ``cpu``: whether this is the CPU build (default: vLLM's platform says)."""
+    says so, by default on the CPU build; once told to stop, they exit without Python's teardown (`quick_exit.py`).
+    ``cpu``: whether this is the CPU build (default: vLLM's platform says)."""
+    from bitinglip.cluster.vllm.quick_exit import EXIT_ENV
     from bitinglip.cluster.vllm.spin import POLL_ENV
 
-    env: dict[str, str] = {}
+    env: dict[str, str] = {EXIT_ENV: "1"}
     if settings.executor == "ray" and settings.ray_address:
         env["RAY_ADDRESS"] = settings.ray_address
     poll_us = settings.engine_poll_us
