@@ -26,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from bitinglip.cluster.reaper import rings_of
 from e2e.conftest import Server, start_server, stop_server
 
 GIB = 1024**3
@@ -185,6 +186,8 @@ def test_a_deployment_that_cannot_fit_is_refused_with_the_shortfall(cluster: Ser
 
 def test_a_killed_engine_fails_its_requests_at_once_and_is_restarted(cluster: Server) -> None:
     (pid,) = deployments(cluster)["beta"]["replicas"][0]["pids"]
+    rings = rings_of(pid)  # vLLM's shared-memory rings between the engine core and its worker
+    assert rings
     # Four requests of 8 x 500 tokens: the engine runs one at a time (max_num_seqs 8) and queues the others, seconds
     # of work; the loading process kills the engine core 0.3 s after sending them, while they are in the engine.
     load = subprocess.Popen(
@@ -213,6 +216,8 @@ def test_a_killed_engine_fails_its_requests_at_once_and_is_restarted(cluster: Se
     replica = deployments(cluster)["beta"]["replicas"][0]
     assert replica["restarts"] == 1 and replica["last_restart"] == "the engine core process died"
     assert replica["pids"] != [pid] and gone(pid)
+    # The killed engine unlinked none of its rings itself; the server did, once it saw the engine go.
+    assert not [name for name in rings if Path("/dev/shm", name).exists()], rings
 
 
 def test_a_registered_model_loads_on_demand_showing_loading_meanwhile(cluster: Server) -> None:

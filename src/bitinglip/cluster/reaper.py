@@ -1,10 +1,17 @@
 """No engine outlives its server: each server writes down its engine processes, and a starting server stops
-any that a dead server left behind.
+any that a dead server left behind. Nor do their shared-memory rings.
 
 Engines already follow their server within seconds (a parent-death signal, `vllm/process_group.py`), but that
 signal can be lost: a kernel that lacks it, an engine core re-parented by a debugger, a container runtime in
 between. The record file is the second line of defence: `<home>/run/engines-<server pid>.json` names the
 server and every engine process group with their start times, so a reused pid is never mistaken for ours.
+
+vLLM's engine core and its workers hand steps to each other through rings in /dev/shm (memory, ~160 MB each
+here), which vLLM unlinks only in the finalizers of the processes that made them: an engine killed (a crash, the
+OOM killer, kill -9, the server's own SIGKILL after a stop's grace) leaves them behind until the machine
+restarts. So each record names the rings its engine maps (`rings_of`), and whoever sees the engine go (its own
+`stop`, the reaper) unlinks them (`unlink_rings`). A ring still mapped keeps its memory until it is unmapped;
+only its name goes.
 Blocking (psutil, file I/O): called from a worker thread.
 """
 
@@ -23,6 +30,33 @@ from bitinglip.core import get_logger
 
 log = get_logger(__name__)
 STOP_GRACE_S = 5.0
+SHM = Path("/dev/shm")
+RING_PREFIX = "psm_"  # Python's `SharedMemory` names, which vLLM's rings between its processes are
+
+
+def rings_of(pid: int) -> list[str]:
+    """The shared-memory rings (names in /dev/shm) the process maps; none where /proc cannot say."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return []
+    names: set[str] = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(f"{SHM}/{RING_PREFIX}") and not fields[5].endswith("(deleted)"):
+            names.add(fields[5][len(str(SHM)) + 1 :])
+    return sorted(names)
+
+
+def unlink_rings(names: list[str]) -> int:
+    """Unlink the rings of an engine that is gone; how many were still there."""
+    unlinked = 0
+    for name in names:
+        if name.startswith(RING_PREFIX) and "/" not in name:
+            with contextlib.suppress(FileNotFoundError):
+                (SHM / name).unlink()
+                unlinked += 1
+    return unlinked
 
 
 def _started(pid: int) -> float | None:
@@ -45,7 +79,7 @@ class EngineRecords:
     def write(self, groups: dict[str, list[int]]) -> None:
         """Record the engine processes now running, per deployment name (their workers share their group)."""
         engines = [
-            {"deployment": name, "pid": pid, "started": started}
+            {"deployment": name, "pid": pid, "started": started, "rings": rings_of(pid)}
             for name, pids in groups.items()
             for pid in pids
             if (started := _started(pid)) is not None
@@ -83,6 +117,8 @@ class EngineRecords:
                     )
                     _stop_group(pid)
                     reaped.append(pid)
+                if unlinked := unlink_rings([str(name) for name in engine.get("rings", [])]):
+                    log.info("engine.rings_unlinked", pid=pid, count=unlinked, server=record.get("pid"))
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
         return reaped

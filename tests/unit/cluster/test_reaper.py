@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from bitinglip.cluster.reaper import EngineRecords
+from bitinglip.cluster.reaper import RING_PREFIX, EngineRecords, rings_of, unlink_rings
 
 
 def _orphan() -> subprocess.Popen[bytes]:
@@ -82,3 +82,39 @@ def test_the_record_names_our_engines_and_goes_when_we_stop(tmp_path: Path) -> N
     assert data["pid"] == psutil.Process().pid and data["engines"][0]["deployment"] == "tiny"
     records.remove()
     assert not records.file.exists()
+
+
+def test_the_rings_of_a_killed_engine_are_unlinked_by_whoever_sees_it_go(tmp_path: Path) -> None:
+    # A stand-in engine core that makes a ring as vLLM's do (Python's SharedMemory) and is then killed: its
+    # finalizer never runs, and the ring would stay in /dev/shm until the machine restarts.
+    code = (
+        "import sys, time; from multiprocessing import shared_memory, resource_tracker; "
+        "ring = shared_memory.SharedMemory(create=True, size=1 << 16); "
+        "resource_tracker.unregister(ring._name, 'shared_memory'); "  # as a killed engine's: nobody cleans it up
+        "print(ring.name, flush=True); time.sleep(60)"
+    )
+    engine = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, process_group=0)
+    assert engine.stdout is not None
+    name = engine.stdout.readline().strip().lstrip("/")
+    dead_server = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_server.wait()
+    try:
+        assert name.startswith(RING_PREFIX) and rings_of(engine.pid) == [name]
+        records = EngineRecords(tmp_path / "run")
+        records.write({"tiny": [engine.pid]})  # what the server wrote while its engine ran
+        record = json.loads(records.file.read_text())
+        assert record["engines"][0]["rings"] == [name]
+        engine.kill()
+        engine.wait()
+        assert Path("/dev/shm", name).exists()
+        # The next server's reaper finds the server gone and the engine with it, and unlinks what it left.
+        record["pid"] = dead_server.pid
+        records.file.rename(records.folder / f"engines-{dead_server.pid}.json")
+        (records.folder / f"engines-{dead_server.pid}.json").write_text(json.dumps(record))
+        assert EngineRecords(records.folder).reap_orphans() == []  # nothing left running to stop
+        assert not Path("/dev/shm", name).exists()
+        assert unlink_rings([name]) == 0  # and once gone, gone
+    finally:
+        engine.kill()
+        engine.wait()
+        Path("/dev/shm", name).unlink(missing_ok=True)

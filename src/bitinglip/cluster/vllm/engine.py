@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.cluster.protocol import Adapter, EngineClient, EngineOutput
+from bitinglip.cluster.reaper import rings_of, unlink_rings
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available, warn_if_bf16_emulated
 from bitinglip.cluster.vllm.finite import admits_finite_output, constraint_grammar
@@ -66,6 +67,7 @@ class VllmEngine:
         self._reasoning_request: Any = None  # what vLLM's reasoning parsers are handed as the request
         self.embedding = False  # pools instead of generating: vLLM's model config says, once started
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
+        self._rings: list[str] = []  # the shared-memory rings they map, unlinked when they are gone
         self.hooks: dict[str, bool] = {}  # each of hooks.HOOKS by name: whether it took at the last start
         self._adapters = EngineAdapters()
         self._views: dict[tuple[str, str], AdapterView] = {}
@@ -153,6 +155,7 @@ class VllmEngine:
         # vLLM picks the pooling runner itself for a sentence-transformers model (its modules.json says so).
         self.embedding = getattr(llm.model_config, "runner_type", None) == "pooling"
         self.pids = engine_pids(llm)
+        self._rings = [name for pid in self.pids for name in rings_of(pid)]
         warn_if_bf16_emulated(str(llm.model_config.dtype), self.served_name)
         await self._warm_up()
         self.hooks = check_hooks(llm, self.served_name)  # once warm: the output handler runs by now
@@ -194,8 +197,13 @@ class VllmEngine:
         if self._llm is None:
             return
         llm, self._llm = self._llm, None
-        await cancel_output_handler(llm)  # before vLLM's shutdown stops the engine core
-        await asyncio.to_thread(llm.shutdown)
+        try:
+            await cancel_output_handler(llm)  # before vLLM's shutdown stops the engine core
+            await asyncio.to_thread(llm.shutdown)
+        finally:
+            # Rings its processes did not unlink themselves: it was killed, or died (reaper.py).
+            if unlinked := unlink_rings(self._rings):
+                log.info("engine.rings_unlinked", model=self.served_name, count=unlinked)
         log.info("engine.stopped", model=self.served_name)
 
     # Tokenizer helpers: the gateway counts and checks tokens before it asks the engine.
