@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import tempfile
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from bitinglip.cluster.protocol import Adapter, EngineClient, EngineOutput
 from bitinglip.cluster.reaper import rings_of, unlink_rings
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available, warn_if_bf16_emulated
-from bitinglip.cluster.vllm.finite import admits_finite_output, constraint_grammar
+from bitinglip.cluster.vllm.constraints import check_constraint, schema_admits_finite_output
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
 from bitinglip.cluster.vllm.lora import AdapterView, EngineAdapters
@@ -33,21 +32,12 @@ from bitinglip.cluster.vllm.tools import VllmToolCalls, check_parser_fits
 from bitinglip.core import BitingLipError, InvalidInput, Unavailable, get_logger
 
 log = get_logger(__name__)
-_BACKEND_CHECK = re.compile(r"\[[\d:]+\] \S+:\d+: (Check failed: .*? is false: )?")
 
 
 def _structured(spec: Mapping[str, Any]) -> Any:
     from vllm.sampling_params import StructuredOutputsParams
 
     return StructuredOutputsParams(**spec)
-
-
-def _schema_admits_finite_output(schema: dict[str, Any]) -> bool:
-    try:
-        grammar = constraint_grammar("json", schema)
-    except (ValueError, TypeError, RuntimeError):
-        return True  # not this check's to refuse: the constraint's own compile says what is wrong
-    return grammar is None or admits_finite_output(grammar)
 
 
 class VllmEngine:
@@ -243,7 +233,7 @@ class VllmEngine:
             )
         for i, tool in enumerate(tools):
             schema = tool.get("function", {}).get("parameters")
-            if schema and not _schema_admits_finite_output(schema):
+            if schema and not schema_admits_finite_output(schema):
                 raise InvalidInput(
                     f"tools[{i}].function.parameters admits no finite arguments (a required property refers back "
                     "to the schema with no way out): no call could ever be completed",
@@ -291,45 +281,10 @@ class VllmEngine:
             raise InvalidInput(str(exc).split(" (parameter=")[0], param=exc.parameter) from exc
         except (ValueError, TypeError) as exc:
             raise InvalidInput(str(exc)) from exc
-        self._check_grammar(made)
-        return made
-
-    def _check_grammar(self, params: Any) -> None:
-        """Compile-check a structured-output constraint now, as the engine will, so a schema or grammar the
-        backend cannot take is a 400 before any response (a stream's headers included) goes out."""
-        from vllm.exceptions import VLLMValidationError
-
-        llm = self._llm
-        if llm is None:
+        if self._llm is None:
             raise Unavailable("the engine is not running", retry_after=5)
-        config = llm.vllm_config
-        try:
-            params.verify(
-                llm.model_config, config.speculative_config, config.structured_outputs_config, self._tokenizer
-            )
-        except (VLLMValidationError, ValueError, TypeError, RuntimeError) as exc:
-            # xgrammar's own checks come as C++ text ("[12:35:15] /project/cpp/x.cc:936: Check failed: (...) is
-            # false: Integer exceeds maximum limit"): only what it says is kept.
-            message = _BACKEND_CHECK.sub("", str(exc).split(" (parameter=")[0])
-            raise InvalidInput(
-                f"the structured output constraint was refused: {message}", param="structured_outputs"
-            ) from exc
-        constraint = params.structured_outputs
-        for kind in ("json", "grammar", "regex"):
-            value = getattr(constraint, kind, None)
-            if value is None:
-                continue
-            try:
-                grammar = constraint_grammar(kind, value, any_whitespace=not constraint.disable_any_whitespace)
-            except (ValueError, TypeError, RuntimeError):
-                continue  # the engine's own check above took it: nothing more to say
-            if grammar is not None and not admits_finite_output(grammar):
-                raise InvalidInput(
-                    "the structured output constraint admits no finite output (a rule, or a required property, "
-                    "refers back to itself with no way out): the model could never finish an answer",
-                    param="structured_outputs",
-                    code="unsatisfiable_constraint",
-                )
+        check_constraint(self._llm, made, self._tokenizer)
+        return made
 
     async def generate(
         self,
