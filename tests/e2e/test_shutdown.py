@@ -4,12 +4,15 @@ killed server takes its engine with it. (An engine that dies is restarted: tests
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
+from bitinglip.cluster.reaper import EngineRecords
 from e2e.conftest import Server, start_server, stop_server
 
 
@@ -59,6 +62,13 @@ def test_an_engine_never_outlives_a_killed_server(tmp_path, tiny_model_dir) -> N
         while not _gone(children) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _gone(children), f"left running: {[p for p in children if psutil.pid_exists(p)]}"
+        # The killed engine core's shared-memory ring outlives it (its worker, told by the closed pipe, unlinked
+        # its own), named in the server's record; the next server's reaper (run here as at start) unlinks it.
+        record = json.loads((tmp_path / "run" / f"engines-{srv.proc.pid}.json").read_text())
+        rings = [name for engine in record["engines"] for name in engine["rings"]]
+        assert any(Path("/dev/shm", name).exists() for name in rings), rings
+        EngineRecords(tmp_path / "run").reap_orphans()
+        assert not [name for name in rings if Path("/dev/shm", name).exists()], rings
     finally:
         stop_server(srv)
         for pid in children:
