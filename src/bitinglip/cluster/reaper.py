@@ -43,8 +43,9 @@ def rings_of(pid: int) -> list[str]:
     names: set[str] = set()
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith(f"{SHM}/{RING_PREFIX}") and not fields[5].endswith("(deleted)"):
-            names.add(fields[5][len(str(SHM)) + 1 :])
+        path = Path(fields[5]) if len(fields) == 6 and not fields[5].endswith("(deleted)") else None
+        if path is not None and path.parent == SHM and path.name.startswith(RING_PREFIX):
+            names.add(path.name)
     return sorted(names)
 
 
