@@ -8,6 +8,7 @@ import multiprocessing
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,49 @@ def test_a_stop_asked_for_skips_the_teardown_and_an_error_keeps_it(
     # The ring it made is gone from /dev/shm: vLLM unlinks it in a finalizer the skipped teardown would have run.
     assert not Path("/dev/shm", rings[False]).exists()
     Path("/dev/shm", rings[True]).unlink(missing_ok=True)  # left by the failed one, as vLLM leaves it
+
+
+def _forked_worker(fail: bool, names: multiprocessing.SimpleQueue[tuple[bool, str]]) -> None:
+    from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
+
+    ring = MessageQueue(n_reader=1, n_local_reader=1, max_chunk_bytes=1 << 16, max_chunks=4)
+    names.put((fail, ring.buffer.shared_memory.name))
+    try:
+        if fail:
+            raise RuntimeError("the worker failed")
+    finally:
+        ring.shutdown()
+
+
+def _engine_core_forking(names: multiprocessing.SimpleQueue[tuple[bool, str]], codes: Any) -> None:
+    """An engine core that forks its workers (fork_workers.py): registered before the fork, as vLLM loads it."""
+    assert quick_exit.register()
+    fork = multiprocessing.get_context("fork")
+    workers = {fail: fork.Process(target=_forked_worker, args=(fail, names)) for fail in (False, True)}
+    for worker in workers.values():
+        worker.start()
+    for fail, worker in workers.items():
+        worker.join(60)
+        codes.put((fail, worker.exitcode))
+
+
+@pytest.mark.timeout(120)
+def test_a_forked_worker_asked_to_stop_unlinks_its_ring_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked process never reaches atexit (multiprocessing ends it with `os._exit`): the exit runs among
+    multiprocessing's exit finalizers there, with the same outcome."""
+    monkeypatch.setenv(quick_exit.EXIT_ENV, "1")
+    spawn = multiprocessing.get_context("spawn")
+    names: multiprocessing.SimpleQueue[tuple[bool, str]] = spawn.SimpleQueue()
+    codes: Any = spawn.SimpleQueue()
+    core = spawn.Process(target=_engine_core_forking, args=(names, codes))
+    core.start()
+    core.join(100)
+    assert core.exitcode == 0
+    assert dict([codes.get(), codes.get()]) == {False: 0, True: 1}
+    rings = dict([names.get(), names.get()])
+    assert not Path("/dev/shm", rings[False]).exists()
+    assert Path("/dev/shm", rings[True]).exists()  # an error's exit leaves it to the server, as before
+    Path("/dev/shm", rings[True]).unlink()
 
 
 def test_it_is_a_vllm_general_plugin_of_this_package() -> None:

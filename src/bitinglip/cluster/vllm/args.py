@@ -172,17 +172,22 @@ CPU_ENGINE_POLL_US = 100  # `cluster.engine_poll_us` on the CPU build when unset
 def engine_env(settings: ClusterSettings, *, cpu: bool | None = None) -> dict[str, str]:
     """Environment the engine processes need: vLLM's Ray executor joins the cluster named by RAY_ADDRESS; the
     engine processes poll for each other's messages instead of spinning (`spin.py`) where `cluster.engine_poll_us`
-    says so, by default on the CPU build; once told to stop, they exit without Python's teardown (`quick_exit.py`).
+    says so, by default on the CPU build; once told to stop, they exit without Python's teardown (`quick_exit.py`);
+    on the CPU build the engine core forks its workers instead of starting them afresh (`fork_workers.py`).
     ``cpu``: whether this is the CPU build (default: vLLM's platform says)."""
+    from bitinglip.cluster.vllm.fork_workers import FORK_ENV
     from bitinglip.cluster.vllm.quick_exit import EXIT_ENV
     from bitinglip.cluster.vllm.spin import POLL_ENV
 
+    cpu = is_cpu_platform() if cpu is None else cpu
     env: dict[str, str] = {EXIT_ENV: "1"}
+    if cpu:
+        env[FORK_ENV] = "1"
     if settings.executor == "ray" and settings.ray_address:
         env["RAY_ADDRESS"] = settings.ray_address
     poll_us = settings.engine_poll_us
     if poll_us is None:
-        poll_us = CPU_ENGINE_POLL_US if (is_cpu_platform() if cpu is None else cpu) else 0
+        poll_us = CPU_ENGINE_POLL_US if cpu else 0
     if poll_us:
         env[POLL_ENV] = f"{poll_us / 1e6:.6f}"
     return env

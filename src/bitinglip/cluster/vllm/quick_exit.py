@@ -27,6 +27,7 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import sys
 from typing import Any
@@ -94,4 +95,21 @@ def register() -> bool:
     setattr(shutdown_noting_why, MARK, True)
     MessageQueue.shutdown = shutdown_noting_why
     atexit.register(exit_now)
+    # A process forked from this one (a worker from its engine core: fork_workers.py) ends with `os._exit` right
+    # after multiprocessing's exit finalizers and never reaches atexit: there the same exit is one of those.
+    multiprocessing.util.register_after_fork(_HOOK, _in_forked_child)
     return True
+
+
+class _Hook:
+    """What multiprocessing's after-fork registry holds (weakly): kept alive by this module."""
+
+
+_HOOK = _Hook()
+
+
+def _in_forked_child(_: _Hook) -> None:
+    global _asked
+    _asked = False
+    _rings.clear()
+    multiprocessing.util.Finalize(None, exit_now, exitpriority=0)

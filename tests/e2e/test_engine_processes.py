@@ -1,0 +1,30 @@
+"""The engine's processes on the CPU build, as the shared server runs them: each engine core's worker is forked
+from it (cluster/vllm/fork_workers.py) and still bound to the CPUs vLLM binds a spawned worker to."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from e2e.conftest import Server
+
+
+def _initial_environment(process: psutil.Process) -> bytes:
+    """The environment the process was started with (what a later `putenv` changes is not in it)."""
+    with open(f"/proc/{process.pid}/environ", "rb") as f:
+        return f.read()
+
+
+def test_each_worker_is_forked_from_its_engine_core_and_bound_as_vllm_binds_it(server: Server) -> None:
+    cores = [p for p in psutil.Process(server.proc.pid).children() if p.name().startswith("VLLM::EngineCore")]
+    assert len(cores) == 2  # the chat model's and the embedding model's
+    allowed = os.sched_getaffinity(0)
+    for core in cores:
+        (worker,) = [p for p in core.children() if p.name().startswith("VLLM::Worker")]
+        # A spawned worker starts from an environment of its own, with vLLM's OpenMP settings in it; a forked one
+        # keeps its engine core's, byte for byte.
+        assert _initial_environment(worker) == _initial_environment(core)
+        # vLLM's default binding (`VLLM_CPU_OMP_THREADS_BIND=auto`) leaves one CPU to the engine core.
+        bound = set(worker.cpu_affinity())
+        assert bound < allowed if len(allowed) > 1 else bound == allowed
