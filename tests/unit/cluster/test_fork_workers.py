@@ -3,10 +3,8 @@ core" that forks a real worker through vLLM's own choice of start method, as vLL
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
-import signal
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -15,15 +13,11 @@ import pytest
 from bitinglip.cluster.vllm import engine_env, fork_workers
 from bitinglip.core import ClusterSettings
 
-PR_GET_PDEATHSIG = 2
-
 
 def _worker(out: Any) -> None:
     import torch
 
-    death = ctypes.c_int(0)
-    ctypes.CDLL(None).prctl(PR_GET_PDEATHSIG, ctypes.byref(death), 0, 0, 0)
-    out.put((torch.get_num_threads(), sorted(os.sched_getaffinity(0)), death.value))
+    out.put((torch.get_num_threads(), sorted(os.sched_getaffinity(0))))
 
 
 def _engine_core(cpu: int, out: Any) -> None:
@@ -56,9 +50,7 @@ def test_an_engine_core_forks_its_worker_with_vllms_thread_settings(monkeypatch:
     core.join(90)
     assert core.exitcode == 0
     assert out.get() == "fork"
-    threads, cpus, death = out.get()
-    assert (threads, cpus) == (1, [cpu])
-    assert death == signal.SIGKILL  # the worker dies with its engine core
+    assert out.get() == (1, [cpu])  # vLLM's thread count and CPUs, applied in the forked worker
     assert out.get() == 0
 
 

@@ -7,16 +7,13 @@ thread pool its parent started (CUDA's, or OpenMP's once torch has run in parall
 started none when it makes its worker: it has built the shared-memory ring it talks to the worker through, and
 run nothing on torch. So in BitingLip's engine cores on the CPU build, vLLM is told to fork its workers.
 
-Two things the spawn did come with the new interpreter, and are done here in the forked worker instead, before
-it runs anything:
-
-- vLLM's OpenMP settings for the worker (`VLLM_CPU_OMP_THREADS_BIND`: how many threads, on which CPUs) are
-  environment variables set around the worker's start, which OpenMP reads once, when torch is loaded. A forked
-  worker has torch loaded already, so the same settings are applied through torch's thread count and the
-  process's CPU affinity (a spawned worker's OpenMP binds its first thread, and so every thread the worker starts
-  after it, to those CPUs: the same result).
-- The worker asks the kernel for SIGKILL when its engine core dies, as the engine core does for the server
-  (`process_group.py`): it never outlives it, even where vLLM's own death pipe is not read.
+One thing the spawn did comes with the new interpreter, and is done here in the forked worker instead, before it
+runs anything: vLLM's OpenMP settings for the worker (`VLLM_CPU_OMP_THREADS_BIND`: how many threads, on which
+CPUs) are environment variables set around the worker's start, which OpenMP reads once, when torch is loaded. A
+forked worker has torch loaded already, so the same settings are applied through torch's thread count and the
+process's CPU affinity (a spawned worker's OpenMP binds its first thread, and so every thread the worker starts
+after it, to those CPUs: the same result). A worker whose engine core dies learns it as a spawned one did, from
+vLLM's death pipe, and exits unlinking its own ring (`quick_exit.py`); a parent-death SIGKILL would leave the ring.
 
 Loaded in every vLLM process as one of vLLM's "general plugins" (pyproject.toml), as `spin.py` is; it changes
 nothing unless `FORK_ENV` is set (BitingLip's engines on the CPU build get it from `args.engine_env`) and the
@@ -28,14 +25,11 @@ forks a real child through it; tests/e2e run every engine with it.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import multiprocessing.util
 import os
 import re
-import signal
-import sys
 
 FORK_ENV = "_BITINGLIP_ENGINE_FORK_WORKERS"  # not BITINGLIP_*: those are settings; this one is for vLLM's processes
 
@@ -70,21 +64,9 @@ def omp_cpus(env: os._Environ[str] | dict[str, str]) -> set[int] | None:
     return cpus or None
 
 
-def _die_with_parent() -> None:
-    """SIGKILL to this process when the one that forked it dies (Linux), and at once if that already happened."""
-    if sys.platform != "linux":
-        return
-    parent = os.getppid()
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def _in_forked_worker(_: _Hook) -> None:
     """In a process just forked from an engine core, before it runs anything: vLLM's OpenMP settings, set in the
-    environment for it, applied; and the parent's death made its own."""
-    _die_with_parent()
+    environment for it, applied."""
     import torch
 
     threads = os.environ.get("OMP_NUM_THREADS", "")
