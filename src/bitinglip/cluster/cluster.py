@@ -239,8 +239,9 @@ class Cluster:
                     await d.wake()
                 d.progress("starting the engine" if d.spec.replicas == 1 else "starting the engines")
                 await d.start_engines()
-            d.to("ready")
+            # Recorded before it is called ready: a server killed the moment it says so has its engines named.
             await self.health.engines_changed(went=False)
+            d.to("ready")
         except asyncio.CancelledError:
             raise
         except Exception as exc:

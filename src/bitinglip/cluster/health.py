@@ -131,8 +131,8 @@ class Supervisor:
                 last = error_text(exc)
                 log.error("engine.restart_failed", deployment=d.name, attempt=attempt, error=last)
                 continue
+            await self.engines_changed(went=True)  # recorded (the engine it replaced went) before it serves
             d.replica_restarted(replica)
-            await self.engines_changed(went=True)  # the engine it replaced went
             return
         d.restart_gave_up(replica, reason, attempts, last)
 

@@ -4,6 +4,8 @@ put-away (sleep and stop), eviction of the least recently used, restarts with ba
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,8 +16,10 @@ import pytest
 from cluster_support import GIB, cluster, cpu, settings, until
 
 from bitinglip.cluster import Cluster, Device, health
+from bitinglip.cluster.deployment import TimelineEvent
 from bitinglip.core import DeploymentSettings, NotFound, Unavailable
 from bitinglip.core.errors import Conflict
+from bitinglip.core.feed import Feed
 from doubles import FakeCatalog, ScriptedFactory
 
 
@@ -207,6 +211,30 @@ async def test_nothing_is_evicted_when_that_would_not_make_room_and_the_refusal_
         await c.deploy(DeploymentSettings(model="c", engine={"kv_cache_memory_bytes": 100 * GIB}))
     assert api_refusal.value.code == "insufficient_memory" and "c" not in c.deployments
     held.release()
+
+
+async def test_a_deployment_is_called_ready_only_once_its_engine_is_recorded(
+    make: Callable[..., Cluster], factory: ScriptedFactory
+) -> None:
+    """A server killed the moment a deployment is ready still has its engine named for the next server's reaper."""
+    factory.engine_fields["pids"] = [os.getpid()]  # a live process stands in for the engine core
+    c = make(deployments=[DeploymentSettings(model="a")])
+    named_when_ready: list[list[int]] = []
+
+    class Watched(Feed[TimelineEvent]):
+        def push(self, item: TimelineEvent) -> None:
+            if item.state == "ready":
+                record = json.loads(c.records.file.read_text()) if c.records.file.exists() else {"engines": []}
+                named_when_ready.append([engine["pid"] for engine in record["engines"]])
+            super().push(item)
+
+    c.timeline = Watched(16)
+    await c.start()
+    try:
+        await until(lambda: c.ready)
+        assert named_when_ready == [[os.getpid()]]
+    finally:
+        await c.stop()
 
 
 async def test_a_dead_engine_is_restarted_with_backoff_and_requests_meanwhile_fail_fast(
