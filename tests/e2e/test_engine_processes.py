@@ -1,12 +1,15 @@
 """The engine's processes on the CPU build, as the shared server runs them: each engine core's worker is forked
-from it (cluster/vllm/fork_workers.py) and still bound to the CPUs vLLM binds a spawned worker to."""
+from it (cluster/vllm/fork_workers.py) and still bound to the CPUs vLLM binds a spawned worker to; their sockets
+are in a folder of the engine's own (cluster/reaper.py)."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 import psutil
 
+from bitinglip.cluster.reaper import ipc_root
 from e2e.conftest import Server
 
 
@@ -28,3 +31,11 @@ def test_each_worker_is_forked_from_its_engine_core_and_bound_as_vllm_binds_it(s
         # vLLM's default binding (`VLLM_CPU_OMP_THREADS_BIND=auto`) leaves one CPU to the engine core.
         bound = set(worker.cpu_affinity())
         assert bound < allowed if len(allowed) > 1 else bound == allowed
+
+
+def test_each_engines_sockets_are_in_a_folder_of_its_own(server: Server) -> None:
+    folders = sorted(ipc_root(server.proc.pid).iterdir())
+    assert len(folders) == 2  # one per engine
+    for folder in folders:
+        sockets = [p for p in folder.iterdir() if stat.S_ISSOCK(p.stat().st_mode)]
+        assert sockets, folder  # vLLM's, there and not in the temp folder (removed when the server stops)

@@ -18,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from bitinglip.cluster.reaper import EngineRecords
 from e2e.conftest import BIN, Server, launch_server, make_key, server_env, stop_server, wait_ready
 
 SHARED = {
@@ -67,6 +68,8 @@ def pair(
     finally:
         stop_server(b)
         stop_server(a)
+        for home in homes:  # what the next server in each home would do first: a killed engine's leftovers go
+            EngineRecords(home / "run").reap_orphans()
 
 
 def instances(pair: Pair, server: Server) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bitinglip.cluster.reaper import EngineRecords
+from bitinglip.cluster.reaper import EngineRecords, ipc_root
 from e2e.conftest import Server, start_server, stop_server
 
 
@@ -45,6 +45,7 @@ def test_ctrl_c_stops_the_server_and_its_engine_quietly(server: Server) -> None:
     errors = [line for line in log.splitlines() if '"level": "error"' in line or "Traceback" in line]
     assert errors == [], errors
     assert "leaked shared_memory" not in log
+    assert not ipc_root(server.proc.pid).exists()  # the engines' sockets went with them
     # The engine processes left when told to (quick_exit.py), not at the end of vLLM's 5 s grace.
     assert "force killing" not in log
 
@@ -67,8 +68,10 @@ def test_an_engine_never_outlives_a_killed_server(tmp_path, tiny_model_dir) -> N
         record = json.loads((tmp_path / "run" / f"engines-{srv.proc.pid}.json").read_text())
         rings = [name for engine in record["engines"] for name in engine["rings"]]
         assert any(Path("/dev/shm", name).exists() for name in rings), rings
+        assert ipc_root(srv.proc.pid).exists()  # the killed engine's sockets, also named in the record
         EngineRecords(tmp_path / "run").reap_orphans()
         assert not [name for name in rings if Path("/dev/shm", name).exists()], rings
+        assert not ipc_root(srv.proc.pid).exists()
     finally:
         stop_server(srv)
         for pid in children:

@@ -12,6 +12,12 @@ OOM killer, kill -9, the server's own SIGKILL after a stop's grace) leaves them 
 restarts. So each record names the rings its engine maps (`rings_of`), and whoever sees the engine go (its own
 `stop`, the reaper) unlinks them (`unlink_rings`). A ring still mapped keeps its memory until it is unmapped;
 only its name goes.
+
+vLLM's processes also talk over ZeroMQ sockets, files in a folder (`VLLM_RPC_BASE_PATH`, the temp folder by
+default) that a process removes only if it closes them, which one that is killed or leaves without Python's
+teardown does not: seven per engine start were left in /tmp. Each server's engines get folders of their own
+under one of the server's (`ipc_root`): an engine's goes when it stops, the server's when it stops, and a dead
+server's (named in its record) when the reaper sees it gone.
 Blocking (psutil, file I/O): called from a worker thread.
 """
 
@@ -20,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -32,6 +40,32 @@ log = get_logger(__name__)
 STOP_GRACE_S = 5.0
 SHM = Path("/dev/shm")
 RING_PREFIX = "psm_"  # Python's `SharedMemory` names, which vLLM's rings between its processes are
+
+
+IPC_PREFIX = "bitinglip-ipc-"
+
+
+def ipc_root(pid: int | None = None) -> Path:
+    """The folder of a server's (this one's by default) engine sockets: short, for a socket's path has at most
+    107 bytes, and in the temp folder, where vLLM puts them itself."""
+    return Path(tempfile.gettempdir()) / f"{IPC_PREFIX}{os.getpid() if pid is None else pid}"
+
+
+def new_ipc_dir() -> Path:
+    """A folder of its own for one engine's sockets, in this server's."""
+    root = ipc_root()
+    root.mkdir(mode=0o700, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="engine-", dir=root))
+
+
+def remove_ipc_dir(folder: Path | str | None) -> None:
+    """Remove an engine's or a server's socket folder; never anything but one of those."""
+    if folder is None:
+        return
+    folder = Path(folder)
+    root = folder if folder.name.startswith(IPC_PREFIX) else folder.parent
+    if root.parent == Path(tempfile.gettempdir()) and root.name.startswith(IPC_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def rings_of(pid: int) -> list[str]:
@@ -85,7 +119,7 @@ class EngineRecords:
             for pid in pids
             if (started := _started(pid)) is not None
         ]
-        me = {"pid": os.getpid(), "started": _started(os.getpid()), "engines": engines}
+        me = {"pid": os.getpid(), "started": _started(os.getpid()), "engines": engines, "ipc": str(ipc_root())}
         self.folder.mkdir(parents=True, exist_ok=True)
         # A name of its own per write: two writes at once (two engines changing together) must not share one.
         partial = self.file.with_suffix(f".{uuid.uuid4().hex[:8]}.partial")
@@ -93,8 +127,10 @@ class EngineRecords:
         os.replace(partial, self.file)
 
     def remove(self) -> None:
+        """This server's record and engine socket folder: called once its engines are stopped."""
         with contextlib.suppress(FileNotFoundError):
             self.file.unlink()
+        remove_ipc_dir(ipc_root())
 
     def reap_orphans(self) -> list[int]:
         """Stop the engines of servers that are gone; the pids stopped."""
@@ -120,6 +156,8 @@ class EngineRecords:
                     reaped.append(pid)
                 if unlinked := unlink_rings([str(name) for name in engine.get("rings", [])]):
                     log.info("engine.rings_unlinked", pid=pid, count=unlinked, server=record.get("pid"))
+            if isinstance(record.get("ipc"), str):
+                remove_ipc_dir(record["ipc"])
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
         return reaped

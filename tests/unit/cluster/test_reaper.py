@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 
-from bitinglip.cluster.reaper import RING_PREFIX, EngineRecords, rings_of, unlink_rings
+from bitinglip.cluster.reaper import (
+    RING_PREFIX,
+    EngineRecords,
+    ipc_root,
+    new_ipc_dir,
+    remove_ipc_dir,
+    rings_of,
+    unlink_rings,
+)
 
 
 def _orphan() -> subprocess.Popen[bytes]:
@@ -80,8 +90,54 @@ def test_the_record_names_our_engines_and_goes_when_we_stop(tmp_path: Path) -> N
     records.write({"tiny": [psutil.Process().pid]})
     data = json.loads(records.file.read_text())
     assert data["pid"] == psutil.Process().pid and data["engines"][0]["deployment"] == "tiny"
+    assert data["ipc"] == str(ipc_root())
+    engine_sockets = new_ipc_dir()
+    assert engine_sockets.parent == ipc_root() and len(str(engine_sockets / str(uuid.uuid4()))) < 107
     records.remove()
     assert not records.file.exists()
+    assert not ipc_root().exists()  # with every engine's socket folder in it
+
+
+def _socket_in(folder: Path) -> Path:
+    """A ZeroMQ socket file, as vLLM binds one, left behind as by a process that never closed it."""
+    path = folder / str(uuid.uuid4())
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+    return path
+
+
+def test_an_engines_socket_folder_goes_with_it_and_nothing_else_is_removed(tmp_path: Path) -> None:
+    folder = new_ipc_dir()
+    other = new_ipc_dir()
+    left = _socket_in(folder)
+    try:
+        remove_ipc_dir(folder)
+        assert not left.exists() and not folder.exists()
+        assert other.exists()  # another engine's, of the same server
+        outside = tmp_path / "engine-x"
+        outside.mkdir()
+        remove_ipc_dir(outside)  # not under a server's socket folder: never touched
+        remove_ipc_dir(tmp_path)
+        assert outside.exists()
+    finally:
+        remove_ipc_dir(ipc_root())
+
+
+def test_a_dead_servers_socket_folder_is_removed_by_the_reaper(tmp_path: Path) -> None:
+    dead_server = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_server.wait()
+    root = ipc_root(dead_server.pid)
+    (root / "engine-1").mkdir(parents=True)
+    left = _socket_in(root / "engine-1")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record = {"pid": dead_server.pid, "started": time.time() - 100, "engines": [], "ipc": str(root)}
+    (folder / f"engines-{dead_server.pid}.json").write_text(json.dumps(record))
+    try:
+        assert EngineRecords(folder).reap_orphans() == []
+        assert not left.exists() and not root.exists()
+    finally:
+        remove_ipc_dir(root)
 
 
 def test_the_rings_of_a_killed_engine_are_unlinked_by_whoever_sees_it_go(tmp_path: Path) -> None:

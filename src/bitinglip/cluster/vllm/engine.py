@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bitinglip.cluster.protocol import Adapter, EngineClient, EngineOutput
-from bitinglip.cluster.reaper import rings_of, unlink_rings
+from bitinglip.cluster.reaper import new_ipc_dir, remove_ipc_dir, rings_of, unlink_rings
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available, warn_if_bf16_emulated
 from bitinglip.cluster.vllm.constraints import check_constraint, schema_admits_finite_output
@@ -58,6 +58,7 @@ class VllmEngine:
         self.embedding = False  # pools instead of generating: vLLM's model config says, once started
         self.pids: list[int] = []  # the engine core processes (their workers are their children)
         self._rings: list[str] = []  # the shared-memory rings they map, unlinked when they are gone
+        self._ipc: Path | None = None  # the folder of its processes' sockets
         self.hooks: dict[str, bool] = {}  # each of hooks.HOOKS by name: whether it took at the last start
         self._adapters = EngineAdapters()
         self._views: dict[tuple[str, str], AdapterView] = {}
@@ -102,7 +103,9 @@ class VllmEngine:
 
         vllm.envs.disable_envs_cache()
         errors = Path(tempfile.mkstemp(prefix="bitinglip-engine-start-")[1])  # start_error.py writes there
-        env = self.env | {ERROR_FILE_ENV: str(errors)}
+        # Its processes' sockets in a folder of its own, removed when it stops, whoever left them (reaper.py).
+        self._ipc = new_ipc_dir()
+        env = self.env | {ERROR_FILE_ENV: str(errors), "VLLM_RPC_BASE_PATH": str(self._ipc)}
         before = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         # Building the engine blocks for tens of seconds (it spawns and waits for the engine core);
@@ -114,6 +117,7 @@ class VllmEngine:
                 stat_loggers=[stat_logger_factory(self.stats), no_prometheus_logger()],
             )
         except Exception as exc:
+            remove_ipc_dir(self._ipc)
             cause = first_error(errors)
             detail = f"{cause}, in the engine process ({exc})" if cause is not None and cause not in str(exc) else exc
             raise BitingLipError(f"engine for {self.served_name} failed to start: {detail}") from exc
@@ -194,6 +198,7 @@ class VllmEngine:
             # Rings its processes did not unlink themselves: it was killed, or died (reaper.py).
             if unlinked := unlink_rings(self._rings):
                 log.info("engine.rings_unlinked", model=self.served_name, count=unlinked)
+            remove_ipc_dir(self._ipc)
         log.info("engine.stopped", model=self.served_name)
 
     # Tokenizer helpers: the gateway counts and checks tokens before it asks the engine.
