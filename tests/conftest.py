@@ -6,6 +6,8 @@ import asyncio
 import gc
 import inspect
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +75,21 @@ def _bitinglip_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("BITINGLIP_HOME", None)
     else:
         os.environ["BITINGLIP_HOME"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _vllm_sockets() -> Iterator[Path]:
+    """vLLM's ZeroMQ socket files, made by the tests' own vLLM objects and processes (servers give their engines
+    folders of their own): in a folder removed at the end, not left in the temp folder by killed processes."""
+    folder = Path(tempfile.mkdtemp(prefix="bitinglip-test-ipc-"))  # short: a socket path has 107 bytes at most
+    before = os.environ.get("VLLM_RPC_BASE_PATH")
+    os.environ["VLLM_RPC_BASE_PATH"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("VLLM_RPC_BASE_PATH", None)
+    else:
+        os.environ["VLLM_RPC_BASE_PATH"] = before
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
