@@ -16,8 +16,8 @@ only its name goes.
 vLLM's processes also talk over ZeroMQ sockets, files in a folder (`VLLM_RPC_BASE_PATH`, the temp folder by
 default) that a process removes only if it closes them, which one that is killed or leaves without Python's
 teardown does not: seven per engine start were left in /tmp. Each server's engines get folders of their own
-under one of the server's (`ipc_root`): an engine's goes when it stops, the server's when it stops, and a dead
-server's (named in its record) when the reaper sees it gone.
+under one of the server's (`ipc_root`): an engine's goes when it stops, the server's when it stops with none
+left in it, and a dead server's (named in its record) when the reaper sees it gone.
 Blocking (psutil, file I/O): called from a worker thread.
 """
 
@@ -127,10 +127,12 @@ class EngineRecords:
         os.replace(partial, self.file)
 
     def remove(self) -> None:
-        """This server's record and engine socket folder: called once its engines are stopped."""
+        """This server's record, and its socket folder if no engine's is left in it: called once its engines are
+        stopped. An engine still starting (a stop during its start) keeps its folder: its handshake is there."""
         with contextlib.suppress(FileNotFoundError):
             self.file.unlink()
-        remove_ipc_dir(ipc_root())
+        with contextlib.suppress(OSError):
+            ipc_root().rmdir()
 
     def reap_orphans(self) -> list[int]:
         """Stop the engines of servers that are gone; the pids stopped."""
