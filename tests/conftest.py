@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-import os
 import shutil
 import tempfile
 import threading
@@ -68,13 +67,9 @@ def _awaiting(coro: Any) -> list[str]:
 def _bitinglip_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Nothing a test does may touch the real home (~/.local/share/bitinglip) or depend on what is there."""
     home = tmp_path_factory.mktemp("home")
-    before = os.environ.get("BITINGLIP_HOME")
-    os.environ["BITINGLIP_HOME"] = str(home)
-    yield home
-    if before is None:
-        os.environ.pop("BITINGLIP_HOME", None)
-    else:
-        os.environ["BITINGLIP_HOME"] = before
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("BITINGLIP_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,13 +77,9 @@ def _vllm_sockets() -> Iterator[Path]:
     """vLLM's ZeroMQ socket files, made by the tests' own vLLM objects and processes (servers give their engines
     folders of their own): in a folder removed at the end, not left in the temp folder by killed processes."""
     folder = Path(tempfile.mkdtemp(prefix="bitinglip-test-ipc-"))  # short: a socket path has 107 bytes at most
-    before = os.environ.get("VLLM_RPC_BASE_PATH")
-    os.environ["VLLM_RPC_BASE_PATH"] = str(folder)
-    yield folder
-    if before is None:
-        os.environ.pop("VLLM_RPC_BASE_PATH", None)
-    else:
-        os.environ["VLLM_RPC_BASE_PATH"] = before
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_RPC_BASE_PATH", str(folder))
+        yield folder
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -22,13 +22,18 @@ def _engine_process(marker: str, fail: bool, names: multiprocessing.SimpleQueue[
     are: it runs only if the ordinary teardown does."""
     atexit.register(lambda: Path(marker).write_text("teardown ran"))
     assert quick_exit.register()
+    _use_a_ring(fail, names)
+
+
+def _use_a_ring(fail: bool, names: multiprocessing.SimpleQueue[tuple[bool, str]]) -> None:
+    """Make a vLLM ring, name it, and shut it as asked (`fail` False) or while an error is on its way out."""
     from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
 
     ring = MessageQueue(n_reader=1, n_local_reader=1, max_chunk_bytes=1 << 16, max_chunks=4)
     names.put((fail, ring.buffer.shared_memory.name))
     try:
         if fail:
-            raise RuntimeError("the engine failed")
+            raise RuntimeError("the engine process failed")
     finally:
         ring.shutdown()
 
@@ -63,23 +68,11 @@ def test_a_stop_asked_for_skips_the_teardown_and_an_error_keeps_it(
     Path("/dev/shm", rings[True]).unlink(missing_ok=True)  # left by the failed one, as vLLM leaves it
 
 
-def _forked_worker(fail: bool, names: multiprocessing.SimpleQueue[tuple[bool, str]]) -> None:
-    from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
-
-    ring = MessageQueue(n_reader=1, n_local_reader=1, max_chunk_bytes=1 << 16, max_chunks=4)
-    names.put((fail, ring.buffer.shared_memory.name))
-    try:
-        if fail:
-            raise RuntimeError("the worker failed")
-    finally:
-        ring.shutdown()
-
-
 def _engine_core_forking(names: multiprocessing.SimpleQueue[tuple[bool, str]], codes: Any) -> None:
     """An engine core that forks its workers (fork_workers.py): registered before the fork, as vLLM loads it."""
     assert quick_exit.register()
     fork = multiprocessing.get_context("fork")
-    workers = {fail: fork.Process(target=_forked_worker, args=(fail, names)) for fail in (False, True)}
+    workers = {fail: fork.Process(target=_use_a_ring, args=(fail, names)) for fail in (False, True)}
     for worker in workers.values():
         worker.start()
     for fail, worker in workers.items():

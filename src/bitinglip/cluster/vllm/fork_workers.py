@@ -30,17 +30,14 @@ import multiprocessing
 import multiprocessing.util
 import os
 import re
+import sys
+from types import ModuleType
 
 FORK_ENV = "_BITINGLIP_ENGINE_FORK_WORKERS"  # not BITINGLIP_*: those are settings; this one is for vLLM's processes
 
 log = logging.getLogger(__name__)  # plain logging: this runs in vLLM's processes, whose logging is vLLM's
 
 
-class _Hook:
-    """What multiprocessing's after-fork registry holds (weakly): kept alive by this module."""
-
-
-_HOOK = _Hook()
 _registered = False
 
 
@@ -64,7 +61,7 @@ def omp_cpus(env: os._Environ[str] | dict[str, str]) -> set[int] | None:
     return cpus or None
 
 
-def _in_forked_worker(_: _Hook) -> None:
+def _in_forked_worker(_: ModuleType) -> None:
     """In a process just forked from an engine core, before it runs anything: vLLM's OpenMP settings, set in the
     environment for it, applied."""
     import torch
@@ -87,6 +84,7 @@ def register() -> bool:
         return False
     os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"
     if not _registered:
-        multiprocessing.util.register_after_fork(_HOOK, _in_forked_worker)
+        # Keyed on this module (the registry holds its key weakly; the module outlives the process's forks).
+        multiprocessing.util.register_after_fork(sys.modules[__name__], _in_forked_worker)
         _registered = True
     return True

@@ -30,6 +30,7 @@ import multiprocessing
 import multiprocessing.util
 import os
 import sys
+from types import ModuleType
 from typing import Any
 
 from bitinglip.cluster.vllm.hooks import installed_version
@@ -97,18 +98,12 @@ def register() -> bool:
     atexit.register(exit_now)
     # A process forked from this one (a worker from its engine core: fork_workers.py) ends with `os._exit` right
     # after multiprocessing's exit finalizers and never reaches atexit: there the same exit is one of those.
-    multiprocessing.util.register_after_fork(_HOOK, _in_forked_child)
+    # Keyed on this module (the registry holds its key weakly; the module outlives the process's forks).
+    multiprocessing.util.register_after_fork(sys.modules[__name__], _in_forked_child)
     return True
 
 
-class _Hook:
-    """What multiprocessing's after-fork registry holds (weakly): kept alive by this module."""
-
-
-_HOOK = _Hook()
-
-
-def _in_forked_child(_: _Hook) -> None:
+def _in_forked_child(_: ModuleType) -> None:
     global _asked
     _asked = False
     _rings.clear()
