@@ -1,6 +1,7 @@
-"""The engine's processes on the CPU build, as the shared server runs them: each engine core's worker is forked
-from it (cluster/vllm/fork_workers.py) and still bound to the CPUs vLLM binds a spawned worker to; their sockets
-are in a folder of the engine's own (cluster/reaper.py)."""
+"""The engine's processes on the CPU build, as the shared server runs them: each engine core is forked from the
+server's fork server (cluster/vllm/fork_server.py), each engine core's worker from it (cluster/vllm/fork_workers.py),
+still bound to the CPUs vLLM binds a spawned worker to; their sockets are in a folder of the engine's own
+(cluster/reaper.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,20 @@ def _initial_environment(process: psutil.Process) -> bytes:
         return f.read()
 
 
-def test_each_worker_is_forked_from_its_engine_core_and_bound_as_vllm_binds_it(server: Server) -> None:
-    cores = [p for p in psutil.Process(server.proc.pid).children() if p.name().startswith("VLLM::EngineCore")]
+def test_engine_cores_are_forked_from_the_fork_server_and_workers_from_them_bound_as_vllm_binds_them(
+    server: Server,
+) -> None:
+    (fork_server,) = [
+        p for p in psutil.Process(server.proc.pid).children() if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    cores = [p for p in fork_server.children() if p.name().startswith("VLLM::EngineCore")]
     assert len(cores) == 2  # the chat model's and the embedding model's
     allowed = os.sched_getaffinity(0)
     for core in cores:
+        # In the fork server's process group, out of the server's: a Ctrl-C reaches them through the server only.
+        assert os.getpgid(core.pid) == fork_server.pid != os.getpgid(server.proc.pid)
+        # Forked only where the engine core has BitingLip's variables of its engine's start (fork_workers.FORK_ENV):
+        # the fork server's child took the server's environment of that moment with it.
         (worker,) = [p for p in core.children() if p.name().startswith("VLLM::Worker")]
         # A spawned worker starts from an environment of its own, with vLLM's OpenMP settings in it; a forked one
         # keeps its engine core's, byte for byte.

@@ -26,12 +26,23 @@ def _gone(pids: list[int]) -> bool:
     return True
 
 
+def _fork_server_socket(server: Server) -> Path:
+    """Where the server's fork server (cluster/vllm/fork_server.py) listens: a socket in multiprocessing's folder."""
+    (fork_server,) = [
+        p for p in psutil.Process(server.proc.pid).children() if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    (path,) = [Path(c.laddr) for c in fork_server.net_connections(kind="unix") if c.laddr]
+    assert path.parent.name.startswith("pymp-"), path
+    return path
+
+
 @pytest.mark.stops_shared_server
 def test_ctrl_c_stops_the_server_and_its_engine_quietly(server: Server) -> None:
     """SIGINT to the whole process group, as Ctrl-C sends it: the engine processes (in a process group of their own)
     do not hear it; the server stops them in order, and nothing is logged at error level."""
     children = [p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)]
     assert children, "the engine core should run in a child process"
+    fork_server_socket = _fork_server_socket(server)
     began = time.monotonic()
     assert stop_server(server, signal.SIGINT, group=True) == 0
     assert time.monotonic() - began < 60
@@ -46,6 +57,7 @@ def test_ctrl_c_stops_the_server_and_its_engine_quietly(server: Server) -> None:
     assert errors == [], errors
     assert "leaked shared_memory" not in log
     assert not ipc_root(server.proc.pid).exists()  # the engines' sockets went with them
+    assert not fork_server_socket.parent.exists()  # and the fork server's, whose folder Python's exit would remove
     # The engine processes left when told to (quick_exit.py), not at the end of vLLM's 5 s grace.
     assert "force killing" not in log
 
@@ -69,9 +81,11 @@ def test_an_engine_never_outlives_a_killed_server(tmp_path, tiny_model_dir) -> N
         rings = [name for engine in record["engines"] for name in engine["rings"]]
         assert any(Path("/dev/shm", name).exists() for name in rings), rings
         assert ipc_root(srv.proc.pid).exists()  # the killed engine's sockets, also named in the record
+        assert Path(record["fork_server"]).is_dir()  # and the fork server's
         EngineRecords(tmp_path / "run").reap_orphans()
         assert not [name for name in rings if Path("/dev/shm", name).exists()], rings
         assert not ipc_root(srv.proc.pid).exists()
+        assert not Path(record["fork_server"]).exists()
     finally:
         stop_server(srv)
         for pid in children:

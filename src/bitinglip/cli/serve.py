@@ -42,11 +42,13 @@ def _kill_children(grace_s: float = 10.0) -> list[int]:
     """Last line of defence: no engine process may outlive the server."""
     import psutil
 
-    # multiprocessing's resource tracker ignores SIGTERM and leaves by itself once we exit: not ours to wait for.
+    # multiprocessing's resource tracker ignores SIGTERM and leaves by itself once we exit, as the engines' fork
+    # server does: not ours to wait for. What the fork server forked (engine cores) is.
+    helpers = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
     children = [
         child
         for child in psutil.Process().children(recursive=True)
-        if "multiprocessing.resource_tracker" not in " ".join(_cmdline(child)) and _alive(child)
+        if not any(helper in " ".join(_cmdline(child)) for helper in helpers) and _alive(child)
     ]
     for child in children:
         try:
@@ -111,6 +113,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # vLLM's own log handler would print a second format; its loggers propagate to ours instead.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     loaded = serve_settings(args)  # bad settings or two models are refused before the app's imports (seconds)
+    from bitinglip.cluster import start_fork_server
+
+    start_fork_server()  # engine cores are forked from it; it imports vLLM while the server does (on the CPU build)
     import uvicorn
 
     from bitinglip.app import create_app
@@ -160,7 +165,12 @@ def _exit_process(code: int) -> int:
     """End the process without the interpreter's teardown, once every component has stopped and said so.
 
     What teardown has left to do then is free modules one by one: it took seconds, and triton's bindings (imported
-    by vLLM) print nanobind's "leaked 514 functions!" notes on the way out, which read like a crash."""
+    by vLLM) print nanobind's "leaked 514 functions!" notes on the way out, which read like a crash. One thing of
+    that teardown is done here: multiprocessing's removal of its folder, where the engines' fork server's socket is
+    (the fork server leaves by itself as this process ends)."""
+    from bitinglip.cluster import remove_fork_server_folder
+
+    remove_fork_server_folder()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -31,7 +31,13 @@ from bitinglip.cluster.protocol import (
 )
 from bitinglip.cluster.stats import EngineStats
 from bitinglip.cluster.status import DeploymentStatus
-from bitinglip.cluster.vllm import check_engine_args, peft_problems, supported_architectures
+from bitinglip.cluster.vllm import (
+    check_engine_args,
+    peft_problems,
+    remove_fork_server_folder,
+    start_fork_server,
+    supported_architectures,
+)
 
 __all__ = [
     "SERVING_STATES",
@@ -67,7 +73,9 @@ __all__ = [
     "keep_alive_seconds",
     "list_devices",
     "peft_problems",
+    "remove_fork_server_folder",
     "serving_elsewhere",
+    "start_fork_server",
     "summarize",
     "supported_architectures",
 ]

@@ -17,7 +17,8 @@ vLLM's processes also talk over ZeroMQ sockets, files in a folder (`VLLM_RPC_BAS
 default) that a process removes only if it closes them, which one that is killed or leaves without Python's
 teardown does not: seven per engine start were left in /tmp. Each server's engines get folders of their own
 under one of the server's (`ipc_root`): an engine's goes when it stops, the server's when it stops with none
-left in it, and a dead server's (named in its record) when the reaper sees it gone.
+left in it, and a dead server's (named in its record) when the reaper sees it gone. So does the socket of the
+engines' fork server (`vllm/fork_server.py`), in multiprocessing's folder of the server (`pymp-*`).
 Blocking (psutil, file I/O): called from a worker thread.
 """
 
@@ -112,14 +113,22 @@ class EngineRecords:
         self.file = folder / f"engines-{os.getpid()}.json"
 
     def write(self, groups: dict[str, list[int]]) -> None:
-        """Record the engine processes now running, per deployment name (their workers share their group)."""
+        """Record the engine processes now running, per deployment name (their workers share their group), and the
+        folders of this server's sockets."""
+        from bitinglip.cluster.vllm import fork_server  # here: the vllm package imports this module
         engines = [
             {"deployment": name, "pid": pid, "started": started, "rings": rings_of(pid)}
             for name, pids in groups.items()
             for pid in pids
             if (started := _started(pid)) is not None
         ]
-        me = {"pid": os.getpid(), "started": _started(os.getpid()), "engines": engines, "ipc": str(ipc_root())}
+        me = {
+            "pid": os.getpid(),
+            "started": _started(os.getpid()),
+            "engines": engines,
+            "ipc": str(ipc_root()),
+            "fork_server": str(folder) if (folder := fork_server.socket_folder()) else None,
+        }
         self.folder.mkdir(parents=True, exist_ok=True)
         # A name of its own per write: two writes at once (two engines changing together) must not share one.
         partial = self.file.with_suffix(f".{uuid.uuid4().hex[:8]}.partial")
@@ -160,6 +169,10 @@ class EngineRecords:
                     log.info("engine.rings_unlinked", pid=pid, count=unlinked, server=record.get("pid"))
             if isinstance(record.get("ipc"), str):
                 remove_ipc_dir(record["ipc"])
+            if isinstance(record.get("fork_server"), str):
+                from bitinglip.cluster.vllm import fork_server
+
+                fork_server.remove_socket_folder(record["fork_server"])
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
         return reaped

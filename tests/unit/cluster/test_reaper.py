@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -145,6 +147,26 @@ def test_a_dead_servers_socket_folder_is_removed_by_the_reaper(tmp_path: Path) -
         assert not left.exists() and not root.exists()
     finally:
         remove_ipc_dir(root)
+
+
+def test_a_dead_servers_fork_server_folder_is_removed_by_the_reaper_and_nothing_else(tmp_path: Path) -> None:
+    dead_server = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_server.wait()
+    fork_server = Path(tempfile.mkdtemp(prefix="pymp-"))  # multiprocessing's folder of a server, as it names it
+    left = _socket_in(fork_server)
+    not_ours = tmp_path / "pymp-elsewhere"  # a folder of that name outside the temp folder: never touched
+    not_ours.mkdir()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name, path in (("a", fork_server), ("b", not_ours)):
+        record = {"pid": dead_server.pid, "started": time.time() - 100, "engines": [], "fork_server": str(path)}
+        (folder / f"engines-{dead_server.pid}{name}.json").write_text(json.dumps(record))
+    try:
+        assert EngineRecords(folder).reap_orphans() == []
+        assert not left.exists() and not fork_server.exists()
+        assert not_ours.is_dir()
+    finally:
+        shutil.rmtree(fork_server, ignore_errors=True)
 
 
 def test_the_rings_of_a_killed_engine_are_unlinked_by_whoever_sees_it_go(tmp_path: Path) -> None:

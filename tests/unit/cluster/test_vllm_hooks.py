@@ -57,7 +57,7 @@ def _add_request(processor: Any, request_id: str) -> Any:
 
 def test_every_hook_has_a_name_a_version_what_it_does_and_a_check() -> None:
     names = [hook.name for hook in HOOKS]
-    assert len(set(names)) == len(names) == 7
+    assert len(set(names)) == len(names) == 8
     for hook in HOOKS:
         assert re.fullmatch(r"[a-z_]+", hook.name)
         assert re.fullmatch(r"\d+\.\d+\.\d+", hook.written_for)
@@ -166,6 +166,7 @@ def test_an_engine_core_without_its_process_manager_reports_no_pids() -> None:
     llm = SimpleNamespace(engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=None)))
     assert hooks.engine_pids(llm) == []
     assert not _hook("engine_pids").check(llm)
+    assert not _hook("engine_core_forked").check(llm)  # on the CPU build, an engine core is expected, forked
 
 
 async def test_the_output_handler_yields_when_steps_queue_up_and_it_has_kept_the_loop() -> None:

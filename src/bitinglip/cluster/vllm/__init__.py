@@ -10,6 +10,8 @@ from bitinglip.cluster.vllm.args import (
     kv_cache_bytes,
 )
 from bitinglip.cluster.vllm.engine import VllmEngine
+from bitinglip.cluster.vllm.fork_server import remove_socket_folder as remove_fork_server_folder
+from bitinglip.cluster.vllm.fork_server import start_with_server as start_fork_server
 from bitinglip.cluster.vllm.lora import LORA_ARGS, lora_args, lora_bytes, peft_problems, uncovered
 from bitinglip.cluster.vllm.tokens import token_bytes
 
@@ -25,6 +27,8 @@ __all__ = [
     "lora_args",
     "lora_bytes",
     "peft_problems",
+    "remove_fork_server_folder",
+    "start_fork_server",
     "supported_architectures",
     "token_bytes",
     "uncovered",

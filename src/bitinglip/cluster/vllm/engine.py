@@ -18,7 +18,8 @@ from typing import Any
 from bitinglip.cluster.protocol import Adapter, EngineClient, EngineOutput
 from bitinglip.cluster.reaper import new_ipc_dir, remove_ipc_dir, rings_of, unlink_rings
 from bitinglip.cluster.stats import EngineStats
-from bitinglip.cluster.vllm.args import FRONTEND_ARGS, sleep_mode_available, warn_if_bf16_emulated
+from bitinglip.cluster.vllm import fork_server
+from bitinglip.cluster.vllm.args import FRONTEND_ARGS, is_cpu_platform, sleep_mode_available, warn_if_bf16_emulated
 from bitinglip.cluster.vllm.constraints import check_constraint, schema_admits_finite_output
 from bitinglip.cluster.vllm.first_text import FirstText
 from bitinglip.cluster.vllm.hooks import apply_hooks, cancel_output_handler, check_hooks, engine_pids
@@ -95,6 +96,8 @@ class VllmEngine:
             engine_args["structured_outputs_config"] = StructuredOutputsConfig(**structured)
         args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **engine_args)
         spawn_in_own_group()
+        if is_cpu_platform() and fork_server.install():
+            fork_server.ensure_started()  # here, on the event loop's thread: the main thread
         # The engine processes spawned below inherit the environment (their GPUs, the Ray address); the
         # server's own is put back after, and engines start one at a time, so none sees another's.
         # vLLM reads its VLLM_* variables from os.environ on every access (a few per generated token in this

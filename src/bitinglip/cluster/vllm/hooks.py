@@ -208,10 +208,23 @@ def _yields_between_steps(llm: Any) -> bool:
 # -- the engine processes
 
 
+def _engine_processes(llm: Any) -> list[Any]:
+    manager = getattr(getattr(getattr(llm, "engine_core", None), "resources", None), "engine_manager", None)
+    return list(getattr(manager, "processes", []))
+
+
 def engine_pids(llm: Any) -> list[int]:
     """The engine core processes (their workers are their children): memory, health and the reaper read them."""
-    manager = getattr(getattr(getattr(llm, "engine_core", None), "resources", None), "engine_manager", None)
-    return [p.pid for p in getattr(manager, "processes", []) if p.pid is not None]
+    return [p.pid for p in _engine_processes(llm) if p.pid is not None]
+
+
+def _cores_forked(llm: Any) -> bool:
+    """On the CPU build, every engine core came from the fork server (fork_server.py); elsewhere, nothing to do."""
+    from bitinglip.cluster.vllm.args import is_cpu_platform
+    from bitinglip.cluster.vllm.fork_server import forked
+
+    processes = _engine_processes(llm)
+    return not is_cpu_platform() or (bool(processes) and all(forked(p) for p in processes))
 
 
 # -- vLLM's Prometheus logger kept out (stats.no_prometheus_logger)
@@ -274,6 +287,13 @@ HOOKS: tuple[Hook, ...] = (
         what="the engine core processes, from engine_core.resources.engine_manager.processes: their memory, "
         "health and the reaping of orphans",
         check=lambda llm: bool(engine_pids(llm)),
+    ),
+    Hook(
+        name="engine_core_forked",
+        written_for=PINNED,
+        what="on the CPU build, vllm.v1.engine.utils.get_mp_context replaced: the engine cores are forked from a "
+        "process that has imported vLLM (fork_server.py), not spawned to import it again for each engine",
+        check=_cores_forked,
     ),
     Hook(
         name="no_prometheus_logger",

@@ -12,7 +12,9 @@ docs/performance.md.)
 vLLM starts its processes with multiprocessing's `spawn`, which runs "the Python executable" on a command
 line; `multiprocessing.set_executable()` (documented) names a small Python script that calls
 `os.setpgid(0, 0)` and then becomes the real interpreter with the same arguments. The engine's processes
-are still our children (the server reaps any that outlive it), only their process group differs.
+are still our children (the server reaps any that outlive it), only their process group differs. On the CPU
+build the engine cores are forked from a fork server (`fork_server.py`), itself started through this script: they
+are in its group, and its children.
 
 Out of our process group, they would also miss the signals that used to take them down with a server that
 could not stop them itself (a SIGKILL to the group, or a terminal's SIGHUP). So on Linux the script also asks
@@ -22,14 +24,17 @@ engine core whose server is gone has nobody to answer, and once, in a full test 
 SIGTERM was still up with its worker long after; its workers follow it through vLLM's own death pipe, and
 the shared memory is freed by multiprocessing's resource tracker. The parent is, strictly, the thread that
 spawned the engine core: the event loop's default executor thread, alive until the loop closes, after the
-engine has been stopped.
+engine has been stopped. A fork clears the request, so a process forked from the fork server asks for it again
+(`die_with_parent`), against the fork server, which is started from the server's main thread.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -52,6 +57,14 @@ if sys.platform == "linux":
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 os.execv({python!r}, [{python!r}, *sys.argv[1:]])
 """
+
+
+def die_with_parent() -> None:
+    """Ask the kernel for SIGKILL when this process's parent dies, as the script above does for a spawned process:
+    for a process forked from the fork server (`fork_server.py`), since a fork clears the request."""
+    if sys.platform == "linux":
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def spawn_in_own_group() -> None:

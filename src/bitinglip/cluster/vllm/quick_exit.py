@@ -22,7 +22,6 @@ tests/unit/cluster/test_quick_exit.py runs it against the real ring in a real ch
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import logging
@@ -56,7 +55,8 @@ def asked_to_stop() -> bool:
 
 
 def exit_now() -> None:
-    """At exit (atexit), after a stop that was asked for: unlink this process's rings, flush, `os._exit(0)`."""
+    """At exit (among multiprocessing's exit finalizers), after a stop that was asked for: unlink this process's
+    rings, flush, `os._exit(0)`."""
     if not _asked:
         return
     for ring in _rings:
@@ -95,9 +95,12 @@ def register() -> bool:
 
     setattr(shutdown_noting_why, MARK, True)
     MessageQueue.shutdown = shutdown_noting_why
-    atexit.register(exit_now)
-    # A process forked from this one (a worker from its engine core: fork_workers.py) ends with `os._exit` right
-    # after multiprocessing's exit finalizers and never reaches atexit: there the same exit is one of those.
+    # One of multiprocessing's exit finalizers, not an atexit handler: they run as the process's target returns,
+    # in a spawned process as in a forked one, and a forked process (an engine core from the fork server,
+    # fork_server.py; a worker from its engine core, fork_workers.py) ends with `os._exit` right after them, never
+    # reaching atexit.
+    multiprocessing.util.Finalize(None, exit_now, exitpriority=0)
+    # A process forked from this one starts with no finalizers and this process's state: both set anew there.
     # Keyed on this module (the registry holds its key weakly; the module outlives the process's forks).
     multiprocessing.util.register_after_fork(sys.modules[__name__], _in_forked_child)
     return True
