@@ -116,6 +116,7 @@ class EngineRecords:
         """Record the engine processes now running, per deployment name (their workers share their group), and the
         folders of this server's sockets."""
         from bitinglip.cluster.vllm import fork_server  # here: the vllm package imports this module
+
         engines = [
             {"deployment": name, "pid": pid, "started": started, "rings": rings_of(pid)}
             for name, pids in groups.items()
