@@ -194,6 +194,7 @@ def test_the_rings_of_a_killed_engine_are_unlinked_by_whoever_sees_it_go(tmp_pat
         assert Path("/dev/shm", name).exists()
         # The next server's reaper finds the server gone and the engine with it, and unlinks what it left.
         record["pid"] = dead_server.pid
+        record["fork_server"] = None  # this test process's own, in use: not the dead server's to take with it
         records.file.rename(records.folder / f"engines-{dead_server.pid}.json")
         (records.folder / f"engines-{dead_server.pid}.json").write_text(json.dumps(record))
         assert EngineRecords(records.folder).reap_orphans() == []  # nothing left running to stop
