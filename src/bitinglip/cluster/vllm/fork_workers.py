@@ -18,9 +18,9 @@ vLLM's death pipe, and exits unlinking its own ring (`quick_exit.py`); a parent-
 Loaded in every vLLM process as one of vLLM's "general plugins" (pyproject.toml), as `spin.py` is; it changes
 nothing unless `FORK_ENV` is set (BitingLip's engines on the CPU build get it from `args.engine_env`) and the
 process is a multiprocessing child (the engine core; never the server's own process, which has threads of its
-own and starts the engine core with `spawn` as before). It sets vLLM's documented `VLLM_WORKER_MULTIPROC_METHOD`
-and uses multiprocessing's public after-fork hook: no private state. tests/unit/cluster/test_fork_workers.py
-forks a real child through it; tests/e2e run every engine with it.
+own and has the engine core forked from a fork server instead: `fork_server.py`). It sets vLLM's documented
+`VLLM_WORKER_MULTIPROC_METHOD` and uses multiprocessing's public after-fork hook: no private state.
+tests/unit/cluster/test_fork_workers.py forks a real child through it; tests/e2e run every engine with it.
 """
 
 from __future__ import annotations
