@@ -44,6 +44,7 @@ RING_PREFIX = "psm_"  # Python's `SharedMemory` names, which vLLM's rings betwee
 
 
 IPC_PREFIX = "bitinglip-ipc-"
+MP_PREFIX = "pymp-"  # multiprocessing's own folders (`multiprocessing.util.get_temp_dir`)
 
 
 def ipc_root(pid: int | None = None) -> Path:
@@ -66,6 +67,14 @@ def remove_ipc_dir(folder: Path | str | None) -> None:
     folder = Path(folder)
     root = folder if folder.name.startswith(IPC_PREFIX) else folder.parent
     if root.parent == Path(tempfile.gettempdir()) and root.name.startswith(IPC_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_mp_dir(folder: Path | str) -> None:
+    """Remove a server's multiprocessing folder (`pymp-*` in the temp folder, where the engines' fork server has
+    its socket); never anything but such a folder."""
+    folder = Path(folder)
+    if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(MP_PREFIX):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -171,9 +180,7 @@ class EngineRecords:
             if isinstance(record.get("ipc"), str):
                 remove_ipc_dir(record["ipc"])
             if isinstance(record.get("fork_server"), str):
-                from bitinglip.cluster.vllm import fork_server
-
-                fork_server.remove_socket_folder(record["fork_server"])
+                remove_mp_dir(record["fork_server"])
             with contextlib.suppress(FileNotFoundError):
                 file.unlink()
         return reaped

@@ -20,7 +20,7 @@ The fork server starts through the same executable as a spawned process (`proces
 its own, killed when the server's main thread goes. Its children, the engine cores, inherit the group; a fork
 clears the parent-death signal, so each asks for it again, against the fork server, which dies with the server:
 an engine core still never outlives its server. The fork server leaves by itself when the server exits (its pipe
-from the server closes), and holds what it imported meanwhile, about 400 MB that its children share.
+from the server closes), and holds what it imported meanwhile, about 650 MB that its children share.
 
 vLLM has no setting for the engine core's start method (`VLLM_WORKER_MULTIPROC_METHOD` names `fork` or `spawn`
 for both it and the workers, and the server cannot fork), so its engine-start module's `get_mp_context` is
@@ -38,17 +38,16 @@ import multiprocessing.context
 import multiprocessing.forkserver
 import multiprocessing.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from bitinglip.cluster.reaper import remove_mp_dir
+from bitinglip.cluster.vllm.hooks import PINNED, installed_version
 from bitinglip.cluster.vllm.process_group import die_with_parent, spawn_in_own_group
 from bitinglip.core import get_logger
 
 log = get_logger(__name__)
 
-WRITTEN_FOR = "0.32.0"
 # What the fork server imports before it forks anything: what an engine core imports to start (its worker, forked
 # from it, has them too).
 PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", "bitinglip.cluster.vllm.fork_server"]
@@ -118,11 +117,10 @@ def socket_folder() -> Path | None:
     return _folder
 
 
-def remove_socket_folder(folder: Path | str | None = None) -> None:
-    """Remove the fork server's socket folder (this process's by default); never anything but such a folder."""
-    folder = Path(folder) if folder is not None else _folder
-    if folder is not None and folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("pymp-"):
-        shutil.rmtree(folder, ignore_errors=True)
+def remove_socket_folder() -> None:
+    """Remove this process's fork server socket folder: what multiprocessing would do at the interpreter's exit."""
+    if _folder is not None:
+        remove_mp_dir(_folder)
 
 
 def start_with_server() -> None:
@@ -136,14 +134,12 @@ def install() -> bool:
     import vllm.v1.engine.utils as engine_utils
     from vllm.utils.system_utils import get_mp_context
 
-    from bitinglip.cluster.vllm.hooks import installed_version
-
     current: Any = getattr(engine_utils, "get_mp_context", None)
     if current is engine_context:
         return True
     version = installed_version()
-    if version != WRITTEN_FOR or current is not get_mp_context:
-        log.warning("engine.fork_server_not_used", written_for=WRITTEN_FOR, installed=version)
+    if version != PINNED or current is not get_mp_context:
+        log.warning("engine.fork_server_not_used", written_for=PINNED, installed=version)
         return False
     engine_utils.get_mp_context = engine_context
     return True
