@@ -50,7 +50,8 @@ class SharedLimitStore:
         self.db = db
         self.instance_id = instance_id
         self.live_ids = live_ids
-        self._seen: dict[str, Snapshot] = {}  # each bucket as this instance last counted it: the response headers
+        # Each bucket as this instance last counted it, for the response headers, with what orders the counts.
+        self._seen: dict[str, tuple[Any, int, Snapshot]] = {}
         self._pending: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,10 +83,19 @@ class SharedLimitStore:
                 raise refuse(bucket, "requests", 0, WINDOW_S)  # not reached: the function and _fits agree
             rpm, tpm, _ = bucket.limits
             requests, used, _, oldest = counts
-            self._seen[bucket.name] = Snapshot(
-                requests_left=max(0, rpm - requests - 1) if rpm is not None else 0,
-                tokens_left=max(0, tpm - used - tokens) if tpm is not None else 0,
-                reset_s=(oldest if oldest is not None else now) + WINDOW_S - now,
+            seen = self._seen.get(bucket.name)
+            if seen is not None and seen[0] == oldest and seen[1] > requests:
+                # Answers on several connections arrive in any order: with the same oldest entry nothing left the
+                # window between the two counts, so the smaller one was taken first and is not the bucket now.
+                continue
+            self._seen[bucket.name] = (
+                oldest,
+                requests,
+                Snapshot(
+                    requests_left=max(0, rpm - requests - 1) if rpm is not None else 0,
+                    tokens_left=max(0, tpm - used - tokens) if tpm is not None else 0,
+                    reset_s=(oldest if oldest is not None else now) + WINDOW_S - now,
+                ),
             )
         return hold
 
@@ -125,7 +135,7 @@ class SharedLimitStore:
     def snapshot(self, bucket: Bucket) -> Snapshot:
         seen = self._seen.get(bucket.name)
         if seen is not None:
-            return seen
+            return seen[2]
         rpm, tpm, _ = bucket.limits
         return Snapshot(requests_left=rpm or 0, tokens_left=tpm or 0, reset_s=0.0)
 

@@ -48,15 +48,17 @@ async def admitted(store: SharedLimitStore, bucket: Bucket, tokens: int = 1) -> 
 
 
 async def test_requests_per_minute_hold_across_instances_even_at_once(instances: list[Instance]) -> None:
-    bucket = Bucket("key k1", Limits(rpm=10))
     a, b = (i.store for i in instances)
-    results = await asyncio.gather(*(admitted(a if n % 2 else b, bucket) for n in range(20)))
-    assert sum(results) == 10  # 20 at once over two instances: exactly the limit
-    with pytest.raises(RateLimited) as refused:
-        await b.reserve([bucket], 1)
-    assert refused.value.retry_after is not None and 1 <= refused.value.retry_after <= 60
-    assert a.snapshot(bucket).requests_left == 0 or b.snapshot(bucket).requests_left == 0
-    assert await admitted(a, Bucket("key k2", Limits(rpm=10)))  # another key has its own
+    for key in range(5):  # answers come back in any order: each round is another chance to show the wrong count
+        bucket = Bucket(f"key k{key}", Limits(rpm=10))
+        results = await asyncio.gather(*(admitted(a if n % 2 else b, bucket) for n in range(20)))
+        assert sum(results) == 10  # 20 at once over two instances: exactly the limit
+        with pytest.raises(RateLimited) as refused:
+            await b.reserve([bucket], 1)
+        assert refused.value.retry_after is not None and 1 <= refused.value.retry_after <= 60
+        # The instance that admitted the tenth shows none left, whichever of its answers arrived last.
+        assert a.snapshot(bucket).requests_left == 0 or b.snapshot(bucket).requests_left == 0
+    assert await admitted(a, Bucket("key other", Limits(rpm=10)))  # another key has its own
 
 
 async def test_requests_at_once_hold_across_instances_and_free_when_one_settles(instances: list[Instance]) -> None:
