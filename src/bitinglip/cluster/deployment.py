@@ -26,7 +26,8 @@ from typing import Any, Literal
 import msgspec
 
 from bitinglip.cluster.placement import MemoryEstimate, Placement
-from bitinglip.cluster.protocol import Adapter, EngineClient, EngineFactory, ManagedEngine
+from bitinglip.cluster.protocol import Adapter, EngineFactory, ManagedEngine
+from bitinglip.cluster.replica import Lease, Replica, error_text
 from bitinglip.core import (
     BitingLipError,
     ClusterSettings,
@@ -41,7 +42,6 @@ from bitinglip.core import (
 log = get_logger(__name__)
 
 DeploymentState = Literal["loading", "ready", "sleeping", "draining", "stopped", "failed"]
-ReplicaState = Literal["loading", "ready", "sleeping", "stopped", "failed"]
 
 
 class TimelineEvent(msgspec.Struct, kw_only=True):
@@ -89,69 +89,6 @@ def keep_alive_seconds(value: float | str, field: str = "keep_alive") -> float |
     """Seconds from 300, "300", "30s", "5m" or "1h"; None (never) for a negative value, as Ollama's -1."""
     seconds = parse_duration(value, field)
     return None if seconds < 0 else seconds
-
-
-def error_text(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, BitingLipError) else f"{type(exc).__name__}: {exc}"
-
-
-class Replica:
-    """One engine of a deployment. Its fields are written only by its `Deployment`."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.engine: ManagedEngine | None = None
-        self.state: ReplicaState = "stopped"
-        self.error: str | None = None
-        self.restarts = 0
-        self.last_restart: str | None = None  # why it was last restarted
-        self.in_flight = 0
-        self.queued_tokens = 0  # prompt tokens of its requests that have not had their first engine step
-        self.held_bytes: int | None = None  # measured memory of its processes
-
-    @property
-    def serving(self) -> bool:
-        return self.state == "ready" and self.engine is not None and self.engine.alive
-
-
-class _Lease:
-    __slots__ = ("_adapter", "_background", "_deployment", "_queued", "_released", "_replica", "_waits")
-
-    def __init__(
-        self, deployment: Deployment, replica: Replica, background: bool, waits: bool, adapter: Adapter | None
-    ) -> None:
-        self._deployment = deployment
-        self._replica = replica
-        self._released = False
-        self._background = background
-        self._waits = waits  # admitted past the engine's running slots: its prompt queues
-        self._adapter = adapter  # a LoRA adapter of the deployment's model: the engine generates with it
-        self._queued = 0
-
-    @property
-    def engine(self) -> EngineClient:
-        engine = self._replica.engine
-        if engine is None:
-            raise Unavailable(f"model {self._deployment.name} was stopped", retry_after=5)
-        return engine if self._adapter is None else engine.for_adapter(self._adapter)
-
-    def queue_prompt(self, tokens: int) -> None:
-        """The request's prompt tokens wait for the engine until `started()` (or release), if it was admitted
-        past the running slots; one admitted into a free slot does not queue."""
-        if self._waits:
-            self._deployment._queue(self._replica, tokens - self._queued)
-            self._queued = tokens
-
-    def started(self) -> None:
-        """The engine made the request's first step: its prompt no longer waits."""
-        self._deployment._queue(self._replica, -self._queued)
-        self._queued = 0
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.started()
-            self._deployment._returned(self._replica, self._background)
 
 
 class Deployment:
@@ -459,7 +396,7 @@ class Deployment:
         serving = sum(r.serving for r in self.replicas)
         return self.limits()[0] * serving if self._state == "ready" and serving else None
 
-    def lease(self, background: bool = False, adapter: Adapter | None = None) -> _Lease:
+    def lease(self, background: bool = False, adapter: Adapter | None = None) -> Lease:
         serving = [r for r in self.replicas if r.serving]
         if self._state != "ready" or not serving:
             raise self.unavailable()
@@ -483,10 +420,7 @@ class Deployment:
         replica.in_flight += 1
         self._requests += 1
         self._background += background
-        return _Lease(self, replica, background, waits=waits, adapter=adapter)
-
-    def _queue(self, replica: Replica, tokens: int) -> None:
-        replica.queued_tokens += tokens
+        return Lease(self.name, replica, self._returned, background, waits=waits, adapter=adapter)
 
     def _returned(self, replica: Replica, background: bool) -> None:
         replica.in_flight -= 1
@@ -515,48 +449,22 @@ class Deployment:
     async def start_replica(self, replica: Replica) -> None:
         if self._path is None:
             raise RuntimeError(f"deployment {self.name!r}: an engine start before its model was resolved")
-        if replica.engine is not None:
-            await self._stop_replica(replica)
-        env = dict(self.env)
+        path, env = self._path, dict(self.env)
         if self._placement is not None and self._placement.kind == "gpu":
             # vLLM uses the first GPUs it sees: show it this replica's share of the ones placement chose,
             # numbered as NVML numbers them.
             per = len(self._placement.devices) // len(self.replicas)
             mine = self._placement.devices[replica.index * per : (replica.index + 1) * per]
             env |= {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, mine))}
-        engine = replica.engine = self.factory(self._path, self.name, self.engine_args, env)
-        replica.state, replica.error = "loading", None
-        began = time.monotonic()
-        log.info("engine.starting", deployment=self.name, replica=replica.index, engine_args=self.engine_args)
-        try:
-            async with asyncio.timeout(self.settings.startup_timeout_s):
-                await engine.start()
-        except BaseException as exc:
-            replica.error = error_text(exc) if not isinstance(exc, TimeoutError) else "the engine did not start in time"
-            await self._stop_replica(replica)
-            replica.state = "failed"
-            raise
-        replica.state = "ready"
-        log.info(
-            "engine.ready",
-            deployment=self.name,
-            replica=replica.index,
-            seconds=round(time.monotonic() - began, 1),
-            pids=engine.pids,
+        await replica.start(
+            lambda: self.factory(path, self.name, self.engine_args, env),
+            self.name,
+            self.engine_args,
+            self.settings.startup_timeout_s,
         )
 
-    async def _stop_replica(self, replica: Replica) -> None:
-        engine, replica.engine = replica.engine, None
-        replica.state = "stopped"
-        replica.held_bytes = None
-        if engine is not None:
-            try:
-                await engine.stop()
-            except Exception as exc:  # a dead engine may fail its own shutdown; it is gone either way
-                log.warning("engine.stop_failed", deployment=self.name, error=error_text(exc))
-
     async def stop_engines(self) -> None:
-        await asyncio.gather(*(self._stop_replica(r) for r in self.replicas))
+        await asyncio.gather(*(r.stop(self.name) for r in self.replicas))
 
     async def evict(self, reason: str) -> None:
         """Stopped to make room for another: no request may lease it while its engines stop."""
@@ -570,25 +478,10 @@ class Deployment:
         if engines and all(e.can_sleep for e in engines):
             self.to("sleeping", reason)
             for replica in self.replicas:
-                if replica.engine is not None:
-                    await replica.engine.sleep()
-                    replica.state = "sleeping"
+                await replica.sleep()
             return
         await self.evict(reason)
 
     async def wake(self) -> None:
         for replica in self.replicas:
-            if replica.state == "sleeping" and replica.engine is not None:
-                await replica.engine.wake_up()
-                replica.state = "ready"
-
-
-class ReplicaStatus(msgspec.Struct, kw_only=True):
-    index: int
-    state: ReplicaState
-    pids: list[int]
-    restarts: int
-    last_restart: str | None
-    error: str | None
-    in_flight: int
-    adapters: list[str]  # the LoRA adapters its engine holds loaded
+            await replica.wake()

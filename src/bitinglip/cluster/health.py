@@ -14,11 +14,12 @@ from typing import Any
 
 import psutil
 
-from bitinglip.cluster.deployment import Deployment, Replica, error_text
+from bitinglip.cluster.deployment import Deployment
 from bitinglip.cluster.devices import Device
 from bitinglip.cluster.placement import size
 from bitinglip.cluster.protocol import ManagedEngine
 from bitinglip.cluster.reaper import EngineRecords
+from bitinglip.cluster.replica import Replica, error_text
 from bitinglip.core import ClusterSettings, get_logger, settle_heap
 
 log = get_logger(__name__)

@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from bitinglip.cluster.deployment import Deployment, DeploymentState, ReplicaStatus
+from bitinglip.cluster.deployment import Deployment, DeploymentState
 from bitinglip.cluster.placement import device_count
 from bitinglip.cluster.protocol import ServedModel
+from bitinglip.cluster.replica import ReplicaStatus
 
 
 class DeploymentMemory(msgspec.Struct, kw_only=True):
