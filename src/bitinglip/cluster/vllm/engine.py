@@ -96,7 +96,7 @@ class VllmEngine:
             engine_args["structured_outputs_config"] = StructuredOutputsConfig(**structured)
         args = AsyncEngineArgs(model=str(self.model_path), served_model_name=[self.served_name], **engine_args)
         spawn_in_own_group()
-        if is_cpu_platform() and fork_server.install():
+        if is_cpu_platform() and self.env.get(fork_server.FORK_SERVER_ENV) and fork_server.install():
             fork_server.ensure_started()  # here, on the event loop's thread: the main thread
         # The engine processes spawned below inherit the environment (their GPUs, the Ray address); the
         # server's own is put back after, and engines start one at a time, so none sees another's.

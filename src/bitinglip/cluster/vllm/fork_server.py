@@ -44,13 +44,16 @@ from typing import Any
 from bitinglip.cluster.reaper import remove_mp_dir
 from bitinglip.cluster.vllm.hooks import PINNED, installed_version
 from bitinglip.cluster.vllm.process_group import die_with_parent, spawn_in_own_group
-from bitinglip.core import get_logger
+from bitinglip.core import ClusterSettings, get_logger
 
 log = get_logger(__name__)
 
 # What the fork server imports before it forks anything: what an engine core imports to start (its worker, forked
 # from it, has them too).
 PRELOAD = ["vllm.v1.engine.core", "vllm.v1.worker.cpu_worker", "bitinglip.cluster.vllm.fork_server"]
+# Set in an engine's environment (`args.engine_env`) when its engine core is to come from the fork server
+# (`cluster.fork_server`). Not BITINGLIP_*: those are settings.
+FORK_SERVER_ENV = "_BITINGLIP_ENGINE_FORK_SERVER"
 
 
 class EngineProcess(multiprocessing.context.ForkServerProcess):
@@ -123,15 +126,33 @@ def remove_socket_folder() -> None:
         remove_mp_dir(_folder)
 
 
-def start_with_server() -> None:
+def wanted_at_start(settings: ClusterSettings) -> bool:
+    """Whether `bitinglip serve` starts the fork server with itself: on, and an engine may run here (a model is
+    declared, or one may load on demand). A server that can run no engine never pays for vLLM's import."""
+    declared = bool(settings.model or settings.embedding_model or settings.deployments)
+    return settings.fork_server and (declared or settings.load_on_demand)
+
+
+def start_with_server(settings: ClusterSettings) -> None:
     """At `bitinglip serve`'s start, on the CPU build: the fork server imports while the server does."""
-    if cpu_build_installed():
+    if wanted_at_start(settings) and cpu_build_installed():
         ensure_started()
+
+
+_asked = False  # `install` ran: engine cores are to come from the fork server
+
+
+def asked() -> bool:
+    """Whether engine cores were to be forked from the fork server (`cluster.fork_server` on, the CPU build)."""
+    return _asked
 
 
 def install() -> bool:
     """Have vLLM fork its engine cores from the fork server (it may run more than once); whether it did."""
+    global _asked
     import vllm.v1.engine.utils as engine_utils
+
+    _asked = True
     from vllm.utils.system_utils import get_mp_context
 
     current: Any = getattr(engine_utils, "get_mp_context", None)

@@ -219,12 +219,13 @@ def engine_pids(llm: Any) -> list[int]:
 
 
 def _cores_forked(llm: Any) -> bool:
-    """On the CPU build, every engine core came from the fork server (fork_server.py); elsewhere, nothing to do."""
+    """On the CPU build, every engine core came from the fork server (fork_server.py); elsewhere, or with the fork
+    server turned off (`cluster.fork_server`), nothing to do."""
     from bitinglip.cluster.vllm.args import is_cpu_platform
-    from bitinglip.cluster.vllm.fork_server import forked
+    from bitinglip.cluster.vllm.fork_server import asked, forked
 
     processes = _engine_processes(llm)
-    return not is_cpu_platform() or (bool(processes) and all(forked(p) for p in processes))
+    return not is_cpu_platform() or not asked() or (bool(processes) and all(forked(p) for p in processes))
 
 
 # -- vLLM's Prometheus logger kept out (stats.no_prometheus_logger)
