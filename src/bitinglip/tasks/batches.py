@@ -247,7 +247,7 @@ class BatchService:
                 await self._finalize(batch_id)
 
     async def tick(self) -> None:
-        """Once a second: expire batches past their window, and pick up what a stopped process left."""
+        """On the queue's tick: expire batches past their window, and pick up what a stopped process left."""
         now = time.time()
         async with self.db.engine.connect() as conn:
             active = (await conn.execute(sa.select(batches).where(batches.c.status.in_(ACTIVE_BATCH)))).all()

@@ -29,7 +29,11 @@ from bitinglip.tasks.wire import Task, TaskError, TaskSubmit
 
 log = get_logger(__name__)
 
-TICK_S = 1.0  # the scheduler looks again at least this often (sooner when woken)
+TICK_S = 1.0  # the scheduler looks again at least this often while it has work (sooner when woken)
+# ... and this often once it has found none for IDLE_AFTER_S: each look is a query the serving process pays for,
+# and work queued here wakes it at once anyway (what it might miss meanwhile: another instance's, a retry's).
+IDLE_TICK_S = 5.0
+IDLE_AFTER_S = 30.0
 FLUSH_S = 0.2
 FLUSH_MAX = 128
 OVERLOADED_WAIT_S = 0.5  # a run the engine refused as overloaded waits this long before it is claimed again
@@ -238,15 +242,19 @@ class TaskQueue:
 
     async def _schedule_loop(self) -> None:
         last_tick = last_recover = 0.0
+        last_work = time.monotonic()  # when the queue last had work: running, ready or just queued
         ready: set[str] = set()  # targets with tasks ready to run, as of the last look at the table
         while not self._stopping:
-            await nap(self._wake, TICK_S)
+            tick = IDLE_TICK_S if time.monotonic() - last_work >= IDLE_AFTER_S else TICK_S
+            await nap(self._wake, tick)
             self._wake.clear()
             try:
                 now = time.monotonic()
-                if now - last_tick >= TICK_S or self._new_work:
+                if self.running or ready or self._new_work:
+                    last_work = now
+                if now - last_tick >= tick or self._new_work:
                     self._new_work = False
-                    if now - last_tick >= TICK_S:
+                    if now - last_tick >= tick:
                         last_tick = now
                         # A lease is long (30 s): looking for expired ones every few seconds is soon enough,
                         # and each look is a write transaction the serving process pays for.

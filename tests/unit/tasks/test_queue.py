@@ -310,3 +310,32 @@ async def test_claims_made_at_once_by_several_instances_never_share_a_task(env: 
         owners = (await conn.execute(sa.select(tasks.c.lease_owner).distinct())).scalars().all()
     if env.db.dialect == "postgresql":  # SQLite takes one writer at a time: there one claimer may take all
         assert len(owners) >= 2  # they really ran at once
+
+
+async def test_an_idle_queue_looks_at_the_table_less_often_and_new_work_still_starts_at_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bitinglip.tasks import queue
+
+    monkeypatch.setattr(queue, "TICK_S", 0.02)
+    monkeypatch.setattr(queue, "IDLE_AFTER_S", 1.0)
+    monkeypatch.setattr(queue, "IDLE_TICK_S", 0.5)
+    looks = 0
+    real = env.queue.store.waiting
+
+    async def counted(now: float) -> dict[str, int]:
+        nonlocal looks
+        looks += 1
+        return await real(now)
+
+    monkeypatch.setattr(env.queue.store, "waiting", counted)
+    await env.queue.start()
+    await asyncio.sleep(1.2)  # past IDLE_AFTER_S with nothing to do
+    before = looks
+    await asyncio.sleep(1.5)
+    assert looks - before <= 5  # every 0.5 s: 3 or 4 looks, where every 0.02 s would be dozens
+    task = await submit(env, "a")  # queued here: it wakes the scheduler
+    assert (await ended(env, task.id)).state == "succeeded"
+    before = looks
+    await asyncio.sleep(0.15)  # work was seen: the queue looks at its busy pace again
+    assert looks - before >= 3
