@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # what mypy sees; at run time `__getattr__` imports these (te
         error_responses,
         handle_error,
     )
+    from bitinglip.core.layers import describe, home_dir, is_secret, load_settings
     from bitinglip.core.litestar_internals import (
         EventStream,
         handler_body_limit,
@@ -63,10 +64,6 @@ if TYPE_CHECKING:  # what mypy sees; at run time `__getattr__` imports these (te
         ServerSettings,
         Settings,
         TasksSettings,
-        describe,
-        home_dir,
-        is_secret,
-        load_settings,
     )
 
 # name -> (module under bitinglip.core, its name there): each imported on first use.
@@ -108,12 +105,9 @@ _LAZY: dict[str, tuple[str, str]] = {
             "ServerSettings",
             "Settings",
             "TasksSettings",
-            "describe",
-            "home_dir",
-            "is_secret",
-            "load_settings",
         )
     },
+    **{name: ("layers", name) for name in ("describe", "home_dir", "is_secret", "load_settings")},
 }
 
 
