@@ -7,7 +7,8 @@ core itself: it runs threads (the event loop's executor, the database's, uvicorn
 Python's own answer is multiprocessing's `forkserver`: a fresh, single-threaded interpreter, started once, that
 imports what it is told to (`PRELOAD`) and then forks a child for each process asked of it. BitingLip starts it
 when `bitinglip serve` starts (its imports then overlap the server's own), and vLLM's engine cores are forked from
-it: an engine start is the model, the KV cache and the warm-up token, without the imports.
+it: an engine start is the model, the KV cache and the warm-up token, without the imports. `cluster.fork_server =
+false` turns it off (vLLM spawns each engine core), and a server that can run no engine does not start it.
 
 What a fork server's child does not get from the server is the server's environment at the time of the start:
 it is a fork of the fork server, whose environment is the server's when the fork server began. vLLM and BitingLip
@@ -151,10 +152,9 @@ def install() -> bool:
     """Have vLLM fork its engine cores from the fork server (it may run more than once); whether it did."""
     global _asked
     import vllm.v1.engine.utils as engine_utils
-
-    _asked = True
     from vllm.utils.system_utils import get_mp_context
 
+    _asked = True
     current: Any = getattr(engine_utils, "get_mp_context", None)
     if current is engine_context:
         return True
